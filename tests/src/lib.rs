@@ -1,0 +1,14 @@
+//! Helpers for tcpulse's end-to-end and interop tests.
+//!
+//! # Layout
+//!
+//! - [`python`]: the official `azure-eventhub` Python SDK in a venv this crate creates,
+//!   and a runner for the scripts in `tests/python/`.
+//! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
+//!   promtool, Azurite) started as child processes on ephemeral loopback ports.
+//!
+//! A missing service binary fails the test with the command that installs it; nothing is
+//! skipped silently.
+
+pub mod python;
+pub mod services;

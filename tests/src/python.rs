@@ -1,0 +1,1 @@
+//! The official azure-eventhub Python SDK as a test peer.

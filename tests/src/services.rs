@@ -1,0 +1,1 @@
+//! Real external services as child processes on loopback.

@@ -1,0 +1,498 @@
+//! The v1 status event: one report from one Teams Connector instance.
+//!
+//! Field names follow DESIGN.md "The status event (schema v1)", which in turn follows
+//! Pexip's own `teamsnode` status API (`call_count`, `max_calls`, `media_load`, `state`,
+//! `start_time`). The types here only describe the event; turning bytes into an event, with
+//! every rule that makes one acceptable, is [`crate::decode`]'s job.
+//!
+//! Unknown-is-absent: every health value is an `Option`, and `None` means "the agent could
+//! not measure it". It is never stored as 0.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::capacity::PLANNED_CALLS_PER_INSTANCE;
+use crate::dedup::EventKey;
+
+/// The schema name of every v1 event, sent both in the body (`schema`) and as the
+/// `schema` application property of the Event Hubs message.
+///
+/// Minor revisions (`tcpulse.status.v1.1`, `…v1.2`, …) only add optional fields or enum
+/// values and are accepted by every v1 reader; see [`crate::decode`].
+pub const SCHEMA_V1: &str = "tcpulse.status.v1";
+
+/// One status report from one Teams Connector instance (schema v1).
+///
+/// `(instance, boot, seq)` identifies the event (see [`StatusEvent::key`]); the collector
+/// uses it to drop duplicates that at-least-once delivery produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// Schema name and version: [`SCHEMA_V1`] or a v1 minor version (`tcpulse.status.v1.N`).
+    pub schema: String,
+    /// Teams Connector FQDN (`$PxTeamsConnFqdn`); the Event Hubs partition key.
+    pub connector: String,
+    /// Deployment label, e.g. `blue` or `green`, so two deployments can report side by side.
+    pub deployment: String,
+    /// Azure region of the scale set, e.g. `westeurope`.
+    pub region: String,
+    /// VM scale set name (Pexip's `scaleset_id`).
+    pub scaleset: String,
+    /// VMSS instance name, e.g. `tc-eu-vmss_3`.
+    pub instance: String,
+    /// Random id chosen at each agent start; `seq` restarts from 0 with a new `boot`.
+    pub boot: Uuid,
+    /// Sequence number of this event within `boot`, increasing by one per report.
+    pub seq: u64,
+    /// Sample time (UTC, millisecond precision). Stored points carry this time.
+    pub time: Timestamp,
+    /// Start-up time of the instance, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+    /// Instance state as Pexip reports it; [`State::Unknown`] when the agent's source failed.
+    pub state: State,
+    /// Call counters; absent when the agent's source failed (then `state` is `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Calls>,
+    /// Host health; each value absent when unknown. The whole object may be absent.
+    #[serde(default, skip_serializing_if = "Health::is_empty")]
+    pub health: Health,
+    /// The reporting agent's own state; absent from producers that are not tcpulse-agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+impl StatusEvent {
+    /// The dedupe key `(instance, boot, seq)` of this event.
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            instance: self.instance.clone(),
+            boot: self.boot,
+            seq: self.seq,
+        }
+    }
+
+    /// The connector series this event rolls up into (`tc_connector` tags).
+    pub fn connector_key(&self) -> ConnectorKey {
+        ConnectorKey {
+            connector: self.connector.clone(),
+            deployment: self.deployment.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+/// Call counters, named as in Pexip's `teamsnode` status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calls {
+    /// Calls being handled by the instance now.
+    pub call_count: u32,
+    /// Maximum call capacity of the instance (16 for every allowed VM size).
+    pub max_calls: u32,
+    /// Calls to plan on per instance; absent means [`PLANNED_CALLS_PER_INSTANCE`] (15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_calls: Option<u32>,
+    /// Media load in percent, 0..=100; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_load: Option<u8>,
+}
+
+impl Calls {
+    /// `planned_calls`, or the capacity model's 15 when the event did not carry it.
+    pub fn planned_calls_or_default(&self) -> u32 {
+        self.planned_calls.unwrap_or(PLANNED_CALLS_PER_INSTANCE)
+    }
+
+    /// `call_count / planned_calls`; 0 when the planned capacity is 0.
+    pub fn utilization(&self) -> f64 {
+        let planned = self.planned_calls_or_default();
+        if planned == 0 {
+            0.0
+        } else {
+            f64::from(self.call_count) / f64::from(planned)
+        }
+    }
+}
+
+/// Host health of the instance. Every value is optional: absent means unknown, never 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// CPU busy fraction over the sample interval, 0.0..=1.0 (all cores together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory in use, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_used_bytes: Option<u64>,
+    /// Memory installed, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    /// Free space on the system disk, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// Whether the Teams Connector service is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_up: Option<bool>,
+    /// Days until the instance's TLS certificate expires; negative once it has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_days: Option<f64>,
+}
+
+impl Health {
+    /// True when no health value is known (the object is then left out of the JSON).
+    pub fn is_empty(&self) -> bool {
+        *self == Health::default()
+    }
+}
+
+/// The reporting agent's own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Agent version, e.g. `0.1.0`.
+    pub version: String,
+    /// Reports waiting in the agent's spool when this one was made.
+    pub spooled: u64,
+    /// Reports the agent dropped since it started (spool full).
+    pub dropped: u64,
+}
+
+/// The series identity of a connector rollup: the `tc_connector` tags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectorKey {
+    /// Teams Connector FQDN.
+    pub connector: String,
+    /// Deployment label (blue/green).
+    pub deployment: String,
+    /// Azure region.
+    pub region: String,
+}
+
+/// Instance state, as Pexip's Administrator UI names it (docs.pexip.com/admin/teams_status.htm),
+/// plus `unknown` for a report whose source failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Operating normally.
+    Active,
+    /// Draining: waiting for calls to clear so the instance can be terminated.
+    WaitingForTermination,
+    /// No calls; the instance is terminating now.
+    Terminating,
+    /// Not operational, e.g. restarting or being reconfigured.
+    Maintenance,
+    /// Has been in maintenance longer than expected; typically failing to restart.
+    Failure,
+    /// The agent could not read the state (its source failed).
+    Unknown,
+}
+
+impl State {
+    /// Every state, in `state_code` order.
+    pub const ALL: [State; 6] = [
+        State::Unknown,
+        State::Active,
+        State::WaitingForTermination,
+        State::Terminating,
+        State::Maintenance,
+        State::Failure,
+    ];
+
+    /// The JSON spelling (`waiting_for_termination`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::WaitingForTermination => "waiting_for_termination",
+            State::Terminating => "terminating",
+            State::Maintenance => "maintenance",
+            State::Failure => "failure",
+            State::Unknown => "unknown",
+        }
+    }
+
+    /// Stable number stored as the `state_code` field. These values never change: dashboards
+    /// value-map them and alert rules compare against them.
+    ///
+    /// | state | code |
+    /// | --- | --- |
+    /// | unknown | 0 |
+    /// | active | 1 |
+    /// | waiting_for_termination | 2 |
+    /// | terminating | 3 |
+    /// | maintenance | 4 |
+    /// | failure | 5 |
+    pub const fn state_code(self) -> u8 {
+        match self {
+            State::Unknown => 0,
+            State::Active => 1,
+            State::WaitingForTermination => 2,
+            State::Terminating => 3,
+            State::Maintenance => 4,
+            State::Failure => 5,
+        }
+    }
+
+    /// The state stored under `code`, if any.
+    pub fn from_code(code: u8) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.state_code() == code)
+    }
+
+    /// Whether an instance in this state counts as online in the connector rollup: it
+    /// carries calls and its capacity is part of the connector's (`active`, and
+    /// `waiting_for_termination` while it drains).
+    pub const fn is_online(self) -> bool {
+        matches!(self, State::Active | State::WaitingForTermination)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name that is not one of the v1 states.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown instance state {0:?}; expected one of active, waiting_for_termination, terminating, maintenance, failure, unknown")]
+pub struct UnknownState(pub String);
+
+impl FromStr for State {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// A UTC instant with millisecond precision, written as RFC 3339 `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+///
+/// The range is 1970-01-01 to 2262-04-11, so [`Timestamp::unix_nanos`] always fits the
+/// `i64` nanoseconds of line protocol. Parsing accepts any RFC 3339 offset, converts to UTC
+/// and drops digits below the millisecond, so `parse(format(t)) == t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+/// Why a string is not a usable [`Timestamp`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    /// Not RFC 3339 (`2026-11-26T10:00:00.123Z`).
+    #[error("not an RFC 3339 timestamp (expected e.g. 2026-11-26T10:00:00.123Z)")]
+    NotRfc3339,
+    /// Before 1970 or after 2262-04-11 (outside the nanosecond range of line protocol).
+    #[error("timestamp outside 1970-01-01..2262-04-11")]
+    OutOfRange,
+}
+
+const NANOS_PER_MILLI: i64 = 1_000_000;
+
+impl Timestamp {
+    /// The Unix epoch, 1970-01-01T00:00:00.000Z.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The last representable instant (its nanoseconds still fit an `i64`).
+    pub const MAX: Timestamp = Timestamp(i64::MAX / NANOS_PER_MILLI);
+
+    /// The instant `ms` milliseconds after the Unix epoch, if in range.
+    pub const fn from_unix_millis(ms: i64) -> Option<Timestamp> {
+        if ms >= 0 && ms <= Timestamp::MAX.0 {
+            Some(Timestamp(ms))
+        } else {
+            None
+        }
+    }
+
+    /// The current time, from the system clock (the epoch if the clock is before it).
+    pub fn now() -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms.min(Timestamp::MAX.0))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn unix_millis(self) -> i64 {
+        self.0
+    }
+
+    /// Nanoseconds since the Unix epoch (the line-protocol timestamp).
+    pub const fn unix_nanos(self) -> i64 {
+        self.0 * NANOS_PER_MILLI
+    }
+
+    /// The start of the `interval_ms`-long interval containing this instant, intervals
+    /// being aligned to the epoch. Used to stamp rollups at aligned window ends.
+    /// An `interval_ms` of 0 or less returns `self`.
+    pub const fn floor_to(self, interval_ms: i64) -> Timestamp {
+        if interval_ms <= 0 {
+            self
+        } else {
+            Timestamp(self.0 - self.0 % interval_ms)
+        }
+    }
+
+    /// Parses an RFC 3339 timestamp (any offset; converted to UTC, truncated to ms).
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, TimestampError> {
+        let parsed = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| TimestampError::NotRfc3339)?;
+        let nanos = parsed.unix_timestamp_nanos();
+        let ms = nanos.div_euclid(i128::from(NANOS_PER_MILLI));
+        i64::try_from(ms)
+            .ok()
+            .and_then(Timestamp::from_unix_millis)
+            .ok_or(TimestampError::OutOfRange)
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = TimestampError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Timestamp::parse_rfc3339(s)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        let days = ms.div_euclid(86_400_000);
+        let ms_of_day = ms.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let secs = ms_of_day / 1000;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            ms_of_day % 1000
+        )
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)
+/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // day is 1..=31 and month 1..=12 by construction.
+    (year, month as u32, day as u32)
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Timestamp::parse_rfc3339(&s).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_codes_are_stable_and_round_trip() {
+        let codes: Vec<(String, u8)> = State::ALL
+            .iter()
+            .map(|s| (s.to_string(), s.state_code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("unknown".to_owned(), 0),
+                ("active".to_owned(), 1),
+                ("waiting_for_termination".to_owned(), 2),
+                ("terminating".to_owned(), 3),
+                ("maintenance".to_owned(), 4),
+                ("failure".to_owned(), 5),
+            ]
+        );
+        for s in State::ALL {
+            assert_eq!(State::from_code(s.state_code()), Some(s));
+            assert_eq!(s.as_str().parse::<State>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(State::from_code(6), None);
+        assert!("Active".parse::<State>().is_err());
+    }
+
+    #[test]
+    fn only_active_and_draining_count_as_online() {
+        let online: Vec<State> = State::ALL.into_iter().filter(|s| s.is_online()).collect();
+        assert_eq!(online, [State::Active, State::WaitingForTermination]);
+    }
+
+    #[test]
+    fn timestamp_formats_utc_with_milliseconds() {
+        assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000Z");
+        let t = Timestamp::from_unix_millis(1_795_687_200_123).unwrap();
+        assert_eq!(t.to_string(), "2026-11-26T10:00:00.123Z");
+        assert_eq!(t.unix_nanos(), 1_795_687_200_123_000_000);
+        // Leap day and end of year.
+        let t = Timestamp::parse_rfc3339("2024-02-29T23:59:59.999Z").unwrap();
+        assert_eq!(t.to_string(), "2024-02-29T23:59:59.999Z");
+        let t = Timestamp::parse_rfc3339("2025-12-31T23:59:59Z").unwrap();
+        assert_eq!(t.to_string(), "2025-12-31T23:59:59.000Z");
+        assert_eq!(Timestamp::MAX.to_string(), "2262-04-11T23:47:16.854Z");
+    }
+
+    #[test]
+    fn timestamp_parse_normalises_offset_and_truncates_below_ms() {
+        let t = Timestamp::parse_rfc3339("2026-11-26T11:00:00.123987+01:00").unwrap();
+        assert_eq!(t.to_string(), "2026-11-26T10:00:00.123Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-26T10:00:00"),
+            Err(TimestampError::NotRfc3339),
+            "an offset is required"
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("1795687200123"),
+            Err(TimestampError::NotRfc3339)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("1969-12-31T23:59:59.999Z"),
+            Err(TimestampError::OutOfRange)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2300-01-01T00:00:00Z"),
+            Err(TimestampError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn timestamp_floor_aligns_to_interval() {
+        let t = Timestamp::parse_rfc3339("2026-11-26T10:00:59.999Z").unwrap();
+        assert_eq!(t.floor_to(60_000).to_string(), "2026-11-26T10:00:00.000Z");
+        assert_eq!(t.floor_to(0), t);
+    }
+
+    #[test]
+    fn utilization_uses_planned_calls_default_and_guards_zero() {
+        let mut c = Calls {
+            call_count: 12,
+            max_calls: 16,
+            planned_calls: None,
+            media_load: None,
+        };
+        assert_eq!(c.planned_calls_or_default(), 15);
+        assert!((c.utilization() - 0.8).abs() < 1e-12);
+        c.planned_calls = Some(0);
+        assert_eq!(c.utilization(), 0.0);
+    }
+}

@@ -1,0 +1,922 @@
+//! Bytes to [`StatusEvent`] and back, with every rule that makes an event acceptable.
+//!
+//! [`decode`] never panics and never stops on bad input: it returns a [`DeadLetter`] whose
+//! [`DeadLetterReason::kind`] is the counter label. Checks run in this order, and the first
+//! failure is reported:
+//!
+//! 1. size: a body over [`MAX_BODY_BYTES`] is [`DeadLetterReason::Oversized`] (not parsed);
+//! 2. JSON syntax (and UTF-8): [`DeadLetterReason::InvalidJson`];
+//! 3. `schema`: `tcpulse.status.v1` or `tcpulse.status.v1.N` is read; `tcpulse.status.v2`
+//!    and later (with or without a minor) is [`DeadLetterReason::FutureMajorVersion`];
+//!    anything else is [`DeadLetterReason::UnknownSchema`];
+//! 4. structure, in field order: [`DeadLetterReason::MissingField`] for an absent required
+//!    field, [`DeadLetterReason::WrongType`] for a value of the wrong JSON type (a
+//!    fractional number where an integer belongs, or `null` in a required field);
+//! 5. values ([`StatusEvent::validate`]): [`DeadLetterReason::InvalidValue`].
+//!
+//! Unknown fields are ignored at every level. An optional field that is `null` counts as
+//! absent (unknown).
+//!
+//! Decisions on values (all in [`StatusEvent::validate`]):
+//! - identity strings (`connector`, `deployment`, `region`, `scaleset`, `instance`) must be
+//!   non-empty, at most [`MAX_LABEL_BYTES`] long and free of control characters: they
+//!   become line-protocol tags, which cannot carry newlines or be empty;
+//! - a negative count is invalid (not a wrong type): the producer sent a number;
+//! - `calls.media_load` is a percentage, 0..=100; the agent clamps what its source reports;
+//! - `health.cpu` is a fraction, 0.0..=1.0;
+//! - `call_count > max_calls` is accepted: Pexip says real capacity varies, and an
+//!   over-full instance is exactly what the dashboards must show;
+//! - `time` and `start_time` must be RFC 3339 within 1970..2262 (see [`Timestamp`]);
+//! - `state` must be a v1 state name. A *minor* version (`v1.N`, N ≥ 1) may add states, so
+//!   there an unrecognised name reads as [`State::Unknown`] instead of a dead letter.
+//!
+//! [`encode`] writes the JSON form; it does not validate, so producers call
+//! [`StatusEvent::validate`] first (the agent does, so it never spools a dead letter).
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::event::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
+
+/// Largest body [`decode`] reads: 64 KiB. A v1 event is well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest identity string (connector, deployment, region, scaleset, instance) or agent
+/// version, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Longest excerpt of producer-supplied text kept in a dead-letter reason, in characters.
+const MAX_EXCERPT_CHARS: usize = 64;
+
+/// Prefix shared by every tcpulse status schema name.
+const SCHEMA_PREFIX: &str = "tcpulse.status.v";
+
+/// An event the collector cannot use: why, and which instance sent it when that much of
+/// the body could be read (for the log line; never a tag).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("dead letter{}: {reason}", .instance.as_deref().map(|i| format!(" from instance {i:?}")).unwrap_or_default())]
+pub struct DeadLetter {
+    /// Why the event was rejected.
+    pub reason: DeadLetterReason,
+    /// The `instance` field, if the body was a JSON object with a string there (truncated).
+    pub instance: Option<String>,
+}
+
+/// Why an event is a dead letter. Field names are dotted JSON paths (`calls.call_count`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeadLetterReason {
+    /// The body is larger than [`MAX_BODY_BYTES`]; carries the body length.
+    #[error("body of {0} bytes exceeds the {MAX_BODY_BYTES}-byte limit")]
+    Oversized(usize),
+    /// The body is not UTF-8 JSON; carries the parser's message (with line and column).
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// `schema` names a later major version this reader does not know.
+    #[error("schema {0:?} is a later major version; upgrade the collector to read it")]
+    FutureMajorVersion(String),
+    /// `schema` is not a tcpulse status schema name.
+    #[error("unknown schema {0:?}; expected tcpulse.status.v1")]
+    UnknownSchema(String),
+    /// A required field is absent.
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    /// A field has the wrong JSON type (`(root)` when the body is not an object).
+    #[error("field `{0}` has the wrong type")]
+    WrongType(&'static str),
+    /// A field has the right type but a value outside what v1 allows.
+    #[error("field `{field}` is invalid: {why}")]
+    InvalidValue {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+impl DeadLetterReason {
+    /// Every value [`DeadLetterReason::kind`] returns, for pre-registering counters.
+    pub const KINDS: [&'static str; 7] = [
+        "oversized",
+        "invalid_json",
+        "future_major_version",
+        "unknown_schema",
+        "missing_field",
+        "wrong_type",
+        "invalid_value",
+    ];
+
+    /// Stable snake_case name of the reason's kind: the `error_type` label of the
+    /// dead-letter counter and the key of "logged once per kind".
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            DeadLetterReason::Oversized(_) => "oversized",
+            DeadLetterReason::InvalidJson(_) => "invalid_json",
+            DeadLetterReason::FutureMajorVersion(_) => "future_major_version",
+            DeadLetterReason::UnknownSchema(_) => "unknown_schema",
+            DeadLetterReason::MissingField(_) => "missing_field",
+            DeadLetterReason::WrongType(_) => "wrong_type",
+            DeadLetterReason::InvalidValue { .. } => "invalid_value",
+        }
+    }
+}
+
+/// A schema name this crate can read, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion {
+    /// Major version; always 1 for a readable event.
+    pub major: u32,
+    /// Minor version; 0 for plain `tcpulse.status.v1`.
+    pub minor: u32,
+}
+
+/// Classifies a schema name: `Ok` for v1 and its minors, else the dead-letter reason.
+pub fn parse_schema(schema: &str) -> Result<SchemaVersion, DeadLetterReason> {
+    let unknown = || DeadLetterReason::UnknownSchema(excerpt(schema));
+    let rest = schema.strip_prefix(SCHEMA_PREFIX).ok_or_else(unknown)?;
+    let (major, minor) = match rest.split_once('.') {
+        Some((major, minor)) => (major, Some(minor)),
+        None => (rest, None),
+    };
+    let major = parse_version_number(major).ok_or_else(unknown)?;
+    let minor = match minor {
+        Some(m) => parse_version_number(m).ok_or_else(unknown)?,
+        None => 0,
+    };
+    match major {
+        1 => Ok(SchemaVersion { major, minor }),
+        0 => Err(unknown()),
+        _ => Err(DeadLetterReason::FutureMajorVersion(excerpt(schema))),
+    }
+}
+
+/// Decimal digits without a leading zero (except `0` itself).
+fn parse_version_number(s: &str) -> Option<u32> {
+    let ok =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if ok {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn excerpt(s: &str) -> String {
+    s.chars().take(MAX_EXCERPT_CHARS).collect()
+}
+
+/// Decodes and validates one event body. See the module docs for the rules.
+pub fn decode(bytes: &[u8]) -> Result<StatusEvent, DeadLetter> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(DeadLetter {
+            reason: DeadLetterReason::Oversized(bytes.len()),
+            instance: None,
+        });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| DeadLetter {
+        reason: DeadLetterReason::InvalidJson(e.to_string()),
+        instance: None,
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(DeadLetter {
+            reason: DeadLetterReason::WrongType("(root)"),
+            instance: None,
+        });
+    };
+    let instance = match obj.get("instance") {
+        Some(Value::String(s)) => Some(excerpt(s)),
+        _ => None,
+    };
+    read_event(&obj).map_err(|reason| DeadLetter { reason, instance })
+}
+
+/// Encodes an event as its JSON body. Does not validate: call [`StatusEvent::validate`]
+/// first. Non-finite floats (which JSON cannot carry) are written as `null`, which reads
+/// back as unknown.
+pub fn encode(event: &StatusEvent) -> Vec<u8> {
+    // Serialising these types cannot fail: every map key is a string and every value has an
+    // infallible Serialize impl. Fall back to an empty body (a dead letter) rather than panic.
+    serde_json::to_vec(event).unwrap_or_default()
+}
+
+type Obj = Map<String, Value>;
+type Res<T> = Result<T, DeadLetterReason>;
+
+/// The last segment of a dotted path: the key inside its object.
+fn key_of(path: &'static str) -> &'static str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+/// A present, non-null value; `Ok(None)` if absent or null.
+fn opt<'a>(o: &'a Obj, path: &'static str) -> Option<&'a Value> {
+    o.get(key_of(path)).filter(|v| !v.is_null())
+}
+
+fn req<'a>(o: &'a Obj, path: &'static str) -> Res<&'a Value> {
+    match o.get(key_of(path)) {
+        None => Err(DeadLetterReason::MissingField(path)),
+        Some(Value::Null) => Err(DeadLetterReason::WrongType(path)),
+        Some(v) => Ok(v),
+    }
+}
+
+fn as_str<'a>(v: &'a Value, path: &'static str) -> Res<&'a str> {
+    v.as_str().ok_or(DeadLetterReason::WrongType(path))
+}
+
+fn as_u64(v: &Value, path: &'static str) -> Res<u64> {
+    let Value::Number(n) = v else {
+        return Err(DeadLetterReason::WrongType(path));
+    };
+    if let Some(u) = n.as_u64() {
+        Ok(u)
+    } else if n.is_i64() {
+        Err(DeadLetterReason::InvalidValue {
+            field: path,
+            why: "must not be negative",
+        })
+    } else {
+        Err(DeadLetterReason::WrongType(path))
+    }
+}
+
+fn as_u32(v: &Value, path: &'static str) -> Res<u32> {
+    u32::try_from(as_u64(v, path)?).map_err(|_| DeadLetterReason::InvalidValue {
+        field: path,
+        why: "too large",
+    })
+}
+
+fn as_f64(v: &Value, path: &'static str) -> Res<f64> {
+    v.as_f64().ok_or(DeadLetterReason::WrongType(path))
+}
+
+fn as_bool(v: &Value, path: &'static str) -> Res<bool> {
+    v.as_bool().ok_or(DeadLetterReason::WrongType(path))
+}
+
+fn as_obj<'a>(v: &'a Value, path: &'static str) -> Res<&'a Obj> {
+    v.as_object().ok_or(DeadLetterReason::WrongType(path))
+}
+
+fn as_timestamp(v: &Value, path: &'static str) -> Res<Timestamp> {
+    Timestamp::parse_rfc3339(as_str(v, path)?).map_err(|e| DeadLetterReason::InvalidValue {
+        field: path,
+        why: match e {
+            crate::event::TimestampError::NotRfc3339 => "not an RFC 3339 timestamp",
+            crate::event::TimestampError::OutOfRange => "outside 1970-01-01..2262-04-11",
+        },
+    })
+}
+
+fn req_str(o: &Obj, path: &'static str) -> Res<String> {
+    Ok(as_str(req(o, path)?, path)?.to_owned())
+}
+
+fn read_event(o: &Obj) -> Res<StatusEvent> {
+    let schema = req_str(o, "schema")?;
+    let version = parse_schema(&schema)?;
+
+    let connector = req_str(o, "connector")?;
+    let deployment = req_str(o, "deployment")?;
+    let region = req_str(o, "region")?;
+    let scaleset = req_str(o, "scaleset")?;
+    let instance = req_str(o, "instance")?;
+    let boot = Uuid::parse_str(as_str(req(o, "boot")?, "boot")?).map_err(|_| {
+        DeadLetterReason::InvalidValue {
+            field: "boot",
+            why: "not a UUID",
+        }
+    })?;
+    let seq = as_u64(req(o, "seq")?, "seq")?;
+    let time = as_timestamp(req(o, "time")?, "time")?;
+    let start_time = opt(o, "start_time")
+        .map(|v| as_timestamp(v, "start_time"))
+        .transpose()?;
+    let state_name = as_str(req(o, "state")?, "state")?;
+    let state = match state_name.parse::<State>() {
+        Ok(s) => s,
+        Err(_) if version.minor > 0 => State::Unknown,
+        Err(_) => {
+            return Err(DeadLetterReason::InvalidValue {
+                field: "state",
+                why: "not a v1 state (active, waiting_for_termination, terminating, maintenance, failure, unknown)",
+            })
+        }
+    };
+    let calls = opt(o, "calls")
+        .map(|v| read_calls(as_obj(v, "calls")?))
+        .transpose()?;
+    let health = opt(o, "health")
+        .map(|v| read_health(as_obj(v, "health")?))
+        .transpose()?
+        .unwrap_or_default();
+    let agent = opt(o, "agent")
+        .map(|v| read_agent(as_obj(v, "agent")?))
+        .transpose()?;
+
+    let event = StatusEvent {
+        schema,
+        connector,
+        deployment,
+        region,
+        scaleset,
+        instance,
+        boot,
+        seq,
+        time,
+        start_time,
+        state,
+        calls,
+        health,
+        agent,
+    };
+    event.validate()?;
+    Ok(event)
+}
+
+fn read_calls(o: &Obj) -> Res<Calls> {
+    Ok(Calls {
+        call_count: as_u32(req(o, "calls.call_count")?, "calls.call_count")?,
+        max_calls: as_u32(req(o, "calls.max_calls")?, "calls.max_calls")?,
+        planned_calls: opt(o, "calls.planned_calls")
+            .map(|v| as_u32(v, "calls.planned_calls"))
+            .transpose()?,
+        media_load: opt(o, "calls.media_load")
+            .map(|v| {
+                u8::try_from(as_u64(v, "calls.media_load")?).map_err(|_| {
+                    DeadLetterReason::InvalidValue {
+                        field: "calls.media_load",
+                        why: MEDIA_LOAD_RANGE,
+                    }
+                })
+            })
+            .transpose()?,
+    })
+}
+
+fn read_health(o: &Obj) -> Res<Health> {
+    let u = |path| opt(o, path).map(|v| as_u64(v, path)).transpose();
+    let f = |path| opt(o, path).map(|v| as_f64(v, path)).transpose();
+    Ok(Health {
+        cpu: f("health.cpu")?,
+        mem_used_bytes: u("health.mem_used_bytes")?,
+        mem_total_bytes: u("health.mem_total_bytes")?,
+        disk_free_bytes: u("health.disk_free_bytes")?,
+        service_up: opt(o, "health.service_up")
+            .map(|v| as_bool(v, "health.service_up"))
+            .transpose()?,
+        cert_expiry_days: f("health.cert_expiry_days")?,
+    })
+}
+
+fn read_agent(o: &Obj) -> Res<AgentInfo> {
+    Ok(AgentInfo {
+        version: req_str(o, "agent.version")?,
+        spooled: as_u64(req(o, "agent.spooled")?, "agent.spooled")?,
+        dropped: as_u64(req(o, "agent.dropped")?, "agent.dropped")?,
+    })
+}
+
+const MEDIA_LOAD_RANGE: &str = "a percentage, must be 0..=100";
+
+fn check_label(field: &'static str, value: &str) -> Res<()> {
+    let why = if value.is_empty() {
+        "must not be empty"
+    } else if value.len() > MAX_LABEL_BYTES {
+        "longer than 256 bytes"
+    } else if value.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(DeadLetterReason::InvalidValue { field, why })
+}
+
+impl StatusEvent {
+    /// Checks the value rules of v1 (see [`crate::decode`]); [`decode`] applies them to
+    /// every event, and producers call this before [`encode`].
+    pub fn validate(&self) -> Result<(), DeadLetterReason> {
+        parse_schema(&self.schema)?;
+        check_label("connector", &self.connector)?;
+        check_label("deployment", &self.deployment)?;
+        check_label("region", &self.region)?;
+        check_label("scaleset", &self.scaleset)?;
+        check_label("instance", &self.instance)?;
+        if let Some(calls) = &self.calls {
+            if calls.media_load.is_some_and(|m| m > 100) {
+                return Err(DeadLetterReason::InvalidValue {
+                    field: "calls.media_load",
+                    why: MEDIA_LOAD_RANGE,
+                });
+            }
+        }
+        if let Some(cpu) = self.health.cpu {
+            if !(0.0..=1.0).contains(&cpu) {
+                return Err(DeadLetterReason::InvalidValue {
+                    field: "health.cpu",
+                    why: "a fraction, must be 0.0..=1.0",
+                });
+            }
+        }
+        if self.health.cert_expiry_days.is_some_and(|d| !d.is_finite()) {
+            return Err(DeadLetterReason::InvalidValue {
+                field: "health.cert_expiry_days",
+                why: "must be a finite number",
+            });
+        }
+        if let Some(agent) = &self.agent {
+            check_label("agent.version", &agent.version)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    }
+
+    fn reason(bytes: &[u8]) -> DeadLetterReason {
+        decode(bytes).unwrap_err().reason
+    }
+
+    fn minimal() -> Value {
+        serde_json::from_slice(&fixture("valid_minimal.json")).unwrap()
+    }
+
+    fn with(mut v: Value, pointer: &str, new: Value) -> Vec<u8> {
+        *v.pointer_mut(pointer).unwrap() = new;
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn without(mut v: Value, key: &str) -> Vec<u8> {
+        v.as_object_mut().unwrap().remove(key).unwrap();
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn decodes_full_fixture_with_every_field() {
+        let ev = decode(&fixture("valid_full.json")).unwrap();
+        assert_eq!(ev.schema, "tcpulse.status.v1");
+        assert_eq!(ev.connector, "tc-eu.example.com");
+        assert_eq!(ev.deployment, "blue");
+        assert_eq!(ev.region, "westeurope");
+        assert_eq!(ev.scaleset, "tc-eu-vmss");
+        assert_eq!(ev.instance, "tc-eu-vmss_3");
+        assert_eq!(ev.boot.to_string(), "6f1c2a4e-8b1d-4c3e-9f70-2d5b8a9e0c11");
+        assert_eq!(ev.seq, 1042);
+        assert_eq!(ev.time.to_string(), "2026-11-26T10:00:00.123Z");
+        assert_eq!(
+            ev.start_time.map(|t| t.to_string()).as_deref(),
+            Some("2026-11-26T07:41:12.000Z")
+        );
+        assert_eq!(ev.state, State::Active);
+        assert_eq!(
+            ev.calls,
+            Some(Calls {
+                call_count: 12,
+                max_calls: 16,
+                planned_calls: Some(15),
+                media_load: Some(71)
+            })
+        );
+        assert_eq!(
+            ev.health,
+            Health {
+                cpu: Some(0.41),
+                mem_used_bytes: Some(6_442_450_944),
+                mem_total_bytes: Some(17_179_869_184),
+                disk_free_bytes: Some(53_687_091_200),
+                service_up: Some(true),
+                cert_expiry_days: Some(41.5),
+            }
+        );
+        assert_eq!(
+            ev.agent,
+            Some(AgentInfo {
+                version: "0.1.0".into(),
+                spooled: 0,
+                dropped: 0
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_minimal_fixture_with_everything_optional_unknown() {
+        let ev = decode(&fixture("valid_minimal.json")).unwrap();
+        assert_eq!(ev.state, State::Unknown);
+        assert_eq!(ev.seq, 0);
+        assert_eq!(ev.start_time, None);
+        assert_eq!(ev.calls, None);
+        assert!(ev.health.is_empty());
+        assert_eq!(ev.agent, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_at_every_level() {
+        let ev = decode(&fixture("valid_unknown_fields.json")).unwrap();
+        let full = decode(&fixture("valid_full.json")).unwrap();
+        assert_eq!(ev, full);
+    }
+
+    #[test]
+    fn minor_version_is_read_and_may_add_states() {
+        let ev = decode(&fixture("valid_minor_version.json")).unwrap();
+        assert_eq!(ev.schema, "tcpulse.status.v1.3");
+        assert_eq!(
+            ev.state,
+            State::Unknown,
+            "a state added in v1.3 reads as unknown"
+        );
+        // The same unknown state under plain v1 is a dead letter.
+        let v: Value = serde_json::from_slice(&fixture("valid_minor_version.json")).unwrap();
+        assert_eq!(
+            reason(&with(v, "/schema", "tcpulse.status.v1".into())).kind(),
+            "invalid_value"
+        );
+    }
+
+    #[test]
+    fn serde_derive_agrees_with_decode_on_valid_fixtures() {
+        for name in [
+            "valid_full.json",
+            "valid_minimal.json",
+            "valid_unknown_fields.json",
+        ] {
+            let bytes = fixture(name);
+            let via_serde: StatusEvent = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(via_serde, decode(&bytes).unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_fixture_is_invalid_json() {
+        let r = reason(&fixture("invalid_json.json"));
+        assert!(
+            matches!(r, DeadLetterReason::InvalidJson(ref m) if m.contains("line")),
+            "{r:?}"
+        );
+        assert_eq!(r.kind(), "invalid_json");
+        assert!(matches!(
+            reason(b"\xff\xfe{}"),
+            DeadLetterReason::InvalidJson(_)
+        ));
+        assert!(matches!(reason(b""), DeadLetterReason::InvalidJson(_)));
+    }
+
+    #[test]
+    fn missing_field_fixture_names_the_field() {
+        let dl = decode(&fixture("invalid_missing_field.json")).unwrap_err();
+        assert_eq!(dl.reason, DeadLetterReason::MissingField("seq"));
+        assert_eq!(dl.instance.as_deref(), Some("tc-eu-vmss_3"));
+        assert_eq!(
+            dl.to_string(),
+            "dead letter from instance \"tc-eu-vmss_3\": missing required field `seq`"
+        );
+    }
+
+    #[test]
+    fn every_required_field_is_required() {
+        for key in [
+            "schema",
+            "connector",
+            "deployment",
+            "region",
+            "scaleset",
+            "instance",
+            "boot",
+            "seq",
+            "time",
+            "state",
+        ] {
+            match reason(&without(minimal(), key)) {
+                DeadLetterReason::MissingField(f) => assert_eq!(f, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        for (pointer, path) in [
+            ("/calls", "calls.call_count"),
+            ("/calls", "calls.max_calls"),
+            ("/agent", "agent.version"),
+            ("/agent", "agent.spooled"),
+            ("/agent", "agent.dropped"),
+        ] {
+            let mut v = full.clone();
+            v.pointer_mut(pointer)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(key_of(path))
+                .unwrap();
+            assert_eq!(
+                reason(&serde_json::to_vec(&v).unwrap()),
+                DeadLetterReason::MissingField(path)
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_fixture_names_the_nested_field() {
+        assert_eq!(
+            reason(&fixture("invalid_wrong_type.json")),
+            DeadLetterReason::WrongType("calls.call_count")
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_detected() {
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        let cases: [(&str, Value, &str); 10] = [
+            ("/seq", 1.5.into(), "seq"),
+            ("/seq", "1".into(), "seq"),
+            ("/connector", 7.into(), "connector"),
+            ("/state", Value::Null, "state"),
+            ("/calls", Value::Array(vec![]), "calls"),
+            ("/calls/max_calls", 16.0.into(), "calls.max_calls"),
+            ("/health/cpu", "0.4".into(), "health.cpu"),
+            ("/health/service_up", 1.into(), "health.service_up"),
+            ("/agent/version", Value::Null, "agent.version"),
+            ("/schema", 1.into(), "schema"),
+        ];
+        for (pointer, value, field) in cases {
+            assert_eq!(
+                reason(&with(full.clone(), pointer, value)),
+                DeadLetterReason::WrongType(field),
+                "{pointer}"
+            );
+        }
+        assert_eq!(reason(b"[1,2]"), DeadLetterReason::WrongType("(root)"));
+        assert_eq!(reason(b"null"), DeadLetterReason::WrongType("(root)"));
+    }
+
+    #[test]
+    fn null_optional_fields_read_as_unknown() {
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        let ev = decode(&with(full.clone(), "/health/cpu", Value::Null)).unwrap();
+        assert_eq!(ev.health.cpu, None);
+        let ev = decode(&with(full, "/calls", Value::Null)).unwrap();
+        assert_eq!(ev.calls, None);
+    }
+
+    #[test]
+    fn negative_count_fixture_is_invalid_value() {
+        assert_eq!(
+            reason(&fixture("invalid_negative_count.json")),
+            DeadLetterReason::InvalidValue {
+                field: "calls.call_count",
+                why: "must not be negative"
+            }
+        );
+    }
+
+    #[test]
+    fn every_fixture_is_listed_in_the_readme() {
+        let dir = format!("{}/fixtures", env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(format!("{dir}/README.md")).unwrap();
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".json") {
+                count += 1;
+                assert!(
+                    readme.contains(&format!("`{name}`")),
+                    "{name} missing from README"
+                );
+                let decoded = decode(&fixture(&name));
+                assert_eq!(
+                    decoded.is_ok(),
+                    name.starts_with("valid_"),
+                    "{name}: {decoded:?}"
+                );
+            }
+        }
+        assert_eq!(count, 9);
+    }
+
+    #[test]
+    fn future_major_fixture_is_future_major_version() {
+        let r = reason(&fixture("invalid_future_major.json"));
+        assert_eq!(
+            r,
+            DeadLetterReason::FutureMajorVersion("tcpulse.status.v2".into())
+        );
+        assert_eq!(r.kind(), "future_major_version");
+    }
+
+    #[test]
+    fn schema_names_are_classified() {
+        let ok = |s: &str| parse_schema(s).map(|v| (v.major, v.minor));
+        assert_eq!(ok("tcpulse.status.v1"), Ok((1, 0)));
+        assert_eq!(ok("tcpulse.status.v1.0"), Ok((1, 0)));
+        assert_eq!(ok("tcpulse.status.v1.12"), Ok((1, 12)));
+        for future in [
+            "tcpulse.status.v2",
+            "tcpulse.status.v2.1",
+            "tcpulse.status.v10",
+        ] {
+            assert_eq!(
+                parse_schema(future).unwrap_err().kind(),
+                "future_major_version"
+            );
+        }
+        for unknown in [
+            "",
+            "tcpulse.status",
+            "tcpulse.status.v",
+            "tcpulse.status.v0",
+            "tcpulse.status.v01",
+            "tcpulse.status.v1.",
+            "tcpulse.status.v1.x",
+            "tcpulse.status.v1.1.1",
+            "tcpulse.status.v-1",
+            "TCPULSE.STATUS.V1",
+            "other.status.v1",
+        ] {
+            assert_eq!(
+                parse_schema(unknown).unwrap_err().kind(),
+                "unknown_schema",
+                "{unknown:?}"
+            );
+        }
+        // Producer text kept in a reason is bounded.
+        let long = format!("x{}", "y".repeat(10_000));
+        match parse_schema(&long).unwrap_err() {
+            DeadLetterReason::UnknownSchema(s) => assert_eq!(s.chars().count(), 64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_schema_in_body_is_dead_letter() {
+        assert_eq!(
+            reason(&with(minimal(), "/schema", "acme.status.v1".into())),
+            DeadLetterReason::UnknownSchema("acme.status.v1".into())
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_rejected_before_parsing() {
+        let mut v = minimal();
+        v["padding"] = "x".repeat(MAX_BODY_BYTES).into();
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(reason(&bytes), DeadLetterReason::Oversized(bytes.len()));
+        // Exactly at the limit is still read (here: as JSON garbage, not as oversized).
+        assert_eq!(reason(&vec![b' '; MAX_BODY_BYTES]).kind(), "invalid_json");
+    }
+
+    #[test]
+    fn invalid_values_are_dead_letters() {
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("/seq", (-1).into(), "seq"),
+            ("/calls/call_count", (-3).into(), "calls.call_count"),
+            (
+                "/calls/max_calls",
+                5_000_000_000u64.into(),
+                "calls.max_calls",
+            ),
+            ("/calls/media_load", 101.into(), "calls.media_load"),
+            ("/calls/media_load", 1000.into(), "calls.media_load"),
+            ("/health/cpu", 1.5.into(), "health.cpu"),
+            ("/health/cpu", (-0.1).into(), "health.cpu"),
+            (
+                "/health/disk_free_bytes",
+                (-1).into(),
+                "health.disk_free_bytes",
+            ),
+            ("/connector", "".into(), "connector"),
+            ("/instance", "".into(), "instance"),
+            ("/deployment", "bl\nue".into(), "deployment"),
+            ("/region", "r".repeat(257).into(), "region"),
+            ("/boot", "not-a-uuid".into(), "boot"),
+            ("/time", "yesterday".into(), "time"),
+            ("/time", "1960-01-01T00:00:00Z".into(), "time"),
+            ("/start_time", "2026-11-26".into(), "start_time"),
+            ("/state", "Active".into(), "state"),
+            ("/agent/version", "".into(), "agent.version"),
+        ];
+        for (pointer, value, field) in cases {
+            match reason(&with(full.clone(), pointer, value)) {
+                DeadLetterReason::InvalidValue { field: f, .. } => {
+                    assert_eq!(f, field, "{pointer}")
+                }
+                other => panic!("{pointer}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        for (pointer, value) in [
+            ("/calls/media_load", Value::from(100)),
+            ("/calls/media_load", 0.into()),
+            ("/calls/call_count", 17.into()), // over max_calls: shown, not rejected
+            ("/health/cpu", 1.0.into()),
+            ("/health/cpu", 0.into()), // an integer is a valid number
+            ("/health/cert_expiry_days", (-3.5).into()), // expired
+            ("/region", "r".repeat(256).into()),
+            ("/seq", u64::MAX.into()),
+        ] {
+            assert!(
+                decode(&with(full.clone(), pointer, value.clone())).is_ok(),
+                "{pointer}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_kind_is_listed() {
+        let reasons = [
+            DeadLetterReason::Oversized(1),
+            DeadLetterReason::InvalidJson(String::new()),
+            DeadLetterReason::FutureMajorVersion(String::new()),
+            DeadLetterReason::UnknownSchema(String::new()),
+            DeadLetterReason::MissingField("x"),
+            DeadLetterReason::WrongType("x"),
+            DeadLetterReason::InvalidValue {
+                field: "x",
+                why: "y",
+            },
+        ];
+        let kinds: Vec<&str> = reasons.iter().map(DeadLetterReason::kind).collect();
+        assert_eq!(kinds, DeadLetterReason::KINDS);
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        for name in [
+            "valid_full.json",
+            "valid_minimal.json",
+            "valid_minor_version.json",
+        ] {
+            let ev = decode(&fixture(name)).unwrap();
+            let bytes = encode(&ev);
+            assert_eq!(decode(&bytes).unwrap(), ev, "{name}");
+            assert_eq!(
+                encode(&decode(&bytes).unwrap()),
+                bytes,
+                "{name}: stable bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn encode_writes_design_field_names_and_omits_unknowns() {
+        let ev = decode(&fixture("valid_full.json")).unwrap();
+        let v: Value = serde_json::from_slice(&encode(&ev)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "agent",
+            "boot",
+            "calls",
+            "connector",
+            "deployment",
+            "health",
+            "instance",
+            "region",
+            "scaleset",
+            "schema",
+            "seq",
+            "start_time",
+            "state",
+            "time",
+        ];
+        expected.sort_unstable();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort_unstable();
+        assert_eq!(keys_sorted, expected);
+        assert_eq!(v["time"], "2026-11-26T10:00:00.123Z");
+        assert_eq!(v["calls"]["media_load"], 71);
+
+        let min = decode(&fixture("valid_minimal.json")).unwrap();
+        let v: Value = serde_json::from_slice(&encode(&min)).unwrap();
+        for absent in ["calls", "health", "agent", "start_time"] {
+            assert!(
+                v.get(absent).is_none(),
+                "{absent} must be omitted, not zeroed"
+            );
+        }
+        let mut partial = min.clone();
+        partial.health.cpu = Some(0.5);
+        let v: Value = serde_json::from_slice(&encode(&partial)).unwrap();
+        assert_eq!(v["health"], serde_json::json!({ "cpu": 0.5 }));
+    }
+
+    #[test]
+    fn non_finite_float_encodes_as_unknown() {
+        let mut ev = decode(&fixture("valid_full.json")).unwrap();
+        ev.health.cert_expiry_days = Some(f64::NAN);
+        assert!(
+            ev.validate().is_err(),
+            "validate catches it before encoding"
+        );
+        let back = decode(&encode(&ev)).unwrap();
+        assert_eq!(back.health.cert_expiry_days, None);
+    }
+}

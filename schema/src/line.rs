@@ -1,0 +1,590 @@
+//! InfluxDB line protocol: a small [`Point`] type and the mapping of events and rollups
+//! onto the three measurements of DESIGN.md "Stored data".
+//!
+//! | measurement | tags | built by |
+//! | --- | --- | --- |
+//! | `tc_instance` | [`INSTANCE_TAGS`] | [`instance_point`], [`instance_down_point`] |
+//! | `tc_connector` | [`CONNECTOR_TAGS`] | [`connector_point`] |
+//! | `tc_pipeline` | [`PIPELINE_TAGS`] | [`pipeline_point`] |
+//!
+//! Type rules, so a field's type never changes between writes: counts and booleans-as-0/1
+//! are integers (`i` suffix, which InfluxDB 1.x, 2.x, 3.x and VictoriaMetrics all read;
+//! `u` is not accepted by 1.x), ratios and days are floats. Unknown values are left out,
+//! never written as 0. Tags are only the low-cardinality identity names: never a call id,
+//! an IP address or free text.
+//!
+//! Escaping ([`Point::to_line`]), per the line-protocol reference:
+//! - measurement: `,` and space;
+//! - tag keys, tag values and field keys: `,`, `=` and space;
+//! - a backslash that would otherwise escape the next character (one before an escaped
+//!   character, or at the end of the token) is doubled, so the line always parses;
+//! - string field values: `"` and `\`;
+//! - control characters (which line protocol cannot carry in names, and newlines which end
+//!   a line) are replaced by a space before escaping.
+//!
+//! A tag with an empty key or value is left out (InfluxDB rejects empty tag values); so
+//! is a field with an empty key or a non-finite float. A point left with no field renders
+//! as the empty string, which callers skip.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::capacity::ConnectorRollup;
+use crate::event::{ConnectorKey, StatusEvent, Timestamp};
+
+/// Measurement of per-instance points.
+pub const MEASUREMENT_INSTANCE: &str = "tc_instance";
+/// Measurement of per-connector rollups.
+pub const MEASUREMENT_CONNECTOR: &str = "tc_connector";
+/// Measurement of the collector's own pipeline health.
+pub const MEASUREMENT_PIPELINE: &str = "tc_pipeline";
+
+/// Tags of `tc_instance`.
+pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scaleset", "instance"];
+/// Every field `tc_instance` can carry (present only when known).
+pub const INSTANCE_FIELDS: [&str; 14] = [
+    "call_count",
+    "max_calls",
+    "planned_calls",
+    "media_load",
+    "utilization",
+    "up",
+    "state_code",
+    "cpu",
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "disk_free_bytes",
+    "service_up",
+    "cert_expiry_days",
+    "agent_spooled",
+];
+/// Tags of `tc_connector`.
+pub const CONNECTOR_TAGS: [&str; 3] = ["connector", "deployment", "region"];
+/// Fields of `tc_connector`.
+pub const CONNECTOR_FIELDS: [&str; 9] = [
+    "instances_online",
+    "call_count",
+    "capacity_planned",
+    "capacity_max",
+    "utilization",
+    "headroom_calls",
+    "peak_calls",
+    "instances_needed",
+    "vcpu_needed",
+];
+/// Tags of `tc_pipeline`.
+pub const PIPELINE_TAGS: [&str; 2] = ["collector", "partition"];
+/// Fields of `tc_pipeline` (the two ages only when known).
+pub const PIPELINE_FIELDS: [&str; 5] = [
+    "events",
+    "dead_letters",
+    "duplicates",
+    "lag_seconds",
+    "checkpoint_age_seconds",
+];
+
+/// A typed field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// 64-bit float, written without suffix.
+    Float(f64),
+    /// Signed integer, written with the `i` suffix.
+    Int(i64),
+    /// Unsigned integer, written with the `u` suffix (not readable by InfluxDB 1.x; the
+    /// tcpulse mappings never use it).
+    UInt(u64),
+    /// Boolean, written `true` / `false`.
+    Bool(bool),
+    /// String, written quoted.
+    Str(String),
+}
+
+impl From<f64> for FieldValue {
+    fn from(v: f64) -> Self {
+        FieldValue::Float(v)
+    }
+}
+impl From<i64> for FieldValue {
+    fn from(v: i64) -> Self {
+        FieldValue::Int(v)
+    }
+}
+impl From<u64> for FieldValue {
+    fn from(v: u64) -> Self {
+        FieldValue::UInt(v)
+    }
+}
+impl From<bool> for FieldValue {
+    fn from(v: bool) -> Self {
+        FieldValue::Bool(v)
+    }
+}
+impl From<&str> for FieldValue {
+    fn from(v: &str) -> Self {
+        FieldValue::Str(v.to_owned())
+    }
+}
+impl From<String> for FieldValue {
+    fn from(v: String) -> Self {
+        FieldValue::Str(v)
+    }
+}
+
+/// One line-protocol point: measurement, tags (sorted by key), fields (sorted by key) and
+/// a timestamp in nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    measurement: String,
+    tags: BTreeMap<String, String>,
+    fields: BTreeMap<String, FieldValue>,
+    timestamp_ns: i64,
+}
+
+impl Point {
+    /// An empty point of `measurement` at `timestamp_ns`.
+    pub fn new(measurement: impl Into<String>, timestamp_ns: i64) -> Point {
+        Point {
+            measurement: measurement.into(),
+            tags: BTreeMap::new(),
+            fields: BTreeMap::new(),
+            timestamp_ns,
+        }
+    }
+
+    /// Adds (or replaces) a tag.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Point {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds (or replaces) a field.
+    pub fn field(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Point {
+        self.fields.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a field only when `value` is known.
+    pub fn field_opt<V: Into<FieldValue>>(self, key: &str, value: Option<V>) -> Point {
+        match value {
+            Some(v) => self.field(key, v),
+            None => self,
+        }
+    }
+
+    /// The measurement name.
+    pub fn measurement(&self) -> &str {
+        &self.measurement
+    }
+
+    /// Tags, sorted by key.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
+
+    /// Fields, sorted by key.
+    pub fn fields(&self) -> &BTreeMap<String, FieldValue> {
+        &self.fields
+    }
+
+    /// One tag's value.
+    pub fn get_tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
+    }
+
+    /// One field's value.
+    pub fn get_field(&self, key: &str) -> Option<&FieldValue> {
+        self.fields.get(key)
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    pub fn timestamp_ns(&self) -> i64 {
+        self.timestamp_ns
+    }
+
+    /// The point as one line of line protocol, without a trailing newline; the empty
+    /// string if no field can be written. See the module docs for escaping.
+    pub fn to_line(&self) -> String {
+        let mut fields = String::new();
+        for (key, value) in &self.fields {
+            if key.is_empty() {
+                continue;
+            }
+            if let FieldValue::Float(f) = value {
+                if !f.is_finite() {
+                    continue;
+                }
+            }
+            if !fields.is_empty() {
+                fields.push(',');
+            }
+            escape_name(&mut fields, key, &[',', '=', ' ']);
+            fields.push('=');
+            // Writing to a String cannot fail.
+            let _ = match value {
+                FieldValue::Float(f) => write!(fields, "{f}"),
+                FieldValue::Int(i) => write!(fields, "{i}i"),
+                FieldValue::UInt(u) => write!(fields, "{u}u"),
+                FieldValue::Bool(b) => write!(fields, "{b}"),
+                FieldValue::Str(s) => {
+                    escape_string(&mut fields, s);
+                    Ok(())
+                }
+            };
+        }
+        if fields.is_empty() {
+            return String::new();
+        }
+        let mut line = String::with_capacity(64 + fields.len());
+        escape_name(&mut line, &self.measurement, &[',', ' ']);
+        for (key, value) in &self.tags {
+            if key.is_empty() || value.is_empty() {
+                continue;
+            }
+            line.push(',');
+            escape_name(&mut line, key, &[',', '=', ' ']);
+            line.push('=');
+            escape_name(&mut line, value, &[',', '=', ' ']);
+        }
+        line.push(' ');
+        line.push_str(&fields);
+        let _ = write!(line, " {}", self.timestamp_ns);
+        line
+    }
+}
+
+/// Escapes a measurement, tag key/value or field key: control characters become spaces,
+/// `special` characters get a backslash, and a backslash that would escape what follows
+/// it (an escaped character, or the separator after the token) is doubled.
+fn escape_name(out: &mut String, s: &str, special: &[char]) {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let mut chars = s.chars().map(clean).peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.push('\\');
+            match chars.peek() {
+                None => out.push('\\'),
+                Some(next) if special.contains(next) => out.push('\\'),
+                Some(_) => {}
+            }
+        } else {
+            if special.contains(&c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+}
+
+/// Writes a quoted string field value, escaping `"` and `\`; newlines become spaces.
+fn escape_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn int(v: u64) -> FieldValue {
+    FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn flag(v: bool) -> FieldValue {
+    FieldValue::Int(i64::from(v))
+}
+
+fn instance_series(ev: &StatusEvent, at: Timestamp) -> Point {
+    Point::new(MEASUREMENT_INSTANCE, at.unix_nanos())
+        .tag("connector", ev.connector.as_str())
+        .tag("deployment", ev.deployment.as_str())
+        .tag("region", ev.region.as_str())
+        .tag("scaleset", ev.scaleset.as_str())
+        .tag("instance", ev.instance.as_str())
+}
+
+/// The `tc_instance` point of one event, at the event's sample time.
+///
+/// `up` is the collector's verdict that the instance is reporting (the event is fresh);
+/// it is written as `up=1i`/`up=0i`. Call fields are present only if the event carried
+/// `calls`; each health field only if known. `utilization` is `call_count / planned_calls`.
+pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
+    let mut p = instance_series(ev, ev.time).field("up", flag(up)).field(
+        "state_code",
+        FieldValue::Int(i64::from(ev.state.state_code())),
+    );
+    if let Some(calls) = &ev.calls {
+        p = p
+            .field("call_count", FieldValue::Int(i64::from(calls.call_count)))
+            .field("max_calls", FieldValue::Int(i64::from(calls.max_calls)))
+            .field(
+                "planned_calls",
+                FieldValue::Int(i64::from(calls.planned_calls_or_default())),
+            )
+            .field_opt(
+                "media_load",
+                calls.media_load.map(|m| FieldValue::Int(m.into())),
+            )
+            .field("utilization", FieldValue::Float(calls.utilization()));
+    }
+    let h = &ev.health;
+    p.field_opt("cpu", h.cpu)
+        .field_opt("mem_used_bytes", h.mem_used_bytes.map(int))
+        .field_opt("mem_total_bytes", h.mem_total_bytes.map(int))
+        .field_opt("disk_free_bytes", h.disk_free_bytes.map(int))
+        .field_opt("service_up", h.service_up.map(flag))
+        .field_opt("cert_expiry_days", h.cert_expiry_days)
+        .field_opt("agent_spooled", ev.agent.as_ref().map(|a| int(a.spooled)))
+}
+
+/// A `tc_instance` point with only `up=0i`, for an instance that stopped reporting: same
+/// series as `last` (its latest event), stamped `at` (when the collector declared it
+/// stale). Stamping it at `last.time` instead would overwrite the last real sample.
+pub fn instance_down_point(last: &StatusEvent, at: Timestamp) -> Point {
+    instance_series(last, at).field("up", flag(false))
+}
+
+/// The `tc_connector` point of one rollup window, stamped at the window end (aligned to
+/// the rollup interval, so replays rewrite the same point).
+pub fn connector_point(
+    key: &ConnectorKey,
+    rollup: &ConnectorRollup,
+    window_end: Timestamp,
+) -> Point {
+    Point::new(MEASUREMENT_CONNECTOR, window_end.unix_nanos())
+        .tag("connector", key.connector.as_str())
+        .tag("deployment", key.deployment.as_str())
+        .tag("region", key.region.as_str())
+        .field("instances_online", int(rollup.instances_online))
+        .field("call_count", int(rollup.call_count))
+        .field("capacity_planned", int(rollup.capacity_planned))
+        .field("capacity_max", int(rollup.capacity_max))
+        .field("utilization", FieldValue::Float(rollup.utilization))
+        .field("headroom_calls", FieldValue::Int(rollup.headroom_calls))
+        .field("peak_calls", int(rollup.peak_calls))
+        .field("instances_needed", int(rollup.instances_needed))
+        .field("vcpu_needed", int(rollup.vcpu_needed))
+}
+
+/// The collector's per-partition pipeline counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PipelineStats {
+    /// Events decoded and new (not duplicates), total since the collector started.
+    pub events: u64,
+    /// Dead letters, total since the collector started.
+    pub dead_letters: u64,
+    /// Duplicates dropped (including beyond-window repeats), total since start.
+    pub duplicates: u64,
+    /// Seconds from the newest processed event's enqueue time to processing; absent until
+    /// an event was processed.
+    pub lag_seconds: Option<f64>,
+    /// Seconds since the partition's checkpoint last advanced; absent before the first.
+    pub checkpoint_age_seconds: Option<f64>,
+}
+
+/// The `tc_pipeline` point of one collector partition at `at`.
+pub fn pipeline_point(
+    collector: &str,
+    partition: &str,
+    stats: &PipelineStats,
+    at: Timestamp,
+) -> Point {
+    Point::new(MEASUREMENT_PIPELINE, at.unix_nanos())
+        .tag("collector", collector)
+        .tag("partition", partition)
+        .field("events", int(stats.events))
+        .field("dead_letters", int(stats.dead_letters))
+        .field("duplicates", int(stats.duplicates))
+        .field_opt("lag_seconds", stats.lag_seconds)
+        .field_opt("checkpoint_age_seconds", stats.checkpoint_age_seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    fn fixture_event(name: &str) -> StatusEvent {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        decode(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn one_tag(value: &str) -> String {
+        Point::new("m", 1)
+            .tag("t", value)
+            .field("f", 1i64)
+            .to_line()
+    }
+
+    #[test]
+    fn measurement_escapes_commas_and_spaces_only() {
+        let p = Point::new("my meas,ure=ment", 5).field("v", 1.5);
+        assert_eq!(p.to_line(), r"my\ meas\,ure=ment v=1.5 5");
+    }
+
+    #[test]
+    fn tag_keys_and_values_escape_commas_equals_spaces() {
+        let p = Point::new("m", 0).tag("k y,=", "v a,l=ue").field("f", 1i64);
+        assert_eq!(p.to_line(), r"m,k\ y\,\==v\ a\,l\=ue f=1i 0");
+    }
+
+    #[test]
+    fn backslashes_never_escape_a_separator() {
+        assert_eq!(one_tag(r"a\b"), r"m,t=a\b f=1i 1");
+        assert_eq!(one_tag(r"a\"), r"m,t=a\\ f=1i 1");
+        assert_eq!(one_tag(r"a\,b"), r"m,t=a\\\,b f=1i 1");
+        assert_eq!(one_tag(r"a\ b"), r"m,t=a\\\ b f=1i 1");
+    }
+
+    #[test]
+    fn control_characters_become_escaped_spaces() {
+        assert_eq!(one_tag("a\nb\tc"), r"m,t=a\ b\ c f=1i 1");
+    }
+
+    #[test]
+    fn empty_tags_are_omitted_and_tags_sorted() {
+        let p = Point::new("m", 1)
+            .tag("zeta", "1")
+            .tag("alpha", "2")
+            .tag("empty", "")
+            .tag("", "nokey")
+            .tag("Beta", "3")
+            .field("f", 1i64);
+        assert_eq!(p.to_line(), "m,Beta=3,alpha=2,zeta=1 f=1i 1");
+    }
+
+    #[test]
+    fn field_types_and_string_escaping() {
+        let p = Point::new("m", -1)
+            .field("s", r#"say "hi" \ bye"#)
+            .field("i", -42i64)
+            .field("u", 42u64)
+            .field("b", true)
+            .field("f", 71.0)
+            .field("g", 0.41)
+            .field("k e=y,", false)
+            .field("nan", f64::NAN)
+            .field("inf", f64::INFINITY)
+            .field("nl", "a\nb");
+        assert_eq!(
+            p.to_line(),
+            r#"m b=true,f=71,g=0.41,i=-42i,k\ e\=y\,=false,nl="a b",s="say \"hi\" \\ bye",u=42u -1"#
+        );
+    }
+
+    #[test]
+    fn point_without_writable_fields_renders_empty() {
+        assert_eq!(Point::new("m", 1).tag("t", "v").to_line(), "");
+        assert_eq!(Point::new("m", 1).field("x", f64::NAN).to_line(), "");
+    }
+
+    #[test]
+    fn full_event_maps_to_every_instance_field() {
+        let ev = fixture_event("valid_full.json");
+        let p = instance_point(&ev, true);
+        assert_eq!(
+            p.to_line(),
+            "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
+             region=westeurope,scaleset=tc-eu-vmss \
+             agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
+             disk_free_bytes=53687091200i,max_calls=16i,media_load=71i,mem_total_bytes=17179869184i,\
+             mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
+             utilization=0.8 1795687200123000000"
+        );
+        let mut fields: Vec<&str> = p.fields().keys().map(String::as_str).collect();
+        let mut expected = INSTANCE_FIELDS.to_vec();
+        fields.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(fields, expected);
+        let mut tags: Vec<&str> = p.tags().keys().map(String::as_str).collect();
+        let mut expected = INSTANCE_TAGS.to_vec();
+        tags.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(tags, expected);
+    }
+
+    #[test]
+    fn unknown_values_are_left_out_not_zeroed() {
+        let ev = fixture_event("valid_minimal.json");
+        assert_eq!(
+            instance_point(&ev, false).to_line(),
+            "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_0,\
+             region=westeurope,scaleset=tc-eu-vmss state_code=0i,up=0i 1795687205000000000"
+        );
+        // Calls without planned_calls or media_load: planned defaults to 15, media_load absent.
+        let ev = fixture_event("valid_minor_version.json");
+        let p = instance_point(&ev, true);
+        assert_eq!(p.get_field("planned_calls"), Some(&FieldValue::Int(15)));
+        assert_eq!(p.get_field("media_load"), None);
+        assert_eq!(p.get_field("utilization"), Some(&FieldValue::Float(0.0)));
+    }
+
+    #[test]
+    fn down_point_is_stamped_when_declared_stale() {
+        let ev = fixture_event("valid_full.json");
+        let at = Timestamp::parse_rfc3339("2026-11-26T10:01:00Z").unwrap();
+        assert_eq!(
+            instance_down_point(&ev, at).to_line(),
+            "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
+             region=westeurope,scaleset=tc-eu-vmss up=0i 1795687260000000000"
+        );
+    }
+
+    #[test]
+    fn connector_point_carries_the_rollup() {
+        let ev = fixture_event("valid_full.json");
+        let rollup = ConnectorRollup::compute(&[16, 16], 32);
+        let end = Timestamp::parse_rfc3339("2026-11-26T10:01:00Z").unwrap();
+        let p = connector_point(&ev.connector_key(), &rollup, end);
+        assert_eq!(
+            p.to_line(),
+            "tc_connector,connector=tc-eu.example.com,deployment=blue,region=westeurope \
+             call_count=32i,capacity_max=32i,capacity_planned=30i,headroom_calls=-2i,\
+             instances_needed=3i,instances_online=2i,peak_calls=32i,utilization=1.0666666666666667,\
+             vcpu_needed=12i 1795687260000000000"
+        );
+        let mut fields: Vec<&str> = p.fields().keys().map(String::as_str).collect();
+        let mut expected = CONNECTOR_FIELDS.to_vec();
+        fields.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(fields, expected);
+    }
+
+    #[test]
+    fn pipeline_point_omits_unknown_ages() {
+        let at = Timestamp::from_unix_millis(1_000).unwrap();
+        let stats = PipelineStats {
+            events: 10,
+            dead_letters: 2,
+            duplicates: 1,
+            lag_seconds: Some(0.25),
+            checkpoint_age_seconds: None,
+        };
+        assert_eq!(
+            pipeline_point("col-1", "3", &stats, at).to_line(),
+            "tc_pipeline,collector=col-1,partition=3 dead_letters=2i,duplicates=1i,events=10i,\
+             lag_seconds=0.25 1000000000"
+        );
+    }
+
+    #[test]
+    fn no_tag_carries_per_call_or_free_text_data() {
+        for name in INSTANCE_TAGS
+            .iter()
+            .chain(&CONNECTOR_TAGS)
+            .chain(&PIPELINE_TAGS)
+        {
+            assert!(
+                !["ip", "call", "message", "source", "destination"]
+                    .iter()
+                    .any(|bad| name.contains(bad)),
+                "{name}"
+            );
+        }
+    }
+}

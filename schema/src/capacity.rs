@@ -7,6 +7,8 @@
 //! [`THRESHOLDS`] lists the alerting values by name so dashboards and rules can be checked
 //! against this file.
 
+use crate::event::State;
+
 /// Most calls one Teams Connector instance handles (vendor: "a maximum of 16 calls").
 pub const MAX_CALLS_PER_INSTANCE: u32 = 16;
 /// Calls to plan on per instance (vendor: "we recommend that you assume 15 calls").
@@ -24,74 +26,74 @@ pub fn is_allowed_vm_size(size: &str) -> bool {
     ALLOWED_VM_SIZES.contains(&size)
 }
 
+// ---- Thresholds --------------------------------------------------------------------
+//
+// Names and values match `dashboards/thresholds.yaml` (sections `capacity`, `operational`,
+// `state_codes`), which the alert rules and dashboards are tested against.
+
 /// Connector utilization (`call_count / capacity_planned`) that raises a warning.
 /// *tcpulse policy.*
 pub const UTILIZATION_HIGH: f64 = 0.80;
 /// Connector utilization that is critical. *tcpulse policy.*
 pub const UTILIZATION_CRITICAL: f64 = 0.95;
-/// Instance media load, percent, that raises a warning. *tcpulse policy.*
-pub const MEDIA_LOAD_HIGH_PERCENT: u8 = 80;
-/// Instance media load, percent, that is critical. *tcpulse policy.*
-pub const MEDIA_LOAD_CRITICAL_PERCENT: u8 = 95;
-/// Instance CPU busy fraction that raises a warning. *tcpulse policy.*
-pub const CPU_HIGH: f64 = 0.90;
-/// Free system-disk bytes below which a warning is raised (2 GiB). *tcpulse policy.*
-pub const DISK_FREE_LOW_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Days to certificate expiry that raise a warning. *tcpulse policy.*
 pub const CERT_WARNING_DAYS: f64 = 30.0;
 /// Days to certificate expiry that are critical. *tcpulse policy.*
 pub const CERT_CRITICAL_DAYS: f64 = 7.0;
+/// Longest time an instance may take to start, minutes (Pexip: "It can take up to 20
+/// minutes to start an instance"). Alerts on missing capacity pend at least this long.
+pub const INSTANCE_START_MINUTES: u64 = 20;
+/// [`INSTANCE_START_MINUTES`] in seconds.
+pub const INSTANCE_START_SECONDS: u64 = INSTANCE_START_MINUTES * 60;
+/// Collector lag behind the hub that raises an alert, seconds. *tcpulse policy.*
+pub const PIPELINE_LAG_HIGH_SECONDS: u64 = 5 * 60;
+/// Horizon of the "capacity exhausted soon" prediction (`predict_linear`), seconds.
+/// *tcpulse policy.*
+pub const EXHAUSTION_HORIZON_SECONDS: u64 = 30 * 60;
 
-/// Longest time an instance may take to start, seconds (Pexip: "It can take up to 20
-/// minutes to start an instance").
-pub const INSTANCE_START_MAX_SECS: u64 = 20 * 60;
-/// Pending period of alerts on missing capacity (instances online < needed), seconds:
-/// the start time plus 5 minutes, so a normal scale-up never fires. *tcpulse policy.*
-pub const MISSING_CAPACITY_PENDING_SECS: u64 = INSTANCE_START_MAX_SECS + 5 * 60;
-/// Pending period of utilization and media-load alerts, seconds: one rollup window
-/// longer than a brief burst. *tcpulse policy.*
-pub const LOAD_ALERT_PENDING_SECS: u64 = 5 * 60;
+/// Instance media load, percent, shown as high on dashboards (no alert yet).
+/// *tcpulse policy.*
+pub const MEDIA_LOAD_HIGH_PERCENT: u8 = 80;
+/// Instance media load, percent, shown as critical on dashboards (no alert yet).
+/// *tcpulse policy.*
+pub const MEDIA_LOAD_CRITICAL_PERCENT: u8 = 95;
+
+// ---- Timing of the pipeline (defaults the agent and collector configs start from) -----
 
 /// Default interval between an agent's reports, seconds. *tcpulse policy.*
-pub const REPORT_INTERVAL_SECS: u64 = 15;
+pub const REPORT_INTERVAL_SECONDS: u64 = 15;
 /// An instance with no report for this long is `up = 0` (four missed reports), seconds.
 /// *tcpulse policy.*
-pub const INSTANCE_STALE_SECS: u64 = 4 * REPORT_INTERVAL_SECS;
+pub const INSTANCE_STALE_SECONDS: u64 = 4 * REPORT_INTERVAL_SECONDS;
 /// Connector rollup interval, seconds; `tc_connector` points are stamped at window ends
 /// aligned to it. *tcpulse policy.*
-pub const ROLLUP_INTERVAL_SECS: u64 = 60;
+pub const ROLLUP_INTERVAL_SECONDS: u64 = 60;
 /// Window over which `peak_calls` is the highest connector `call_count`, seconds
 /// (one hour). *tcpulse policy.*
-pub const PEAK_WINDOW_SECS: u64 = 60 * 60;
-/// Consumer lag (event time to processing) that raises a warning, seconds.
-/// *tcpulse policy.*
-pub const PIPELINE_LAG_WARNING_SECS: u64 = 60;
-/// Consumer lag that is critical, seconds. *tcpulse policy.*
-pub const PIPELINE_LAG_CRITICAL_SECS: u64 = 5 * 60;
-/// Checkpoint age that raises a warning, seconds. *tcpulse policy.*
-pub const CHECKPOINT_AGE_WARNING_SECS: u64 = 5 * 60;
+pub const PEAK_WINDOW_SECONDS: u64 = 60 * 60;
 
 // Orderings the alert rules rely on, checked at compile time.
 const _: () = assert!(PLANNED_CALLS_PER_INSTANCE <= MAX_CALLS_PER_INSTANCE);
 const _: () = assert!(UTILIZATION_HIGH < UTILIZATION_CRITICAL);
 const _: () = assert!(MEDIA_LOAD_HIGH_PERCENT < MEDIA_LOAD_CRITICAL_PERCENT);
 const _: () = assert!(CERT_CRITICAL_DAYS < CERT_WARNING_DAYS);
-const _: () = assert!(MISSING_CAPACITY_PENDING_SECS > INSTANCE_START_MAX_SECS);
-const _: () = assert!(PIPELINE_LAG_WARNING_SECS < PIPELINE_LAG_CRITICAL_SECS);
-const _: () = assert!(INSTANCE_STALE_SECS > REPORT_INTERVAL_SECS);
+const _: () = assert!(INSTANCE_STALE_SECONDS > REPORT_INTERVAL_SECONDS);
+const _: () = assert!(PEAK_WINDOW_SECONDS >= ROLLUP_INTERVAL_SECONDS);
 
 /// One named threshold, for cross-checking dashboards and rules against this module.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold {
-    /// The constant's name in this module.
+    /// The name, as in this module and in `dashboards/thresholds.yaml`.
     pub name: &'static str,
     /// Its value, as a float.
     pub value: f64,
-    /// Unit: `ratio`, `percent`, `bytes`, `days`, `seconds`, `calls`, `vcpu`.
+    /// Unit: `calls`, `vcpu`, `ratio`, `percent`, `days`, `minutes`, `seconds`, `code`.
     pub unit: &'static str,
 }
 
-/// Every threshold and model constant above, by name.
+/// Every model constant and threshold above by name, plus the `STATE_*` codes of
+/// [`crate::State::state_code`], so a test can compare `dashboards/thresholds.yaml`
+/// against this table entry by entry.
 pub const THRESHOLDS: &[Threshold] = &[
     t(
         "MAX_CALLS_PER_INSTANCE",
@@ -106,6 +108,23 @@ pub const THRESHOLDS: &[Threshold] = &[
     t("VCPU_PER_INSTANCE", VCPU_PER_INSTANCE as f64, "vcpu"),
     t("UTILIZATION_HIGH", UTILIZATION_HIGH, "ratio"),
     t("UTILIZATION_CRITICAL", UTILIZATION_CRITICAL, "ratio"),
+    t("CERT_WARNING_DAYS", CERT_WARNING_DAYS, "days"),
+    t("CERT_CRITICAL_DAYS", CERT_CRITICAL_DAYS, "days"),
+    t(
+        "INSTANCE_START_MINUTES",
+        INSTANCE_START_MINUTES as f64,
+        "minutes",
+    ),
+    t(
+        "PIPELINE_LAG_HIGH_SECONDS",
+        PIPELINE_LAG_HIGH_SECONDS as f64,
+        "seconds",
+    ),
+    t(
+        "EXHAUSTION_HORIZON_SECONDS",
+        EXHAUSTION_HORIZON_SECONDS as f64,
+        "seconds",
+    ),
     t(
         "MEDIA_LOAD_HIGH_PERCENT",
         MEDIA_LOAD_HIGH_PERCENT as f64,
@@ -116,53 +135,41 @@ pub const THRESHOLDS: &[Threshold] = &[
         MEDIA_LOAD_CRITICAL_PERCENT as f64,
         "percent",
     ),
-    t("CPU_HIGH", CPU_HIGH, "ratio"),
-    t("DISK_FREE_LOW_BYTES", DISK_FREE_LOW_BYTES as f64, "bytes"),
-    t("CERT_WARNING_DAYS", CERT_WARNING_DAYS, "days"),
-    t("CERT_CRITICAL_DAYS", CERT_CRITICAL_DAYS, "days"),
     t(
-        "INSTANCE_START_MAX_SECS",
-        INSTANCE_START_MAX_SECS as f64,
+        "REPORT_INTERVAL_SECONDS",
+        REPORT_INTERVAL_SECONDS as f64,
         "seconds",
     ),
     t(
-        "MISSING_CAPACITY_PENDING_SECS",
-        MISSING_CAPACITY_PENDING_SECS as f64,
+        "INSTANCE_STALE_SECONDS",
+        INSTANCE_STALE_SECONDS as f64,
         "seconds",
     ),
     t(
-        "LOAD_ALERT_PENDING_SECS",
-        LOAD_ALERT_PENDING_SECS as f64,
+        "ROLLUP_INTERVAL_SECONDS",
+        ROLLUP_INTERVAL_SECONDS as f64,
         "seconds",
     ),
-    t(
-        "REPORT_INTERVAL_SECS",
-        REPORT_INTERVAL_SECS as f64,
-        "seconds",
+    t("PEAK_WINDOW_SECONDS", PEAK_WINDOW_SECONDS as f64, "seconds"),
+    state("STATE_UNKNOWN", State::Unknown),
+    state("STATE_ACTIVE", State::Active),
+    state(
+        "STATE_WAITING_FOR_TERMINATION",
+        State::WaitingForTermination,
     ),
-    t("INSTANCE_STALE_SECS", INSTANCE_STALE_SECS as f64, "seconds"),
-    t(
-        "ROLLUP_INTERVAL_SECS",
-        ROLLUP_INTERVAL_SECS as f64,
-        "seconds",
-    ),
-    t("PEAK_WINDOW_SECS", PEAK_WINDOW_SECS as f64, "seconds"),
-    t(
-        "PIPELINE_LAG_WARNING_SECS",
-        PIPELINE_LAG_WARNING_SECS as f64,
-        "seconds",
-    ),
-    t(
-        "PIPELINE_LAG_CRITICAL_SECS",
-        PIPELINE_LAG_CRITICAL_SECS as f64,
-        "seconds",
-    ),
-    t(
-        "CHECKPOINT_AGE_WARNING_SECS",
-        CHECKPOINT_AGE_WARNING_SECS as f64,
-        "seconds",
-    ),
+    state("STATE_TERMINATING", State::Terminating),
+    state("STATE_MAINTENANCE", State::Maintenance),
+    state("STATE_FAILURE", State::Failure),
 ];
+
+const fn state(name: &'static str, s: State) -> Threshold {
+    t(name, s.state_code() as f64, "code")
+}
+
+/// The value of the [`THRESHOLDS`] entry called `name`.
+pub fn threshold(name: &str) -> Option<f64> {
+    THRESHOLDS.iter().find(|t| t.name == name).map(|t| t.value)
+}
 
 const fn t(name: &'static str, value: f64, unit: &'static str) -> Threshold {
     Threshold { name, value, unit }
@@ -174,7 +181,7 @@ const fn t(name: &'static str, value: f64, unit: &'static str) -> Threshold {
 /// connector can run above its planned capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConnectorRollup {
-    /// Instances online (see [`crate::State::is_online`]) with a fresh report.
+    /// Instances online (see [`State::is_online`]) with a fresh report.
     pub instances_online: u64,
     /// Calls on those instances.
     pub call_count: u64,
@@ -198,8 +205,8 @@ impl ConnectorRollup {
     /// Rolls up the call counts of the online instances (one entry per instance) with the
     /// highest connector call count seen in the peak window so far.
     ///
-    /// The collector passes instances that reported within [`INSTANCE_STALE_SECS`] and
-    /// whose state [`crate::State::is_online`]; an instance whose report has no `calls`
+    /// The collector passes instances that reported within [`INSTANCE_STALE_SECONDS`] and
+    /// whose state [`State::is_online`]; an instance whose report has no `calls`
     /// contributes 0 calls and its capacity.
     pub fn compute(online_call_counts: &[u32], window_peak_calls: u64) -> ConnectorRollup {
         let instances_online = online_call_counts.len() as u64;
@@ -379,8 +386,38 @@ mod tests {
         assert!(!is_allowed_vm_size("Standard_D2s_v5"));
         let names: std::collections::HashSet<&str> = THRESHOLDS.iter().map(|t| t.name).collect();
         assert_eq!(names.len(), THRESHOLDS.len(), "names are unique");
-        let get = |n: &str| THRESHOLDS.iter().find(|t| t.name == n).unwrap().value;
-        assert_eq!(get("UTILIZATION_HIGH"), 0.80);
-        assert_eq!(get("INSTANCE_START_MAX_SECS"), 1200.0);
+        assert_eq!(threshold("UTILIZATION_HIGH"), Some(0.80));
+        assert_eq!(threshold("INSTANCE_START_MINUTES"), Some(20.0));
+        assert_eq!(threshold("STATE_FAILURE"), Some(5.0));
+        assert_eq!(threshold("NOPE"), None);
+        assert_eq!(INSTANCE_START_SECONDS, 1200);
+    }
+
+    /// `dashboards/thresholds.yaml` (owned by the dashboards work) says it mirrors this
+    /// module: every `NAME: value` it lists under `capacity`, `operational` and
+    /// `state_codes` must be in [`THRESHOLDS`] with the same value.
+    #[test]
+    fn dashboards_thresholds_yaml_matches_this_module() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/thresholds.yaml");
+        let yaml = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut section = "";
+        let mut checked = 0;
+        for line in yaml.lines() {
+            let line = line.split('#').next().unwrap_or("").trim_end();
+            if !line.starts_with(' ') && line.ends_with(':') {
+                section = line.trim_end_matches(':');
+                continue;
+            }
+            if !["capacity", "operational", "state_codes"].contains(&section) {
+                continue;
+            }
+            let Some((name, value)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let value: f64 = value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
+            assert_eq!(threshold(name), Some(value), "{name} in {path}");
+            checked += 1;
+        }
+        assert!(checked >= 10, "parsed only {checked} entries from {path}");
     }
 }

@@ -393,7 +393,7 @@ fn check_label(field: &'static str, value: &str) -> Res<()> {
 }
 
 impl StatusEvent {
-    /// Checks the value rules of v1 (see [`crate::decode`]); [`decode`] applies them to
+    /// Checks the value rules of v1 (see [`mod@crate::decode`]); [`decode`] applies them to
     /// every event, and producers call this before [`encode`].
     pub fn validate(&self) -> Result<(), DeadLetterReason> {
         parse_schema(&self.schema)?;

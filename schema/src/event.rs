@@ -3,7 +3,7 @@
 //! Field names follow DESIGN.md "The status event (schema v1)", which in turn follows
 //! Pexip's own `teamsnode` status API (`call_count`, `max_calls`, `media_load`, `state`,
 //! `start_time`). The types here only describe the event; turning bytes into an event, with
-//! every rule that makes one acceptable, is [`crate::decode`]'s job.
+//! every rule that makes one acceptable, is [`mod@crate::decode`]'s job.
 //!
 //! Unknown-is-absent: every health value is an `Option`, and `None` means "the agent could
 //! not measure it". It is never stored as 0.
@@ -21,7 +21,7 @@ use crate::dedup::EventKey;
 /// `schema` application property of the Event Hubs message.
 ///
 /// Minor revisions (`tcpulse.status.v1.1`, `…v1.2`, …) only add optional fields or enum
-/// values and are accepted by every v1 reader; see [`crate::decode`].
+/// values and are accepted by every v1 reader; see [`mod@crate::decode`].
 pub const SCHEMA_V1: &str = "tcpulse.status.v1";
 
 /// One status report from one Teams Connector instance (schema v1).

@@ -7,10 +7,10 @@
 //! | module | job | must not |
 //! | --- | --- | --- |
 //! | [`event`] | the v1 event types ([`StatusEvent`], [`State`], [`Timestamp`]) with serde, named as in DESIGN.md / Pexip's `teamsnode` | parse or validate bytes |
-//! | [`decode`] | bytes → validated event or [`DeadLetter`] with a countable [`DeadLetterReason::kind`]; schema versioning; [`encode`] | panic or stop on any input |
+//! | [`decode`](mod@decode) | bytes → validated event or [`DeadLetter`] with a countable [`DeadLetterReason::kind`]; schema versioning; [`encode`] | panic or stop on any input |
 //! | [`dedup`] | the dedupe key [`EventKey`] `(instance, boot, seq)` and the bounded [`DedupWindow`] | grow with the number of events |
 //! | [`capacity`] | the capacity model (16/15 calls, 4 vCPU), every alert threshold, [`ConnectorRollup`], quota advice | know about storage or transport |
-//! | [`line`] | InfluxDB line protocol: [`Point`] with escaping, the `tc_instance` / `tc_connector` / `tc_pipeline` mappings | tag call ids, IPs or free text |
+//! | [`line`](mod@line) | InfluxDB line protocol: [`Point`] with escaping, the `tc_instance` / `tc_connector` / `tc_pipeline` mappings | tag call ids, IPs or free text |
 //!
 //! The crate depends on neither tokio nor AMQP: it is pure data and arithmetic, so the
 //! agent, the collector, the tests and any tool can share it.

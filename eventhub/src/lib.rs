@@ -1,1 +1,27 @@
-//! placeholder
+//! Azure Event Hubs over AMQP 1.0, on fe2o3-amqp.
+//!
+//! This crate is tcpulse's transport. It moves opaque event bodies plus their Event Hubs
+//! properties (partition key, sequence number, offset, enqueued time); it knows nothing of
+//! Teams Connectors, calls or the status schema.
+//!
+//! # Layout
+//!
+//! - [`address`]: entity addresses (`<hub>`, `<hub>/Partitions/<id>`,
+//!   `<hub>/ConsumerGroups/<cg>/Partitions/<id>`, `$cbs`, `$management`), parsed the way the
+//!   service does (URL or bare form, case-insensitive keywords). Shared by client and hub.
+//! - [`sas`]: shared access signatures: signing like the Azure SDKs, parsing and verifying
+//!   like the service. Never logs a key or a signature.
+//! - [`connection_string`]: `Endpoint=sb://…;SharedAccessKeyName=…` strings: parsing and
+//!   formatting; errors name the part that is wrong and never echo a key.
+//! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
+//! - `hub` (cargo feature `hub`): an in-process Event Hubs-compatible broker that the official
+//!   SDKs accept. It must never be compiled into the agent.
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod address;
+pub mod connection_string;
+pub mod sas;
+pub mod wire;
+
+#[cfg(feature = "hub")]
+pub mod hub;

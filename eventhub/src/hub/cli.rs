@@ -1,0 +1,117 @@
+//! The `tcpulse-hub` command line. Flag docs are the `--help` text.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use super::config::{self, HubConfig, HubSpec, POLICIES_ENV};
+
+/// An Event Hubs-compatible AMQP 1.0 broker for development, tests and demos.
+///
+/// Speaks AMQP over TLS like Azure Event Hubs on port 5671 (TLS first, then SASL and AMQP),
+/// and optionally plain AMQP for clients in UseDevelopmentEmulator=true mode. Checks shared
+/// access signatures like the service. When ready it prints one JSON line to stdout with the
+/// bound addresses, the CA file to trust and ready-made connection strings; logs go to stderr.
+///
+/// Keys: set TCPULSE_HUB_POLICIES="NAME:RIGHTS:KEY;..." (RIGHTS = Send, Listen, Manage or
+/// e.g. Send+Listen) or --policies-file; otherwise keys are generated (and kept in
+/// --data-dir, so a restart keeps them).
+#[derive(Debug, Parser)]
+#[command(name = "tcpulse-hub", version)]
+pub struct Args {
+    /// AMQPS (TLS) listen address; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value_t = config::default_listen())]
+    pub listen: SocketAddr,
+
+    /// Also listen for plain AMQP (for clients with UseDevelopmentEmulator=true), e.g.
+    /// 127.0.0.1:5672. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub plain_listen: Option<SocketAddr>,
+
+    /// An event hub as NAME or NAME:PARTITIONS (default partitions: 4). Repeatable.
+    /// Default: tcpulse:4.
+    #[arg(long = "hub", value_name = "NAME[:PARTITIONS]")]
+    pub hubs: Vec<HubSpec>,
+
+    /// A consumer group on every hub besides $Default. Repeatable.
+    #[arg(long = "consumer-group", value_name = "NAME")]
+    pub consumer_groups: Vec<String>,
+
+    /// Keep partitions, generated keys and certificates here, so they survive a restart.
+    /// Without it, events live in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where the generated CA and server certificate are kept and reused.
+    /// Default: DATA_DIR/tls, or a tcpulse-hub folder in the temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Serve this PEM certificate chain instead of a generated one (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Host name put in the printed connection strings.
+    #[arg(long, value_name = "HOST", default_value = "localhost")]
+    pub namespace: String,
+
+    /// File with shared access policies, one NAME:RIGHTS:KEY per line.
+    #[arg(long, value_name = "FILE")]
+    pub policies_file: Option<PathBuf>,
+
+    /// Largest message or batch accepted, in bytes (advertised to clients).
+    #[arg(long, value_name = "BYTES", default_value_t = config::default_max_message_bytes())]
+    pub max_message_bytes: u64,
+
+    /// Events kept per partition.
+    #[arg(long, value_name = "N", default_value_t = config::default_retention_events())]
+    pub retention_events: usize,
+
+    /// How long events are kept, e.g. 24h, 90m.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retention_age: Duration,
+
+    /// Honour CBS tokens for at most this long (e.g. 5s) to exercise client token refresh.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
+
+    /// fsync every append (survives power loss; slower).
+    #[arg(long)]
+    pub fsync: bool,
+}
+
+impl Args {
+    /// Turns the flags (and `TCPULSE_HUB_POLICIES`) into a hub configuration.
+    pub fn into_config(self) -> HubConfig {
+        let defaults = HubConfig::default();
+        HubConfig {
+            listen: self.listen,
+            plain_listen: self.plain_listen,
+            hubs: if self.hubs.is_empty() {
+                defaults.hubs
+            } else {
+                self.hubs
+            },
+            consumer_groups: self.consumer_groups,
+            data_dir: self.data_dir,
+            tls_dir: self.tls_dir,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            namespace: self.namespace,
+            policies: std::env::var(POLICIES_ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
+            policies_file: self.policies_file,
+            max_message_bytes: self.max_message_bytes,
+            retention_events: self.retention_events,
+            retention_age: self.retention_age,
+            max_token_lifetime: self.max_token_lifetime,
+            fsync: self.fsync,
+            ..defaults
+        }
+    }
+}

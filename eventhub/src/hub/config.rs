@@ -1,0 +1,271 @@
+//! The hub's settings. The `tcpulse-hub` CLI mirrors these fields one for one.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use super::{auth, store::StoreConfig, HubError};
+
+/// Environment variable holding shared access policies (`NAME:RIGHTS:KEY;…`).
+pub const POLICIES_ENV: &str = "TCPULSE_HUB_POLICIES";
+
+/// One event hub and its partition count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSpec {
+    /// Hub name (the entity path).
+    pub name: String,
+    /// Number of partitions (1 to 1024).
+    pub partitions: u32,
+}
+
+impl FromStr for HubSpec {
+    type Err = String;
+    /// `NAME` or `NAME:PARTITIONS`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, partitions) = match s.split_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<u32>()
+                    .map_err(|_| format!("'{p}' is not a partition count (expected NAME[:PARTITIONS], e.g. tcpulse:4)"))?,
+            ),
+            None => (s, default_partitions()),
+        };
+        let spec = HubSpec {
+            name: name.to_string(),
+            partitions,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+}
+
+impl HubSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "hub name '{}' must be non-empty letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(format!(
+                "hub '{}': partition count must be 1 to 1024, not {}",
+                self.name, self.partitions
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Default AMQPS listen address (Azure's port, loopback only).
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5671))
+}
+/// Default partition count of a hub.
+pub const fn default_partitions() -> u32 {
+    4
+}
+/// Default hub name.
+pub const DEFAULT_HUB: &str = "tcpulse";
+/// Default largest message accepted (1 MiB, as Event Hubs Standard).
+pub const fn default_max_message_bytes() -> u64 {
+    crate::wire::DEFAULT_MAX_MESSAGE_SIZE
+}
+/// Default AMQP max frame size offered.
+pub const fn default_max_frame_bytes() -> u32 {
+    262_144
+}
+/// Default retention by count, per partition.
+pub const fn default_retention_events() -> usize {
+    100_000
+}
+/// Default retention by age.
+pub const fn default_retention_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Settings of one hub process.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// AMQP over TLS (TLS first, as Azure on 5671). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Plain AMQP for clients in `UseDevelopmentEmulator=true` mode; off when `None`.
+    pub plain_listen: Option<SocketAddr>,
+    /// Event hubs and partition counts. Default: `tcpulse` with 4 partitions.
+    pub hubs: Vec<HubSpec>,
+    /// Consumer groups besides `$Default` (which always exists), on every hub.
+    pub consumer_groups: Vec<String>,
+    /// Keep partitions (and generated keys and certificates) here; in memory when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Where the generated CA and server certificate live. Default: `<data-dir>/tls`, or
+    /// `<temp dir>/tcpulse-hub/tls` without a data directory.
+    pub tls_dir: Option<PathBuf>,
+    /// A PEM certificate chain to serve instead of the generated one (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Host name used in the printed connection strings. Default `localhost`.
+    pub namespace: String,
+    /// Shared access policies (`NAME:RIGHTS:KEY;…`), e.g. from `TCPULSE_HUB_POLICIES`.
+    /// Generated when neither this nor `policies_file` is set.
+    pub policies: Option<String>,
+    /// File with shared access policies, one `NAME:RIGHTS:KEY` per line.
+    pub policies_file: Option<PathBuf>,
+    /// Largest message (or batch) accepted, bytes; advertised on attach. Default 1 MiB.
+    pub max_message_bytes: u64,
+    /// AMQP max frame size offered, bytes. Default 256 KiB.
+    pub max_frame_bytes: u32,
+    /// Events kept per partition. Default 100,000.
+    pub retention_events: usize,
+    /// How long events are kept. Default 24 h.
+    pub retention_age: Duration,
+    /// Honour CBS tokens for at most this long, whatever their expiry says (to exercise
+    /// client token refresh). Default: the token's own expiry.
+    pub max_token_lifetime: Option<Duration>,
+    /// fsync each append (survives power loss, slower). Default off: a process crash keeps
+    /// everything the OS has.
+    pub fsync: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: default_listen(),
+            plain_listen: None,
+            hubs: vec![HubSpec {
+                name: DEFAULT_HUB.to_string(),
+                partitions: default_partitions(),
+            }],
+            consumer_groups: Vec::new(),
+            data_dir: None,
+            tls_dir: None,
+            tls_cert: None,
+            tls_key: None,
+            namespace: "localhost".to_string(),
+            policies: None,
+            policies_file: None,
+            max_message_bytes: default_max_message_bytes(),
+            max_frame_bytes: default_max_frame_bytes(),
+            retention_events: default_retention_events(),
+            retention_age: default_retention_age(),
+            max_token_lifetime: None,
+            fsync: false,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Checks the settings without touching the network or disk.
+    pub fn validate(&self) -> Result<(), HubError> {
+        if self.hubs.is_empty() {
+            return Err(HubError::Config("at least one --hub is needed".into()));
+        }
+        for h in &self.hubs {
+            h.check().map_err(HubError::Config)?;
+        }
+        for g in &self.consumer_groups {
+            if g.is_empty() || g.len() > 50 || g.contains('/') {
+                return Err(HubError::Config(format!(
+                    "consumer group '{g}' must be 1 to 50 characters without '/'"
+                )));
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(HubError::Config(
+                "--tls-cert and --tls-key go together".into(),
+            ));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(HubError::Config(
+                "max message size must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.max_frame_bytes < 512 {
+            return Err(HubError::Config(
+                "max frame size must be at least 512 bytes".into(),
+            ));
+        }
+        if self.retention_events == 0 {
+            return Err(HubError::Config(
+                "retention must keep at least one event".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS directory in use.
+    pub fn tls_dir(&self) -> PathBuf {
+        match (&self.tls_dir, &self.data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d.join("tls"),
+            (None, None) => std::env::temp_dir().join("tcpulse-hub").join("tls"),
+        }
+    }
+
+    pub(crate) fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            max_events: self.retention_events,
+            max_age: self.retention_age,
+            fsync: self.fsync,
+            ..StoreConfig::default()
+        }
+    }
+
+    pub(crate) fn load_policies(&self) -> Result<Vec<auth::Policy>, HubError> {
+        if let Some(text) = &self.policies {
+            return auth::parse_policies(text, POLICIES_ENV);
+        }
+        if let Some(path) = &self.policies_file {
+            let text = std::fs::read_to_string(path).map_err(|e| HubError::Policies {
+                origin: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            return auth::parse_policies(&text, &path.display().to_string());
+        }
+        match &self.data_dir {
+            Some(dir) => auth::load_or_generate(&dir.join("policies")),
+            None => Ok(auth::generate_policies()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_spec_parses_and_explains_errors() {
+        assert_eq!(
+            "tcpulse:8".parse::<HubSpec>().unwrap(),
+            HubSpec {
+                name: "tcpulse".into(),
+                partitions: 8
+            }
+        );
+        assert_eq!("x".parse::<HubSpec>().unwrap().partitions, 4);
+        assert!("x:0".parse::<HubSpec>().unwrap_err().contains("1 to 1024"));
+        assert!("x:many"
+            .parse::<HubSpec>()
+            .unwrap_err()
+            .contains("partition count"));
+        assert!("a/b:2".parse::<HubSpec>().is_err());
+    }
+
+    #[test]
+    fn validate_rejects_half_tls_and_empty_hubs() {
+        let c = HubConfig {
+            tls_cert: Some("c.pem".into()),
+            ..HubConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = HubConfig {
+            hubs: vec![],
+            ..HubConfig::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(HubConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,348 @@
+//! `tcpulse-hub`: an in-process, Event Hubs-compatible AMQP 1.0 broker.
+//!
+//! It serves the quick start, every test, and anyone trying tcpulse without an Azure
+//! subscription. The official `azure-eventhub` Python SDK is its judge: every quirk below
+//! exists because that SDK (or the service it imitates) needs it.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`HubConfig`], the user-facing settings.
+//! - [`cli`]: the `tcpulse-hub` flags, mapped onto [`HubConfig`].
+//! - [`auth`]: shared access policies, SAS validation, per-connection grants.
+//! - [`tls`]: the generated (and reused) local CA and server certificate.
+//! - [`broker`]: hubs, partitions, consumer groups, key routing, epoch register. No AMQP.
+//! - [`store`]: one partition's log, in memory or on disk with crash recovery. No AMQP.
+//! - [`selector`]: consumer start positions from the selector filter.
+//! - `server`: listeners, TLS-first handshake, SASL, sessions and link routing.
+//! - `nodes`: the `$cbs` and `$management` request/response nodes.
+//! - `links`: producer (incoming) and consumer (outgoing) links.
+//!
+//! Failures stay at their level: a bad connection is logged and closed in its own task, and
+//! never reaches the accept loop or another connection.
+
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod selector;
+pub mod store;
+pub mod tls;
+
+mod links;
+mod nodes;
+mod server;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::{HubConfig, HubSpec};
+
+use crate::connection_string::{ConnectionString, Credential};
+
+/// A setup step of the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Invalid configuration.
+    #[error("invalid hub configuration: {0}")]
+    Config(String),
+    /// Could not bind a listener.
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen/--plain-listen or stop what uses the port")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file of the TLS identity could not be written or read.
+    #[error("TLS identity: cannot {step} {path}: {source}; check permissions or set --tls-dir")]
+    Tls {
+        /// What was being done.
+        step: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be loaded.
+    #[error("TLS identity: cannot load {path}: {why}")]
+    TlsLoad {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Certificate generation failed.
+    #[error("TLS identity: cannot generate a certificate: {0}")]
+    TlsGenerate(String),
+    /// Policies could not be read or parsed.
+    #[error("shared access policies from {origin}: {why}")]
+    Policies {
+        /// Where they came from.
+        origin: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A partition log could not be opened.
+    #[error("partition store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}; check permissions or set --data-dir")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Ready-made connection strings (they contain keys: hand them out on purpose only).
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionStrings {
+    /// Send-only policy.
+    pub send: String,
+    /// Listen-only policy.
+    pub listen: String,
+    /// Manage policy (send, listen, manage).
+    pub manage: String,
+}
+
+impl std::fmt::Debug for ConnectionStrings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionStrings(<redacted>)")
+    }
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: HubConfig,
+    pub(crate) broker: broker::Broker,
+    pub(crate) policies: Vec<auth::Policy>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// A running hub. Dropping it stops it (without waiting); prefer [`Hub::shutdown`].
+#[derive(Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+    amqps: SocketAddr,
+    plain: Option<SocketAddr>,
+    ca_pem: PathBuf,
+    strings: ConnectionStrings,
+    emulator_strings: Option<ConnectionStrings>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+fn strings_for(
+    policies: &[auth::Policy],
+    host: &str,
+    port: u16,
+    hub: Option<&str>,
+    emulator: bool,
+) -> ConnectionStrings {
+    let make = |name: &str, fallback: auth::Rights| {
+        let p = policies
+            .iter()
+            .find(|p| p.name == name)
+            .or_else(|| policies.iter().find(|p| p.rights == fallback))
+            .or_else(|| policies.iter().find(|p| p.rights.manage))
+            .or_else(|| policies.first());
+        match p {
+            Some(p) => ConnectionString {
+                host: host.to_string(),
+                port: Some(port),
+                credential: Credential::Key {
+                    key_name: p.name.clone(),
+                    key: p.key.clone(),
+                },
+                entity_path: hub.map(str::to_string),
+                use_development_emulator: emulator,
+            }
+            .expose(),
+            None => String::new(),
+        }
+    };
+    ConnectionStrings {
+        send: make(auth::SEND_POLICY, auth::Rights::SEND),
+        listen: make(auth::LISTEN_POLICY, auth::Rights::LISTEN),
+        manage: make(auth::MANAGE_POLICY, auth::Rights::MANAGE),
+    }
+}
+
+impl Hub {
+    /// Opens the partitions, loads or generates keys and the TLS identity, binds the
+    /// listeners and starts serving. Returns when the hub accepts connections.
+    pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
+        config.validate()?;
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(|source| HubError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let policies = config.load_policies()?;
+        let tls_dir = config.tls_dir();
+        let user_cert = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        let identity = tls::identity(&tls_dir, user_cert)?;
+        let broker = broker::Broker::open(
+            &config.hubs,
+            &config.consumer_groups,
+            config.data_dir.as_deref(),
+            &config.store_config(),
+        )?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let amqps = listener.local_addr().map_err(|source| HubError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let plain_listener = match config.plain_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| HubError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let plain = match &plain_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| HubError::Bind {
+                addr: amqps,
+                source,
+            })?),
+            None => None,
+        };
+
+        let first_hub = config.hubs.first().map(|h| h.name.clone());
+        let strings = strings_for(
+            &policies,
+            &config.namespace,
+            amqps.port(),
+            first_hub.as_deref(),
+            false,
+        );
+        let emulator_strings = plain.map(|p| {
+            strings_for(
+                &policies,
+                &p.ip().to_string(),
+                p.port(),
+                first_hub.as_deref(),
+                true,
+            )
+        });
+
+        let shared = Arc::new(Shared {
+            config,
+            broker,
+            policies,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        shared.tasks.spawn(server::accept_loop(
+            Arc::clone(&shared),
+            listener,
+            Some(identity.acceptor),
+        ));
+        if let Some(l) = plain_listener {
+            shared
+                .tasks
+                .spawn(server::accept_loop(Arc::clone(&shared), l, None));
+        }
+        shared
+            .tasks
+            .spawn(server::retention_loop(Arc::clone(&shared)));
+        tracing::info!(%amqps, plain = ?plain, hubs = ?shared.broker.order, "tcpulse-hub ready");
+        Ok(Hub {
+            shared,
+            amqps,
+            plain,
+            ca_pem: identity.ca_pem,
+            strings,
+            emulator_strings,
+        })
+    }
+
+    /// The bound AMQPS (TLS) address.
+    pub fn amqps_addr(&self) -> SocketAddr {
+        self.amqps
+    }
+
+    /// The bound plain AMQP address, if enabled.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain
+    }
+
+    /// PEM file with the CA clients should trust.
+    pub fn ca_pem_path(&self) -> &std::path::Path {
+        &self.ca_pem
+    }
+
+    /// Connection strings for the TLS endpoint (`Endpoint=sb://<namespace>:<port>/`).
+    pub fn connection_strings(&self) -> &ConnectionStrings {
+        &self.strings
+    }
+
+    /// Connection strings for the plain endpoint with `UseDevelopmentEmulator=true`.
+    pub fn emulator_connection_strings(&self) -> Option<&ConnectionStrings> {
+        self.emulator_strings.as_ref()
+    }
+
+    /// The hub names and their partition counts.
+    pub fn hubs(&self) -> Vec<(String, usize)> {
+        self.shared
+            .broker
+            .hubs()
+            .map(|h| (h.name.clone(), h.partitions.len()))
+            .collect()
+    }
+
+    /// The JSON the binary prints when ready (contains keys).
+    pub fn ready_info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "amqps": self.amqps.to_string(),
+            "amqp": self.plain.map(|p| p.to_string()),
+            "ca_pem": self.ca_pem.display().to_string(),
+            "namespace": self.shared.config.namespace,
+            "hubs": self.hubs().into_iter().map(|(name, partitions)| serde_json::json!({"name": name, "partitions": partitions})).collect::<Vec<_>>(),
+            "consumer_groups": std::iter::once("$Default".to_string()).chain(self.shared.config.consumer_groups.iter().filter(|g| !g.eq_ignore_ascii_case("$default")).cloned()).collect::<Vec<_>>(),
+            "connection_strings": self.strings,
+            "emulator_connection_strings": self.emulator_strings,
+        })
+    }
+
+    /// Stops accepting, closes every connection, flushes the partition logs and waits for
+    /// every task to end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        for hub in self.shared.broker.hubs() {
+            for (i, p) in hub.partitions.iter().enumerate() {
+                if let Err(e) = p.flush() {
+                    tracing::error!(hub = %hub.name, partition = i, error = %e, "flushing partition on shutdown failed");
+                }
+            }
+        }
+        tracing::info!("tcpulse-hub stopped");
+    }
+
+    /// A token that fires when the hub shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+}

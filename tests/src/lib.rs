@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`hub`]: tcpulse-hub in-process (library) or as the `tcpulse-hub` binary in a child
+//!   process, and the connection objects the Python scripts take.
 //! - [`python`]: the official `azure-eventhub` Python SDK in a venv this crate creates,
 //!   and a runner for the scripts in `tests/python/`.
 //! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
@@ -10,5 +12,6 @@
 //! A missing service binary fails the test with the command that installs it; nothing is
 //! skipped silently.
 
+pub mod hub;
 pub mod python;
 pub mod services;

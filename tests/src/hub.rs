@@ -237,7 +237,7 @@ impl TestHub {
                 .iter()
                 .map(|(name, partitions)| HubSpec {
                     name: name.clone(),
-                    partitions: *partitions,
+                    partitions: u32::try_from(*partitions).unwrap_or(u32::MAX),
                 })
                 .collect(),
             consumer_groups: opts.consumer_groups.clone(),

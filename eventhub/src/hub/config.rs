@@ -128,6 +128,9 @@ pub struct HubConfig {
     /// fsync each append (survives power loss, slower). Default off: a process crash keeps
     /// everything the OS has.
     pub fsync: bool,
+    /// Keep a copy of every link attach and CBS request (see [`super::Hub::captured`]), to
+    /// compare clients on the wire. Off by default; for tests.
+    pub capture: bool,
 }
 
 impl Default for HubConfig {
@@ -153,6 +156,7 @@ impl Default for HubConfig {
             retention_age: default_retention_age(),
             max_token_lifetime: None,
             fsync: false,
+            capture: false,
         }
     }
 }

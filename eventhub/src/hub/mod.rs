@@ -122,6 +122,38 @@ pub(crate) struct Shared {
     pub(crate) policies: Vec<auth::Policy>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    pub(crate) captured: Option<std::sync::Mutex<Vec<Captured>>>,
+}
+
+impl Shared {
+    pub(crate) fn capture(&self, item: Captured) {
+        if let Some(c) = &self.captured {
+            if let Ok(mut v) = c.lock() {
+                v.push(item);
+            }
+        }
+    }
+}
+
+/// What a client sent, kept when [`HubConfig::capture`] is on.
+#[derive(Debug, Clone)]
+pub enum Captured {
+    /// A link attach as received.
+    Attach {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The performative.
+        attach: fe2o3_amqp::types::performatives::Attach,
+    },
+    /// A `$cbs` request as received (the token in the body included).
+    CbsRequest {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The request message.
+        message: fe2o3_amqp::types::messaging::Message<
+            fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+        >,
+    },
 }
 
 /// A running hub. Dropping it stops it (without waiting); prefer [`Hub::shutdown`].
@@ -246,12 +278,14 @@ impl Hub {
             )
         });
 
+        let capture = config.capture;
         let shared = Arc::new(Shared {
             config,
             broker,
             policies,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            captured: capture.then(|| std::sync::Mutex::new(Vec::new())),
         });
         shared.tasks.spawn(server::accept_loop(
             Arc::clone(&shared),
@@ -339,6 +373,15 @@ impl Hub {
             }
         }
         tracing::info!("tcpulse-hub stopped");
+    }
+
+    /// Everything captured so far (empty unless [`HubConfig::capture`] is on).
+    pub fn captured(&self) -> Vec<Captured> {
+        self.shared
+            .captured
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|v| v.clone()))
+            .unwrap_or_default()
     }
 
     /// A token that fires when the hub shuts down.

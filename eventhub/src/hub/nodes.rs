@@ -108,6 +108,7 @@ pub(crate) async fn serve_request_link(
     mut receiver: Receiver,
     auth: Arc<ConnAuth>,
     shared: Arc<Shared>,
+    peer: std::net::SocketAddr,
 ) {
     loop {
         let delivery = tokio::select! {
@@ -129,6 +130,12 @@ pub(crate) async fn serve_request_link(
             tracing::debug!(%node, error = %e, "accepting request failed");
         }
         let request = delivery.into_message();
+        if node == Entity::Cbs {
+            shared.capture(super::Captured::CbsRequest {
+                peer,
+                message: request.clone(),
+            });
+        }
         let reply_to = request.properties.as_ref().and_then(|p| p.reply_to.clone());
         let message_id = request
             .properties

@@ -261,9 +261,7 @@ fn link_properties() -> Fields {
     f
 }
 
-fn incoming_acceptor(
-    max_message: u64,
-) -> DefaultLinkAcceptor {
+fn incoming_acceptor(max_message: u64) -> DefaultLinkAcceptor {
     LinkAcceptor::builder()
         .properties(link_properties())
         .max_message_size(max_message)
@@ -272,9 +270,7 @@ fn incoming_acceptor(
         .build()
 }
 
-fn outgoing_acceptor(
-    max_message: u64,
-) -> DefaultLinkAcceptor {
+fn outgoing_acceptor(max_message: u64) -> DefaultLinkAcceptor {
     LinkAcceptor::builder()
         .properties(link_properties())
         .max_message_size(max_message)
@@ -366,6 +362,10 @@ async fn route(
     session: &mut ListenerSessionHandle,
     peer: SocketAddr,
 ) {
+    shared.capture(super::Captured::Attach {
+        peer,
+        attach: attach.clone(),
+    });
     let address = address_of(&attach).unwrap_or_default();
     let entity = match Entity::parse(&address) {
         Ok(e) => e,
@@ -418,6 +418,7 @@ async fn route(
                         r,
                         Arc::clone(auth),
                         Arc::clone(shared),
+                        peer,
                     ));
                 }
                 Ok(LinkEndpoint::Sender(s)) => {

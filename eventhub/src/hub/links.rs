@@ -58,9 +58,10 @@ impl CloseWith for Receiver {
     }
 }
 
-/// Closes a link with an error, ignoring a peer that is already gone.
+/// Closes a link with an error, ignoring a peer that is already gone or does not answer
+/// within two seconds.
 pub(crate) async fn close_link_with<L: CloseWith>(link: L, error: definitions::Error) {
-    link.close_with(error).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link.close_with(error)).await;
 }
 
 /// Sleeps until the auth grant expires; forever when it does not.

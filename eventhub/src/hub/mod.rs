@@ -364,7 +364,12 @@ impl Hub {
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
-        self.shared.tasks.wait().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 10 s; stopping anyway");
+        }
         for hub in self.shared.broker.hubs() {
             for (i, p) in hub.partitions.iter().enumerate() {
                 if let Err(e) = p.flush() {

@@ -143,15 +143,17 @@ pub enum Captured {
         /// The client's address.
         peer: SocketAddr,
         /// The performative.
-        attach: fe2o3_amqp::types::performatives::Attach,
+        attach: Box<fe2o3_amqp::types::performatives::Attach>,
     },
     /// A `$cbs` request as received (the token in the body included).
     CbsRequest {
         /// The client's address.
         peer: SocketAddr,
         /// The request message.
-        message: fe2o3_amqp::types::messaging::Message<
-            fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+        message: Box<
+            fe2o3_amqp::types::messaging::Message<
+                fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+            >,
         >,
     },
 }

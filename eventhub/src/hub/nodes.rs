@@ -133,7 +133,7 @@ pub(crate) async fn serve_request_link(
         if node == Entity::Cbs {
             shared.capture(super::Captured::CbsRequest {
                 peer,
-                message: request.clone(),
+                message: Box::new(request.clone()),
             });
         }
         let reply_to = request.properties.as_ref().and_then(|p| p.reply_to.clone());

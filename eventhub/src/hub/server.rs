@@ -364,7 +364,7 @@ async fn route(
 ) {
     shared.capture(super::Captured::Attach {
         peer,
-        attach: attach.clone(),
+        attach: Box::new(attach.clone()),
     });
     let address = address_of(&attach).unwrap_or_default();
     let entity = match Entity::parse(&address) {

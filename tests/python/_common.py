@@ -53,6 +53,17 @@ def _json_default(value):
     return repr(value)
 
 
+# TCPULSE_PY_LOG=DEBUG|INFO|WARNING: SDK logs on stderr (quoted in the runner's errors).
+if os.environ.get("TCPULSE_PY_LOG"):
+    import logging
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, os.environ["TCPULSE_PY_LOG"].upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
 # --- the pyamqp TCP_MAXSEG workaround (reference: "Client-side test caveat") --------------
 def _patch_socket_options():
     """pyamqp reads every TCP option and writes it back, TCP_MAXSEG included; on some kernels
@@ -84,6 +95,51 @@ from azure.eventhub import (  # noqa: E402
 )
 
 SDK_VERSION = azure.eventhub.__version__
+
+
+# --- consumer open observation -------------------------------------------------------------
+# EventHubConsumer.receive() swallows exceptions raised while its link opens ("if not
+# self.running: return", SDK issue #27137), and each receive() call starts its retry count
+# afresh, so a link that attaches and is then detached with an error (e.g. a Send-only key
+# on a receiver: amqp:unauthorized-access) is reopened forever without on_error being
+# called; only amqp:link:stolen and management errors reliably reach on_error. Wrap _open
+# (to learn when the link really attached) and _handle_exception (to record every error the
+# consumer raised internally), per reader thread.
+_OPEN_HOOKS = {}
+
+
+def _wrap_consumer_open():
+    from azure.eventhub import _consumer
+
+    original = _consumer.EventHubConsumer._open
+
+    def _open(self):
+        hooks = _OPEN_HOOKS.get(threading.current_thread().name)
+        try:
+            result = original(self)
+        except Exception as exc:
+            if hooks:
+                hooks["error"](exc)
+            raise
+        if hooks and getattr(self, "running", False):
+            hooks["opened"]()
+        return result
+
+    _consumer.EventHubConsumer._open = _open
+
+    original_handle = _consumer.EventHubConsumer._handle_exception
+
+    def _handle_exception(self, exception, **kwargs):
+        # Every exception inside receive() passes here, including the ones it then swallows.
+        hooks = _OPEN_HOOKS.get(threading.current_thread().name)
+        if hooks:
+            hooks["error"](exception)
+        return original_handle(self, exception, **kwargs)
+
+    _consumer.EventHubConsumer._handle_exception = _handle_exception
+
+
+_wrap_consumer_open()
 
 # Small, finite retry and timeouts everywhere: a broken hub must fail a test, never hang it.
 CLIENT_KWARGS = {
@@ -349,8 +405,9 @@ def run_sends(conn, ops):
 class PartitionReader:
     """One EventHubConsumerClient.receive(partition_id=...) running in a thread.
 
-    `attached` is set once the link is open: at the first event, or at the first idle
-    callback (`on_event(None)`, which the SDK only calls after its link is ready)."""
+    `attached` is set once the consumer link is open (see _wrap_consumer_open) or the first
+    event arrived. `errors` are what on_error got; `open_errors` what the SDK raised (and
+    swallowed) while opening the link."""
 
     def __init__(self, conn, partition_id, position, *, consumer_group="$Default",
                  owner_level=None, prefetch=300, compact=False, sink=None, name=None):
@@ -364,6 +421,7 @@ class PartitionReader:
         self.name = name or f"p{partition_id}"
         self.events = []
         self.errors = []
+        self.open_errors = []
         self.attached = threading.Event()
         self.attached_at = None
         self.first_event_at = None
@@ -372,6 +430,7 @@ class PartitionReader:
         self._lock = threading.Lock()
         self._client = consumer(conn, consumer_group=consumer_group)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        _OPEN_HOOKS[self.name] = {"opened": self._mark_attached, "error": self._on_open_error}
 
     def start(self):
         self.started_at = time.monotonic()
@@ -383,10 +442,16 @@ class PartitionReader:
             self.attached_at = time.monotonic()
             self.attached.set()
 
+    def _on_open_error(self, exc):
+        print(f"[{self.name}] link open failed: {exc!r}", file=sys.stderr, flush=True)
+        with self._lock:
+            if len(self.open_errors) < 20:
+                self.open_errors.append(describe_error(exc))
+
     def _on_event(self, ctx, event):
-        self._mark_attached()
         if event is None:
             return
+        self._mark_attached()
         now = time.monotonic()
         if self.first_event_at is None:
             self.first_event_at = now
@@ -435,6 +500,7 @@ class PartitionReader:
                 "attach_s": None if self.attached_at is None else round(self.attached_at - self.started_at, 3),
                 "events": list(self.events),
                 "errors": list(self.errors),
+                "open_errors": list(self.open_errors),
             }
 
 

@@ -7,7 +7,8 @@ args: {"conn": {...}, "consumer_group": "$Default",
        "expect": int (stop once this many events arrived in total),
        "max_seconds": float (give up waiting for `expect` after this long),
        "settle_seconds": float (keep listening after `expect` to catch extras/duplicates),
-       "stop_on_error": bool (stop as soon as any reader reports an error),
+       "stop_on_error": bool (stop as soon as any reader reports an error or a failed open),
+       "idle_seconds"?: float (with expect null: stop once no event arrived for this long),
        "attach_timeout_s": float,
        "then_send"?: {"conn": {...}, "sends": [...]}   (sent once every reader is attached)}
 result: {"partitions": [{"partition_id", "attached", "attach_s", "events": [...], "errors": [...]}],
@@ -46,7 +47,7 @@ def run(args):
     stop_on_error = bool(args.get("stop_on_error", False))
 
     def any_error():
-        return any(r.errors for r in readers)
+        return any(r.errors or r.open_errors for r in readers)
 
     sent = []
     t_attached = None
@@ -72,6 +73,16 @@ def run(args):
                     lambda: total["n"] >= expect or (stop_on_error and any_error()),
                     float(args.get("max_seconds", 30)),
                 )
+            elif args.get("idle_seconds"):
+                idle = float(args["idle_seconds"])
+                seen = {"n": -1, "at": time.monotonic()}
+
+                def idle_for():
+                    if total["n"] != seen["n"]:
+                        seen["n"], seen["at"] = total["n"], time.monotonic()
+                    return time.monotonic() - seen["at"] >= idle
+
+                wait_until(idle_for, float(args.get("max_seconds", 30)))
             settle = float(args.get("settle_seconds", 1.0))
             if settle > 0:
                 time.sleep(settle)

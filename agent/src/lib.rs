@@ -12,4 +12,5 @@
 
 pub mod internal_events;
 pub mod publish;
+pub mod sources;
 pub mod spool;

@@ -1,1 +1,371 @@
-//! placeholder
+//! tcpulse-collector: reads status events from every partition, decodes and deduplicates
+//! them, aggregates them on event time, writes InfluxDB line protocol to one or more
+//! stores, and checkpoints a partition only up to what every store acknowledged.
+//!
+//! # Layout
+//!
+//! | module | job | must not |
+//! | --- | --- | --- |
+//! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
+//! | [`config`] | TOML + environment + flags, validated; secrets only from env or files | connect to anything |
+//! | [`decode`](mod@decode) | schema decode; the dead-letter file (JSONL, capped, rotated) | stop a partition |
+//! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
+//! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
+//! | [`checkpoint`] | [`checkpoint::CheckpointStore`] and the atomic file store; corrupt files reported and moved aside | start a partition from the beginning silently |
+//! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
+//! | [`metrics`] | the Prometheus registry, `/metrics` `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
+//! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
+//!
+//! [`run`] is the whole collector: it builds everything fallible first (sinks, dead-letter
+//! file, checkpoint directory, metrics listener), then runs one task per partition under a
+//! [`TaskTracker`], and returns once the caller's [`CancellationToken`] fired (or every
+//! source ended) and every task, delivery included, has finished.
+
+pub mod aggregate;
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+pub mod internal_events;
+pub mod metrics;
+pub mod pipeline;
+pub mod sinks;
+pub mod source;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use pipeline::PartitionSummary;
+pub use source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider};
+
+use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
+use crate::decode::{DeadLetterFile, DeadLetterLimits};
+use crate::internal_events::{LogOnce, SourceFailed};
+use crate::metrics::Metrics;
+use crate::pipeline::{PipelineSettings, Shared};
+use crate::sinks::retry::{give_up_after, RetryPolicy};
+use crate::sinks::Sink;
+use crate::source::{AnyProvider, FileSourceProvider};
+
+/// A setup step failed; the variant names the component and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The v2 sink could not be set up.
+    #[error(transparent)]
+    InfluxDbV2(#[from] sinks::influxdb_v2::config::InfluxDbV2BuildError),
+    /// The v1 sink could not be set up.
+    #[error(transparent)]
+    InfluxDbV1(#[from] sinks::influxdb_v1::config::InfluxDbV1BuildError),
+    /// The file sink could not be opened.
+    #[error(transparent)]
+    FileSink(#[from] sinks::file::config::FileSinkBuildError),
+    /// The dead-letter file could not be opened.
+    #[error("dead-letter file {path}: {source}; fix permissions or set `dead_letter.path`")]
+    DeadLetter {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint directory is not writable.
+    #[error("checkpoint dir {dir} not writable: {source}; fix permissions or set `checkpoint.dir` / --checkpoint-dir")]
+    CheckpointDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics listener could not bind.
+    #[error(transparent)]
+    Metrics(#[from] metrics::ServeError),
+    /// The Event Hubs connection string is missing or unreadable.
+    #[error("Event Hubs connection string: {0}")]
+    EventHubSecret(String),
+    /// The Event Hubs consumer is not part of this build yet.
+    #[error("the Event Hubs consumer is not wired into this build yet (tcpulse-eventhub::client); use [source.file] or --source-file meanwhile")]
+    EventHubNotWired,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// One entry per partition.
+    pub partitions: Vec<PartitionSummary>,
+}
+
+/// Everything [`run`] sets up before it runs.
+#[derive(Debug)]
+pub struct Built {
+    config: Config,
+    sinks: Vec<Arc<dyn Sink>>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    dead_letters: Arc<DeadLetterFile>,
+    metrics: Arc<Metrics>,
+    listener: Option<tokio::net::TcpListener>,
+}
+
+impl Built {
+    /// The metrics registry (tests read it).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The address `/metrics` is served on, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// The sinks a config asks for, built (secrets resolved, endpoints prepared; nothing
+/// connects).
+pub fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(c) = &config.sinks.influxdb_v2 {
+        sinks.push(Arc::new(c.build()?));
+    }
+    if let Some(c) = &config.sinks.influxdb_v1 {
+        sinks.push(Arc::new(c.build()?));
+    }
+    if let Some(c) = &config.sinks.file {
+        sinks.push(Arc::new(c.build()?));
+    }
+    Ok(sinks)
+}
+
+/// Validates `config` and resolves everything it names without connecting or writing:
+/// secrets, URLs, positions. Returns a one-line-per-item description for the operator.
+pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
+    config.validate()?;
+    let mut lines = vec![format!("name: {}", config.name)];
+    if let Some(eh) = &config.source.eventhub {
+        let secret = config::resolve_secret(
+            Some(&eh.connection_string_env),
+            eh.connection_string_file.as_deref(),
+        )
+        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
+        if secret.is_none() {
+            return Err(BuildError::EventHubSecret(format!(
+                "not set: export {} or set `source.eventhub.connection_string_file`",
+                eh.connection_string_env
+            )));
+        }
+        lines.push(format!(
+            "source: eventhub, consumer group {}",
+            eh.consumer_group
+        ));
+    }
+    if let Some(f) = &config.source.file {
+        lines.push(format!(
+            "source: file {} as partition {}",
+            f.path.display(),
+            f.partition
+        ));
+    }
+    if let Some(c) = &config.sinks.influxdb_v2 {
+        lines.push(format!("sink: influxdb_v2 {}", c.build()?.url()));
+    }
+    if let Some(c) = &config.sinks.influxdb_v1 {
+        lines.push(format!("sink: influxdb_v1 {}", c.build()?.url()));
+    }
+    if let Some(c) = &config.sinks.file {
+        lines.push(format!("sink: file {}", c.path.display()));
+    }
+    lines.push(format!("checkpoints: {}", config.checkpoint.dir.display()));
+    lines.push(format!(
+        "dead letters: {}",
+        config.dead_letter.path.display()
+    ));
+    Ok(lines)
+}
+
+/// Builds every fallible piece of a run (see [`BuildError`]).
+pub async fn build(mut config: Config) -> Result<Built, BuildError> {
+    config.validate()?;
+    let sinks = build_sinks(&config)?;
+    let dead_letters = DeadLetterFile::open(
+        &config.dead_letter.path,
+        DeadLetterLimits {
+            max_body_bytes: config.dead_letter.max_body_bytes,
+            max_file_bytes: config.dead_letter.max_file_bytes,
+        },
+    )
+    .map_err(|source| BuildError::DeadLetter {
+        path: config.dead_letter.path.clone(),
+        source,
+    })?;
+    let store = FileCheckpointStore::new(&config.checkpoint.dir);
+    store
+        .check_writable()
+        .map_err(|source| BuildError::CheckpointDir {
+            dir: config.checkpoint.dir.clone(),
+            source,
+        })?;
+    let listener = if config.http.enabled {
+        Some(metrics::bind(config.http.listen).await?)
+    } else {
+        None
+    };
+    Ok(Built {
+        config,
+        sinks,
+        checkpoints: Arc::new(store),
+        dead_letters: Arc::new(dead_letters),
+        metrics: Arc::new(Metrics::new()),
+        listener,
+    })
+}
+
+/// The source a config names.
+pub fn source_from_config(config: &Config) -> Result<AnyProvider, BuildError> {
+    if let Some(f) = &config.source.file {
+        return Ok(AnyProvider::File(FileSourceProvider::new(
+            &f.path,
+            f.partition.clone(),
+        )));
+    }
+    if config.source.eventhub.is_some() {
+        return Err(BuildError::EventHubNotWired);
+    }
+    Err(BuildError::Config(config::ConfigError::Invalid {
+        field: "source",
+        why: "no source configured".into(),
+    }))
+}
+
+/// Runs the collector from `config` until `shutdown` is cancelled (or every source
+/// ended), then finishes in-flight batches, writes checkpoints and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary, BuildError> {
+    let provider = source_from_config(&config)?;
+    let built = build(config).await?;
+    Ok(run_built(built, provider, shutdown).await)
+}
+
+/// Runs an already [`build`]-ed collector over any [`SourceProvider`] (the Event Hubs
+/// adapter, or an in-process source in tests).
+pub async fn run_built<P: SourceProvider>(
+    built: Built,
+    provider: P,
+    shutdown: CancellationToken,
+) -> RunSummary {
+    let Built {
+        config,
+        sinks,
+        checkpoints,
+        dead_letters,
+        metrics,
+        listener,
+    } = built;
+    let tracker = TaskTracker::new();
+    let give_up = give_up_after(&shutdown, config.retry.shutdown_grace);
+    let server_stop = CancellationToken::new();
+    let server =
+        listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), server_stop.clone())));
+    let once = Arc::new(LogOnce::default());
+    let provider = Arc::new(provider);
+    let shared = Shared {
+        sinks: sinks.clone().into(),
+        checkpoints,
+        scope: provider.scope(),
+        dead_letters: dead_letters.clone(),
+        metrics: metrics.clone(),
+        once: once.clone(),
+        tracker: tracker.clone(),
+        give_up: give_up.clone(),
+    };
+    let settings = PipelineSettings {
+        collector: config.name.clone(),
+        max_lines: config.batch.max_lines,
+        max_bytes: config.batch.max_bytes,
+        flush_interval: config.batch.flush_interval,
+        max_in_flight_batches: config.batch.max_in_flight_batches,
+        aggregate: config.aggregate.settings(),
+        idle_after: config.aggregate.idle_after,
+        dedup_max_streams: config.aggregate.dedup_max_streams,
+        dedup_window_events: config.aggregate.dedup_window_events,
+        checkpoint_interval: config.checkpoint.interval,
+        initial_position: config.checkpoint.initial_position.0,
+        on_corrupt: config.checkpoint.on_corrupt.0,
+        pipeline_interval: config.pipeline_interval,
+        retry: RetryPolicy {
+            initial: config.retry.initial,
+            max: config.retry.max,
+            max_retry_after: config.retry.max_retry_after,
+        },
+    };
+
+    let mut partitions = None;
+    let mut wait = config.retry.initial;
+    while partitions.is_none() && !shutdown.is_cancelled() {
+        match provider.partitions().await {
+            Ok(p) => partitions = Some(p),
+            Err(e) => {
+                SourceFailed {
+                    partition: "*",
+                    operation: "partitions",
+                    error: &e.to_string(),
+                }
+                .emit(&metrics, &once);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                wait = (wait * 2).min(config.retry.max);
+            }
+        }
+    }
+    let handles: Vec<_> = partitions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            tracker.spawn(pipeline::run_partition(
+                provider.clone(),
+                p,
+                settings.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    metrics.set_ready(true);
+    tracing::info!(
+        partitions = handles.len(),
+        sinks = sinks.len(),
+        "collector running"
+    );
+    let mut summaries = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(s) => summaries.push(s),
+            Err(e) => {
+                tracing::error!(stage = "pipeline", error_type = "panic", error = %e, "partition task failed")
+            }
+        }
+    }
+    metrics.set_ready(false);
+    tracker.close();
+    tracker.wait().await;
+    for s in &sinks {
+        if let Err(e) = s.flush().await {
+            tracing::error!(stage = "sink", error_type = "flush", sink = s.name(), error = %e, "flush at shutdown failed");
+        }
+    }
+    if let Err(e) = dead_letters.sync() {
+        tracing::error!(stage = "dead_letter", error_type = "io", error = %e, "sync at shutdown failed");
+    }
+    server_stop.cancel();
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    give_up.cancel();
+    tracing::info!("collector stopped");
+    RunSummary {
+        partitions: summaries,
+    }
+}

@@ -1,0 +1,997 @@
+//! Configuration: a TOML file, a few environment variables, then command-line flags (each
+//! layer overrides the one before), validated before anything runs.
+//!
+//! The structs are the documentation: every field says its meaning, unit and default.
+//! Secrets (the Event Hubs connection string, store tokens and passwords) are read only
+//! from an environment variable or a file named in the config, never from the config
+//! itself or a flag, so they never show in `ps`, shell history or `--help`.
+//!
+//! Environment overrides (for containers):
+//!
+//! | variable | sets |
+//! | --- | --- |
+//! | `TCPULSE_COLLECTOR_NAME` | `name` |
+//! | `TCPULSE_INFLUXDB_URL`, `TCPULSE_INFLUXDB_ORG`, `TCPULSE_INFLUXDB_BUCKET` | `sinks.influxdb_v2` (created if absent; all three needed then) |
+//!
+//! A minimal config ([`EXAMPLE_CONFIG`]):
+//!
+//! ```toml
+//! name = "collector-1"
+//! [source.eventhub]
+//! consumer_group = "$Default"
+//! [sinks.influxdb_v2]
+//! url = "https://influx.example.com:8086"
+//! org = "noc"
+//! bucket = "tcpulse"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tcpulse_schema::capacity::{
+    INSTANCE_STALE_SECONDS, PEAK_WINDOW_SECONDS, REPORT_INTERVAL_SECONDS, ROLLUP_INTERVAL_SECONDS,
+};
+use tcpulse_schema::Timestamp;
+
+use crate::aggregate::{duration_ms, AggregateSettings};
+use crate::checkpoint::StartPosition;
+use crate::sinks::file::config::FileSinkConfig;
+use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
+use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+
+/// The minimal example config, tested to parse and validate.
+pub const EXAMPLE_CONFIG: &str = r#"name = "collector-1"
+[source.eventhub]
+consumer_group = "$Default"
+[sinks.influxdb_v2]
+url = "https://influx.example.com:8086"
+org = "noc"
+bucket = "tcpulse"
+"#;
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This collector's name: the `collector` tag of `tc_pipeline` points.
+    /// Default: `tcpulse-collector`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where events come from (exactly one).
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// Where partitions resume.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Rollups, staleness and duplicate detection.
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+    /// Batching and the in-flight bound.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Retries of store writes.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where points go; a line-protocol file when none is set.
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    /// The dead-letter file.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// The `/metrics`, `/healthz`, `/readyz` server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How often each partition writes its `tc_pipeline` point. Default: 10s.
+    #[serde(default = "default_pipeline_interval", with = "humantime_serde")]
+    pub pipeline_interval: Duration,
+}
+
+fn default_name() -> String {
+    "tcpulse-collector".into()
+}
+
+const fn default_pipeline_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: default_name(),
+            source: SourceConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            aggregate: AggregateConfig::default(),
+            batch: BatchConfig::default(),
+            retry: RetryConfig::default(),
+            sinks: SinksConfig::default(),
+            dead_letter: DeadLetterConfig::default(),
+            http: HttpConfig::default(),
+            pipeline_interval: default_pipeline_interval(),
+        }
+    }
+}
+
+/// Event sources; set exactly one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Azure Event Hubs (every partition of one hub).
+    #[serde(default)]
+    pub eventhub: Option<EventHubSourceConfig>,
+    /// A file with one event body (JSON) per line, read as partition `partition`.
+    #[serde(default)]
+    pub file: Option<FileSourceConfig>,
+}
+
+/// Event Hubs consumer settings. The connection string (Listen rights, with
+/// `EntityPath`) comes from the environment or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventHubSourceConfig {
+    /// Environment variable holding the connection string.
+    /// Default: `TCPULSE_EVENTHUB_CONNECTION_STRING`.
+    #[serde(default = "default_connection_string_env")]
+    pub connection_string_env: String,
+    /// File holding the connection string; takes precedence over the variable.
+    #[serde(default)]
+    pub connection_string_file: Option<PathBuf>,
+    /// Consumer group. Default: `$Default`.
+    #[serde(default = "default_consumer_group")]
+    pub consumer_group: String,
+    /// Owner level (epoch) of the receivers; a higher one takes a partition over.
+    /// Default: none.
+    #[serde(default)]
+    pub owner_level: Option<i64>,
+    /// Events the link may deliver ahead of processing (link credit). Default: 300.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u32,
+}
+
+fn default_connection_string_env() -> String {
+    "TCPULSE_EVENTHUB_CONNECTION_STRING".into()
+}
+
+fn default_consumer_group() -> String {
+    "$Default".into()
+}
+
+const fn default_prefetch() -> u32 {
+    300
+}
+
+/// A file of event bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The file (JSON Lines: one event body per line). Required.
+    pub path: PathBuf,
+    /// The partition id it stands for. Default: `0`.
+    #[serde(default = "default_file_partition")]
+    pub partition: String,
+}
+
+fn default_file_partition() -> String {
+    "0".into()
+}
+
+/// A start position as written in the config: `earliest`, `latest`, or an RFC 3339 time
+/// (events enqueued after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PositionSpec(pub StartPosition);
+
+impl TryFrom<String> for PositionSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "earliest" => Ok(PositionSpec(StartPosition::Earliest)),
+            "latest" => Ok(PositionSpec(StartPosition::Latest)),
+            other => Timestamp::parse_rfc3339(other)
+                .map(|t| PositionSpec(StartPosition::EnqueuedAfterMs(t.unix_millis())))
+                .map_err(|_| format!("{other:?} is not a start position; use \"earliest\", \"latest\" or an RFC 3339 time")),
+        }
+    }
+}
+
+impl From<PositionSpec> for String {
+    fn from(p: PositionSpec) -> String {
+        match p.0 {
+            StartPosition::Earliest => "earliest".into(),
+            StartPosition::Latest => "latest".into(),
+            StartPosition::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "earliest".into()),
+            StartPosition::AfterSequence(_) => "earliest".into(),
+        }
+    }
+}
+
+/// Checkpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the checkpoint files. Default: `checkpoints`.
+    #[serde(default = "default_checkpoint_dir")]
+    pub dir: PathBuf,
+    /// Where a partition without a checkpoint starts. Default: `earliest` (replays are
+    /// idempotent, so reading what the hub retains loses nothing).
+    #[serde(default = "default_initial_position")]
+    pub initial_position: PositionSpec,
+    /// Where a partition whose checkpoint is corrupt starts (the corrupt file is reported
+    /// and kept as `<file>.corrupt-<ms>`). Default: `earliest`.
+    #[serde(default = "default_initial_position")]
+    pub on_corrupt: PositionSpec,
+    /// Shortest time between two checkpoint writes of a partition (the last one is
+    /// always written at shutdown). Default: 5s.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("checkpoints")
+}
+
+const fn default_initial_position() -> PositionSpec {
+    PositionSpec(StartPosition::Earliest)
+}
+
+const fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: default_checkpoint_dir(),
+            initial_position: default_initial_position(),
+            on_corrupt: default_initial_position(),
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// Aggregation settings (event time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Rollup interval; `tc_connector` points are stamped at window ends aligned to it.
+    /// Default: 60s (`ROLLUP_INTERVAL_SECONDS`).
+    #[serde(default = "default_rollup_interval", with = "humantime_serde")]
+    pub rollup_interval: Duration,
+    /// An instance silent for longer is written `up=0` and leaves the online count.
+    /// Default: 60s (`INSTANCE_STALE_SECONDS`, four 15 s reports).
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// `peak_calls` looks back this far. Default: 1h (`PEAK_WINDOW_SECONDS`).
+    #[serde(default = "default_peak_window", with = "humantime_serde")]
+    pub peak_window: Duration,
+    /// A window closes this long after the partition's event time passes its end.
+    /// Default: 15s (one report interval).
+    #[serde(default = "default_lateness", with = "humantime_serde")]
+    pub lateness: Duration,
+    /// How far an event's time may run ahead of its enqueue time when it moves the
+    /// watermark. Default: 60s.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// A down instance is forgotten after this long without a report. Default: 1h.
+    #[serde(default = "default_peak_window", with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// With nothing arriving for this long, the watermark follows the wall clock so
+    /// silent connectors still close windows. Default: 30s.
+    #[serde(default = "default_idle_after", with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// Sequence numbers remembered per `(instance, boot)` for duplicate detection.
+    /// Default: 1024.
+    #[serde(default = "default_dedup_window_events")]
+    pub dedup_window_events: u64,
+    /// `(instance, boot)` streams remembered. Default: 4096.
+    #[serde(default = "default_dedup_max_streams")]
+    pub dedup_max_streams: usize,
+}
+
+const fn default_rollup_interval() -> Duration {
+    Duration::from_secs(ROLLUP_INTERVAL_SECONDS)
+}
+const fn default_stale_after() -> Duration {
+    Duration::from_secs(INSTANCE_STALE_SECONDS)
+}
+const fn default_peak_window() -> Duration {
+    Duration::from_secs(PEAK_WINDOW_SECONDS)
+}
+const fn default_lateness() -> Duration {
+    Duration::from_secs(REPORT_INTERVAL_SECONDS)
+}
+const fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_idle_after() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_dedup_window_events() -> u64 {
+    tcpulse_schema::dedup::DEFAULT_WINDOW_EVENTS
+}
+const fn default_dedup_max_streams() -> usize {
+    tcpulse_schema::dedup::DEFAULT_MAX_STREAMS
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            rollup_interval: default_rollup_interval(),
+            stale_after: default_stale_after(),
+            peak_window: default_peak_window(),
+            lateness: default_lateness(),
+            max_clock_skew: default_max_clock_skew(),
+            forget_after: default_peak_window(),
+            idle_after: default_idle_after(),
+            dedup_window_events: default_dedup_window_events(),
+            dedup_max_streams: default_dedup_max_streams(),
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// The aggregator's settings in milliseconds.
+    pub fn settings(&self) -> AggregateSettings {
+        AggregateSettings {
+            rollup_interval_ms: duration_ms(self.rollup_interval),
+            stale_after_ms: duration_ms(self.stale_after),
+            peak_window_ms: duration_ms(self.peak_window),
+            lateness_ms: duration_ms(self.lateness),
+            max_clock_skew_ms: duration_ms(self.max_clock_skew),
+            forget_after_ms: duration_ms(self.forget_after),
+        }
+    }
+}
+
+/// Batching per partition, and the bound on unacknowledged data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Lines per batch at most. Default: 5000 (InfluxData recommends 5,000–10,000).
+    #[serde(default = "default_max_lines")]
+    pub max_lines: usize,
+    /// Bytes per batch at most (before gzip). Default: 1048576 (1 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// A non-empty batch is sent at least this often. Default: 1s.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Batches per partition sent and not yet acknowledged; at the bound the partition
+    /// stops reading. Memory per partition ≤ (this + 1) × `max_bytes`. Default: 4.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_batches: usize,
+}
+
+const fn default_max_lines() -> usize {
+    5000
+}
+const fn default_max_bytes() -> usize {
+    1 << 20
+}
+const fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_max_in_flight() -> usize {
+    4
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_lines: default_max_lines(),
+            max_bytes: default_max_bytes(),
+            flush_interval: default_flush_interval(),
+            max_in_flight_batches: default_max_in_flight(),
+        }
+    }
+}
+
+/// Retries of store writes (forever, for retryable errors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff delay. Default: 500ms.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Largest backoff delay. Default: 30s.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// Largest `Retry-After` honoured. Default: 5m.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// At shutdown, how long in-flight batches may still be retried before they are
+    /// left for the next start (they are not checkpointed). Default: 10s.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+const fn default_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+const fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_max_retry_after() -> Duration {
+    Duration::from_secs(300)
+}
+const fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+            max_retry_after: default_max_retry_after(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// Sinks; every configured one receives every batch. None configured: `file` with its
+/// defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    /// InfluxDB v2 write API.
+    #[serde(default)]
+    pub influxdb_v2: Option<InfluxDbV2SinkConfig>,
+    /// InfluxDB v1 `/write`.
+    #[serde(default)]
+    pub influxdb_v1: Option<InfluxDbV1SinkConfig>,
+    /// Line-protocol file.
+    #[serde(default)]
+    pub file: Option<FileSinkConfig>,
+}
+
+impl SinksConfig {
+    /// True when no sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.influxdb_v2.is_none() && self.influxdb_v1.is_none() && self.file.is_none()
+    }
+}
+
+/// The dead-letter file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Path of the JSON Lines file. Default: `tcpulse-dead-letters.jsonl`.
+    #[serde(default = "default_dead_letter_path")]
+    pub path: PathBuf,
+    /// Bytes of a body kept per record. Default: 65536.
+    #[serde(default = "default_dead_letter_body")]
+    pub max_body_bytes: usize,
+    /// Size at which the file rotates to `<path>.1`. Default: 104857600 (100 MiB).
+    #[serde(default = "default_dead_letter_file")]
+    pub max_file_bytes: u64,
+}
+
+fn default_dead_letter_path() -> PathBuf {
+    PathBuf::from("tcpulse-dead-letters.jsonl")
+}
+const fn default_dead_letter_body() -> usize {
+    64 * 1024
+}
+const fn default_dead_letter_file() -> u64 {
+    100 << 20
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            path: default_dead_letter_path(),
+            max_body_bytes: default_dead_letter_body(),
+            max_file_bytes: default_dead_letter_file(),
+        }
+    }
+}
+
+/// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve at all. Default: true.
+    #[serde(default = "default_http_enabled")]
+    pub enabled: bool,
+    /// Listen address. Default: `127.0.0.1:9273`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+const fn default_http_enabled() -> bool {
+    true
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9273))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: default_http_enabled(),
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config field `{field}`: {why}")]
+    Invalid {
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
+    /// An environment override is incomplete.
+    #[error("environment: {0}")]
+    Env(String),
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("secret file {0} is empty")]
+    Empty(PathBuf),
+}
+
+/// A secret from `file` (its first line, trimmed) or else the environment variable `env`
+/// (if set and non-empty); `None` when neither is given.
+pub fn resolve_secret(
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, SecretError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let first = text.lines().next().unwrap_or("").trim().to_owned();
+        if first.is_empty() {
+            return Err(SecretError::Empty(path.to_owned()));
+        }
+        return Ok(Some(first));
+    }
+    Ok(env
+        .and_then(|name| std::env::var(name).ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty()))
+}
+
+impl Config {
+    /// Parses TOML text (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads `path` (or starts from the defaults) and applies the environment overrides.
+    /// Call [`Config::validate`] after the flags are applied.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                Config::from_toml(&text, p)?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Applies the environment overrides (see the module docs) read through `var`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(name) = get("TCPULSE_COLLECTOR_NAME") {
+            self.name = name;
+        }
+        let (url, org, bucket) = (
+            get("TCPULSE_INFLUXDB_URL"),
+            get("TCPULSE_INFLUXDB_ORG"),
+            get("TCPULSE_INFLUXDB_BUCKET"),
+        );
+        match &mut self.sinks.influxdb_v2 {
+            Some(v2) => {
+                if let Some(u) = url {
+                    v2.url = u;
+                }
+                if let Some(o) = org {
+                    v2.org = o;
+                }
+                if let Some(b) = bucket {
+                    v2.bucket = b;
+                }
+            }
+            None => match (url, org, bucket) {
+                (None, None, None) => {}
+                (Some(u), Some(o), Some(b)) => {
+                    self.sinks.influxdb_v2 = Some(InfluxDbV2SinkConfig::new(u, o, b));
+                }
+                _ => {
+                    return Err(ConfigError::Env(
+                        "set all of TCPULSE_INFLUXDB_URL, TCPULSE_INFLUXDB_ORG and TCPULSE_INFLUXDB_BUCKET, or none".into(),
+                    ))
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and consistency; fills in the default file sink when no sink is set.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, why: &str| ConfigError::Invalid {
+            field,
+            why: why.to_owned(),
+        };
+        match (&self.source.eventhub, &self.source.file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("source", "set only one of [source.eventhub] and [source.file]"))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "source",
+                    "no source: add [source.eventhub] (with the connection string in $TCPULSE_EVENTHUB_CONNECTION_STRING) or [source.file], or pass --source-file",
+                ))
+            }
+            _ => {}
+        }
+        let a = &self.aggregate;
+        if a.rollup_interval < Duration::from_secs(1) || a.rollup_interval.subsec_millis() != 0 {
+            return Err(invalid(
+                "aggregate.rollup_interval",
+                "must be whole seconds, at least 1s",
+            ));
+        }
+        if a.stale_after.is_zero() {
+            return Err(invalid("aggregate.stale_after", "must be more than 0s"));
+        }
+        if a.peak_window < a.rollup_interval {
+            return Err(invalid(
+                "aggregate.peak_window",
+                "must be at least aggregate.rollup_interval",
+            ));
+        }
+        if a.forget_after < a.stale_after {
+            return Err(invalid(
+                "aggregate.forget_after",
+                "must be at least aggregate.stale_after",
+            ));
+        }
+        let b = &self.batch;
+        if b.max_lines == 0 || b.max_bytes < 1024 {
+            return Err(invalid(
+                "batch",
+                "max_lines must be ≥ 1 and max_bytes ≥ 1024",
+            ));
+        }
+        if b.max_in_flight_batches == 0 {
+            return Err(invalid("batch.max_in_flight_batches", "must be at least 1"));
+        }
+        if b.flush_interval.is_zero() {
+            return Err(invalid("batch.flush_interval", "must be more than 0s"));
+        }
+        if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
+            return Err(invalid("retry", "initial must be > 0 and max ≥ initial"));
+        }
+        if self.pipeline_interval < Duration::from_secs(1) {
+            return Err(invalid("pipeline_interval", "must be at least 1s"));
+        }
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if self.sinks.is_empty() {
+            self.sinks.file = Some(FileSinkConfig::default());
+        }
+        Ok(())
+    }
+}
+
+// ---- Command line ------------------------------------------------------------------
+
+/// Consumes tcpulse status events from every partition, aggregates them and writes them
+/// to InfluxDB (v2 or v1 API) or a line-protocol file. A partition's checkpoint moves only
+/// past points the store acknowledged.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tcpulse-collector", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the collector until SIGINT or SIGTERM (or until a file source ends).
+    Run(RunArgs),
+    /// Validate the configuration and resolve its secrets, without connecting anywhere.
+    CheckConfig(RunArgs),
+}
+
+/// Flags shared by `run` and `check-config`; each overrides the config file. Secrets
+/// have no flags: they come from the environment or files the config names.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file (see the crate docs for every field).
+    #[arg(
+        long,
+        short = 'c',
+        env = "TCPULSE_COLLECTOR_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Read events from FILE (one JSON event body per line) instead of Event Hubs.
+    #[arg(long, value_name = "FILE")]
+    pub source_file: Option<PathBuf>,
+    /// Append line protocol to FILE (sets `sinks.file.path`).
+    #[arg(long, value_name = "FILE")]
+    pub points_file: Option<PathBuf>,
+    /// Directory for checkpoints (sets `checkpoint.dir`).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Dead-letter file (sets `dead_letter.path`).
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter_path: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz (sets `http.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log JSON lines instead of text (level from RUST_LOG, default info).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl RunArgs {
+    /// The config file, then the environment, then these flags, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.config.as_deref())?;
+        if let Some(path) = &self.source_file {
+            c.source.eventhub = None;
+            c.source.file = Some(FileSourceConfig {
+                path: path.clone(),
+                partition: default_file_partition(),
+            });
+        }
+        if let Some(path) = &self.points_file {
+            let mut f = c.sinks.file.take().unwrap_or_default();
+            f.path = path.clone();
+            c.sinks.file = Some(f);
+        }
+        if let Some(dir) = &self.checkpoint_dir {
+            c.checkpoint.dir = dir.clone();
+        }
+        if let Some(path) = &self.dead_letter_path {
+            c.dead_letter.path = path.clone();
+        }
+        if let Some(addr) = self.metrics_listen {
+            c.http.enabled = true;
+            c.http.listen = addr;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::from_toml(text, Path::new("test.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_example_parses_with_documented_defaults() {
+        let c = parse(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(c.name, "collector-1");
+        let eh = c.source.eventhub.as_ref().unwrap();
+        assert_eq!(
+            eh.connection_string_env,
+            "TCPULSE_EVENTHUB_CONNECTION_STRING"
+        );
+        assert_eq!(eh.prefetch, 300);
+        assert_eq!(
+            c.aggregate.rollup_interval,
+            Duration::from_secs(ROLLUP_INTERVAL_SECONDS)
+        );
+        assert_eq!(
+            c.aggregate.stale_after,
+            Duration::from_secs(INSTANCE_STALE_SECONDS)
+        );
+        assert_eq!(c.batch, BatchConfig::default());
+        assert_eq!(
+            c.checkpoint.initial_position,
+            PositionSpec(StartPosition::Earliest)
+        );
+        let v2 = c.sinks.influxdb_v2.as_ref().unwrap();
+        assert_eq!(v2.token_env, "TCPULSE_INFLUXDB_TOKEN");
+        assert!(v2.gzip);
+        assert!(
+            c.sinks.file.is_none(),
+            "a store is configured: no default file sink"
+        );
+    }
+
+    #[test]
+    fn durations_positions_and_the_default_sink() {
+        let c = parse(
+            r#"
+            [source.file]
+            path = "events.jsonl"
+            [aggregate]
+            rollup_interval = "10s"
+            stale_after = "45s"
+            [checkpoint]
+            on_corrupt = "2026-11-26T10:00:00Z"
+            initial_position = "latest"
+            [batch]
+            flush_interval = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.aggregate.rollup_interval, Duration::from_secs(10));
+        assert_eq!(c.aggregate.settings().stale_after_ms, 45_000);
+        assert_eq!(c.batch.flush_interval, Duration::from_millis(250));
+        assert_eq!(c.checkpoint.initial_position.0, StartPosition::Latest);
+        assert_eq!(
+            c.checkpoint.on_corrupt.0,
+            StartPosition::EnqueuedAfterMs(1_795_687_200_000)
+        );
+        assert_eq!(
+            c.sinks.file,
+            Some(FileSinkConfig::default()),
+            "file sink when none is set"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field_and_the_fix() {
+        let cases = [
+            ("[source.file]\npath='x'\nbogus = 1\n", "unknown field `bogus`"),
+            ("[source.file]\npath='x'\n[sinks.influxdb_v2]\nurl='http://x'\norg='o'\nbucket='b'\ntoken='s3cret'\n", "unknown field `token`"),
+            ("[source.file]\npath='x'\n[aggregate]\nrollup_interval='10 parsecs'\n", "rollup_interval"),
+            ("[source.file]\npath='x'\n[aggregate]\nrollup_interval='1500ms'\n", "whole seconds"),
+            ("[source.file]\npath='x'\n[checkpoint]\non_corrupt='yesterday'\n", "not a start position"),
+            ("[source.file]\npath='x'\n[batch]\nmax_in_flight_batches=0\n", "batch.max_in_flight_batches"),
+            ("", "no source"),
+            ("[source.file]\npath='x'\n[source.eventhub]\n", "only one"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_create_or_patch_the_v2_sink() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "TCPULSE_INFLUXDB_URL" => Some("http://127.0.0.1:8428".to_string()),
+            "TCPULSE_INFLUXDB_ORG" => Some("o".into()),
+            "TCPULSE_INFLUXDB_BUCKET" => Some("b".into()),
+            "TCPULSE_COLLECTOR_NAME" => Some("c9".into()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.name, "c9");
+        assert_eq!(c.sinks.influxdb_v2.as_ref().unwrap().bucket, "b");
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == "TCPULSE_INFLUXDB_URL").then(|| "http://x".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("TCPULSE_INFLUXDB_ORG"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_help_comes_from_doc_comments() {
+        use clap::{CommandFactory as _, Parser as _};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, EXAMPLE_CONFIG).unwrap();
+        let cli = Cli::try_parse_from([
+            "tcpulse-collector",
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--source-file",
+            "ev.jsonl",
+            "--points-file",
+            "out.lp",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        let c = args.load().unwrap();
+        assert!(c.source.eventhub.is_none());
+        assert_eq!(c.source.file.unwrap().path, PathBuf::from("ev.jsonl"));
+        assert_eq!(c.sinks.file.unwrap().path, PathBuf::from("out.lp"));
+        assert!(c.sinks.influxdb_v2.is_some(), "file settings kept");
+        assert_eq!(c.http.listen.port(), 0);
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("check-config"), "{help}");
+        let mut run = Cli::command();
+        let run_help = run
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(run_help.contains("Read events from FILE"), "{run_help}");
+        assert!(
+            !run_help.to_lowercase().contains("--token"),
+            "no secret flags"
+        );
+        assert!(Cli::try_parse_from(["tcpulse-collector", "run", "--token", "x"]).is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_a_file_first_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  tok123 \nignored\n").unwrap();
+        assert_eq!(
+            resolve_secret(Some("PATH"), Some(&f)).unwrap(),
+            Some("tok123".into())
+        );
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(
+            resolve_secret(None, Some(&f)),
+            Err(SecretError::Empty(_))
+        ));
+        assert!(matches!(
+            resolve_secret(None, Some(&dir.path().join("missing"))),
+            Err(SecretError::Read { .. })
+        ));
+        assert_eq!(
+            resolve_secret(Some("TCPULSE_SURELY_UNSET_VARIABLE"), None).unwrap(),
+            None
+        );
+        assert_eq!(resolve_secret(None, None).unwrap(), None);
+    }
+}

@@ -1,0 +1,383 @@
+//! Named telemetry events. Each operational error or drop is one type here; emitting it
+//! logs `stage` and `error_type` (at most once per distinct key until the condition
+//! clears, then at debug level) and increments exactly one counter of [`Metrics`].
+//! Dashboards query only these counter names.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::metrics::{partition_labels, sink_labels, Labels, Metrics};
+
+/// Remembers which keys were logged, so a flood logs once.
+#[derive(Debug, Default)]
+pub struct LogOnce {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LogOnce {
+    /// True the first time `key` is seen (until [`LogOnce::clear`]).
+    pub fn first(&self, key: &str) -> bool {
+        match self.seen.lock() {
+            Ok(mut seen) => {
+                if seen.contains(key) {
+                    false
+                } else {
+                    seen.insert(key.to_owned())
+                }
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Forgets every key starting with `prefix` (the condition cleared).
+    pub fn clear(&self, prefix: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|k| !k.starts_with(prefix));
+        }
+    }
+}
+
+fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
+    labels.push((key.into(), value.into()));
+    labels
+}
+
+fn stage_labels(stage: &str, error_type: &str) -> Labels {
+    vec![
+        ("stage".into(), stage.into()),
+        ("error_type".into(), error_type.into()),
+    ]
+}
+
+/// An event that could not be decoded went to the dead-letter file.
+#[derive(Debug)]
+pub struct EventDeadLettered<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// Sequence number of the event.
+    pub sequence_number: i64,
+    /// [`tcpulse_schema::DeadLetterReason::kind`].
+    pub kind: &'static str,
+    /// The reason, for the log line.
+    pub message: &'a str,
+}
+
+impl EventDeadLettered<'_> {
+    /// Logs (once per kind) and counts.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        if once.first(&format!("dead_letter/{}", self.kind)) {
+            tracing::warn!(
+                stage = "decode",
+                error_type = self.kind,
+                partition = self.partition,
+                sequence_number = self.sequence_number,
+                reason = self.message,
+                "dead letter (further ones of this kind are only counted: tcpulse_collector_dead_letters_total)"
+            );
+        } else {
+            tracing::debug!(
+                stage = "decode",
+                error_type = self.kind,
+                partition = self.partition,
+                sequence_number = self.sequence_number,
+                reason = self.message,
+                "dead letter"
+            );
+        }
+        metrics
+            .dead_letters
+            .get_or_create(&with(
+                partition_labels(self.partition),
+                "error_type",
+                self.kind,
+            ))
+            .inc();
+    }
+}
+
+/// A repeated event `(instance, boot, seq)` was dropped.
+#[derive(Debug)]
+pub struct DuplicateDropped<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+}
+
+impl DuplicateDropped<'_> {
+    /// Counts (duplicates are normal under at-least-once delivery: debug only).
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::trace!(
+            stage = "dedup",
+            error_type = "duplicate",
+            partition = self.partition,
+            "duplicate dropped"
+        );
+        metrics
+            .duplicates
+            .get_or_create(&partition_labels(self.partition))
+            .inc();
+    }
+}
+
+/// A write to a store failed and will be retried.
+#[derive(Debug)]
+pub struct SinkRequestFailed<'a> {
+    /// Sink name.
+    pub sink: &'a str,
+    /// `http_429`, `http_503`, `http_5xx`, `http_401`, `connect`, `timeout`, `io`, …
+    pub error_type: &'a str,
+    /// What the server or the client said.
+    pub message: &'a str,
+    /// When the next attempt is made.
+    pub retry_in: Duration,
+}
+
+impl SinkRequestFailed<'_> {
+    /// Logs (once per sink and error type until a write succeeds) and counts.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        if once.first(&format!("sink/{}/{}", self.sink, self.error_type)) {
+            tracing::warn!(
+                stage = "sink",
+                error_type = self.error_type,
+                sink = self.sink,
+                retry_in = %humantime::format_duration(self.retry_in),
+                error = self.message,
+                "write failed; retrying (the partition stops reading until the store accepts)"
+            );
+        } else {
+            tracing::debug!(
+                stage = "sink",
+                error_type = self.error_type,
+                sink = self.sink,
+                error = self.message,
+                "write failed; retrying"
+            );
+        }
+        metrics
+            .sink_errors
+            .get_or_create(&with(sink_labels(self.sink), "error_type", self.error_type))
+            .inc();
+    }
+}
+
+/// A store accepted a write after failures.
+#[derive(Debug)]
+pub struct SinkRecovered<'a> {
+    /// Sink name.
+    pub sink: &'a str,
+}
+
+impl SinkRecovered<'_> {
+    /// Logs and re-arms the once-per-outage log lines (no counter: not an error).
+    pub fn emit(&self, once: &LogOnce) {
+        tracing::info!(
+            stage = "sink",
+            sink = self.sink,
+            "store accepts writes again"
+        );
+        once.clear(&format!("sink/{}/", self.sink));
+    }
+}
+
+/// A store rejected a batch as invalid (400/422); it went to the dead-letter file.
+#[derive(Debug)]
+pub struct SinkBatchRejected<'a> {
+    /// Sink name.
+    pub sink: &'a str,
+    /// Partition id.
+    pub partition: &'a str,
+    /// HTTP status.
+    pub status: u16,
+    /// The server's message.
+    pub message: &'a str,
+}
+
+impl SinkBatchRejected<'_> {
+    /// Logs (every time: each one is data the operator must look at) and counts.
+    pub fn emit(&self, metrics: &Metrics) {
+        let error_type = format!("rejected_{}", self.status);
+        tracing::error!(
+            stage = "sink",
+            error_type = error_type.as_str(),
+            sink = self.sink,
+            partition = self.partition,
+            status = self.status,
+            error = self.message,
+            "store rejected a batch; it is in the dead-letter file and the partition moves on"
+        );
+        metrics
+            .sink_errors
+            .get_or_create(&with(sink_labels(self.sink), "error_type", &error_type))
+            .inc();
+    }
+}
+
+/// A checkpoint file was corrupt; the partition starts from the configured position.
+#[derive(Debug)]
+pub struct CheckpointCorrupt<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The error (names the file and the problem).
+    pub error: &'a str,
+    /// Where the corrupt file was moved.
+    pub moved_to: Option<&'a str>,
+    /// The position the partition starts from instead.
+    pub start: &'a str,
+}
+
+impl CheckpointCorrupt<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "checkpoint",
+            error_type = "corrupt",
+            partition = self.partition,
+            moved_to = self.moved_to.unwrap_or("-"),
+            start = self.start,
+            error = self.error,
+            "corrupt checkpoint"
+        );
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("checkpoint", "corrupt"))
+            .inc();
+    }
+}
+
+/// Reading or writing a checkpoint failed; it is retried.
+#[derive(Debug)]
+pub struct CheckpointFailed<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// `load` or `store`.
+    pub operation: &'static str,
+    /// The error.
+    pub error: &'a str,
+}
+
+impl CheckpointFailed<'_> {
+    /// Logs (once per partition and operation until it succeeds) and counts.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        let error_type = format!("{}_io", self.operation);
+        if once.first(&format!("checkpoint/{}/{}", self.partition, self.operation)) {
+            tracing::error!(
+                stage = "checkpoint",
+                error_type = error_type.as_str(),
+                partition = self.partition,
+                error = self.error,
+                "checkpoint I/O failed; retrying"
+            );
+        }
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("checkpoint", &error_type))
+            .inc();
+    }
+}
+
+/// Receiving from or opening a partition failed; it is retried with backoff.
+#[derive(Debug)]
+pub struct SourceFailed<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// `open` or `receive`.
+    pub operation: &'static str,
+    /// The error.
+    pub error: &'a str,
+}
+
+impl SourceFailed<'_> {
+    /// Logs (once per partition and operation until it succeeds) and counts.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        if once.first(&format!("source/{}/{}", self.partition, self.operation)) {
+            tracing::error!(
+                stage = "source",
+                error_type = self.operation,
+                partition = self.partition,
+                error = self.error,
+                "source failed; retrying"
+            );
+        }
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("source", self.operation))
+            .inc();
+    }
+}
+
+/// Appending to the dead-letter file failed (the record is lost; the event is still counted).
+#[derive(Debug)]
+pub struct DeadLetterWriteFailed<'a> {
+    /// The error.
+    pub error: &'a str,
+}
+
+impl DeadLetterWriteFailed<'_> {
+    /// Logs (once) and counts.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        if once.first("dead_letter_file") {
+            tracing::error!(
+                stage = "dead_letter",
+                error_type = "io",
+                error = self.error,
+                "cannot write the dead-letter file; fix `dead_letter.path`"
+            );
+        }
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("dead_letter", "io"))
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_increments_exactly_one_counter_and_logs_once_per_key() {
+        let m = Metrics::new();
+        let once = LogOnce::default();
+        for _ in 0..3 {
+            EventDeadLettered {
+                partition: "0",
+                sequence_number: 1,
+                kind: "invalid_json",
+                message: "x",
+            }
+            .emit(&m, &once);
+        }
+        assert!(!once.first("dead_letter/invalid_json"), "already logged");
+        SinkRequestFailed {
+            sink: "v2",
+            error_type: "http_503",
+            message: "busy",
+            retry_in: Duration::from_secs(1),
+        }
+        .emit(&m, &once);
+        assert!(!once.first("sink/v2/http_503"));
+        SinkRecovered { sink: "v2" }.emit(&once);
+        assert!(once.first("sink/v2/http_503"), "re-armed after recovery");
+        SinkBatchRejected {
+            sink: "v2",
+            partition: "0",
+            status: 400,
+            message: "bad",
+        }
+        .emit(&m);
+        let text = m.render();
+        assert!(text.contains("tcpulse_collector_dead_letters_total{partition=\"0\",error_type=\"invalid_json\"} 3"), "{text}");
+        assert!(
+            text.contains(
+                "tcpulse_collector_sink_errors_total{sink=\"v2\",error_type=\"http_503\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tcpulse_collector_sink_errors_total{sink=\"v2\",error_type=\"rejected_400\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The collector's own numbers: one [`Metrics`] registry, its text exposition, the HTTP
+//! server for `/metrics`, `/healthz` and `/readyz`, and the per-partition
+//! [`PipelineStats`] the pipeline writes as `tc_pipeline` points (read from the same
+//! counters, so the store and the scrape never disagree).
+//!
+//! The registry is [`prometheus_client`] (the Prometheus project's own Rust client): it
+//! renders the OpenMetrics text format, which Prometheus, vmagent and Grafana Agent scrape,
+//! and its `Family` gives typed label sets without a global registry.
+//!
+//! | metric | labels | meaning |
+//! | --- | --- | --- |
+//! | `tcpulse_collector_events_total` | partition | events decoded and new |
+//! | `tcpulse_collector_dead_letters_total` | partition, error_type | dead letters by kind |
+//! | `tcpulse_collector_duplicates_total` | partition | duplicates dropped |
+//! | `tcpulse_collector_lag_events` | partition | events enqueued but not yet read (when the source knows its tip) |
+//! | `tcpulse_collector_lag_seconds` | partition | age of the oldest unread event; 0 when caught up |
+//! | `tcpulse_collector_checkpoint_age_seconds` | partition | time since the checkpoint last advanced |
+//! | `tcpulse_collector_checkpoint_sequence` | partition | sequence number of the checkpoint |
+//! | `tcpulse_collector_in_flight_batches` | partition | batches sent and not yet acknowledged |
+//! | `tcpulse_collector_sink_request_duration_seconds` | sink | write latency (every attempt) |
+//! | `tcpulse_collector_sink_points_total` | sink | points acknowledged by the store |
+//! | `tcpulse_collector_sink_errors_total` | sink, error_type | failed or rejected writes |
+//! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tcpulse_schema::PipelineStats;
+use tokio_util::sync::CancellationToken;
+
+/// A label set.
+pub type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// `[("partition", p)]`.
+pub fn partition_labels(partition: &str) -> Labels {
+    vec![("partition".into(), partition.into())]
+}
+
+/// `[("sink", s)]`.
+pub fn sink_labels(sink: &str) -> Labels {
+    vec![("sink".into(), sink.into())]
+}
+
+/// Every metric of the collector. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events decoded and new, per partition.
+    pub events: Family<Labels, Counter>,
+    /// Dead letters per partition and kind.
+    pub dead_letters: Family<Labels, Counter>,
+    /// Duplicates dropped per partition.
+    pub duplicates: Family<Labels, Counter>,
+    /// Unread events per partition.
+    pub lag_events: Family<Labels, Gauge>,
+    /// Age of the oldest unread event per partition, seconds.
+    pub lag_seconds: Family<Labels, FloatGauge>,
+    /// Seconds since the checkpoint advanced, per partition.
+    pub checkpoint_age_seconds: Family<Labels, FloatGauge>,
+    /// Checkpointed sequence number per partition.
+    pub checkpoint_sequence: Family<Labels, Gauge>,
+    /// Unacknowledged batches per partition.
+    pub in_flight_batches: Family<Labels, Gauge>,
+    /// Write latency per sink.
+    pub sink_request_seconds: HistogramFamily,
+    /// Points acknowledged per sink.
+    pub sink_points: Family<Labels, Counter>,
+    /// Failed or rejected writes per sink and error type.
+    pub sink_errors: Family<Labels, Counter>,
+    /// Other operational errors per stage and error type.
+    pub component_errors: Family<Labels, Counter>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let events = Family::<Labels, Counter>::default();
+        let dead_letters = Family::<Labels, Counter>::default();
+        let duplicates = Family::<Labels, Counter>::default();
+        let lag_events = Family::<Labels, Gauge>::default();
+        let lag_seconds = Family::<Labels, FloatGauge>::default();
+        let checkpoint_age_seconds = Family::<Labels, FloatGauge>::default();
+        let checkpoint_sequence = Family::<Labels, Gauge>::default();
+        let in_flight_batches = Family::<Labels, Gauge>::default();
+        let sink_request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let sink_points = Family::<Labels, Counter>::default();
+        let sink_errors = Family::<Labels, Counter>::default();
+        let component_errors = Family::<Labels, Counter>::default();
+        let p = "tcpulse_collector";
+        registry.register(
+            format!("{p}_events"),
+            "Events decoded and new",
+            events.clone(),
+        );
+        registry.register(
+            format!("{p}_dead_letters"),
+            "Events that could not be used, by kind",
+            dead_letters.clone(),
+        );
+        registry.register(
+            format!("{p}_duplicates"),
+            "Duplicate events dropped",
+            duplicates.clone(),
+        );
+        registry.register(
+            format!("{p}_lag_events"),
+            "Events enqueued in the partition and not yet read",
+            lag_events.clone(),
+        );
+        registry.register(
+            format!("{p}_lag_seconds"),
+            "Age of the oldest unread event, seconds; 0 when caught up",
+            lag_seconds.clone(),
+        );
+        registry.register(
+            format!("{p}_checkpoint_age_seconds"),
+            "Seconds since the partition checkpoint last advanced",
+            checkpoint_age_seconds.clone(),
+        );
+        registry.register(
+            format!("{p}_checkpoint_sequence"),
+            "Sequence number of the partition checkpoint",
+            checkpoint_sequence.clone(),
+        );
+        registry.register(
+            format!("{p}_in_flight_batches"),
+            "Batches sent to the sinks and not yet acknowledged",
+            in_flight_batches.clone(),
+        );
+        registry.register(
+            format!("{p}_sink_request_duration_seconds"),
+            "Duration of each write request to a store",
+            sink_request_seconds.clone(),
+        );
+        registry.register(
+            format!("{p}_sink_points"),
+            "Points the store acknowledged",
+            sink_points.clone(),
+        );
+        registry.register(
+            format!("{p}_sink_errors"),
+            "Failed or rejected writes to a store, by error type",
+            sink_errors.clone(),
+        );
+        registry.register(
+            format!("{p}_component_errors"),
+            "Operational errors by stage and error type",
+            component_errors.clone(),
+        );
+        Metrics {
+            registry,
+            events,
+            dead_letters,
+            duplicates,
+            lag_events,
+            lag_seconds,
+            checkpoint_age_seconds,
+            checkpoint_sequence,
+            in_flight_batches,
+            sink_request_seconds,
+            sink_points,
+            sink_errors,
+            component_errors,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Marks the collector ready (every partition opened) or not (starting, stopping).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The `tc_pipeline` numbers of `partition`, read from the counters and gauges above.
+    /// `lag_seconds` and `checkpoint_age_seconds` are left out until known (`known_*`).
+    pub fn pipeline_stats(
+        &self,
+        partition: &str,
+        known_lag: bool,
+        known_checkpoint: bool,
+    ) -> PipelineStats {
+        let labels = partition_labels(partition);
+        let dead_letters: u64 = tcpulse_schema::DeadLetterReason::KINDS
+            .iter()
+            .map(|kind| {
+                let mut l = labels.clone();
+                l.push(("error_type".into(), (*kind).into()));
+                self.dead_letters.get_or_create(&l).get()
+            })
+            .sum();
+        PipelineStats {
+            events: self.events.get_or_create(&labels).get(),
+            dead_letters,
+            duplicates: self.duplicates.get_or_create(&labels).get(),
+            lag_seconds: known_lag.then(|| self.lag_seconds.get_or_create(&labels).get()),
+            checkpoint_age_seconds: known_checkpoint
+                .then(|| self.checkpoint_age_seconds.get_or_create(&labels).get()),
+        }
+    }
+}
+
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics server cannot listen on {addr}: {source}; choose a free address with `http.listen` or --metrics-listen")]
+pub struct ServeError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The bind error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` (fallible step, done in `build`) and returns the bound listener.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError { addr, source })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get({
+                let m = metrics.clone();
+                move || async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get({
+                let m = metrics.clone();
+                move || async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    }
+                }
+            }),
+        );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(stage = "http", error_type = "serve", error = %e, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_pipeline_stats_share_the_counters() {
+        let m = Metrics::new();
+        let l = partition_labels("3");
+        m.events.get_or_create(&l).inc_by(10);
+        m.duplicates.get_or_create(&l).inc_by(2);
+        let mut dl = l.clone();
+        dl.push(("error_type".into(), "invalid_json".into()));
+        m.dead_letters.get_or_create(&dl).inc();
+        m.lag_seconds.get_or_create(&l).set(1.5);
+        m.sink_request_seconds
+            .get_or_create(&sink_labels("file"))
+            .observe(0.002);
+        let text = m.render();
+        for needle in [
+            "tcpulse_collector_events_total{partition=\"3\"} 10",
+            "tcpulse_collector_dead_letters_total{partition=\"3\",error_type=\"invalid_json\"} 1",
+            "tcpulse_collector_duplicates_total{partition=\"3\"} 2",
+            "tcpulse_collector_lag_seconds{partition=\"3\"} 1.5",
+            "tcpulse_collector_sink_request_duration_seconds_count{sink=\"file\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+        let stats = m.pipeline_stats("3", true, false);
+        assert_eq!(stats.events, 10);
+        assert_eq!(stats.dead_letters, 1);
+        assert_eq!(stats.duplicates, 2);
+        assert_eq!(stats.lag_seconds, Some(1.5));
+        assert_eq!(stats.checkpoint_age_seconds, None);
+    }
+}

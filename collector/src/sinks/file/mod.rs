@@ -1,0 +1,4 @@
+//! The `file` sink: [`config`] (settings and `build`) and [`sink`] (the writer).
+
+pub mod config;
+pub mod sink;

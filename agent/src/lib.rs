@@ -10,6 +10,8 @@
 //! | [`spool`] | crash-safe, bounded on-disk queue (redb) | send anything |
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod check_cert;
+pub mod health;
 pub mod internal_events;
 pub mod publish;
 pub mod sources;

@@ -42,6 +42,7 @@ pub struct HealthProbe {
     sys: System,
     disks: Disks,
     cert: CertCache,
+    cpu_refreshed: std::time::Instant,
 }
 
 /// Whether a process name (as the OS reports it) is the configured one: exact, ignoring
@@ -74,6 +75,7 @@ impl HealthProbe {
                 modified: None,
                 not_after_unix: None,
             },
+            cpu_refreshed: std::time::Instant::now(),
         }
     }
 
@@ -146,9 +148,15 @@ impl HealthProbe {
         if !self.cfg.enabled {
             return Health::default();
         }
-        self.sys.refresh_cpu_usage();
+        // CPU usage is measured between two refreshes; too close together it is noise.
+        let cpu = if self.cpu_refreshed.elapsed() >= sysinfo::MINIMUM_CPU_UPDATE_INTERVAL {
+            self.sys.refresh_cpu_usage();
+            self.cpu_refreshed = std::time::Instant::now();
+            f64::from(self.sys.global_cpu_usage()) / 100.0
+        } else {
+            f64::NAN
+        };
         self.sys.refresh_memory();
-        let cpu = f64::from(self.sys.global_cpu_usage()) / 100.0;
         let total = self.sys.total_memory();
         Health {
             cpu: (cpu.is_finite() && !self.sys.cpus().is_empty())
@@ -198,6 +206,12 @@ mod tests {
             cert_file: None,
         });
         let c = Counters::default();
+        assert_eq!(
+            probe.sample(&c).cpu,
+            None,
+            "too soon after the first reading"
+        );
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
         let h = probe.sample(&c);
         assert!(h.cpu.is_some_and(|c| (0.0..=1.0).contains(&c)));
         assert!(h.mem_total_bytes.unwrap() > h.mem_used_bytes.unwrap());

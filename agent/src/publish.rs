@@ -211,6 +211,64 @@ impl Publisher for FilePublisher {
     }
 }
 
+/// Why the configured publisher could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The publish file could not be opened.
+    #[error("cannot open publish file {path}; fix the path or permissions")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This build cannot publish to the configured target.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+/// Which publisher a config leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupPlan {
+    /// [`FilePublisher`] on this path.
+    File(PathBuf),
+    /// The Event Hubs producer.
+    EventHubs,
+    /// Not possible in this build, and why.
+    Unavailable(&'static str),
+}
+
+/// Until the Event Hubs adapter lands (tcpulse-eventhub::client).
+const EVENT_HUBS_NOT_WIRED: &str = "the Event Hubs producer is not wired into this build yet; use --publish-file FILE (or publish.file) meanwhile";
+
+/// Which publisher `cfg` asks for, without opening anything.
+pub fn plan(cfg: &crate::config::PublishConfig) -> SetupPlan {
+    match &cfg.target {
+        crate::config::PublishTarget::File(p) => SetupPlan::File(p.clone()),
+        // The Event Hubs adapter replaces this arm with `SetupPlan::EventHubs`.
+        crate::config::PublishTarget::EventHubs { .. } => {
+            SetupPlan::Unavailable(EVENT_HUBS_NOT_WIRED)
+        }
+    }
+}
+
+/// Builds the publisher `cfg` asks for.
+pub fn from_config(cfg: &crate::config::PublishConfig) -> Result<Box<dyn Publisher>, SetupError> {
+    match plan(cfg) {
+        SetupPlan::File(path) => {
+            let p = FilePublisher::open(&path).map_err(|source| SetupError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Box::new(p))
+        }
+        SetupPlan::EventHubs | SetupPlan::Unavailable(_) => {
+            Err(SetupError::Unavailable(EVENT_HUBS_NOT_WIRED))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

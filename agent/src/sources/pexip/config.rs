@@ -84,7 +84,8 @@ impl PexipConfig {
     /// Checks the values; the message says which setting to fix.
     pub fn validate(&self) -> Result<(), String> {
         let https = self.url.starts_with("https://");
-        if !https && !(self.url.starts_with("http://") && is_loopback_url(&self.url)) {
+        let local_http = self.url.starts_with("http://") && is_loopback_url(&self.url);
+        if !(https || local_http) {
             return Err(format!(
                 "source.url = {:?} must start with https:// (the password travels with every request)",
                 self.url

@@ -1,0 +1,813 @@
+//! Agent configuration: a TOML file, `TCPULSE_*` environment variables and flags.
+//!
+//! Two layers (ripgrep's low/high args): the `*Args` structs mirror both the flags and the
+//! file's tables, every field optional, and only parse; [`Config::load`] merges them
+//! (flag, then environment variable, then file, then default), validates, reads secrets
+//! and returns the resolved [`Config`]. The doc comment of each field is both its `--help`
+//! text and its file documentation; defaults are the `default_*` functions.
+//!
+//! Secrets never come from a flag value: the Event Hubs connection string is read from
+//! `TCPULSE_EVENTHUB_CONNECTION_STRING` or from `publish.connection_string_file`, and is
+//! kept in a [`Secret`] whose `Debug` prints `***`.
+//!
+//! ```toml
+//! [identity]
+//! connector = "tc-eu.example.com"
+//! deployment = "blue"
+//! region = "westeurope"
+//! scaleset = "tc-eu-vmss"
+//!
+//! [source]
+//! type = "simulate"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::health::{default_disk_path, HealthConfig};
+use crate::sources::{SourceConfig, SOURCE_TYPES};
+
+/// Environment variable holding the Event Hubs connection string.
+pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
+
+/// Identity of the instance the events describe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityArgs {
+    /// Teams Connector FQDN ($PxTeamsConnFqdn), e.g. tc-eu.example.com; the Event Hubs
+    /// partition key. Required.
+    #[arg(long, env = "TCPULSE_CONNECTOR", value_name = "FQDN")]
+    pub connector: Option<String>,
+    /// Deployment label, e.g. blue or green (free text). Default: default.
+    #[arg(long, env = "TCPULSE_DEPLOYMENT", value_name = "LABEL")]
+    pub deployment: Option<String>,
+    /// Azure region of the scale set, e.g. westeurope. Required.
+    #[arg(long, env = "TCPULSE_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// VM scale set name (Pexip's scaleset_id). Required, except with the pexip source
+    /// (which takes it from each node).
+    #[arg(long, env = "TCPULSE_SCALESET", value_name = "NAME")]
+    pub scaleset: Option<String>,
+    /// VMSS instance name, e.g. tc-eu-vmss_3. Default: this host's name.
+    #[arg(long, env = "TCPULSE_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+}
+
+/// When reports are made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ReportArgs {
+    /// Time between two reports of an unchanged instance (humantime: 10s, 1m). Default: 10s.
+    #[arg(long, env = "TCPULSE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Time between two reads of the source (humantime); a changed call count or state is
+    /// reported at the next read, so this bounds the reporting delay. Default: 500ms.
+    #[arg(long, env = "TCPULSE_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+}
+
+/// Host health measured with each report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct HealthArgs {
+    /// Measure host health (CPU, memory, disk, service, certificate). Default: true
+    /// (always off with the pexip source).
+    #[arg(skip)]
+    pub enabled: Option<bool>,
+    /// Process whose presence sets service_up, e.g. TeamsConnector.exe (case and .exe
+    /// ignored). Default: none (service_up not reported).
+    #[arg(long, env = "TCPULSE_SERVICE_PROCESS", value_name = "NAME")]
+    pub service_process: Option<String>,
+    /// A path on the disk whose free space is reported. Default: C:\ on Windows, / elsewhere.
+    #[arg(long, env = "TCPULSE_DISK_PATH", value_name = "PATH")]
+    pub disk_path: Option<PathBuf>,
+    /// The connector certificate, PFX (password in TCPULSE_CERT_PASSWORD) or PEM, for
+    /// cert_expiry_days. Default: none (not reported).
+    #[arg(long, env = "TCPULSE_CERT_FILE", value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+}
+
+/// The on-disk spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolArgs {
+    /// Directory of the spool database (spool.redb). Default: /var/lib/tcpulse-agent, or
+    /// C:\ProgramData\tcpulse-agent\spool on Windows.
+    #[arg(
+        id = "spool_dir",
+        long = "spool-dir",
+        env = "TCPULSE_SPOOL_DIR",
+        value_name = "DIR"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Largest size of the spooled events, bytes (at least 131072); when full, the oldest
+    /// are dropped and counted in agent.dropped. Default: 67108864 (64 MiB, about 100 000
+    /// reports: 11 days at one report per 10 s).
+    #[arg(
+        id = "spool_max_bytes",
+        long = "spool-max-bytes",
+        env = "TCPULSE_SPOOL_MAX_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_bytes: Option<u64>,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PublishArgs {
+    /// File whose content is the Event Hubs connection string. The variable
+    /// TCPULSE_EVENTHUB_CONNECTION_STRING takes precedence. The string itself is never a flag.
+    #[arg(
+        long,
+        env = "TCPULSE_EVENTHUB_CONNECTION_STRING_FILE",
+        value_name = "FILE"
+    )]
+    pub connection_string_file: Option<PathBuf>,
+    /// Event hub name, when the connection string has no EntityPath. Default: none.
+    #[arg(long, env = "TCPULSE_EVENT_HUB", value_name = "NAME")]
+    pub event_hub: Option<String>,
+    /// Write events as JSON lines to this file instead of Event Hubs (demos, benchmarks);
+    /// no connection string is needed then. Default: none.
+    #[arg(
+        id = "publish_file",
+        long = "publish-file",
+        env = "TCPULSE_PUBLISH_FILE",
+        value_name = "FILE"
+    )]
+    pub file: Option<PathBuf>,
+    /// Most events handed to the publisher at once. Default: 256.
+    #[arg(skip)]
+    pub max_batch_events: Option<usize>,
+    /// Most body bytes handed to the publisher at once. Default: 786432 (768 KiB, under
+    /// the 1 MB Event Hubs batch limit).
+    #[arg(skip)]
+    pub max_batch_bytes: Option<usize>,
+    /// First delay after a transient publish error (humantime); doubles up to
+    /// retry_max. Default: 1s.
+    #[arg(skip)]
+    #[serde(default, with = "humantime_serde")]
+    pub retry_initial: Option<Duration>,
+    /// Longest delay between two publish attempts (humantime). Default: 60s.
+    #[arg(skip)]
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+    /// On shutdown, how long to keep sending spooled events (humantime); the rest stays
+    /// spooled for the next start. Default: 5s.
+    #[arg(skip)]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_flush: Option<Duration>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LogArgs {
+    /// Append logs to this file instead of stderr. Default: stderr (as a Windows service:
+    /// C:\ProgramData\tcpulse-agent\agent.log).
+    #[arg(
+        id = "log_file",
+        long = "log-file",
+        env = "TCPULSE_LOG_FILE",
+        value_name = "FILE"
+    )]
+    pub file: Option<PathBuf>,
+    /// Log filter (tracing env-filter syntax: info, debug, tcpulse_agent=trace). Default: info.
+    #[arg(
+        id = "log_level",
+        long = "log-level",
+        env = "TCPULSE_LOG",
+        value_name = "FILTER"
+    )]
+    pub level: Option<String>,
+}
+
+/// The TOML file: one table per `*Args` struct plus `[source]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[identity]`.
+    #[serde(default)]
+    pub identity: IdentityArgs,
+    /// `[report]`.
+    #[serde(default)]
+    pub report: ReportArgs,
+    /// `[source]`: `type` is one of command, file, http, pexip, simulate.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    /// `[health]`.
+    #[serde(default)]
+    pub health: HealthArgs,
+    /// `[spool]`.
+    #[serde(default)]
+    pub spool: SpoolArgs,
+    /// `[publish]`.
+    #[serde(default)]
+    pub publish: PublishArgs,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogArgs,
+}
+
+/// Flags of `run` and `check-config`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file; flags and TCPULSE_* variables override its values.
+    #[arg(long, short = 'c', env = "TCPULSE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Source type (command, file, http, pexip, simulate); the config file's [source]
+    /// table gives its settings. Only simulate works without settings.
+    #[arg(long, env = "TCPULSE_SOURCE", value_name = "TYPE")]
+    pub source: Option<String>,
+    /// Identity.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Reporting.
+    #[command(flatten)]
+    pub report: ReportArgs,
+    /// Health.
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Spool.
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+    /// Publishing.
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Default of `identity.deployment`.
+pub fn default_deployment() -> String {
+    "default".to_owned()
+}
+/// Default of `report.interval`.
+pub const fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+/// Default of `report.poll_interval`.
+pub const fn default_poll_interval() -> Duration {
+    Duration::from_millis(500)
+}
+/// Default of `spool.max_bytes`.
+pub const fn default_spool_max_bytes() -> u64 {
+    64 << 20
+}
+/// Default of `publish.max_batch_events`.
+pub const fn default_max_batch_events() -> usize {
+    256
+}
+/// Default of `publish.max_batch_bytes`.
+pub const fn default_max_batch_bytes() -> usize {
+    768 << 10
+}
+/// Default of `publish.retry_initial`.
+pub const fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+/// Default of `publish.retry_max`.
+pub const fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+/// Default of `publish.shutdown_flush`.
+pub const fn default_shutdown_flush() -> Duration {
+    Duration::from_secs(5)
+}
+/// Default of `spool.dir`.
+pub fn default_spool_dir() -> PathBuf {
+    if cfg!(windows) {
+        PathBuf::from(r"C:\ProgramData\tcpulse-agent\spool")
+    } else {
+        PathBuf::from("/var/lib/tcpulse-agent")
+    }
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The resolved identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Teams Connector FQDN; the partition key.
+    pub connector: String,
+    /// Deployment label.
+    pub deployment: String,
+    /// Azure region.
+    pub region: String,
+    /// Scale set name (empty only with the pexip source, which fills it per node).
+    pub scaleset: String,
+    /// Instance name.
+    pub instance: String,
+}
+
+/// The resolved reporting settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportConfig {
+    /// Time between two reports of an unchanged instance.
+    pub interval: Duration,
+    /// Time between two reads of the source.
+    pub poll_interval: Duration,
+}
+
+/// The resolved spool settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Directory of the database.
+    pub dir: PathBuf,
+    /// Bound, bytes.
+    pub max_bytes: u64,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishTarget {
+    /// Azure Event Hubs (or the emulator).
+    EventHubs {
+        /// The connection string.
+        connection_string: Secret,
+        /// Where it came from (for messages; never the value).
+        origin: String,
+        /// Event hub name when the string has no EntityPath.
+        event_hub: Option<String>,
+    },
+    /// JSON lines in a local file.
+    File(PathBuf),
+}
+
+/// The resolved publish settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishConfig {
+    /// Target.
+    pub target: PublishTarget,
+    /// Most events per publish call.
+    pub max_batch_events: usize,
+    /// Most body bytes per publish call.
+    pub max_batch_bytes: usize,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Largest retry delay.
+    pub retry_max: Duration,
+    /// Flush time at shutdown.
+    pub shutdown_flush: Duration,
+}
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Identity.
+    pub identity: Identity,
+    /// Reporting.
+    pub report: ReportConfig,
+    /// The source.
+    pub source: SourceConfig,
+    /// Health.
+    pub health: HealthConfig,
+    /// Spool.
+    pub spool: SpoolConfig,
+    /// Publishing.
+    pub publish: PublishConfig,
+    /// Log file, if not stderr.
+    pub log_file: Option<PathBuf>,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// A configuration that cannot be used. Every message is one line saying what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("config file {path}{location}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// ` line N (text)` when known.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("{setting} is not set; {hint}")]
+    Missing {
+        /// The setting.
+        setting: &'static str,
+        /// How to set it.
+        hint: &'static str,
+    },
+    /// A setting has an unusable value.
+    #[error("{0}")]
+    Invalid(String),
+    /// No connection string.
+    #[error("no Event Hubs connection string: set {ENV_CONNECTION_STRING} or publish.connection_string_file (it is never taken from the command line), or use --publish-file for a local test")]
+    NoConnectionString,
+    /// The connection string file could not be read.
+    #[error("cannot read publish.connection_string_file {path}")]
+    ConnectionStringFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source settings are invalid.
+    #[error(transparent)]
+    Source(#[from] crate::sources::BuildError),
+}
+
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let location = e
+        .span()
+        .map(|span| {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            let line: String = line.chars().take(60).collect();
+            format!(" line {line_no} ({line})")
+        })
+        .unwrap_or_default();
+    ConfigError::Parse {
+        path: path.display().to_string(),
+        location,
+        message: e.message().replace('\n', " "),
+    }
+}
+
+/// Parses a TOML config text (`path` only names it in errors).
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| parse_error(path, text, &e))
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+impl Config {
+    /// Loads and merges the config file (if any), environment and flags, reads secrets
+    /// and validates everything.
+    pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                parse_file(path, &text)?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(args, file)
+    }
+
+    /// Merges `args` (flags and environment, already read by clap) over `file`.
+    pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
+        let source = match (&args.source, file.source) {
+            (Some(t), Some(s)) if s.type_name() == t => s,
+            (Some(t), _) => SourceConfig::default_of(t).ok_or_else(|| {
+                if SOURCE_TYPES.contains(&t.as_str()) {
+                    ConfigError::Invalid(format!(
+                        "source {t} needs settings: add a [source] table with type = \"{t}\" to the config file"
+                    ))
+                } else {
+                    ConfigError::Invalid(format!(
+                        "unknown source type {t:?}; expected one of {}",
+                        SOURCE_TYPES.join(", ")
+                    ))
+                }
+            })?,
+            (None, Some(s)) => s,
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    setting: "source",
+                    hint: "add a [source] table (type = command, file, http, pexip or simulate) to the config file, or pass --source simulate",
+                })
+            }
+        };
+        source.validate()?;
+
+        let (a, f) = (&args.identity, file.identity);
+        let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
+            setting: "identity.connector",
+            hint: "set it in the config file, with --connector or TCPULSE_CONNECTOR (the Teams Connector FQDN)",
+        })?;
+        let region = nonempty(a.region.clone().or(f.region)).ok_or(ConfigError::Missing {
+            setting: "identity.region",
+            hint: "set it in the config file, with --region or TCPULSE_REGION (e.g. westeurope)",
+        })?;
+        let scaleset = match nonempty(a.scaleset.clone().or(f.scaleset)) {
+            Some(s) => s,
+            None if !source.is_local() => String::new(),
+            None => {
+                return Err(ConfigError::Missing {
+                    setting: "identity.scaleset",
+                    hint: "set it in the config file, with --scaleset or TCPULSE_SCALESET (the VM scale set name)",
+                })
+            }
+        };
+        let instance = match nonempty(a.instance.clone().or(f.instance)) {
+            Some(i) => i,
+            None => sysinfo::System::host_name()
+                .and_then(|h| nonempty(Some(h)))
+                .ok_or(ConfigError::Missing {
+                    setting: "identity.instance",
+                    hint: "the host name is unknown; set it with --instance or TCPULSE_INSTANCE",
+                })?,
+        };
+        let identity = Identity {
+            connector,
+            deployment: nonempty(a.deployment.clone().or(f.deployment))
+                .unwrap_or_else(default_deployment),
+            region,
+            scaleset,
+            instance,
+        };
+
+        let report = ReportConfig {
+            interval: args
+                .report
+                .interval
+                .or(file.report.interval)
+                .unwrap_or(default_interval()),
+            poll_interval: source
+                .poll_interval()
+                .or(args.report.poll_interval)
+                .or(file.report.poll_interval)
+                .unwrap_or(default_poll_interval()),
+        };
+        if report.interval < Duration::from_millis(100)
+            || report.poll_interval < Duration::from_millis(50)
+        {
+            return Err(ConfigError::Invalid(
+                "report.interval must be at least 100ms and report.poll_interval at least 50ms"
+                    .to_owned(),
+            ));
+        }
+
+        let (a, f) = (&args.health, file.health);
+        let health = HealthConfig {
+            enabled: source.is_local() && a.enabled.or(f.enabled).unwrap_or(true),
+            service_process: nonempty(a.service_process.clone().or(f.service_process)),
+            disk_path: a
+                .disk_path
+                .clone()
+                .or(f.disk_path)
+                .unwrap_or_else(default_disk_path),
+            cert_file: a.cert_file.clone().or(f.cert_file),
+        };
+
+        let (a, f) = (&args.spool, file.spool);
+        let spool = SpoolConfig {
+            dir: a.dir.clone().or(f.dir).unwrap_or_else(default_spool_dir),
+            max_bytes: a
+                .max_bytes
+                .or(f.max_bytes)
+                .unwrap_or(default_spool_max_bytes()),
+        };
+        if spool.max_bytes < crate::spool::MIN_MAX_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "spool.max_bytes = {} is below the minimum of {} bytes",
+                spool.max_bytes,
+                crate::spool::MIN_MAX_BYTES
+            )));
+        }
+
+        let (a, f) = (&args.publish, file.publish);
+        let target = match a.file.clone().or(f.file) {
+            Some(path) => PublishTarget::File(path),
+            None => {
+                let csf = a
+                    .connection_string_file
+                    .clone()
+                    .or(f.connection_string_file);
+                let (value, origin) = match std::env::var(ENV_CONNECTION_STRING) {
+                    Ok(v) if !v.trim().is_empty() => {
+                        (v, format!("environment variable {ENV_CONNECTION_STRING}"))
+                    }
+                    _ => match csf {
+                        Some(path) => {
+                            let v = std::fs::read_to_string(&path).map_err(|source| {
+                                ConfigError::ConnectionStringFile {
+                                    path: path.display().to_string(),
+                                    source,
+                                }
+                            })?;
+                            (v, format!("file {}", path.display()))
+                        }
+                        None => return Err(ConfigError::NoConnectionString),
+                    },
+                };
+                let value = value.trim().to_owned();
+                if !value.to_ascii_lowercase().contains("endpoint=") {
+                    return Err(ConfigError::Invalid(format!(
+                        "the Event Hubs connection string from {origin} has no Endpoint=…; copy it from the Azure portal (Event Hubs namespace > Shared access policies)"
+                    )));
+                }
+                PublishTarget::EventHubs {
+                    connection_string: Secret::new(value),
+                    origin,
+                    event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
+                }
+            }
+        };
+        let publish = PublishConfig {
+            target,
+            max_batch_events: f
+                .max_batch_events
+                .unwrap_or(default_max_batch_events())
+                .max(1),
+            max_batch_bytes: f
+                .max_batch_bytes
+                .unwrap_or(default_max_batch_bytes())
+                .max(1024),
+            retry_initial: f.retry_initial.unwrap_or(default_retry_initial()),
+            retry_max: f.retry_max.unwrap_or(default_retry_max()),
+            shutdown_flush: f.shutdown_flush.unwrap_or(default_shutdown_flush()),
+        };
+
+        Ok(Config {
+            identity,
+            report,
+            source,
+            health,
+            spool,
+            publish,
+            log_file: args.log.file.clone().or(file.log.file),
+            log_level: nonempty(args.log.level.clone().or(file.log.level))
+                .unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+
+    /// A human-readable summary for `check-config` (no secrets).
+    pub fn summary(&self) -> String {
+        let i = &self.identity;
+        let target = match &self.publish.target {
+            PublishTarget::EventHubs {
+                origin, event_hub, ..
+            } => format!(
+                "Event Hubs (connection string from {origin}{})",
+                event_hub
+                    .as_deref()
+                    .map(|h| format!(", hub {h}"))
+                    .unwrap_or_default()
+            ),
+            PublishTarget::File(p) => format!("file {}", p.display()),
+        };
+        format!(
+            "identity: connector={} deployment={} region={} scaleset={} instance={}\n\
+             source:   {}\n\
+             report:   every {} (source read every {})\n\
+             health:   {}\n\
+             spool:    {} (max {} bytes)\n\
+             publish:  {}",
+            i.connector,
+            i.deployment,
+            i.region,
+            if i.scaleset.is_empty() {
+                "(per node)"
+            } else {
+                &i.scaleset
+            },
+            i.instance,
+            self.source.type_name(),
+            humantime::format_duration(self.report.interval),
+            humantime::format_duration(self.report.poll_interval),
+            if self.health.enabled { "on" } else { "off" },
+            self.spool.dir.display(),
+            self.spool.max_bytes,
+            target,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            publish: PublishArgs {
+                file: Some("/tmp/x.jsonl".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[identity]
+connector = "tc-eu.example.com"
+region = "westeurope"
+scaleset = "tc-eu-vmss"
+instance = "tc-eu-vmss_3"
+
+[source]
+type = "simulate"
+"#;
+
+    #[test]
+    fn minimal_example_resolves_with_defaults() {
+        let file = parse_file(Path::new("a.toml"), MINIMAL).unwrap();
+        let c = Config::resolve(&args(), file).unwrap();
+        assert_eq!(c.identity.deployment, "default");
+        assert_eq!(c.report.interval, Duration::from_secs(10));
+        assert_eq!(c.report.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.spool.max_bytes, 64 << 20);
+        assert_eq!(c.source.type_name(), "simulate");
+        assert!(c.health.enabled);
+        assert!(c.summary().contains("connector=tc-eu.example.com"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = parse_file(Path::new("a.toml"), MINIMAL).unwrap();
+        let mut a = args();
+        a.identity.deployment = Some("green".into());
+        a.report.interval = Some(Duration::from_secs(1));
+        let c = Config::resolve(&a, file).unwrap();
+        assert_eq!(
+            (c.identity.deployment.as_str(), c.report.interval.as_secs()),
+            ("green", 1)
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_fix() {
+        let bad = format!("{MINIMAL}\n[report]\ninterval = \"10 parsecs\"\n");
+        let e = parse_file(Path::new("a.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 12") && e.contains("parsecs") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = parse_file(Path::new("a.toml"), "[identity]\nconector = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field") && e.contains("conector"), "{e}");
+        let e = Config::resolve(&args(), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--source simulate"), "{e}");
+        let mut a = args();
+        a.source = Some("pigeon".into());
+        let e = Config::resolve(&a, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown source type") && e.contains("simulate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pexip_source_needs_no_scaleset_and_has_no_health() {
+        let text = MINIMAL.replace("scaleset = \"tc-eu-vmss\"\n", "").replace(
+            "type = \"simulate\"",
+            "type = \"pexip\"\nurl = \"https://mgr.example.com\"\npassword_file = \"/dev/null\"",
+        );
+        let file = parse_file(Path::new("a.toml"), &text).unwrap();
+        // /dev/null is an empty password file: a clear error.
+        let e = Config::resolve(&args(), file).unwrap_err().to_string();
+        assert!(e.contains("password_file") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        assert_eq!(
+            format!("{:?}", Secret::new("SharedAccessKey=abc")),
+            "Secret(***)"
+        );
+    }
+}

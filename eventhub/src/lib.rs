@@ -14,11 +14,15 @@
 //! - [`connection_string`]: `Endpoint=sb://…;SharedAccessKeyName=…` strings: parsing and
 //!   formatting; errors name the part that is wrong and never echo a key.
 //! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
+//! - [`client`]: the Event Hubs client (producer, consumer, management; TLS, SAS/CBS with
+//!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
+//!   `Bytes` bodies; knows nothing of tcpulse events and never needs the `hub` feature.
 //! - `hub` (cargo feature `hub`): an in-process Event Hubs-compatible broker that the official
 //!   SDKs accept. It must never be compiled into the agent.
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod client;
 pub mod connection_string;
 pub mod sas;
 pub mod wire;

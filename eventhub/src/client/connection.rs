@@ -1,0 +1,513 @@
+//! One AMQP connection to Event Hubs: TCP, TLS first (as Azure on 5671), SASL ANONYMOUS, one
+//! session, and a CBS task that puts a token per audience and renews it before it expires
+//! on the live connection, without touching the links.
+//!
+//! Teardown is explicit and ordered ([`AmqpConnection::close`]: CBS links, session,
+//! connection); dropping instead is safe (fe2o3 enqueues end/close, the CBS task stops when
+//! its command channel closes).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use fe2o3_amqp::{
+    connection::ConnectionHandle,
+    sasl_profile::SaslProfile,
+    session::SessionHandle,
+    types::{definitions::Fields, primitives::Symbol, primitives::Timestamp, primitives::Value},
+    Connection, Session,
+};
+use fe2o3_amqp_cbs::{client::CbsClient, token::CbsToken};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    config::{ClientConfig, Dial},
+    error::{condition_for_status, ConnectError, ServiceError},
+    token::{refresh_margin, TokenSource},
+};
+
+/// Builds the TLS connector: built-in roots (`webpki-roots`) plus the extra CA file, TLS 1.2+.
+pub(crate) fn tls_connector(
+    config: &ClientConfig,
+) -> Result<tokio_rustls::TlsConnector, ConnectError> {
+    use tokio_rustls::rustls::{self, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    if config.options.trust_builtin_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = &config.options.extra_ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            ConnectError::Config(format!(
+                "cannot read extra_ca_file {}: {e}; fix the path or its permissions",
+                path.display()
+            ))
+        })?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| {
+                ConnectError::Config(format!(
+                    "extra_ca_file {} is not valid PEM: {e}",
+                    path.display()
+                ))
+            })?;
+            roots.add(cert).map_err(|e| {
+                ConnectError::Config(format!(
+                    "extra_ca_file {} holds an unusable certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(ConnectError::Config(format!(
+                "extra_ca_file {} contains no PEM certificate",
+                path.display()
+            )));
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConnectError::Config(
+            "no trusted roots: enable trust_builtin_roots or set extra_ca_file".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConnectError::Config(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+fn open_properties() -> Fields {
+    let version = env!("CARGO_PKG_VERSION");
+    let platform = format!("{}; {}", std::env::consts::OS, std::env::consts::ARCH);
+    let mut f = Fields::new();
+    let mut put = |k: &str, v: String| {
+        f.insert(Symbol::from(k), Value::String(v));
+    };
+    put("product", "tcpulse-eventhub".into());
+    put("version", version.into());
+    put("framework", "Rust".into());
+    put("platform", platform.clone());
+    put(
+        "user-agent",
+        format!("tcpulse-eventhub/{version} fe2o3-amqp/0.18 ({platform})"),
+    );
+    f
+}
+
+/// A command for the CBS task.
+enum CbsCommand {
+    /// Put a token for the audience now (unless a valid one is already in place) and keep
+    /// renewing it.
+    Authorize {
+        audience: String,
+        reply: oneshot::Sender<Result<(), ConnectError>>,
+    },
+}
+
+/// An open connection with one session and its CBS task.
+#[derive(Debug)]
+pub(crate) struct AmqpConnection {
+    connection: ConnectionHandle<()>,
+    pub(crate) session: SessionHandle<()>,
+    cbs: mpsc::Sender<CbsCommandBox>,
+    cbs_task: Option<JoinHandle<()>>,
+    operation_timeout: Duration,
+    endpoint: String,
+}
+
+/// Boxed so `AmqpConnection` can derive `Debug` without exposing the command type.
+struct CbsCommandBox(CbsCommand);
+
+impl std::fmt::Debug for CbsCommandBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CbsCommand")
+    }
+}
+
+async fn dial_tcp(dial: &Dial) -> Result<TcpStream, ConnectError> {
+    let tcp = TcpStream::connect((dial.host.as_str(), dial.port))
+        .await
+        .map_err(|e| ConnectError::Io {
+            endpoint: dial.endpoint(),
+            why: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+fn open_error(endpoint: &str, e: fe2o3_amqp::connection::OpenError) -> ConnectError {
+    use fe2o3_amqp::connection::OpenError;
+    match e {
+        OpenError::Io(io) => ConnectError::Io {
+            endpoint: endpoint.to_string(),
+            why: io.to_string(),
+        },
+        OpenError::RemoteClosedWithError(err) => ConnectError::Service {
+            step: "AMQP open",
+            error: ServiceError::from(err),
+        },
+        OpenError::SaslError { code, .. } => ConnectError::Handshake {
+            endpoint: endpoint.to_string(),
+            why: format!("SASL refused with code {code:?}"),
+        },
+        other => ConnectError::Handshake {
+            endpoint: endpoint.to_string(),
+            why: other.to_string(),
+        },
+    }
+}
+
+impl AmqpConnection {
+    /// Connects, opens the AMQP connection and a session, and attaches the CBS links.
+    pub(crate) async fn open(config: &ClientConfig, role: &str) -> Result<Self, ConnectError> {
+        let dial = config.dial()?;
+        let endpoint = dial.endpoint();
+        let timeout = config.options.connect_timeout();
+        let tls = match &dial.tls_name {
+            Some(_) => Some(tls_connector(config)?),
+            None => None,
+        };
+        let container_id = format!("tcpulse-{role}-{}", uuid::Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
+        let open = async {
+            let tcp = dial_tcp(&dial).await?;
+            let builder = Connection::builder()
+                .container_id(container_id.clone())
+                .hostname(config.host.as_str())
+                .sasl_profile(SaslProfile::Anonymous)
+                .max_frame_size(config.options.max_frame_bytes)
+                .channel_max(255u16)
+                .properties(open_properties());
+            let builder = if config.options.idle_timeout_secs > 0 {
+                builder.idle_time_out((config.options.idle_timeout_secs * 1000) as u32)
+            } else {
+                builder
+            };
+            let mut connection = match (&tls, &dial.tls_name) {
+                (Some(tls), Some(name)) => builder
+                    .scheme("amqps")
+                    .domain(name.as_str())
+                    .alt_tls_establishment(true)
+                    .rustls_connector(tls.clone())
+                    .open_with_stream(tcp)
+                    .await
+                    .map_err(|e| open_error(&endpoint, e))?,
+                _ => builder
+                    .scheme("amqp")
+                    .open_with_stream(tcp)
+                    .await
+                    .map_err(|e| open_error(&endpoint, e))?,
+            };
+            let session = match Session::builder()
+                .incoming_window(u32::MAX / 2)
+                .begin(&mut connection)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = connection.close().await;
+                    return Err(ConnectError::Handshake {
+                        endpoint: endpoint.clone(),
+                        why: format!("session refused: {e}"),
+                    });
+                }
+            };
+            Ok((connection, session))
+        };
+        let (connection, mut session) =
+            tokio::time::timeout(timeout, open)
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    step: "connect (TCP, TLS, AMQP open, session)",
+                    after: timeout,
+                })??;
+        let op_timeout = config.options.operation_timeout();
+        let cbs = tokio::time::timeout(op_timeout, CbsClient::attach(&mut session))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                step: "attach $cbs",
+                after: op_timeout,
+            })?
+            .map_err(|e| ConnectError::Handshake {
+                endpoint: endpoint.clone(),
+                why: format!("cannot attach $cbs: {e}"),
+            })?;
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(cbs_task(
+            cbs,
+            Arc::clone(&config.credential),
+            rx,
+            op_timeout,
+            container_id.clone(),
+        ));
+        tracing::info!(
+            %endpoint,
+            tls_server_name = dial.tls_name.as_deref().unwrap_or("-"),
+            container_id = %container_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "event hubs connection open"
+        );
+        Ok(AmqpConnection {
+            connection,
+            session,
+            cbs: tx,
+            cbs_task: Some(task),
+            operation_timeout: op_timeout,
+            endpoint,
+        })
+    }
+
+    /// Puts a token for `audience` (if none is in place) and keeps it renewed.
+    pub(crate) async fn authorize(&self, audience: &str) -> Result<(), ConnectError> {
+        let (reply, rx) = oneshot::channel();
+        self.cbs
+            .send(CbsCommandBox(CbsCommand::Authorize {
+                audience: audience.to_string(),
+                reply,
+            }))
+            .await
+            .map_err(|_| ConnectError::Service {
+                step: "put-token",
+                error: ServiceError::new(
+                    crate::wire::condition::DETACH_FORCED,
+                    Some("the CBS link is gone".into()),
+                ),
+            })?;
+        // The CBS task bounds each put-token by the operation timeout; allow for one queued
+        // refresh ahead of this request.
+        let limit = self.operation_timeout * 2;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ConnectError::Service {
+                step: "put-token",
+                error: ServiceError::new(
+                    crate::wire::condition::DETACH_FORCED,
+                    Some("the CBS task stopped".into()),
+                ),
+            }),
+            Err(_) => Err(ConnectError::Timeout {
+                step: "put-token",
+                after: limit,
+            }),
+        }
+    }
+
+    /// Resolves when the connection's event loop has stopped (the peer closed it, the socket
+    /// broke, or the idle timeout expired). Cancel-safe.
+    pub(crate) async fn closed(&mut self) {
+        if self.connection.is_closed() {
+            return;
+        }
+        let _ = self.connection.on_close().await;
+    }
+
+    /// The dialled `host:port`.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Ends the session and closes the connection (links must be closed first), bounded by
+    /// the operation timeout.
+    pub(crate) async fn close(mut self) {
+        let limit = self.operation_timeout;
+        // Closing the channel stops the CBS task, which detaches its links.
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.cbs, tx));
+        if let Some(task) = self.cbs_task.take() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
+        let _ = tokio::time::timeout(limit, self.session.end()).await;
+        let _ = tokio::time::timeout(limit, self.connection.close()).await;
+        tracing::debug!(endpoint = %self.endpoint, "event hubs connection closed");
+    }
+}
+
+impl Drop for AmqpConnection {
+    fn drop(&mut self) {
+        if let Some(task) = self.cbs_task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Renewal state of one audience.
+struct Grant {
+    expires_at: SystemTime,
+    refresh_at: Instant,
+}
+
+fn to_timestamp(t: SystemTime) -> Timestamp {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp::from_milliseconds(ms)
+}
+
+async fn put_token(
+    cbs: &mut CbsClient,
+    source: &dyn TokenSource,
+    audience: &str,
+    timeout: Duration,
+) -> Result<Grant, ConnectError> {
+    let token = source.token(audience).await?;
+    let request = CbsToken::new(
+        token.token.as_str(),
+        token.token_type.as_cbs_type(),
+        Some(to_timestamp(token.expires_at)),
+    );
+    match tokio::time::timeout(timeout, cbs.put_token(audience, request)).await {
+        Err(_) => Err(ConnectError::Timeout {
+            step: "put-token",
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(cbs_error(audience, e)),
+        Ok(Ok(())) => {
+            let lifetime = token
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let refresh_in = lifetime.saturating_sub(refresh_margin(lifetime));
+            Ok(Grant {
+                expires_at: token.expires_at,
+                refresh_at: Instant::now() + refresh_in,
+            })
+        }
+    }
+}
+
+fn cbs_error(audience: &str, e: fe2o3_amqp_management::error::Error) -> ConnectError {
+    use fe2o3_amqp_management::error::Error as M;
+    match e {
+        M::Status(s) => {
+            let status = s.code.0.get();
+            let error = ServiceError::new(condition_for_status(status), s.description);
+            if status == 401 || status == 403 {
+                ConnectError::Unauthorized {
+                    audience: audience.to_string(),
+                    error,
+                }
+            } else {
+                ConnectError::Service {
+                    step: "put-token",
+                    error,
+                }
+            }
+        }
+        other => ConnectError::Service {
+            step: "put-token",
+            error: ServiceError::new(
+                crate::wire::condition::DETACH_FORCED,
+                Some(format!("$cbs request failed: {other}")),
+            ),
+        },
+    }
+}
+
+/// Owns the CBS client: answers `Authorize`, renews every audience before its expiry.
+async fn cbs_task(
+    mut cbs: CbsClient,
+    source: Arc<dyn TokenSource>,
+    mut rx: mpsc::Receiver<CbsCommandBox>,
+    timeout: Duration,
+    container_id: String,
+) {
+    let mut grants: HashMap<String, Grant> = HashMap::new();
+    loop {
+        let next = grants.values().map(|g| g.refresh_at).min();
+        let cmd = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(c) => Some(c.0),
+                None => break,
+            },
+            _ = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        match cmd {
+            Some(CbsCommand::Authorize { audience, reply }) => {
+                let valid = grants
+                    .get(&audience)
+                    .is_some_and(|g| g.expires_at > SystemTime::now() + Duration::from_secs(1));
+                if valid {
+                    let _ = reply.send(Ok(()));
+                    continue;
+                }
+                let r = put_token(&mut cbs, source.as_ref(), &audience, timeout).await;
+                match r {
+                    Ok(g) => {
+                        tracing::debug!(%audience, %container_id, "put-token accepted");
+                        grants.insert(audience, g);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%audience, %container_id, error = %e, "put-token failed");
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            None => {
+                let now = Instant::now();
+                let due: Vec<String> = grants
+                    .iter()
+                    .filter(|(_, g)| g.refresh_at <= now)
+                    .map(|(a, _)| a.clone())
+                    .collect();
+                for audience in due {
+                    match put_token(&mut cbs, source.as_ref(), &audience, timeout).await {
+                        Ok(g) => {
+                            tracing::info!(
+                                %audience,
+                                %container_id,
+                                next_refresh_in_ms = g.refresh_at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                                "token refreshed"
+                            );
+                            grants.insert(audience, g);
+                        }
+                        Err(e) if e.is_transient() => {
+                            // Try again shortly while the old token still holds.
+                            tracing::warn!(%audience, %container_id, error = %e, "token refresh failed; retrying in 1 s");
+                            if let Some(g) = grants.get_mut(&audience) {
+                                g.refresh_at = Instant::now() + Duration::from_secs(1);
+                                if g.expires_at <= SystemTime::now() {
+                                    grants.remove(&audience);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(%audience, %container_id, error = %e, "token refresh refused; links on this audience will be detached by the service");
+                            grants.remove(&audience);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(timeout, cbs.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_properties_identify_the_client_like_the_sdks() {
+        let p = open_properties();
+        for k in ["product", "version", "framework", "platform", "user-agent"] {
+            assert!(p.get(&Symbol::from(k)).is_some(), "{k}");
+        }
+    }
+}

@@ -108,7 +108,13 @@ pub fn init_tracing(level: &str, file: Option<&std::path::Path>) -> Result<(), C
                 .with_writer(std::sync::Mutex::new(f))
                 .try_init()
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
     };
     // Already initialised (tests, service restart in-process): keep the first.
     drop(result);

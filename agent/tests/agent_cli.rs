@@ -1,0 +1,189 @@
+//! The built binary: bad configs give one clear line and exit 2; a real run with a file
+//! source and the file publisher reports, and stops cleanly on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpulse-agent");
+
+fn agent(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
+        .env_remove("TCPULSE_CONFIG")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+fn write_config(dir: &Path, body: &str) -> String {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[identity]\nconnector = \"tc-eu.example.com\"\nregion = \"westeurope\"\nscaleset = \"tc-eu-vmss\"\ninstance = \"tc-eu-vmss_0\"\n\
+             [spool]\ndir = {:?}\n{body}",
+            dir.join("spool")
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn assert_one_line_exit_2(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("tcpulse-agent: ") && err.contains(needle),
+        "{err}"
+    );
+}
+
+#[test]
+fn agent_config_missing_connection_string_is_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[source]\ntype = \"simulate\"\n");
+    let out = agent(&["run", "--config", &cfg], dir.path());
+    assert_one_line_exit_2(
+        &out,
+        "no Event Hubs connection string: set TCPULSE_EVENTHUB_CONNECTION_STRING",
+    );
+    let out = agent(&["check-config", "--config", &cfg], dir.path());
+    assert_one_line_exit_2(&out, "TCPULSE_EVENTHUB_CONNECTION_STRING");
+}
+
+#[test]
+fn agent_config_unknown_source_is_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[source]\ntype = \"carrier_pigeon\"\n");
+    let out = agent(&["check-config", "--config", &cfg], dir.path());
+    assert_one_line_exit_2(&out, "unknown variant `carrier_pigeon`");
+    let cfg = write_config(dir.path(), "[publish]\nfile = \"out.jsonl\"\n");
+    let out = agent(
+        &[
+            "check-config",
+            "--config",
+            &cfg,
+            "--source",
+            "smoke-signals",
+        ],
+        dir.path(),
+    );
+    assert_one_line_exit_2(&out, "unknown source type \"smoke-signals\"; expected one of command, file, http, pexip, simulate");
+}
+
+#[test]
+fn agent_config_bad_duration_is_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[report]\ninterval = \"10 parsecs\"\n[source]\ntype = \"simulate\"\n",
+    );
+    let out = agent(&["run", "--config", &cfg], dir.path());
+    assert_one_line_exit_2(&out, "interval = \"10 parsecs\"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 9") && err.contains("parsecs"), "{err}");
+}
+
+#[test]
+fn agent_config_secret_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[source]\ntype = \"simulate\"\n");
+    let secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=TOPSECRETKEY=;EntityPath=tc";
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", &cfg])
+        .env("TCPULSE_EVENTHUB_CONNECTION_STRING", secret)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains(
+            "connection string from environment variable TCPULSE_EVENTHUB_CONNECTION_STRING"
+        ),
+        "{all}"
+    );
+    assert!(!all.contains("TOPSECRETKEY"), "{all}");
+    let help = agent(&["run", "--help"], dir.path());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--connection-string-file") && !help.contains("--connection-string <"),
+        "{help}"
+    );
+    assert!(
+        help.contains("--interval <DURATION>") && help.contains("Default: 10s"),
+        "{help}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_run_reports_to_file_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("calls"),
+        "{\"call_count\": 5, \"media_load\": 40}",
+    )
+    .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[report]\ninterval = \"200ms\"\npoll_interval = \"100ms\"\n[source]\ntype = \"file\"\npath = {:?}\n[publish]\nfile = {:?}\n",
+            dir.path().join("calls"),
+            dir.path().join("out.jsonl")
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["run", "--config", &cfg])
+        .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 4, "{} events", events.len());
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["partition_key"], "tc-eu.example.com");
+        let ev = tcpulse_schema::decode(e["event"].to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (
+                ev.seq,
+                ev.calls.unwrap().call_count,
+                ev.calls.unwrap().media_load
+            ),
+            (i as u64, 5, Some(40))
+        );
+        assert!(ev.health.mem_total_bytes.is_some());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tcpulse-agent stopped") && stderr.contains("spooled=0"),
+        "{stderr}"
+    );
+}

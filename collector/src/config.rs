@@ -660,23 +660,29 @@ impl Config {
         Ok(())
     }
 
+    /// Checks that a source is configured (not needed when a caller brings its own
+    /// [`crate::SourceProvider`] to [`crate::run_built`]).
+    pub fn validate_source(&self) -> Result<(), ConfigError> {
+        if self.source.eventhub.is_none() && self.source.file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "source",
+                why: "no source: add [source.eventhub] (with the connection string in $TCPULSE_EVENTHUB_CONNECTION_STRING) or [source.file], or pass --source-file".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks ranges and consistency; fills in the default file sink when no sink is set.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let invalid = |field: &'static str, why: &str| ConfigError::Invalid {
             field,
             why: why.to_owned(),
         };
-        match (&self.source.eventhub, &self.source.file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("source", "set only one of [source.eventhub] and [source.file]"))
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "source",
-                    "no source: add [source.eventhub] (with the connection string in $TCPULSE_EVENTHUB_CONNECTION_STRING) or [source.file], or pass --source-file",
-                ))
-            }
-            _ => {}
+        if self.source.eventhub.is_some() && self.source.file.is_some() {
+            return Err(invalid(
+                "source",
+                "set only one of [source.eventhub] and [source.file]",
+            ));
         }
         let a = &self.aggregate;
         if a.rollup_interval < Duration::from_secs(1) || a.rollup_interval.subsec_millis() != 0 {
@@ -810,6 +816,7 @@ impl RunArgs {
             c.http.listen = addr;
         }
         c.validate()?;
+        c.validate_source()?;
         Ok(c)
     }
 }
@@ -821,6 +828,7 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut c = Config::from_toml(text, Path::new("test.toml"))?;
         c.validate()?;
+        c.validate_source()?;
         Ok(c)
     }
 

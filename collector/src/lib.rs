@@ -143,6 +143,7 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
 /// secrets, URLs, positions. Returns a one-line-per-item description for the operator.
 pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
     config.validate()?;
+    config.validate_source()?;
     let mut lines = vec![format!("name: {}", config.name)];
     if let Some(eh) = &config.source.eventhub {
         let secret = config::resolve_secret(
@@ -185,7 +186,8 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
     Ok(lines)
 }
 
-/// Builds every fallible piece of a run (see [`BuildError`]).
+/// Builds every fallible piece of a run (see [`BuildError`]). The source is not part of
+/// it: [`run`] takes it from the config, [`run_built`] from the caller.
 pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     config.validate()?;
     let sinks = build_sinks(&config)?;

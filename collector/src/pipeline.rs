@@ -22,7 +22,8 @@
 //! 5. On shutdown the open batch is sealed and sent, deliveries get `retry.shutdown_grace`
 //!    to finish, the checkpoint is written for what was stored, and the task returns.
 //!
-//! Every `pipeline_interval` the partition appends its `tc_pipeline` point to the batch.
+//! Every `pipeline_interval`, and once more when it stops, the partition appends its
+//! `tc_pipeline` point to the batch.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -381,7 +382,14 @@ pub async fn run_partition<P: SourceProvider>(
     let mut draining = false;
     let mut source_ended = false;
 
+    let mut final_point = false;
     loop {
+        if (draining || source_ended) && !final_point {
+            // The last numbers of this run go out with the last batch.
+            final_point = true;
+            state.update_gauges(&source, true);
+            state.pipeline_point();
+        }
         let room = state.builder.lines < settings.max_lines
             && state.builder.buf.len() < settings.max_bytes;
         let can_seal = state.in_flight.len() < settings.max_in_flight_batches;

@@ -6,6 +6,9 @@
 //!   process, and the connection objects the Python scripts take.
 //! - [`python`]: the official `azure-eventhub` Python SDK in a venv this crate creates,
 //!   and a runner for the scripts in `tests/python/`.
+//! - [`stores`]: time-series stores for the collector tests: a VictoriaMetrics that can be
+//!   stopped and restarted on the same port and data, and readers for VictoriaMetrics
+//!   exports and InfluxDB 1.x queries.
 //! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
 //!   promtool, Azurite) started as child processes on ephemeral loopback ports.
 //!
@@ -15,3 +18,4 @@
 pub mod hub;
 pub mod python;
 pub mod services;
+pub mod stores;

@@ -184,6 +184,7 @@ impl AmqpConnection {
             let builder = Connection::builder()
                 .container_id(container_id.clone())
                 .hostname(config.host.as_str())
+                .sasl_hostname(config.host.as_str())
                 .sasl_profile(SaslProfile::Anonymous)
                 .max_frame_size(config.options.max_frame_bytes)
                 .channel_max(255u16)

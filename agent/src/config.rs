@@ -804,6 +804,17 @@ type = "simulate"
     }
 
     #[test]
+    fn shipped_example_config_resolves() {
+        let text = include_str!("../agent.example.toml");
+        let file = parse_file(Path::new("agent.example.toml"), text).unwrap();
+        let c = Config::resolve(&args(), file).unwrap();
+        assert_eq!(
+            (c.identity.deployment.as_str(), c.source.type_name()),
+            ("blue", "simulate")
+        );
+    }
+
+    #[test]
     fn secret_debug_hides_value() {
         assert_eq!(
             format!("{:?}", Secret::new("SharedAccessKey=abc")),

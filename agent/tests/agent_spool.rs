@@ -21,7 +21,8 @@ fn seq_of(body: &[u8]) -> u64 {
     v["seq"].as_u64().unwrap()
 }
 
-/// Runs in the child process: appends forever, printing each committed seq.
+/// The child process of the kill-9 test (it re-runs this test binary with the variable
+/// set): appends forever, printing each committed seq. Without the variable it does nothing.
 #[test]
 fn spool_child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -57,7 +58,7 @@ fn agent_spool_kill9_loses_nothing_acknowledged_and_keeps_order() {
             ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -65,17 +66,20 @@ fn agent_spool_kill9_loses_nothing_acknowledged_and_keeps_order() {
         let mut lines = BufReader::new(stdout).lines();
         let target = 150 + round * 37;
         let mut seen = 0;
+        let mut other = Vec::new();
         while seen < target {
             let Some(Ok(line)) = lines.next() else { break };
             if let Ok(n) = line.trim().parse::<u64>() {
                 last_acked = Some(n);
                 seen += 1;
+            } else {
+                other.push(line);
             }
         }
         // SIGKILL mid-stream: no destructors, no clean close.
         child.kill().unwrap();
         child.wait().unwrap();
-        let last_acked = last_acked.expect("child wrote something");
+        let last_acked = last_acked.unwrap_or_else(|| panic!("child wrote no seq: {other:?}"));
         acked_total = last_acked + 1;
 
         let spool = Spool::open(dir.path(), 64 << 20).unwrap();

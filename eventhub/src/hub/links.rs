@@ -109,14 +109,38 @@ pub(crate) async fn serve_producer(
             }
         };
         let format = delivery.message_format().unwrap_or(0);
+        if let Err(denied) = auth.check(&path, Right::Send) {
+            tracing::debug!(%path, "rejecting a delivery without Send rights");
+            let _ = receiver
+                .reject(
+                    &delivery,
+                    link_error(wire::condition::UNAUTHORIZED, denied.0),
+                )
+                .await;
+            continue;
+        }
+        let max = shared.config.max_message_bytes;
         match unpack(&delivery, format) {
+            Ok((_, _, size)) if size > max => {
+                let id = delivery.delivery_id();
+                tracing::info!(%path, size, max, "rejecting an oversize delivery");
+                let _ = receiver
+                    .reject(
+                        &delivery,
+                        link_error(
+                            wire::condition::MESSAGE_SIZE_EXCEEDED,
+                            format!("The received message (delivery-id:{id}, size:{size} bytes) exceeds the limit ({max} bytes) currently allowed on the link."),
+                        ),
+                    )
+                    .await;
+            }
             Err(why) => {
                 tracing::info!(%path, why, "rejecting undecodable delivery");
                 let _ = receiver
                     .reject(&delivery, link_error(wire::condition::DECODE_ERROR, why))
                     .await;
             }
-            Ok((key, items)) => {
+            Ok((key, items, _)) => {
                 let idx = partition.unwrap_or_else(|| hub.route(key.as_deref()));
                 let log = &hub.partitions[idx];
                 let n = items.len();
@@ -158,9 +182,10 @@ fn key_of(m: &Message<Body<Value>>) -> Option<String> {
     }
 }
 
-type Unpacked = (Option<String>, Vec<(Option<String>, Bytes)>);
+type Unpacked = (Option<String>, Vec<(Option<String>, Bytes)>, u64);
 
-/// Splits a delivery into stored events: (routing key, [(event key, encoded message)]).
+/// Splits a delivery into stored events: (routing key, [(event key, encoded message)],
+/// the delivery's size in bytes as the SDKs count it).
 fn unpack(delivery: &Delivery<Body<Value>>, format: u32) -> Result<Unpacked, String> {
     let envelope = delivery.message();
     let envelope_key = key_of(envelope);
@@ -182,13 +207,20 @@ fn unpack(delivery: &Delivery<Body<Value>>, format: u32) -> Result<Unpacked, Str
         if items.is_empty() {
             return Err("empty batch".into());
         }
-        Ok((envelope_key.or(first_key), items))
+        // Each section costs its bytes plus the data-section header (5 or 8 bytes).
+        let size = items
+            .iter()
+            .map(|(_, b)| b.len() as u64 + if b.len() < 256 { 5 } else { 8 })
+            .sum();
+        Ok((envelope_key.or(first_key), items, size))
     } else if format == 0 {
         let bytes = serde_amqp::to_vec(&Serializable(envelope))
             .map_err(|e| format!("cannot re-encode message: {e}"))?;
+        let size = bytes.len() as u64;
         Ok((
             envelope_key.clone(),
             vec![(envelope_key, Bytes::from(bytes))],
+            size,
         ))
     } else {
         Err(format!("unsupported message format {format:#x}"))

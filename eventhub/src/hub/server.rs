@@ -261,10 +261,14 @@ fn link_properties() -> Fields {
     f
 }
 
-fn incoming_acceptor(max_message: u64) -> DefaultLinkAcceptor {
+/// Incoming links advertise no max-message-size: fe2o3's receiver enforces that value by
+/// detaching the link, which the Python SDK reports only as "unknown-error". The hub instead
+/// checks the size of each delivery and rejects an oversize one with the service's
+/// condition (`amqp:link:message-size-exceeded`); clients then fall back to the 1 MiB
+/// Event Hubs limit for batching, as the Python SDK and tcpulse's client do.
+fn incoming_acceptor(_max_message: u64) -> DefaultLinkAcceptor {
     LinkAcceptor::builder()
         .properties(link_properties())
-        .max_message_size(max_message)
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .build()
@@ -464,18 +468,14 @@ async fn route(
                 _ => None,
             };
             let path = entity.audience_path();
+            // Without Send rights the link is still attached: every delivery on it is then
+            // rejected with amqp:unauthorized-access, which SDKs report clearly (a refused
+            // attach surfaces in the Python SDK only as "unknown-error").
             let expiry = match auth.check(&path, Right::Send) {
                 Ok(e) => e,
                 Err(denied) => {
-                    tracing::info!(%peer, %path, "producer refused: {}", denied.0);
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::UNAUTHORIZED, denied.0),
-                    )
-                    .await;
-                    return;
+                    tracing::info!(%peer, %path, "producer without Send rights: {}", denied.0);
+                    None
                 }
             };
             match incoming_acceptor(max)

@@ -132,6 +132,22 @@ pub struct PublishArgs {
     /// Event hub name, when the connection string has no EntityPath. Default: none.
     #[arg(long, env = "TCPULSE_EVENT_HUB", value_name = "NAME")]
     pub event_hub: Option<String>,
+    /// Extra PEM CA file to trust besides the built-in roots (a private CA, or tcpulse-hub's
+    /// ca.pem). Default: none.
+    #[arg(
+        long = "eventhub-ca-file",
+        env = "TCPULSE_EVENTHUB_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Dial this host:port instead of the namespace host (a private endpoint, a proxy, or
+    /// tcpulse-hub); TLS names and token audiences still use the namespace. Default: none.
+    #[arg(
+        long = "eventhub-endpoint",
+        env = "TCPULSE_EVENTHUB_ENDPOINT",
+        value_name = "HOST:PORT"
+    )]
+    pub custom_endpoint: Option<String>,
     /// Write events as JSON lines to this file instead of Event Hubs (demos, benchmarks);
     /// no connection string is needed then. Default: none.
     #[arg(
@@ -355,6 +371,10 @@ pub enum PublishTarget {
         origin: String,
         /// Event hub name when the string has no EntityPath.
         event_hub: Option<String>,
+        /// Extra CA file to trust.
+        ca_file: Option<PathBuf>,
+        /// Host:port to dial instead of the namespace.
+        custom_endpoint: Option<String>,
     },
     /// JSON lines in a local file.
     File(PathBuf),
@@ -638,6 +658,8 @@ impl Config {
                     connection_string: Secret::new(value),
                     origin,
                     event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
+                    ca_file: a.ca_file.clone().or(f.ca_file),
+                    custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
                 }
             }
         };

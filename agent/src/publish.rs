@@ -8,8 +8,8 @@
 //! accepted events are sent again later (at-least-once; the collector drops the repeats by
 //! `(instance, boot, seq)`).
 //!
-//! The Event Hubs adapter (on `tcpulse-eventhub::client`) lives here too once that client
-//! exists; it must send each body as one message with `content-type: application/json`, the
+//! The Event Hubs adapter ([`eventhubs::EventHubsPublisher`], on
+//! `tcpulse-eventhub::client`) sends each body as one message with `content-type: application/json`, the
 //! application property `schema` = [`tcpulse_schema::SCHEMA_V1`] and the given partition key,
 //! and map its errors onto [`PublishError::Transient`] (connection lost, timeout, server
 //! busy, token expired and refreshed) or [`PublishError::Fatal`] (unauthorised, entity not
@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+
+pub mod eventhubs;
 
 /// Any error, boxed, as the cause of a [`PublishError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -226,6 +228,9 @@ pub enum SetupError {
     /// This build cannot publish to the configured target.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The Event Hubs settings are not usable (the message never contains the key).
+    #[error("Event Hubs: {0}")]
+    EventHubs(String),
 }
 
 /// Which publisher a config leads to.
@@ -239,17 +244,11 @@ pub enum SetupPlan {
     Unavailable(&'static str),
 }
 
-/// Until the Event Hubs adapter lands (tcpulse-eventhub::client).
-const EVENT_HUBS_NOT_WIRED: &str = "the Event Hubs producer is not wired into this build yet; use --publish-file FILE (or publish.file) meanwhile";
-
 /// Which publisher `cfg` asks for, without opening anything.
 pub fn plan(cfg: &crate::config::PublishConfig) -> SetupPlan {
     match &cfg.target {
         crate::config::PublishTarget::File(p) => SetupPlan::File(p.clone()),
-        // The Event Hubs adapter replaces this arm with `SetupPlan::EventHubs`.
-        crate::config::PublishTarget::EventHubs { .. } => {
-            SetupPlan::Unavailable(EVENT_HUBS_NOT_WIRED)
-        }
+        crate::config::PublishTarget::EventHubs { .. } => SetupPlan::EventHubs,
     }
 }
 
@@ -263,9 +262,32 @@ pub fn from_config(cfg: &crate::config::PublishConfig) -> Result<Box<dyn Publish
             })?;
             Ok(Box::new(p))
         }
-        SetupPlan::EventHubs | SetupPlan::Unavailable(_) => {
-            Err(SetupError::Unavailable(EVENT_HUBS_NOT_WIRED))
-        }
+        SetupPlan::EventHubs => match &cfg.target {
+            crate::config::PublishTarget::EventHubs {
+                connection_string,
+                event_hub,
+                ca_file,
+                custom_endpoint,
+                ..
+            } => {
+                let options = tcpulse_eventhub::client::ClientOptions {
+                    extra_ca_file: ca_file.clone(),
+                    custom_endpoint: custom_endpoint.clone(),
+                    ..Default::default()
+                };
+                let config = tcpulse_eventhub::client::ClientConfig::from_connection_string(
+                    connection_string.expose(),
+                    event_hub.as_deref(),
+                    options,
+                )
+                .map_err(|e| SetupError::EventHubs(e.to_string()))?;
+                Ok(Box::new(eventhubs::EventHubsPublisher::new(config)))
+            }
+            crate::config::PublishTarget::File(_) => {
+                Err(SetupError::Unavailable("inconsistent publish plan"))
+            }
+        },
+        SetupPlan::Unavailable(why) => Err(SetupError::Unavailable(why)),
     }
 }
 

@@ -147,6 +147,14 @@ pub struct EventHubSourceConfig {
     /// Events the link may deliver ahead of processing (link credit). Default: 300.
     #[serde(default = "default_prefetch")]
     pub prefetch: u32,
+    /// Event hub name when the connection string has no `EntityPath`.
+    #[serde(default)]
+    pub event_hub: Option<String>,
+    /// Transport settings: `custom_endpoint` (host:port to dial, e.g. a private endpoint or
+    /// tcpulse-hub), `extra_ca_file` (PEM CA to trust besides the built-in roots), timeouts,
+    /// token lifetime and retry. See `tcpulse_eventhub::client::ClientOptions`.
+    #[serde(default)]
+    pub client: tcpulse_eventhub::client::ClientOptions,
 }
 
 fn default_connection_string_env() -> String {

@@ -7,6 +7,7 @@
 //! | module | job | must not |
 //! | --- | --- | --- |
 //! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
+//! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
 //! | [`config`] | TOML + environment + flags, validated; secrets only from env or files | connect to anything |
 //! | [`decode`](mod@decode) | schema decode; the dead-letter file (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
@@ -25,6 +26,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;
 pub mod pipeline;
@@ -88,9 +90,6 @@ pub enum BuildError {
     /// The Event Hubs connection string is missing or unreadable.
     #[error("Event Hubs connection string: {0}")]
     EventHubSecret(String),
-    /// The Event Hubs consumer is not part of this build yet.
-    #[error("the Event Hubs consumer is not wired into this build yet (tcpulse-eventhub::client); use [source.file] or --source-file meanwhile")]
-    EventHubNotWired,
 }
 
 /// How a run ended.
@@ -232,8 +231,30 @@ pub fn source_from_config(config: &Config) -> Result<AnyProvider, BuildError> {
             f.partition.clone(),
         )));
     }
-    if config.source.eventhub.is_some() {
-        return Err(BuildError::EventHubNotWired);
+    if let Some(eh) = &config.source.eventhub {
+        let secret = config::resolve_secret(
+            Some(&eh.connection_string_env),
+            eh.connection_string_file.as_deref(),
+        )
+        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?
+        .ok_or_else(|| {
+            BuildError::EventHubSecret(format!(
+                "not set: export {} or set `source.eventhub.connection_string_file`",
+                eh.connection_string_env
+            ))
+        })?;
+        let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
+            secret.trim(),
+            eh.event_hub.as_deref(),
+            eh.client.clone(),
+        )
+        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
+        return Ok(AnyProvider::EventHubs(eventhubs::EventHubsProvider::new(
+            client,
+            eh.consumer_group.clone(),
+            eh.prefetch,
+            eh.owner_level,
+        )));
     }
     Err(BuildError::Config(config::ConfigError::Invalid {
         field: "source",

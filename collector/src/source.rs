@@ -12,8 +12,8 @@
 //! - [`ChannelSource`]: events pushed through a bounded tokio channel (tests, benches and
 //!   in-process feeds).
 //!
-//! The Event Hubs consumer adapter (`tcpulse-eventhub::client`) is added here as another
-//! [`AnyProvider`] variant; nothing else in the crate knows about the transport.
+//! The Event Hubs consumer adapter (`crate::eventhubs`, on `tcpulse-eventhub::client`) is
+//! the other [`AnyProvider`] variant; nothing else in the crate knows about the transport.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -354,12 +354,13 @@ impl SourceProvider for ChannelProvider {
     }
 }
 
-/// Every source the collector can run from config. The Event Hubs consumer becomes a third
-/// variant here when `tcpulse-eventhub::client` lands.
+/// Every source the collector can run from config.
 #[derive(Debug)]
 pub enum AnyProvider {
     /// `source.file`.
     File(FileSourceProvider),
+    /// `source.eventhub`.
+    EventHubs(crate::eventhubs::EventHubsProvider),
 }
 
 /// The partition source of an [`AnyProvider`].
@@ -367,24 +368,29 @@ pub enum AnyProvider {
 pub enum AnySource {
     /// From a file.
     File(FileSource),
+    /// From an Event Hubs partition.
+    EventHubs(crate::eventhubs::EventHubsPartition),
 }
 
 impl PartitionSource for AnySource {
     fn partition(&self) -> &str {
         match self {
             AnySource::File(s) => s.partition(),
+            AnySource::EventHubs(s) => s.partition(),
         }
     }
 
     async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
         match self {
             AnySource::File(s) => s.next().await,
+            AnySource::EventHubs(s) => s.next().await,
         }
     }
 
     fn tip(&self) -> Option<PartitionTip> {
         match self {
             AnySource::File(s) => s.tip(),
+            AnySource::EventHubs(s) => s.tip(),
         }
     }
 }
@@ -395,18 +401,21 @@ impl SourceProvider for AnyProvider {
     fn scope(&self) -> crate::checkpoint::CheckpointScope {
         match self {
             AnyProvider::File(p) => p.scope(),
+            AnyProvider::EventHubs(p) => p.scope(),
         }
     }
 
     async fn partitions(&self) -> Result<Vec<String>, SourceError> {
         match self {
             AnyProvider::File(p) => p.partitions().await,
+            AnyProvider::EventHubs(p) => p.partitions().await,
         }
     }
 
     async fn open(&self, partition: &str, start: StartPosition) -> Result<AnySource, SourceError> {
         match self {
             AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
+            AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),
         }
     }
 }

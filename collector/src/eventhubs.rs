@@ -1,0 +1,210 @@
+//! The Event Hubs source: one [`tcpulse_eventhub::client::Consumer`] per partition,
+//! partitions discovered through `$management`, and the partitions' newest events polled
+//! every few seconds so lag can be reported in events as well as seconds.
+//!
+//! The consumer's prefetch is the link credit: the pipeline calls [`PartitionSource::next`]
+//! only when it has room, so a slow store becomes lag on the hub, not memory here.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use tcpulse_eventhub::client::{
+    ClientConfig, Consumer, ConsumerOptions, ManagementClient, StartPosition as EhStart,
+};
+
+use crate::{
+    checkpoint::{CheckpointScope, StartPosition},
+    source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider},
+};
+
+/// How often the partitions' newest events are read for lag.
+const TIP_POLL: Duration = Duration::from_secs(5);
+
+type Tips = Mutex<HashMap<String, PartitionTip>>;
+
+/// Opens Event Hubs partitions of one hub and consumer group.
+#[derive(Debug)]
+pub struct EventHubsProvider {
+    config: ClientConfig,
+    consumer_group: String,
+    prefetch: u32,
+    owner_level: Option<i64>,
+    tips: Arc<Tips>,
+}
+
+impl EventHubsProvider {
+    /// A provider for `config`'s hub.
+    pub fn new(
+        config: ClientConfig,
+        consumer_group: impl Into<String>,
+        prefetch: u32,
+        owner_level: Option<i64>,
+    ) -> Self {
+        EventHubsProvider {
+            config,
+            consumer_group: consumer_group.into(),
+            prefetch: prefetch.max(1),
+            owner_level,
+            tips: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn spawn_tip_poller(&self, partitions: Vec<String>) {
+        let weak: Weak<Tips> = Arc::downgrade(&self.tips);
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            let mut mgmt: Option<ManagementClient> = None;
+            loop {
+                let Some(tips) = weak.upgrade() else { break };
+                if mgmt.is_none() {
+                    mgmt = ManagementClient::connect(config.clone()).await.ok();
+                }
+                if let Some(m) = mgmt.as_mut() {
+                    for p in &partitions {
+                        match m.partition_properties(p).await {
+                            Ok(props) => {
+                                let ms = props
+                                    .last_enqueued_time
+                                    .duration_since(UNIX_EPOCH)
+                                    .map(|d| d.as_millis() as i64)
+                                    .unwrap_or(0);
+                                if let Ok(mut t) = tips.lock() {
+                                    t.insert(
+                                        p.clone(),
+                                        PartitionTip {
+                                            last_sequence_number: props
+                                                .last_enqueued_sequence_number,
+                                            last_enqueued_time_ms: ms,
+                                        },
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(partition = %p, error = %e, "reading partition properties for lag failed");
+                                mgmt = None;
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(tips);
+                tokio::time::sleep(TIP_POLL).await;
+            }
+            if let Some(m) = mgmt {
+                m.close().await;
+            }
+        });
+    }
+}
+
+impl SourceProvider for EventHubsProvider {
+    type Source = EventHubsPartition;
+
+    fn scope(&self) -> CheckpointScope {
+        CheckpointScope::new(
+            self.config.namespace(),
+            self.config.hub.clone(),
+            self.consumer_group.clone(),
+        )
+    }
+
+    async fn partitions(&self) -> Result<Vec<String>, SourceError> {
+        let err = |message: String| SourceError::Open {
+            partition: "*".into(),
+            message,
+        };
+        let mut mgmt = ManagementClient::connect(self.config.clone())
+            .await
+            .map_err(|e| err(format!("cannot read the hub's partitions: {e}")))?;
+        let ids = mgmt
+            .partition_ids()
+            .await
+            .map_err(|e| err(format!("cannot read the hub's partitions: {e}")));
+        mgmt.close().await;
+        let ids = ids?;
+        self.spawn_tip_poller(ids.clone());
+        Ok(ids)
+    }
+
+    async fn open(
+        &self,
+        partition: &str,
+        start: StartPosition,
+    ) -> Result<EventHubsPartition, SourceError> {
+        let start = match start {
+            StartPosition::Earliest => EhStart::Earliest,
+            StartPosition::Latest => EhStart::Latest,
+            StartPosition::AfterSequence(sequence_number) => EhStart::SequenceNumber {
+                sequence_number,
+                inclusive: false,
+            },
+            StartPosition::EnqueuedAfterMs(ms) => EhStart::EnqueuedTime {
+                time: UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+                inclusive: false,
+            },
+        };
+        let options = ConsumerOptions {
+            consumer_group: self.consumer_group.clone(),
+            partition_id: partition.to_string(),
+            start,
+            prefetch: self.prefetch,
+            owner_level: self.owner_level,
+        };
+        let consumer = Consumer::connect(self.config.clone(), options)
+            .await
+            .map_err(|e| SourceError::Open {
+                partition: partition.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(EventHubsPartition {
+            partition: partition.to_string(),
+            consumer,
+            tips: Arc::clone(&self.tips),
+        })
+    }
+}
+
+/// One partition's consumer.
+#[derive(Debug)]
+pub struct EventHubsPartition {
+    partition: String,
+    consumer: Consumer,
+    tips: Arc<Tips>,
+}
+
+impl PartitionSource for EventHubsPartition {
+    fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+        let ev = self
+            .consumer
+            .recv()
+            .await
+            .map_err(|e| SourceError::Receive {
+                partition: self.partition.clone(),
+                message: e.to_string(),
+            })?;
+        let enqueued_time_ms = ev
+            .enqueued_time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Ok(Some(ReceivedEvent {
+            partition: self.partition.clone(),
+            sequence_number: ev.sequence_number,
+            offset: ev.offset,
+            enqueued_time_ms,
+            partition_key: ev.partition_key,
+            body: ev.body,
+        }))
+    }
+
+    fn tip(&self) -> Option<PartitionTip> {
+        self.tips.lock().ok()?.get(&self.partition).copied()
+    }
+}

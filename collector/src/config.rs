@@ -763,6 +763,10 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the configuration and resolve its secrets, without connecting anywhere.
     CheckConfig(RunArgs),
+    /// Run the whole pipeline on loopback: embedded hub (TLS), simulated agents, this
+    /// collector, and a live fleet view.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::config::DemoArgs),
 }
 
 /// Flags shared by `run` and `check-config`; each overrides the config file. Secrets

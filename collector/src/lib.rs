@@ -16,6 +16,7 @@
 //! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
 //! | [`metrics`] | the Prometheus registry, `/metrics` `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
 //! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
+//! | `demo` | (feature `demo`, default) `tcpulse-collector demo`: embedded hub, simulated agents, this collector and a fleet view in one process | be needed by a production build |
 //!
 //! [`run`] is the whole collector: it builds everything fallible first (sinks, dead-letter
 //! file, checkpoint directory, metrics listener), then runs one task per partition under a
@@ -26,6 +27,8 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;

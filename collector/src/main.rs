@@ -1,4 +1,4 @@
-//! `tcpulse-collector run | check-config`: parses the command line, sets up logging and
+//! `tcpulse-collector run | check-config | demo`: parses the command line, sets up logging and
 //! the shutdown token, and hands over to the library.
 
 use std::process::ExitCode;
@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run(args) | Command::CheckConfig(args)) = &cli.command;
-    init_tracing(args.log_json);
     let result = match &cli.command {
-        Command::Run(args) => run(args),
-        Command::CheckConfig(args) => check_config(args),
+        Command::Run(args) => init_tracing(args.log_json).and(run(args)),
+        Command::CheckConfig(args) => init_tracing(args.log_json).and(check_config(args)),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -36,6 +36,22 @@ fn init_tracing(json: bool) {
     } else {
         builder.init();
     }
+    Ok(())
+}
+
+#[cfg(feature = "demo")]
+fn demo(args: &tcpulse_collector::demo::config::DemoArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let plan = args.plan()?;
+    let tty = std::io::stdout().is_terminal();
+    tcpulse_collector::demo::run::init_tracing(&plan, tty)?;
+    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tcpulse_collector::demo::run::run(plan, tty, shutdown).await?;
+        Ok(())
+    })
 }
 
 fn check_config(args: &RunArgs) -> anyhow::Result<()> {

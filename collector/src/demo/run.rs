@@ -1,0 +1,509 @@
+//! Starts the demo: hub, agents, collector, load shifter and fleet view, then stops them in
+//! order when the caller's token fires (or `--duration` passed).
+//!
+//! Shutdown order: the agents stop first and flush their spools to the hub (up to 3 s);
+//! then the collector drains what arrived, writes its checkpoints and flushes its sinks;
+//! then the view draws once more; last the hub shuts down.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tcpulse_agent::config::{
+    Identity, PublishConfig, PublishTarget, ReportConfig, Secret, SpoolConfig,
+};
+use tcpulse_agent::health::HealthConfig;
+use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
+use tcpulse_agent::sources::simulate::SimulateConfig;
+use tcpulse_agent::sources::SourceConfig;
+use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
+use tcpulse_eventhub::hub::{Hub, HubConfig, HubError};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{DemoConfigError, DemoPlan};
+use super::view;
+use crate::config::Config;
+use crate::sinks::file::config::FileSinkConfig;
+use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
+use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+
+/// The demo could not start; the variant names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A flag is invalid.
+    #[error(transparent)]
+    Config(#[from] DemoConfigError),
+    /// The data directory could not be prepared.
+    #[error("demo dir {path}: {source}; pick another with --dir")]
+    Dir {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded hub did not start.
+    #[error("embedded hub: {0}")]
+    Hub(#[from] HubError),
+    /// The hub's connection string did not make a client config.
+    #[error("client config for the embedded hub: {0}")]
+    Client(#[from] ConnectError),
+    /// The collector could not be built.
+    #[error("collector: {0}")]
+    Collector(#[from] crate::BuildError),
+    /// Logging could not be set up.
+    #[error("demo log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a demo run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSummary {
+    /// Events the agents' publishers had accepted by the hub.
+    pub events_sent: u64,
+    /// Events the collector read.
+    pub events_read: u64,
+    /// Events left in agent spools.
+    pub spooled_at_exit: u64,
+    /// The fleet as last shown.
+    pub fleet: view::Fleet,
+    /// The line-protocol file.
+    pub points_file: PathBuf,
+}
+
+/// Sets up logging: into `<dir>/demo.log` when stdout is a terminal (so the view stays
+/// clean), else to stderr with the agents and collector at `warn` and the demo at `info`.
+/// `RUST_LOG` overrides the filter.
+pub fn init_tracing(plan: &DemoPlan, tty: bool) -> Result<(), DemoError> {
+    let filter = |default: &str| {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
+    if tty {
+        mkdir(&plan.dir)?;
+        let path = log_path(plan);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| DemoError::Log { path, source })?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter("info"))
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter("warn,tcpulse_collector::demo=info"))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    Ok(())
+}
+
+fn log_path(plan: &DemoPlan) -> PathBuf {
+    plan.dir.join("demo.log")
+}
+
+fn mkdir(path: &Path) -> Result<(), DemoError> {
+    std::fs::create_dir_all(path).map_err(|source| DemoError::Dir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The simulated clock's shift ahead of `now_ms` that puts it at the next Wednesday 10:00
+/// (the morning peak of a working day), so the demo looks busy whenever it runs.
+pub fn peak_time_shift(now_ms: i64) -> Duration {
+    let first_day = now_ms.div_euclid(DAY_MS);
+    // 1970-01-01 was a Thursday; Monday = 0, so Wednesday = 2.
+    let target = (first_day..first_day + 8)
+        .map(|d| d * DAY_MS + 10 * 3_600_000)
+        .find(|&t| t >= now_ms && (t.div_euclid(DAY_MS) + 3).rem_euclid(7) == 2)
+        .unwrap_or(now_ms);
+    Duration::from_millis(u64::try_from(target - now_ms).unwrap_or(0))
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn collector_config(plan: &DemoPlan) -> Config {
+    let a = &plan.args;
+    let mut c = Config {
+        name: "tcpulse-demo".into(),
+        ..Config::default()
+    };
+    c.checkpoint.dir = plan.dir.join("checkpoints");
+    c.checkpoint.interval = Duration::from_secs(2);
+    c.aggregate.rollup_interval = a.rollup_interval;
+    c.aggregate.stale_after = (a.interval * 4).max(a.rollup_interval * 2);
+    c.aggregate.lateness = a.interval.max(Duration::from_secs(1));
+    c.aggregate.peak_window = Duration::from_secs(600).max(a.rollup_interval);
+    c.aggregate.forget_after = Duration::from_secs(600).max(c.aggregate.stale_after);
+    c.aggregate.idle_after = Duration::from_secs(5);
+    c.batch.flush_interval = Duration::from_millis(500);
+    c.retry.shutdown_grace = Duration::from_secs(5);
+    c.dead_letter.path = plan.dir.join("dead-letters.jsonl");
+    c.http.listen = a.metrics_listen;
+    c.sinks.file = Some(FileSinkConfig {
+        path: points_path(plan),
+        fsync: true,
+    });
+    c.sinks.influxdb_v2 = a
+        .influxdb_url
+        .as_ref()
+        .map(|u| InfluxDbV2SinkConfig::new(u, &a.influxdb_org, &a.influxdb_bucket));
+    c.sinks.influxdb_v1 = a
+        .influxdb_v1_url
+        .as_ref()
+        .map(|u| InfluxDbV1SinkConfig::new(u, &a.influxdb_v1_database));
+    c
+}
+
+fn points_path(plan: &DemoPlan) -> PathBuf {
+    plan.dir.join("points.lp")
+}
+
+fn load_path(plan: &DemoPlan, fqdn: &str) -> PathBuf {
+    plan.dir.join("load").join(fqdn)
+}
+
+fn agent_config(
+    plan: &DemoPlan,
+    connector: &super::config::ConnectorPlan,
+    instance: &str,
+    region: &str,
+    time_shift: Duration,
+    send: &str,
+) -> tcpulse_agent::config::Config {
+    let a = &plan.args;
+    tcpulse_agent::config::Config {
+        identity: Identity {
+            connector: connector.fqdn.clone(),
+            deployment: connector.deployment.clone(),
+            region: region.to_owned(),
+            scaleset: connector.scaleset.clone(),
+            instance: instance.to_owned(),
+        },
+        report: ReportConfig {
+            interval: a.interval,
+            poll_interval: (a.interval / 4)
+                .clamp(Duration::from_millis(50), Duration::from_millis(500)),
+        },
+        source: SourceConfig::Simulate(SimulateConfig {
+            peak_calls: a.peak_calls,
+            load_factor_file: Some(load_path(plan, &connector.fqdn)),
+            time_shift,
+            ..SimulateConfig::default()
+        }),
+        health: HealthConfig {
+            enabled: false,
+            service_process: None,
+            disk_path: PathBuf::from("/"),
+            cert_file: None,
+        },
+        spool: SpoolConfig {
+            dir: plan.dir.join("agents").join(instance),
+            max_bytes: 4 << 20,
+        },
+        publish: PublishConfig {
+            target: PublishTarget::EventHubs {
+                connection_string: Secret::new(send),
+                origin: "the embedded hub".into(),
+                event_hub: None,
+                ca_file: None,
+                custom_endpoint: None,
+            },
+            max_batch_events: 256,
+            max_batch_bytes: 768 << 10,
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(5),
+            shutdown_flush: Duration::from_secs(3),
+        },
+        log_file: None,
+        log_level: "info".into(),
+    }
+}
+
+/// The load phase the shifter is in, for the header.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Phase {
+    surge: bool,
+    factor: f64,
+}
+
+fn phase_text(plan: &DemoPlan, p: Phase) -> String {
+    let first = plan.connectors.first().map_or("", |c| c.fqdn.as_str());
+    let period = plan.args.shift_period;
+    let cycle = if period.is_zero() || plan.args.load_shift == 1.0 {
+        String::new()
+    } else {
+        format!(", switching every {}", humantime::format_duration(period))
+    };
+    if p.surge {
+        format!("load: SURGE on {first} (×{:.2}){cycle}", p.factor)
+    } else {
+        format!("load: normal (×1.00){cycle}")
+    }
+}
+
+/// Runs the demo until `shutdown` fires or `--duration` passed. See the module docs.
+pub async fn run(
+    plan: DemoPlan,
+    tty: bool,
+    shutdown: CancellationToken,
+) -> Result<DemoSummary, DemoError> {
+    let a = plan.args.clone();
+    for d in [
+        plan.dir.clone(),
+        plan.dir.join("load"),
+        plan.dir.join("agents"),
+    ] {
+        mkdir(&d)?;
+    }
+    for c in &plan.connectors {
+        write_atomic(&load_path(&plan, &c.fqdn), "1.0\n").map_err(|source| DemoError::Dir {
+            path: load_path(&plan, &c.fqdn),
+            source,
+        })?;
+    }
+
+    // The hub, over TLS on loopback.
+    let hub = Hub::start(HubConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: Some(plan.dir.join("hub")),
+        ..HubConfig::default()
+    })
+    .await?;
+    let addr = hub.amqps_addr();
+    let ca = hub.ca_pem_path().to_owned();
+    let options = ClientOptions {
+        custom_endpoint: Some(addr.to_string()),
+        extra_ca_file: Some(ca.clone()),
+        ..ClientOptions::default()
+    };
+    let strings = hub.connection_strings().clone();
+    let send = ClientConfig::from_connection_string(&strings.send, None, options.clone())?;
+    let listen = ClientConfig::from_connection_string(&strings.listen, None, options)?;
+
+    // The collector.
+    let built = match crate::build(collector_config(&plan)).await {
+        Ok(b) => b,
+        Err(e) => {
+            hub.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let metrics = built
+        .metrics_addr()
+        .map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
+    let provider = crate::eventhubs::EventHubsProvider::new(
+        listen,
+        tcpulse_eventhub::client::DEFAULT_CONSUMER_GROUP,
+        300,
+        None,
+    );
+    let collector_stop = CancellationToken::new();
+    let collector = tokio::spawn(crate::run_built(built, provider, collector_stop.clone()));
+
+    // The agents.
+    let agents_stop = CancellationToken::new();
+    let shift = peak_time_shift(tcpulse_schema::Timestamp::now().unix_millis());
+    let regions = ["westeurope", "northeurope", "eastus", "westus2"];
+    let mut agents = Vec::new();
+    for (ci, c) in plan.connectors.iter().enumerate() {
+        let region = regions[ci % regions.len()];
+        for name in c.instance_names(plan.instances) {
+            let cfg = agent_config(&plan, c, &name, region, shift, &strings.send);
+            let publisher = EventHubsPublisher::new(send.clone());
+            agents.push((
+                name,
+                tokio::spawn(tcpulse_agent::run::run(cfg, publisher, agents_stop.clone())),
+            ));
+        }
+    }
+
+    // The load shifter.
+    let phase = Arc::new(Mutex::new(Phase {
+        surge: false,
+        factor: 1.0,
+    }));
+    let shifter = tokio::spawn(shift_load(plan.clone(), phase.clone(), agents_stop.clone()));
+
+    // The view.
+    let points = points_path(&plan);
+    let first_line = format!(
+        "tcpulse demo: {} connectors × {} simulated agents → hub amqps://{addr} (TLS) → collector → {}",
+        plan.connectors.len(),
+        plan.instances,
+        points.display()
+    );
+    let second_line = format!(
+        "data {} · CA {} · metrics {metrics} · log {}",
+        plan.dir.display(),
+        ca.display(),
+        if tty {
+            log_path(&plan).display().to_string()
+        } else {
+            "stderr".to_owned()
+        }
+    );
+    let override_hint = plan.connectors.first().map_or(String::new(), |c| {
+        format!(
+            "live load override: echo 1.8 > {}",
+            load_path(&plan, &c.fqdn).display()
+        )
+    });
+    if !tty {
+        println!("{first_line}");
+        println!("{second_line}");
+    }
+    tracing::info!(hub = %addr, ca = %ca.display(), metrics = %metrics, points = %points.display(), agents = agents.len(), "demo running");
+    let view_stop = CancellationToken::new();
+    let header_phase = phase.clone();
+    let header_plan = plan.clone();
+    let header = move || {
+        let p = header_phase.lock().map(|g| *g).unwrap_or(Phase {
+            surge: false,
+            factor: 1.0,
+        });
+        format!(
+            "{first_line}\n{second_line}\n{} · {override_hint} · Ctrl-C stops\n",
+            phase_text(&header_plan, p)
+        )
+    };
+    let view_task = tokio::spawn(view::follow(
+        points.clone(),
+        a.refresh,
+        tty,
+        Box::new(header),
+        false,
+        view_stop.clone(),
+    ));
+
+    // Run until told to stop.
+    match a.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(d) => {}
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+    tracing::info!("demo stopping: agents flush, collector checkpoints, hub shuts down");
+
+    // Agents first: they flush their spools to the hub.
+    agents_stop.cancel();
+    let _ = shifter.await;
+    let (mut events_sent, mut spooled_at_exit) = (0, 0);
+    for (name, h) in agents {
+        match h.await {
+            Ok(Ok(s)) => {
+                events_sent += s.events_sent;
+                spooled_at_exit += s.spooled_at_exit;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(stage = "demo_agent", error_type = "start", instance = %name, error = %e, "agent failed")
+            }
+            Err(e) => {
+                tracing::error!(stage = "demo_agent", error_type = "panic", instance = %name, error = %e, "agent task failed")
+            }
+        }
+    }
+    // Give the collector a moment to read the agents' last events.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    collector_stop.cancel();
+    let events_read = match collector.await {
+        Ok(s) => s.partitions.iter().map(|p| p.events_read).sum(),
+        Err(e) => {
+            tracing::error!(stage = "demo_collector", error_type = "panic", error = %e, "collector task failed");
+            0
+        }
+    };
+    view_stop.cancel();
+    let fleet = view_task.await.unwrap_or_default();
+    hub.shutdown().await;
+    let summary = DemoSummary {
+        events_sent,
+        events_read,
+        spooled_at_exit,
+        fleet,
+        points_file: points,
+    };
+    println!(
+        "demo stopped: agents sent {} events ({} left spooled), collector read {}, points in {}",
+        summary.events_sent,
+        summary.spooled_at_exit,
+        summary.events_read,
+        summary.points_file.display()
+    );
+    Ok(summary)
+}
+
+/// Alternates the first connector's load factor between 1.0 and `--load-shift` every
+/// `--shift-period` (or holds the surge when the period is zero) until `stop`.
+async fn shift_load(plan: DemoPlan, phase: Arc<Mutex<Phase>>, stop: CancellationToken) {
+    let Some(first) = plan.connectors.first() else {
+        return;
+    };
+    let path = load_path(&plan, &first.fqdn);
+    let factor = plan.args.load_shift;
+    let period = plan.args.shift_period;
+    let set = |surge: bool| {
+        let f = if surge { factor } else { 1.0 };
+        if let Err(e) = write_atomic(&path, &format!("{f}\n")) {
+            tracing::warn!(stage = "demo_load", error_type = "io", path = %path.display(), error = %e, "cannot write the load factor");
+        }
+        if let Ok(mut p) = phase.lock() {
+            *p = Phase { surge, factor: f };
+        }
+        tracing::info!(connector = %first.fqdn, load_factor = f, "load shifted");
+    };
+    if (factor - 1.0).abs() < f64::EPSILON {
+        return;
+    }
+    if period.is_zero() {
+        set(true);
+        return;
+    }
+    let mut surge = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        surge = !surge;
+        set(surge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_shift_lands_on_a_wednesday_morning() {
+        // 2026-11-26 (a Thursday) 10:00 UTC.
+        let now = 1_795_687_200_000;
+        for delta in [0, 1, 3_600_000, 5 * DAY_MS + 123] {
+            let t = now + delta;
+            let sim = t + i64::try_from(peak_time_shift(t).as_millis()).unwrap();
+            assert_eq!(sim.rem_euclid(DAY_MS), 10 * 3_600_000);
+            assert_eq!((sim.div_euclid(DAY_MS) + 3).rem_euclid(7), 2);
+            assert!(sim - t < 8 * DAY_MS);
+        }
+    }
+}

@@ -26,13 +26,14 @@ pub struct DemoArgs {
     /// Time between two reports of one agent (humantime).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Load factor the first connector moves to during a surge (1.0 = none). The load
-    /// alternates between normal and this every `--shift-period`, so the CapacityHigh,
-    /// CapacityCritical and InstanceFull alerts fire and resolve.
-    #[arg(long, value_name = "FACTOR", default_value_t = 1.45)]
+    /// Highest load factor of the first connector's shift cycle (1.0 = no shift). Every
+    /// `--shift-period` its load steps ×1.0 → halfway → this → ×1.0 …, so the
+    /// CapacityHigh, CapacityCritical and InstanceFull alerts fire and resolve. Write a
+    /// number to `<dir>/load/<connector>` to set a load by hand.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.5)]
     pub load_shift: f64,
-    /// How long each phase (normal, surge) lasts (humantime); 0s keeps the surge on.
-    #[arg(long, value_name = "DURATION", default_value = "45s", value_parser = humantime::parse_duration)]
+    /// How long each step of the load cycle lasts (humantime); 0s holds `--load-shift`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shift_period: Duration,
     /// Calls per instance at the simulated working-day peak, before the load factor.
     #[arg(long, value_name = "CALLS", default_value_t = 10)]

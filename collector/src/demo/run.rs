@@ -250,10 +250,17 @@ fn phase_text(plan: &DemoPlan, p: Phase) -> String {
     let cycle = if period.is_zero() || plan.args.load_shift == 1.0 {
         String::new()
     } else {
-        format!(", switching every {}", humantime::format_duration(period))
+        let c = load_cycle(plan.args.load_shift);
+        format!(
+            ", cycling ×{:.2} → ×{:.2} → ×{:.2} every {}",
+            c[0],
+            c[1],
+            c[2],
+            humantime::format_duration(period)
+        )
     };
     if p.surge {
-        format!("load: SURGE on {first} (×{:.2}){cycle}", p.factor)
+        format!("load: {first} at ×{:.2}{cycle}", p.factor)
     } else {
         format!("load: normal (×1.00){cycle}")
     }
@@ -453,8 +460,15 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Alternates the first connector's load factor between 1.0 and `--load-shift` every
-/// `--shift-period` (or holds the surge when the period is zero) until `stop`.
+/// The load factors one shift cycle steps through: normal, halfway, `--load-shift`.
+/// With the defaults (10 peak calls per instance, ×1.5) that is about 67 % (no alert),
+/// 83 % (CapacityHigh) and 100 % (CapacityCritical, InstanceFull) of planned capacity.
+pub fn load_cycle(factor: f64) -> [f64; 3] {
+    [1.0, 1.0 + (factor - 1.0) / 2.0, factor]
+}
+
+/// Steps the first connector's load factor through [`load_cycle`], one step every
+/// `--shift-period` (or holds `--load-shift` when the period is zero), until `stop`.
 async fn shift_load(plan: DemoPlan, phase: Arc<Mutex<Phase>>, stop: CancellationToken) {
     let Some(first) = plan.connectors.first() else {
         return;
@@ -462,13 +476,15 @@ async fn shift_load(plan: DemoPlan, phase: Arc<Mutex<Phase>>, stop: Cancellation
     let path = load_path(&plan, &first.fqdn);
     let factor = plan.args.load_shift;
     let period = plan.args.shift_period;
-    let set = |surge: bool| {
-        let f = if surge { factor } else { 1.0 };
+    let set = |f: f64| {
         if let Err(e) = write_atomic(&path, &format!("{f}\n")) {
             tracing::warn!(stage = "demo_load", error_type = "io", path = %path.display(), error = %e, "cannot write the load factor");
         }
         if let Ok(mut p) = phase.lock() {
-            *p = Phase { surge, factor: f };
+            *p = Phase {
+                surge: (f - 1.0).abs() > f64::EPSILON,
+                factor: f,
+            };
         }
         tracing::info!(connector = %first.fqdn, load_factor = f, "load shifted");
     };
@@ -476,23 +492,30 @@ async fn shift_load(plan: DemoPlan, phase: Arc<Mutex<Phase>>, stop: Cancellation
         return;
     }
     if period.is_zero() {
-        set(true);
+        set(factor);
         return;
     }
-    let mut surge = false;
+    let cycle = load_cycle(factor);
+    let mut step = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = stop.cancelled() => return,
         }
-        surge = !surge;
-        set(surge);
+        step = (step + 1) % cycle.len();
+        set(cycle[step]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_cycle_steps_up_to_the_shift() {
+        assert_eq!(load_cycle(1.5), [1.0, 1.25, 1.5]);
+        assert_eq!(load_cycle(0.5), [1.0, 0.75, 0.5]);
+    }
 
     #[test]
     fn peak_shift_lands_on_a_wednesday_morning() {

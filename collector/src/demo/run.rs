@@ -288,12 +288,30 @@ pub async fn run(
     }
 
     // The hub, over TLS on loopback.
-    let hub = Hub::start(HubConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    // The collector's checkpoints are scoped by namespace and port, so a second run in the
+    // same directory takes the previous port (when free) and resumes from them.
+    let port_file = plan.dir.join("hub.port");
+    let previous = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok());
+    let hub_config = |port: u16| HubConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: Some(plan.dir.join("hub")),
         ..HubConfig::default()
-    })
-    .await?;
+    };
+    let hub = match previous {
+        Some(port) => match Hub::start(hub_config(port)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::info!(port, error = %e, "previous hub port unavailable; taking a new one (the collector starts its partitions over)");
+                Hub::start(hub_config(0)).await?
+            }
+        },
+        None => Hub::start(hub_config(0)).await?,
+    };
+    if let Err(e) = write_atomic(&port_file, &format!("{}\n", hub.amqps_addr().port())) {
+        tracing::warn!(stage = "demo_hub", error_type = "io", path = %port_file.display(), error = %e, "cannot remember the hub port");
+    }
     let addr = hub.amqps_addr();
     let ca = hub.ca_pem_path().to_owned();
     let options = ClientOptions {

@@ -1400,3 +1400,170 @@ async fn collector_metrics_idle_partition_lag_stays_bounded_while_store_down() -
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// agents → hub → collector → VictoriaMetrics → vmalert → Alertmanager (issue 6)
+// ---------------------------------------------------------------------------------------
+
+/// The shipped Prometheus rules with every `for` shortened to `for_` (same expressions and
+/// labels), as `dashboards.rs` does.
+fn rules_with_short_for(for_: &str) -> Result<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/prometheus/tcpulse-rules.yml");
+    let mut doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("parse {}", path.display()))?;
+    for g in doc["groups"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("no groups"))?
+    {
+        for r in g["rules"]
+            .as_array_mut()
+            .ok_or_else(|| anyhow!("no rules"))?
+        {
+            r["for"] = Value::String(for_.to_string());
+        }
+    }
+    Ok(serde_norway::to_string(&doc)?)
+}
+
+/// Active alerts named `alertname` in Alertmanager, as label maps.
+fn am_alerts(am_url: &str, alertname: &str) -> Result<Vec<Value>> {
+    let (status, body) = get(&format!(
+        "{am_url}/api/v2/alerts?active=true&filter=alertname%3D%22{alertname}%22"
+    ))?;
+    ensure!(status == 200, "Alertmanager {status}: {body}");
+    let v: Value = serde_json::from_str(&body)?;
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["status"]["state"] == "active")
+        .map(|a| a["labels"].clone())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboards_pipeline_drives_vmalert_capacity_high() -> Result<()> {
+    let t0 = Instant::now();
+    let vm = services::victoria_metrics()?;
+    let am = services::alertmanager()?;
+    let rules_dir = tempfile::TempDir::new()?;
+    let rules = rules_dir.path().join("tcpulse-rules.yml");
+    // `for: 2s` instead of minutes (evaluation every 1 s): same expressions, fast test.
+    std::fs::write(&rules, rules_with_short_for("2s")?)?;
+    let vmalert = services::vmalert(&vm.url(), &am.url(), &[rules], Duration::from_secs(1))?;
+    // New series become searchable after a flush; flush every second as a scrape would.
+    let stop_flush = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flusher = {
+        let (stop, url) = (
+            stop_flush.clone(),
+            format!("{}/internal/force_flush", vm.url()),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = get(&url);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+
+    let hub = TestHub::start().await?;
+    let info = hub.info.clone();
+    let tmp = tempfile::TempDir::new()?;
+    let hot = "tc-hot.example.com";
+    let cool = "tc-cool.example.com";
+    // hot: 3 × 14 = 42 of 45 planned (93 %); cool: 6 of 15 (40 %).
+    let mut agents = vec![
+        Agent::start(tmp.path(), &info, hot, "blue", "h1", 14)?,
+        Agent::start(tmp.path(), &info, hot, "blue", "h2", 14)?,
+        Agent::start(tmp.path(), &info, hot, "blue", "h3", 14)?,
+        Agent::start(tmp.path(), &info, cool, "green", "c1", 6)?,
+    ];
+    let sinks = format!(
+        "[sinks.influxdb_v2]\nurl = {:?}\norg = \"noc\"\nbucket = \"tcpulse\"\n",
+        vm.url()
+    );
+    let mut collector = Collector::start(tmp.path(), &info, &sinks, &[])?;
+
+    let result = async {
+        let fired = wait_for(
+            "TeamsConnectorCapacityHigh for the hot connector in Alertmanager",
+            Duration::from_secs(90),
+            || {
+                collector.proc()?.ensure_running()?;
+                Ok(am_alerts(&am.url(), "TeamsConnectorCapacityHigh")?
+                    .iter()
+                    .any(|l| l["connector"] == hot))
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "vmalert log:\n{}\ncollector log:\n{}",
+                vmalert.log_tail(),
+                collector.logs()
+            )
+        })?;
+        let util = vm_latest(
+            &vm.url(),
+            &format!("tc_connector_utilization{{connector=\"{hot}\"}}"),
+        )?;
+        let alerts = am_alerts(&am.url(), "TeamsConnectorCapacityHigh")?;
+        let labels = alerts
+            .iter()
+            .find(|l| l["connector"] == hot)
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            labels["deployment"] == "blue"
+                && labels["region"] == REGION
+                && labels["severity"] == "warning",
+            "labels: {labels}"
+        );
+        ensure!(
+            !alerts.iter().any(|l| l["connector"] == cool),
+            "the connector at 40 % must not alert: {alerts:?}"
+        );
+        // Load drops: 3 × 5 = 15 of 45 (33 %).
+        for a in agents.iter().take(3) {
+            a.set_calls(5)?;
+        }
+        let resolved = wait_for(
+            "TeamsConnectorCapacityHigh to resolve",
+            Duration::from_secs(90),
+            || {
+                Ok(!am_alerts(&am.url(), "TeamsConnectorCapacityHigh")?
+                    .iter()
+                    .any(|l| l["connector"] == hot))
+            },
+        )
+        .await?;
+        let util_after = vm_latest(
+            &vm.url(),
+            &format!("tc_connector_utilization{{connector=\"{hot}\"}}"),
+        )?;
+        Ok::<_, anyhow::Error>((fired, resolved, util, util_after))
+    }
+    .await;
+    stop_flush.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flusher.join();
+    let (fired, resolved, util, util_after) = result?;
+    ensure!(
+        util.is_some_and(|u| (u.1 - 42.0 / 45.0).abs() < 1e-6),
+        "utilization stored while firing: {util:?}"
+    );
+    ensure!(
+        util_after.is_some_and(|u| (u.1 - 15.0 / 45.0).abs() < 1e-6),
+        "utilization after the drop: {util_after:?}"
+    );
+    for a in &mut agents {
+        a.proc()?.sigterm(Duration::from_secs(15))?;
+    }
+    collector.proc()?.sigterm(Duration::from_secs(20))?;
+    hub.shutdown().await;
+    eprintln!(
+        "pipeline → vmalert → Alertmanager: fired {fired:?} after start, resolved {resolved:?} after the drop; total {:?}",
+        t0.elapsed()
+    );
+    Ok(())
+}

@@ -57,8 +57,7 @@ impl EventHubsProvider {
         let config = self.config.clone();
         tokio::spawn(async move {
             let mut mgmt: Option<ManagementClient> = None;
-            loop {
-                let Some(tips) = weak.upgrade() else { break };
+            while let Some(tips) = weak.upgrade() {
                 if mgmt.is_none() {
                     mgmt = ManagementClient::connect(config.clone()).await.ok();
                 }

@@ -252,11 +252,13 @@ pub fn source_from_config(config: &Config) -> Result<AnyProvider, BuildError> {
             eh.client.clone(),
         )
         .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
-        return Ok(AnyProvider::EventHubs(eventhubs::EventHubsProvider::new(
-            client,
-            eh.consumer_group.clone(),
-            eh.prefetch,
-            eh.owner_level,
+        return Ok(AnyProvider::EventHubs(Box::new(
+            eventhubs::EventHubsProvider::new(
+                client,
+                eh.consumer_group.clone(),
+                eh.prefetch,
+                eh.owner_level,
+            ),
         )));
     }
     Err(BuildError::Config(config::ConfigError::Invalid {

@@ -360,11 +360,12 @@ pub enum AnyProvider {
     /// `source.file`.
     File(FileSourceProvider),
     /// `source.eventhub`.
-    EventHubs(crate::eventhubs::EventHubsProvider),
+    EventHubs(Box<crate::eventhubs::EventHubsProvider>),
 }
 
 /// The partition source of an [`AnyProvider`].
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per partition, long-lived: size does not matter
 pub enum AnySource {
     /// From a file.
     File(FileSource),

@@ -386,7 +386,7 @@ fn cbs_profile(c: &Captured) -> Option<Value> {
         .as_ref()
         .map(|ap| {
             ap.0.iter()
-                .map(|(k, v)| (k.clone(), format!("{}", simple_type(v))))
+                .map(|(k, v)| (k.clone(), simple_type(v)))
                 .collect()
         })
         .unwrap_or_default();

@@ -1082,10 +1082,27 @@ async fn collector_sigkill_mid_stream_replays_identical_points() -> Result<()> {
     .await
     .with_context(|| format!("collector log:\n{}", collector.logs()))?;
     agents[0].set_calls(9)?;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Kill mid-stream, between two checkpoint writes: right after the checkpoint file
+    // changes, let ~1.5 s of points reach the file (stored, not yet checkpointed: the next
+    // write is 3 s away), then SIGKILL.
+    let first = collector.checkpoints();
+    wait_for("a checkpoint write", Duration::from_secs(20), || {
+        Ok(collector.checkpoints() != first)
+    })
+    .await?;
     let ckpt_before = collector.checkpoints();
+    let lines_at_ckpt = std::fs::read_to_string(&out)?.lines().count();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let lines_before = std::fs::read_to_string(&out)?.lines().count();
+    ensure!(
+        collector.checkpoints() == ckpt_before,
+        "checkpoint written again within 1.5 s despite interval 3 s"
+    );
     collector.proc()?.sigkill()?;
+    ensure!(
+        lines_before > lines_at_ckpt,
+        "no points stored in the 1.5 s before the kill ({lines_at_ckpt} → {lines_before})"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     collector.launch(&[])?;
     tokio::time::sleep(Duration::from_secs(4)).await;

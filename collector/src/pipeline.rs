@@ -628,10 +628,18 @@ impl PartitionLoop<'_> {
         if let Some(n) = unread {
             m.lag_events.get_or_create(&labels).set(n);
         }
-        let behind = unread.map(|n| n > 0).unwrap_or(false) || !pulling;
+        // Behind means: the service holds events we have not read. When the transport
+        // reports its newest event, that decides; otherwise not pulling counts as behind.
+        // An empty partition (last sequence -1, enqueued time 0) is never behind.
+        let behind = match unread {
+            Some(n) => n > 0,
+            None => !pulling,
+        };
         let lag = match (&self.last_pulled, &tip) {
             (Some(p), _) if behind => (now_ms - p.enqueued_time_ms).max(0) as f64 / 1000.0,
-            (None, Some(t)) if behind => (now_ms - t.last_enqueued_time_ms).max(0) as f64 / 1000.0,
+            (None, Some(t)) if behind && t.last_sequence_number >= 0 => {
+                (now_ms - t.last_enqueued_time_ms).max(0) as f64 / 1000.0
+            }
             _ => 0.0,
         };
         m.lag_seconds.get_or_create(&labels).set(lag);

@@ -44,7 +44,7 @@ const META_DROPPED: &str = "dropped_total";
 /// Bytes charged per event on top of its record (the id and B-tree bookkeeping).
 pub const ENTRY_OVERHEAD: u64 = 16;
 /// Upper bound of redb's in-memory page cache, bytes (the default would be 1 GiB).
-pub const CACHE_BYTES: usize = 2 << 20;
+pub const CACHE_BYTES: usize = 1 << 20;
 /// Smallest accepted bound: one maximal event body plus headroom.
 pub const MIN_MAX_BYTES: u64 = 128 * 1024;
 /// Name of the database file inside the spool directory.

@@ -22,8 +22,15 @@ fn collector_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Measurement, tags and fields of one line-protocol line.
+type Parts<'a> = (
+    &'a str,
+    BTreeMap<&'a str, &'a str>,
+    BTreeMap<&'a str, &'a str>,
+);
+
 /// Tags and the raw field list of one line (no escapes occur in the demo's names).
-fn split_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, BTreeMap<&str, &str>)> {
+fn split_line(line: &str) -> Option<Parts<'_>> {
     let mut parts = line.split(' ');
     let series = parts.next()?;
     let fields = parts.next()?;

@@ -102,7 +102,7 @@ fn node(name: &str, calls: u32, state: &str) -> serde_json::Value {
         "call_count": calls, "max_calls": 16, "media_load": calls * 6, "name": name,
         "scaleset_id": "tc-eu-vmss", "state": state, "instance_status": "Running",
         "start_time": "2026-11-26T07:41:12.000123", "heartbeat_time": "2026-11-26T10:00:00",
-        "id": format!("id-{name}"), "ip_address": "10.1.0.4", "private_ip_address": "10.1.0.4",
+        "id": format!("id-{name}"), "ip_address": "192.0.2.4", "private_ip_address": "192.0.2.4",
         "resource_uri": format!("/api/admin/status/v1/teamsnode/id-{name}/"), "eventhub_id": "eh"
     })
 }

@@ -14,7 +14,7 @@ use fe2o3_amqp::{
         ListenerConnectionHandle, ListenerSessionHandle, SaslAcceptor, SessionAcceptor,
         SupportedReceiverSettleModes, SupportedSenderSettleModes,
     },
-    link::receiver::CreditMode,
+    link::{receiver::CreditMode, Receiver, Sender},
     types::{
         definitions::{self, Fields, ReceiverSettleMode, Role, SenderSettleMode},
         messaging::TargetArchetype,
@@ -283,6 +283,61 @@ fn outgoing_acceptor(max_message: u64) -> DefaultLinkAcceptor {
         .build()
 }
 
+/// Accepts a link the client sends on (a local receiver). A link that comes up with the
+/// other role is closed with `amqp:not-allowed`; `None` when it did not attach.
+async fn accept_receiver(
+    max: u64,
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    what: &str,
+) -> Option<Receiver> {
+    match incoming_acceptor(max)
+        .accept_incoming_attach(attach, session)
+        .await
+    {
+        Ok(LinkEndpoint::Receiver(r)) => Some(r),
+        Ok(LinkEndpoint::Sender(s)) => {
+            close_link_with(
+                s,
+                link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
+            )
+            .await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "{what} failed to attach");
+            None
+        }
+    }
+}
+
+/// Accepts a link the client receives on (a local sender); see [`accept_receiver`].
+async fn accept_sender(
+    max: u64,
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    what: &str,
+) -> Option<Sender> {
+    match outgoing_acceptor(max)
+        .accept_incoming_attach(attach, session)
+        .await
+    {
+        Ok(LinkEndpoint::Sender(s)) => Some(s),
+        Ok(LinkEndpoint::Receiver(r)) => {
+            close_link_with(
+                r,
+                link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
+            )
+            .await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "{what} failed to attach");
+            None
+        }
+    }
+}
+
 async fn serve_session(
     shared: Arc<Shared>,
     auth: Arc<ConnAuth>,
@@ -388,51 +443,25 @@ async fn route(
     let max = shared.config.max_message_bytes;
     match (&entity, attach.role.clone()) {
         (Entity::Cbs | Entity::Management, Role::Receiver) => {
-            match outgoing_acceptor(max)
-                .accept_incoming_attach(attach, session)
-                .await
-            {
-                Ok(LinkEndpoint::Sender(s)) => {
-                    shared.tasks.spawn(nodes::serve_reply_link(
-                        Arc::clone(replies),
-                        entity,
-                        s,
-                        Arc::clone(shared),
-                    ));
-                }
-                Ok(LinkEndpoint::Receiver(r)) => {
-                    close_link_with(
-                        r,
-                        link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
-                    )
-                    .await
-                }
-                Err(e) => tracing::debug!(error = %e, "node reply link failed to attach"),
+            if let Some(s) = accept_sender(max, attach, session, "node reply link").await {
+                shared.tasks.spawn(nodes::serve_reply_link(
+                    Arc::clone(replies),
+                    entity,
+                    s,
+                    Arc::clone(shared),
+                ));
             }
         }
         (Entity::Cbs | Entity::Management, Role::Sender) => {
-            match incoming_acceptor(max)
-                .accept_incoming_attach(attach, session)
-                .await
-            {
-                Ok(LinkEndpoint::Receiver(r)) => {
-                    shared.tasks.spawn(nodes::serve_request_link(
-                        Arc::clone(replies),
-                        entity,
-                        r,
-                        Arc::clone(auth),
-                        Arc::clone(shared),
-                        peer,
-                    ));
-                }
-                Ok(LinkEndpoint::Sender(s)) => {
-                    close_link_with(
-                        s,
-                        link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
-                    )
-                    .await
-                }
-                Err(e) => tracing::debug!(error = %e, "node request link failed to attach"),
+            if let Some(r) = accept_receiver(max, attach, session, "node request link").await {
+                shared.tasks.spawn(nodes::serve_request_link(
+                    Arc::clone(replies),
+                    entity,
+                    r,
+                    Arc::clone(auth),
+                    Arc::clone(shared),
+                    peer,
+                ));
             }
         }
         (Entity::Hub { hub } | Entity::Partition { hub, .. }, Role::Sender) => {
@@ -478,34 +507,21 @@ async fn route(
                     None
                 }
             };
-            match incoming_acceptor(max)
-                .accept_incoming_attach(attach, session)
-                .await
-            {
-                Ok(LinkEndpoint::Receiver(mut r)) => {
-                    // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
-                    r.set_credit_mode(CreditMode::Auto(10_000));
-                    if let Err(e) = r.set_credit(10_000).await {
-                        tracing::debug!(error = %e, "granting credit failed");
-                    }
-                    shared.tasks.spawn(links::serve_producer(
-                        Arc::clone(shared),
-                        Arc::clone(auth),
-                        r,
-                        h,
-                        partition,
-                        path,
-                        expiry,
-                    ));
+            if let Some(mut r) = accept_receiver(max, attach, session, "producer link").await {
+                // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
+                r.set_credit_mode(CreditMode::Auto(10_000));
+                if let Err(e) = r.set_credit(10_000).await {
+                    tracing::debug!(error = %e, "granting credit failed");
                 }
-                Ok(LinkEndpoint::Sender(s)) => {
-                    close_link_with(
-                        s,
-                        link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
-                    )
-                    .await
-                }
-                Err(e) => tracing::debug!(error = %e, "producer link failed to attach"),
+                shared.tasks.spawn(links::serve_producer(
+                    Arc::clone(shared),
+                    Arc::clone(auth),
+                    r,
+                    h,
+                    partition,
+                    path,
+                    expiry,
+                ));
             }
         }
         (
@@ -579,34 +595,21 @@ async fn route(
                 }
             };
             let runtime_metric = wants_runtime_metric(&attach);
-            match outgoing_acceptor(max)
-                .accept_incoming_attach(attach, session)
-                .await
-            {
-                Ok(LinkEndpoint::Sender(s)) => {
-                    shared.tasks.spawn(links::serve_consumer(
-                        links::Consumer {
-                            shared: Arc::clone(shared),
-                            auth: Arc::clone(auth),
-                            hub: h,
-                            partition: idx,
-                            path,
-                            start,
-                            guard,
-                            expiry,
-                            runtime_metric,
-                        },
-                        s,
-                    ));
-                }
-                Ok(LinkEndpoint::Receiver(r)) => {
-                    close_link_with(
-                        r,
-                        link_error(wire::condition::NOT_ALLOWED, "unexpected role"),
-                    )
-                    .await
-                }
-                Err(e) => tracing::debug!(error = %e, "consumer link failed to attach"),
+            if let Some(s) = accept_sender(max, attach, session, "consumer link").await {
+                shared.tasks.spawn(links::serve_consumer(
+                    links::Consumer {
+                        shared: Arc::clone(shared),
+                        auth: Arc::clone(auth),
+                        hub: h,
+                        partition: idx,
+                        path,
+                        start,
+                        guard,
+                        expiry,
+                        runtime_metric,
+                    },
+                    s,
+                ));
             }
         }
         _ => {

@@ -264,9 +264,10 @@ pub struct RunArgs {
 pub fn default_deployment() -> String {
     "default".to_owned()
 }
-/// Default of `report.interval`.
+/// Default of `report.interval` (`tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS`, which
+/// the collector's staleness and lateness defaults are built on).
 pub const fn default_interval() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS)
 }
 /// Default of `report.poll_interval`.
 pub const fn default_poll_interval() -> Duration {

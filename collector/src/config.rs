@@ -265,18 +265,18 @@ impl Default for CheckpointConfig {
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// Rollup interval; `tc_connector` points are stamped at window ends aligned to it.
-    /// Default: 60s (`ROLLUP_INTERVAL_SECONDS`).
+    /// Default: 10s (`ROLLUP_INTERVAL_SECONDS`).
     #[serde(default = "default_rollup_interval", with = "humantime_serde")]
     pub rollup_interval: Duration,
     /// An instance silent for longer is written `up=0` and leaves the online count.
-    /// Default: 60s (`INSTANCE_STALE_SECONDS`, four 15 s reports).
+    /// Default: 30s (`INSTANCE_STALE_SECONDS`, three 10 s report intervals).
     #[serde(default = "default_stale_after", with = "humantime_serde")]
     pub stale_after: Duration,
     /// `peak_calls` looks back this far. Default: 1h (`PEAK_WINDOW_SECONDS`).
     #[serde(default = "default_peak_window", with = "humantime_serde")]
     pub peak_window: Duration,
     /// A window closes this long after the partition's event time passes its end.
-    /// Default: 15s (one report interval).
+    /// Default: 10s (one report interval).
     #[serde(default = "default_lateness", with = "humantime_serde")]
     pub lateness: Duration,
     /// How far an event's time may run ahead of its enqueue time when it moves the

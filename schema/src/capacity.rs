@@ -61,13 +61,13 @@ pub const MEDIA_LOAD_CRITICAL_PERCENT: u8 = 95;
 // ---- Timing of the pipeline (defaults the agent and collector configs start from) -----
 
 /// Default interval between an agent's reports, seconds. *tcpulse policy.*
-pub const REPORT_INTERVAL_SECONDS: u64 = 15;
-/// An instance with no report for this long is `up = 0` (four missed reports), seconds.
+pub const REPORT_INTERVAL_SECONDS: u64 = 10;
+/// An instance with no report for this long is `up = 0` (three report intervals), seconds.
 /// *tcpulse policy.*
-pub const INSTANCE_STALE_SECONDS: u64 = 4 * REPORT_INTERVAL_SECONDS;
+pub const INSTANCE_STALE_SECONDS: u64 = 3 * REPORT_INTERVAL_SECONDS;
 /// Connector rollup interval, seconds; `tc_connector` points are stamped at window ends
 /// aligned to it. *tcpulse policy.*
-pub const ROLLUP_INTERVAL_SECONDS: u64 = 60;
+pub const ROLLUP_INTERVAL_SECONDS: u64 = 10;
 /// Window over which `peak_calls` is the highest connector `call_count`, seconds
 /// (one hour). *tcpulse policy.*
 pub const PEAK_WINDOW_SECONDS: u64 = 60 * 60;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::metrics::{partition_labels, sink_labels, Labels, Metrics};
+use crate::metrics::{partition_labels, Labels, Metrics, REJECTED_ERROR_TYPE_PREFIX};
 
 /// Remembers which keys were logged, so a flood logs once.
 #[derive(Debug, Default)]
@@ -153,10 +153,7 @@ impl SinkRequestFailed<'_> {
                 "write failed; retrying"
             );
         }
-        metrics
-            .sink_errors
-            .get_or_create(&with(sink_labels(self.sink), "error_type", self.error_type))
-            .inc();
+        metrics.count_sink_error(self.sink, self.error_type);
     }
 }
 
@@ -195,7 +192,7 @@ pub struct SinkBatchRejected<'a> {
 impl SinkBatchRejected<'_> {
     /// Logs (every time: each one is data the operator must look at) and counts.
     pub fn emit(&self, metrics: &Metrics) {
-        let error_type = format!("rejected_{}", self.status);
+        let error_type = format!("{REJECTED_ERROR_TYPE_PREFIX}{}", self.status);
         tracing::error!(
             stage = "sink",
             error_type = error_type.as_str(),
@@ -205,10 +202,7 @@ impl SinkBatchRejected<'_> {
             error = self.message,
             "store rejected a batch; it is in the dead-letter file and the partition moves on"
         );
-        metrics
-            .sink_errors
-            .get_or_create(&with(sink_labels(self.sink), "error_type", &error_type))
-            .inc();
+        metrics.count_sink_error(self.sink, &error_type);
     }
 }
 

@@ -18,6 +18,23 @@
 //! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
 //! | `demo` | (feature `demo`, default) `tcpulse-collector demo`: embedded hub, simulated agents, this collector and a fleet view in one process | be needed by a production build |
 //!
+//! # Stored data
+//!
+//! The collector writes the measurements of DESIGN.md "Stored data" (line protocol built by
+//! [`tcpulse_schema::line`]), plus per-sink series of `tc_pipeline`:
+//!
+//! | measurement | tags | fields | stamped |
+//! | --- | --- | --- | --- |
+//! | `tc_instance` | connector, deployment, region, scaleset, instance | call_count, max_calls, planned_calls, media_load, utilization, up, state_code, cpu, mem_used_bytes, mem_total_bytes, disk_free_bytes, service_up, cert_expiry_days, agent_spooled | the event's sample time (`up=0` alone at the window end that found it stale) |
+//! | `tc_connector` | connector, deployment, region | instances_online, call_count, capacity_planned, capacity_max, utilization, headroom_calls, peak_calls, instances_needed, vcpu_needed | window ends aligned to `aggregate.rollup_interval` |
+//! | `tc_pipeline` | collector, partition | events, dead_letters, duplicates (totals since start), lag_seconds, checkpoint_age_seconds | wall clock, every `pipeline_interval` per partition |
+//! | `tc_pipeline` | collector, sink | sink_errors (failed write attempts since start), sink_dead_lettered (rejected batches among them, in the dead-letter file), sink_latency_seconds (most recent write attempt) | wall clock, every `pipeline_interval`, written by one partition |
+//!
+//! `sink` is the sink's kind: `influxdb_v2`, `influxdb_v1` or `file`. Every sink receives
+//! every sink's series, so a store that works shows the errors of one that does not. The
+//! counters restart at zero with the process (query them with `non_negative_difference`).
+//! See [`metrics`] for how the numbers are read from the `/metrics` counters.
+//!
 //! [`run`] is the whole collector: it builds everything fallible first (sinks, dead-letter
 //! file, checkpoint directory, metrics listener), then runs one task per partition under a
 //! [`TaskTracker`], and returns once the caller's [`CancellationToken`] fired (or every
@@ -326,6 +343,7 @@ pub async fn run_built<P: SourceProvider>(
             max: config.retry.max,
             max_retry_after: config.retry.max_retry_after,
         },
+        sink_points: false,
     };
 
     let mut partitions = None;
@@ -351,11 +369,17 @@ pub async fn run_built<P: SourceProvider>(
     let handles: Vec<_> = partitions
         .unwrap_or_default()
         .into_iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
+            // The first partition also writes the per-sink tc_pipeline points.
+            let settings = PipelineSettings {
+                sink_points: i == 0,
+                ..settings.clone()
+            };
             tracker.spawn(pipeline::run_partition(
                 provider.clone(),
                 p,
-                settings.clone(),
+                settings,
                 shared.clone(),
                 shutdown.clone(),
             ))

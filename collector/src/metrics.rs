@@ -1,7 +1,20 @@
 //! The collector's own numbers: one [`Metrics`] registry, its text exposition, the HTTP
-//! server for `/metrics`, `/healthz` and `/readyz`, and the per-partition
-//! [`PipelineStats`] the pipeline writes as `tc_pipeline` points (read from the same
-//! counters, so the store and the scrape never disagree).
+//! server for `/metrics`, `/healthz` and `/readyz`, the per-partition [`PipelineStats`]
+//! and the per-sink [`SinkStats`] the pipeline writes as `tc_pipeline` points (read from
+//! the same counters, so the store and the scrape never disagree).
+//!
+//! `tc_pipeline` has two kinds of series, told apart by their tags:
+//!
+//! | tags | fields | built by |
+//! | --- | --- | --- |
+//! | `collector`, `partition` | `events`, `dead_letters`, `duplicates`, `lag_seconds`, `checkpoint_age_seconds` | [`tcpulse_schema::pipeline_point`] |
+//! | `collector`, `sink` | `sink_errors`, `sink_dead_lettered`, `sink_latency_seconds` | [`sink_point`] |
+//!
+//! The sink fields: `sink_errors` is every failed write attempt since the collector started
+//! (retryable failures and rejections, `tcpulse_collector_sink_errors_total` summed over
+//! `error_type`); `sink_dead_lettered` the rejections among them (400/422/413 on a single
+//! line: the data went to the dead-letter file); `sink_latency_seconds` the duration of
+//! the most recent write attempt (left out before the first).
 //!
 //! The registry is [`prometheus_client`] (the Prometheus project's own Rust client): it
 //! renders the OpenMetrics text format, which Prometheus, vmagent and Grafana Agent scrape,
@@ -18,13 +31,15 @@
 //! | `tcpulse_collector_checkpoint_sequence` | partition | sequence number of the checkpoint |
 //! | `tcpulse_collector_in_flight_batches` | partition | batches sent and not yet acknowledged |
 //! | `tcpulse_collector_sink_request_duration_seconds` | sink | write latency (every attempt) |
+//! | `tcpulse_collector_sink_last_request_duration_seconds` | sink | duration of the most recent attempt |
 //! | `tcpulse_collector_sink_points_total` | sink | points acknowledged by the store |
 //! | `tcpulse_collector_sink_errors_total` | sink, error_type | failed or rejected writes |
 //! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -36,7 +51,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tcpulse_schema::PipelineStats;
+use tcpulse_schema::line::MEASUREMENT_PIPELINE;
+use tcpulse_schema::{FieldValue, PipelineStats, Point, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 /// A label set.
@@ -58,6 +74,9 @@ pub fn partition_labels(partition: &str) -> Labels {
 pub fn sink_labels(sink: &str) -> Labels {
     vec![("sink".into(), sink.into())]
 }
+
+/// `error_type` prefix of a rejected batch (`rejected_400`, …): dead-lettered, not retried.
+pub const REJECTED_ERROR_TYPE_PREFIX: &str = "rejected_";
 
 /// Every metric of the collector. Cheap to share (`Arc`).
 #[derive(Debug)]
@@ -81,12 +100,17 @@ pub struct Metrics {
     pub in_flight_batches: Family<Labels, Gauge>,
     /// Write latency per sink.
     pub sink_request_seconds: HistogramFamily,
+    /// Duration of the most recent write attempt per sink.
+    pub sink_last_request_seconds: Family<Labels, FloatGauge>,
     /// Points acknowledged per sink.
     pub sink_points: Family<Labels, Counter>,
     /// Failed or rejected writes per sink and error type.
     pub sink_errors: Family<Labels, Counter>,
     /// Other operational errors per stage and error type.
     pub component_errors: Family<Labels, Counter>,
+    /// The `error_type`s seen per sink, so [`Metrics::sink_stats`] can sum `sink_errors`
+    /// (a label index, not a second counter).
+    sink_error_types: Mutex<BTreeMap<String, BTreeSet<String>>>,
     ready: AtomicBool,
 }
 
@@ -109,6 +133,7 @@ impl Metrics {
         let checkpoint_sequence = Family::<Labels, Gauge>::default();
         let in_flight_batches = Family::<Labels, Gauge>::default();
         let sink_request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let sink_last_request_seconds = Family::<Labels, FloatGauge>::default();
         let sink_points = Family::<Labels, Counter>::default();
         let sink_errors = Family::<Labels, Counter>::default();
         let component_errors = Family::<Labels, Counter>::default();
@@ -159,6 +184,11 @@ impl Metrics {
             sink_request_seconds.clone(),
         );
         registry.register(
+            format!("{p}_sink_last_request_duration_seconds"),
+            "Duration of the most recent write request to a store",
+            sink_last_request_seconds.clone(),
+        );
+        registry.register(
             format!("{p}_sink_points"),
             "Points the store acknowledged",
             sink_points.clone(),
@@ -184,9 +214,11 @@ impl Metrics {
             checkpoint_sequence,
             in_flight_batches,
             sink_request_seconds,
+            sink_last_request_seconds,
             sink_points,
             sink_errors,
             component_errors,
+            sink_error_types: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
         }
     }
@@ -197,6 +229,47 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one failed write attempt of `sink` in `sink_errors{sink, error_type}`.
+    pub fn count_sink_error(&self, sink: &str, error_type: &str) {
+        let mut labels = sink_labels(sink);
+        labels.push(("error_type".into(), error_type.into()));
+        self.sink_errors.get_or_create(&labels).inc();
+        if let Ok(mut index) = self.sink_error_types.lock() {
+            if !index.get(sink).is_some_and(|t| t.contains(error_type)) {
+                index
+                    .entry(sink.to_owned())
+                    .or_default()
+                    .insert(error_type.to_owned());
+            }
+        }
+    }
+
+    /// The `tc_pipeline` numbers of `sink`, read from `sink_errors` and
+    /// `sink_last_request_duration_seconds`.
+    pub fn sink_stats(&self, sink: &str) -> SinkStats {
+        let types: Vec<String> = self
+            .sink_error_types
+            .lock()
+            .map(|index| index.get(sink).into_iter().flatten().cloned().collect())
+            .unwrap_or_default();
+        let mut stats = SinkStats::default();
+        // Summed over the error types seen (`Family` cannot list its label sets).
+        for t in types {
+            let mut labels = sink_labels(sink);
+            labels.push(("error_type".into(), t.clone()));
+            let n = self.sink_errors.get(&labels).map(|c| c.get()).unwrap_or(0);
+            stats.errors += n;
+            if t.starts_with(REJECTED_ERROR_TYPE_PREFIX) {
+                stats.dead_lettered += n;
+            }
+        }
+        stats.latency_seconds = self
+            .sink_last_request_seconds
+            .get(&sink_labels(sink))
+            .map(|g| g.get());
+        stats
     }
 
     /// Marks the collector ready (every partition opened) or not (starting, stopping).
@@ -235,6 +308,29 @@ impl Metrics {
                 .then(|| self.checkpoint_age_seconds.get_or_create(&labels).get()),
         }
     }
+}
+
+/// The per-sink counters behind a `tc_pipeline` sink point (totals since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SinkStats {
+    /// Failed write attempts: retryable failures and rejections.
+    pub errors: u64,
+    /// Rejections among them (the data went to the dead-letter file).
+    pub dead_lettered: u64,
+    /// Duration of the most recent write attempt, seconds; `None` before the first.
+    pub latency_seconds: Option<f64>,
+}
+
+/// The `tc_pipeline` point of one sink at `at`: tags `collector` and `sink`; fields
+/// `sink_errors`, `sink_dead_lettered` and (once known) `sink_latency_seconds`.
+pub fn sink_point(collector: &str, sink: &str, stats: &SinkStats, at: Timestamp) -> Point {
+    let count = |v: u64| FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    Point::new(MEASUREMENT_PIPELINE, at.unix_nanos())
+        .tag("collector", collector)
+        .tag("sink", sink)
+        .field("sink_errors", count(stats.errors))
+        .field("sink_dead_lettered", count(stats.dead_lettered))
+        .field_opt("sink_latency_seconds", stats.latency_seconds)
 }
 
 /// Why the HTTP server could not start.

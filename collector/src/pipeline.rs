@@ -23,7 +23,10 @@
 //!    to finish, the checkpoint is written for what was stored, and the task returns.
 //!
 //! Every `pipeline_interval`, and once more when it stops, the partition appends its
-//! `tc_pipeline` point to the batch.
+//! `tc_pipeline` point to the batch; the one partition [`run`](crate::run) names
+//! ([`PipelineSettings::sink_points`]) appends one `tc_pipeline` point per sink too
+//! ([`crate::metrics::sink_point`]: write errors, dead-lettered batches, latency), so a
+//! collector writes its sink numbers once however many partitions it runs.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -46,7 +49,7 @@ use crate::internal_events::{
     CheckpointCorrupt, CheckpointFailed, DeadLetterWriteFailed, DuplicateDropped,
     EventDeadLettered, LogOnce, SourceFailed,
 };
-use crate::metrics::{partition_labels, Metrics};
+use crate::metrics::{partition_labels, sink_point, Metrics};
 use crate::sinks::retry::{deliver, DeliveryContext, RetryPolicy};
 use crate::sinks::Sink;
 use crate::source::{PartitionSource, ReceivedEvent, SourceProvider};
@@ -163,6 +166,9 @@ pub struct PipelineSettings {
     pub on_corrupt: StartPosition,
     /// `tc_pipeline` interval.
     pub pipeline_interval: Duration,
+    /// Whether this partition also writes the per-sink `tc_pipeline` points (one
+    /// partition per collector does).
+    pub sink_points: bool,
     /// Store write retries.
     pub retry: RetryPolicy,
 }
@@ -656,13 +662,17 @@ impl PartitionLoop<'_> {
             self.last_pulled.is_some(),
             self.checkpoint_advanced_at.is_some(),
         );
-        let p = pipeline_point(
-            &self.settings.collector,
-            self.partition,
-            &stats,
-            Timestamp::now(),
-        );
+        let at = Timestamp::now();
+        let p = pipeline_point(&self.settings.collector, self.partition, &stats, at);
         self.builder.push(&p);
+        if !self.settings.sink_points {
+            return;
+        }
+        for sink in self.shared.sinks.iter() {
+            let stats = self.shared.metrics.sink_stats(sink.name());
+            let p = sink_point(&self.settings.collector, sink.name(), &stats, at);
+            self.builder.push(&p);
+        }
     }
 
     fn written_checkpoint(&self) -> Option<i64> {
@@ -724,6 +734,201 @@ impl PartitionLoop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::FileCheckpointStore;
+    use crate::decode::DeadLetterLimits;
+    use crate::sinks::WriteError;
+    use crate::source::{ChannelProvider, ChannelSource};
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// A sink that fails its first writes as `script` says, then stores; records bodies.
+    #[derive(Debug)]
+    struct Flaky {
+        name: &'static str,
+        script: Mutex<Vec<WriteError>>,
+        stored: Mutex<String>,
+    }
+
+    impl Sink for Flaky {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn write<'a>(&'a self, body: &'a Bytes) -> BoxFuture<'a, Result<(), WriteError>> {
+            Box::pin(async move {
+                let mut script = self.script.lock().unwrap();
+                if !script.is_empty() {
+                    return Err(script.remove(0));
+                }
+                self.stored
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(body));
+                Ok(())
+            })
+        }
+    }
+
+    fn flaky(name: &'static str, script: Vec<WriteError>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            name,
+            script: Mutex::new(script),
+            stored: Mutex::new(String::new()),
+        })
+    }
+
+    /// The newest `tc_pipeline` sink point of `sink` in `text`: its field set.
+    fn last_sink_fields(text: &str, sink: &str) -> Option<String> {
+        let prefix = format!("tc_pipeline,collector=col-test,sink={sink} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| rest.rsplit_once(' ').map(|(f, _)| f.to_owned()))
+            .last()
+    }
+
+    #[tokio::test]
+    async fn sink_points_carry_the_counted_write_errors_of_every_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let retryable = |t: &str| WriteError::Retryable {
+            error_type: t.into(),
+            message: "store down".into(),
+            retry_after: None,
+        };
+        // `bad`: two connect errors and one 503, retried; then a 400 (dead-lettered);
+        // then it stores. `good` stores everything.
+        let bad = flaky(
+            "bad",
+            vec![
+                retryable("connect"),
+                retryable("connect"),
+                retryable("http_503"),
+                WriteError::Rejected {
+                    status: 400,
+                    message: "unable to parse".into(),
+                },
+            ],
+        );
+        let good = flaky("good", vec![]);
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (tx, source) = ChannelSource::new("0", 16);
+        let provider = Arc::new(ChannelProvider::new("t", vec![source]));
+        let shared = Shared {
+            sinks: vec![bad.clone() as Arc<dyn Sink>, good.clone() as Arc<dyn Sink>].into(),
+            checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
+            scope: provider.scope(),
+            dead_letters: Arc::new(
+                DeadLetterFile::open(
+                    dir.path().join("dl.jsonl"),
+                    DeadLetterLimits {
+                        max_body_bytes: 1 << 20,
+                        max_file_bytes: 1 << 20,
+                    },
+                )
+                .unwrap(),
+            ),
+            metrics: metrics.clone(),
+            once: Arc::new(LogOnce::default()),
+            tracker: tracker.clone(),
+            give_up: CancellationToken::new(),
+        };
+        let settings = PipelineSettings {
+            collector: "col-test".into(),
+            max_lines: 1000,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(20),
+            max_in_flight_batches: 4,
+            aggregate: AggregateSettings::default(),
+            idle_after: Duration::from_secs(3600),
+            dedup_max_streams: 16,
+            dedup_window_events: 16,
+            checkpoint_interval: Duration::from_millis(10),
+            initial_position: StartPosition::Earliest,
+            on_corrupt: StartPosition::Earliest,
+            pipeline_interval: Duration::from_millis(100),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+                max_retry_after: Duration::from_millis(20),
+            },
+            sink_points: true,
+        };
+        let task = tokio::spawn(run_partition(
+            provider,
+            "0".into(),
+            settings,
+            shared,
+            shutdown.clone(),
+        ));
+        // One undecodable event gives the first batch something to carry.
+        tx.send(ReceivedEvent {
+            partition: "0".into(),
+            sequence_number: 0,
+            offset: "0".into(),
+            enqueued_time_ms: Timestamp::now().unix_millis(),
+            partition_key: None,
+            body: Bytes::from_static(b"not json"),
+        })
+        .await
+        .unwrap();
+        // Wait until `good` stored a sink point written after all four failures.
+        let want_bad = "sink_dead_lettered=1i,sink_errors=4i,sink_latency_seconds=";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = good.stored.lock().unwrap().clone();
+            if last_sink_fields(&text, "bad").is_some_and(|f| f.starts_with(want_bad)) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no sink point with the counted errors; stored:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(tx);
+        shutdown.cancel();
+        task.await.unwrap();
+        tracker.close();
+        tracker.wait().await;
+
+        // Both sinks got both sinks' points; the numbers are the /metrics counters.
+        for sink in [&bad, &good] {
+            let text = sink.stored.lock().unwrap().clone();
+            let bad_fields = last_sink_fields(&text, "bad").unwrap();
+            assert!(bad_fields.starts_with(want_bad), "{bad_fields}");
+            let good_fields = last_sink_fields(&text, "good").unwrap();
+            assert!(
+                good_fields
+                    .starts_with("sink_dead_lettered=0i,sink_errors=0i,sink_latency_seconds="),
+                "{good_fields}"
+            );
+            let latency: f64 = good_fields
+                .rsplit('=')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            assert!((0.0..1.0).contains(&latency), "{good_fields}");
+            // The partition point is there too, with its own tags.
+            assert!(
+                text.lines().any(
+                    |l| l.starts_with("tc_pipeline,collector=col-test,partition=0 ")
+                        && l.contains("dead_letters=1i")
+                ),
+                "{text}"
+            );
+        }
+        let exposition = metrics.render();
+        for needle in [
+            "tcpulse_collector_sink_errors_total{sink=\"bad\",error_type=\"connect\"} 2",
+            "tcpulse_collector_sink_errors_total{sink=\"bad\",error_type=\"http_503\"} 1",
+            "tcpulse_collector_sink_errors_total{sink=\"bad\",error_type=\"rejected_400\"} 1",
+        ] {
+            assert!(exposition.contains(needle), "{needle} not in\n{exposition}");
+        }
+        let stats = metrics.sink_stats("bad");
+        assert_eq!((stats.errors, stats.dead_lettered), (4, 1));
+        assert_eq!(metrics.sink_stats("good").errors, 0);
+    }
 
     #[test]
     fn low_watermark_waits_for_the_oldest_batch_whatever_the_ack_order() {

@@ -132,10 +132,15 @@ pub async fn deliver(
                 r = sink.write(&part) => r,
                 _ = ctx.give_up.cancelled() => return Delivery::Abandoned,
             };
+            let took = started.elapsed().as_secs_f64();
             ctx.metrics
                 .sink_request_seconds
                 .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
+                .observe(took);
+            ctx.metrics
+                .sink_last_request_seconds
+                .get_or_create(&labels)
+                .set(took);
             match result {
                 Ok(()) => {
                     ctx.metrics

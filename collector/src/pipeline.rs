@@ -782,7 +782,7 @@ mod tests {
         text.lines()
             .filter_map(|l| l.strip_prefix(&prefix))
             .filter_map(|rest| rest.rsplit_once(' ').map(|(f, _)| f.to_owned()))
-            .last()
+            .next_back()
     }
 
     #[tokio::test]

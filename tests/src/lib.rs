@@ -9,12 +9,18 @@
 //! - [`stores`]: time-series stores for the collector tests: a VictoriaMetrics that can be
 //!   stopped and restarted on the same port and data, and readers for VictoriaMetrics
 //!   exports and InfluxDB 1.x queries.
+//! - [`collector`]: the `tcpulse-collector` binary reading a hub over TLS, with a config
+//!   the test writes and a known `/metrics` port.
+//! - [`faults`]: a TCP forwarder in front of a real service that can drop and refuse
+//!   connections (a store restarting), counting exactly how many it refused.
 //! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
 //!   promtool, Azurite) started as child processes on ephemeral loopback ports.
 //!
 //! A missing service binary fails the test with the command that installs it; nothing is
 //! skipped silently.
 
+pub mod collector;
+pub mod faults;
 pub mod hub;
 pub mod python;
 pub mod services;

@@ -2,8 +2,9 @@
 //! provisioning files (offline), the single source of thresholds, every InfluxQL query
 //! against a real InfluxDB 1.6, and vmalert → Alertmanager firing and resolving.
 //!
-//! The InfluxDB test writes hand-made points shaped like DESIGN.md's "Stored data" table;
-//! once the collector exists, its v1 sink output replaces them.
+//! The InfluxDB test fills InfluxDB 1.6 through the real pipeline: schema-v1 events the
+//! test publishes to the embedded hub (TLS) → the `tcpulse-collector` binary → its InfluxDB
+//! v1 sink; expectations come from the events, never from the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use regex::Regex;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tcpulse_eventhub::client::{
+    BatchOptions, ClientConfig, ClientOptions, EventData, Producer, TryAddError,
+};
+use tcpulse_tests::collector::{CollectorOptions, CollectorProcess};
+use tcpulse_tests::faults::FaultProxy;
+use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
 use tcpulse_tests::services::{self, Service};
 
 const DATASOURCE_UID: &str = "tcpulse-influxdb";
@@ -862,27 +869,55 @@ fn dashboards_thresholds_single_source() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// InfluxDB 1.6: every InfluxQL query
+// InfluxDB 1.6 filled by the real collector: every InfluxQL query
 // ---------------------------------------------------------------------------------------
+//
+// Schema-v1 events (a fleet the test describes, below) → the embedded hub over TLS → the
+// `tcpulse-collector` binary with its InfluxDB v1 sink → InfluxDB 1.6. A second sink
+// (`influxdb_v2`) writes to a real VictoriaMetrics behind a [`FaultProxy`] that refuses
+// exactly `REFUSED_WRITES` connections once, like a store restarting: the collector counts
+// those failed writes and its `tc_pipeline` sink points carry them into InfluxDB.
+//
+// Every expected series and value is computed from the fleet description (what the agents
+// said), never read back from the store.
 
 const DB: &str = "tcpulse";
-/// Interval of the hand-made samples and of Grafana's `$__interval` in the test.
+/// Report interval of the simulated agents, the collector's rollup interval and Grafana's
+/// `$__interval` in the test, seconds.
 const STEP_S: i64 = 10;
-const SPAN_S: i64 = 15 * 60;
+/// Reports published before the collector starts: 15 minutes of history.
+const HISTORY_STEPS: i64 = 90;
+/// The silent instance stops reporting this long before the end of the history.
+const SILENT_FOR_S: i64 = 8 * 60;
+/// The collector's name: the `collector` tag of `tc_pipeline`.
+const COLLECTOR: &str = "collector-1";
+/// Connections the store behind the `influxdb_v2` sink refuses: each is one failed write.
+const REFUSED_WRITES: usize = 3;
+/// The collector's `aggregate.stale_after`, seconds (three report intervals).
+const STALE_AFTER_S: i64 = 30;
+const MEM_TOTAL: i64 = 17_179_869_184;
+const MEM_USED: i64 = 6_442_450_944;
+const DISK_FREE: i64 = 40_000_000_000;
 
 #[derive(Debug, Clone)]
 struct Inst {
     connector: &'static str,
     deployment: &'static str,
     region: &'static str,
+    scaleset: &'static str,
     name: String,
-    calls: i64,
-    media_load: i64,
-    service_up: i64,
+    partition: &'static str,
+    boot: String,
+    /// Calls in the first half of the history, then from the second half on.
+    calls_before: u32,
+    calls_after: u32,
+    /// `service_up` in the first half of the history, then from the second half on.
+    service_up_before: bool,
+    service_up_after: bool,
     cert_days: f64,
-    /// Reports added to the spool per sample (0 = empty spool).
+    /// Reports added to the agent's spool per report (0 = empty spool).
     spool_growth: i64,
-    /// Seconds before "now" of the last sample (0 = reporting).
+    /// Stops reporting this long before the end of the history (0 = keeps reporting).
     silent_for: i64,
 }
 
@@ -916,159 +951,299 @@ impl Conn {
     }
 }
 
-const MEM_TOTAL: i64 = 17_179_869_184;
-const MEM_USED: i64 = 6_442_450_944;
+/// The simulated fleet: reports every `STEP_S` at `t(k)`, `k = 0..=steps`.
+#[derive(Debug, Clone)]
+struct Fleet {
+    instances: Vec<Inst>,
+    /// Time of report 0, ms (5 s past a multiple of `STEP_S`, so reports fall between
+    /// rollup window ends).
+    base_ms: i64,
+    /// Index of the newest report of the reporting instances.
+    steps: i64,
+    /// Partitions of the hub (each connector has its own).
+    partitions: Vec<&'static str>,
+}
 
-impl Inst {
-    fn samples(&self) -> i64 {
-        (SPAN_S - self.silent_for) / STEP_S + 1
+impl Fleet {
+    fn new(now_ms: i64) -> Fleet {
+        let step_ms = STEP_S * 1000;
+        // The newest report of the history lies 5 s past a window end and in the past.
+        let end_ms = (now_ms - 5_000).div_euclid(step_ms) * step_ms + 5_000;
+        let base_ms = end_ms - HISTORY_STEPS * step_ms;
+        let mut n = 0;
+        let mut inst = |connector,
+                        deployment,
+                        region,
+                        scaleset: &'static str,
+                        partition,
+                        i: usize,
+                        (calls_before, calls_after): (u32, u32),
+                        (service_up_before, service_up_after): (bool, bool),
+                        cert_days,
+                        spool_growth,
+                        silent_for| {
+            n += 1;
+            Inst {
+                connector,
+                deployment,
+                region,
+                scaleset,
+                name: format!("{scaleset}_{i}"),
+                partition,
+                boot: format!("6f1c2a4e-8b1d-4c3e-9f70-2d5b8a9e0c{n:02x}"),
+                calls_before,
+                calls_after,
+                service_up_before,
+                service_up_after,
+                cert_days,
+                spool_growth,
+                silent_for,
+            }
+        };
+        let blue = "tc-blue.example.com";
+        let green = "tc-green.example.com";
+        let (bd, br, bs) = ("blue", "westeurope", "tc-blue-vmss");
+        let (gd, gr, gs) = ("green", "northeurope", "tc-green-vmss");
+        let up = (true, true);
+        let instances = vec![
+            inst(blue, bd, br, bs, "0", 0, (16, 15), up, 41.5, 0, 0),
+            // its Teams service stops in the second half
+            inst(
+                blue,
+                bd,
+                br,
+                bs,
+                "0",
+                1,
+                (15, 12),
+                (true, false),
+                41.5,
+                0,
+                0,
+            ),
+            // full
+            inst(blue, bd, br, bs, "0", 2, (15, 16), up, 41.5, 0, 0),
+            inst(green, gd, gr, gs, "1", 0, (6, 5), up, 20.0, 0, 0),
+            inst(green, gd, gr, gs, "1", 1, (6, 6), up, 20.0, 0, 0),
+            // certificate not renewed; spool growing
+            inst(green, gd, gr, gs, "1", 2, (8, 7), up, 5.0, 1, 0),
+            // stops reporting 8 minutes before the end of the history
+            inst(green, gd, gr, gs, "1", 3, (0, 0), up, 20.0, 0, SILENT_FOR_S),
+        ];
+        Fleet {
+            instances,
+            base_ms,
+            steps: HISTORY_STEPS,
+            partitions: vec!["0", "1"],
+        }
     }
-    /// The value of the last sample of `field`.
-    fn field(&self, f: &str) -> Option<f64> {
+
+    fn t_ms(&self, k: i64) -> i64 {
+        self.base_ms + k * STEP_S * 1000
+    }
+
+    /// Index of an instance's newest report.
+    fn last_k(&self, i: &Inst) -> i64 {
+        if i.silent_for > 0 {
+            HISTORY_STEPS - i.silent_for / STEP_S
+        } else {
+            self.steps
+        }
+    }
+
+    fn silent(&self, i: &Inst) -> bool {
+        i.silent_for > 0
+    }
+
+    /// Seconds between an instance's newest report and the newest report of the fleet.
+    fn silent_secs(&self, i: &Inst) -> i64 {
+        (self.steps - self.last_k(i)) * STEP_S
+    }
+
+    fn calls_at(i: &Inst, k: i64) -> u32 {
+        if k < HISTORY_STEPS / 2 {
+            i.calls_before
+        } else {
+            i.calls_after
+        }
+    }
+
+    fn service_up_at(i: &Inst, k: i64) -> bool {
+        if k < HISTORY_STEPS / 2 {
+            i.service_up_before
+        } else {
+            i.service_up_after
+        }
+    }
+
+    /// The schema-v1 event instance `i` sends as report `k`.
+    fn event(&self, i: &Inst, k: i64) -> Result<Vec<u8>> {
+        let ts = |ms: i64| {
+            tcpulse_schema::Timestamp::from_unix_millis(ms)
+                .map(|t| t.to_string())
+                .ok_or_else(|| anyhow!("time {ms} out of range"))
+        };
+        let calls = Self::calls_at(i, k);
+        let body = json!({
+            "schema": "tcpulse.status.v1",
+            "connector": i.connector,
+            "deployment": i.deployment,
+            "region": i.region,
+            "scaleset": i.scaleset,
+            "instance": i.name,
+            "boot": i.boot,
+            "seq": k + 1,
+            "time": ts(self.t_ms(k))?,
+            "start_time": ts(self.base_ms - 3_600_000)?,
+            "state": "active",
+            "calls": {"call_count": calls, "max_calls": 16, "planned_calls": 15,
+                      "media_load": 20 + 4 * calls},
+            "health": {"cpu": 0.4, "mem_used_bytes": MEM_USED, "mem_total_bytes": MEM_TOTAL,
+                       "disk_free_bytes": DISK_FREE, "service_up": Self::service_up_at(i, k),
+                       "cert_expiry_days": i.cert_days},
+            "agent": {"version": "0.1.0", "spooled": i.spool_growth * k, "dropped": 0},
+        });
+        Ok(serde_json::to_vec(&body)?)
+    }
+
+    /// Reports `from..=to` of every instance that still reports then, per partition in
+    /// time order: `(partition, body)`.
+    fn reports(&self, from: i64, to: i64) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for k in from..=to {
+            for i in &self.instances {
+                if k <= self.last_k(i) {
+                    out.push((i.partition, self.event(i, k)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The value of `field` in an instance's newest `tc_instance` point that has it.
+    fn inst_field(&self, i: &Inst, f: &str) -> Option<f64> {
+        let k = self.last_k(i);
+        let calls = Self::calls_at(i, k) as f64;
         Some(match f {
-            "call_count" => self.calls as f64,
+            "call_count" => calls,
             "max_calls" => 16.0,
             "planned_calls" => 15.0,
-            "media_load" => self.media_load as f64,
-            "utilization" => self.calls as f64 / 15.0,
-            "up" => 1.0,
+            "media_load" => 20.0 + 4.0 * calls,
+            "utilization" => calls / 15.0,
+            // The collector writes `up=0` alone once the instance is stale.
+            "up" => {
+                if self.silent(i) {
+                    0.0
+                } else {
+                    1.0
+                }
+            }
             "state_code" => 1.0,
             "cpu" => 0.4,
             "mem_used_bytes" => MEM_USED as f64,
             "mem_total_bytes" => MEM_TOTAL as f64,
-            "disk_free_bytes" => 40e9,
-            "service_up" => self.service_up as f64,
-            "cert_expiry_days" => self.cert_days,
-            "agent_spooled" => (self.spool_growth * (self.samples() - 1)) as f64,
+            "disk_free_bytes" => DISK_FREE as f64,
+            "service_up" => f64::from(u8::from(Self::service_up_at(i, k))),
+            "cert_expiry_days" => i.cert_days,
+            "agent_spooled" => (i.spool_growth * k) as f64,
             _ => return None,
         })
     }
-}
 
-struct Fleet {
-    instances: Vec<Inst>,
-    connectors: Vec<Conn>,
-    partitions: Vec<(u32, f64)>,
-    now_s: i64,
-}
-
-fn fleet(now_s: i64) -> Fleet {
-    let inst = |connector,
-                deployment,
-                region,
-                scaleset: &str,
-                i: usize,
-                calls,
-                service_up,
-                cert_days,
-                spool_growth,
-                silent_for| Inst {
-        connector,
-        deployment,
-        region,
-        name: format!("{scaleset}_{i}"),
-        calls,
-        media_load: 20 + 4 * calls,
-        service_up,
-        cert_days,
-        spool_growth,
-        silent_for,
-    };
-    let b = |i, calls, service_up| {
-        inst(
-            "tc-blue.example.com",
-            "blue",
-            "westeurope",
-            "tc-blue-vmss",
-            i,
-            calls,
-            service_up,
-            41.5,
-            0,
-            0,
-        )
-    };
-    let g = |i, calls, cert, spool, silent| {
-        inst(
-            "tc-green.example.com",
-            "green",
-            "northeurope",
-            "tc-green-vmss",
-            i,
-            calls,
-            1,
-            cert,
-            spool,
-            silent,
-        )
-    };
-    Fleet {
-        instances: vec![
-            b(0, 15, 1),
-            b(1, 12, 0), // service down
-            b(2, 16, 1), // full
-            g(0, 5, 20.0, 0, 0),
-            g(1, 6, 20.0, 0, 0),
-            g(2, 7, 5.0, 1, 0),       // certificate not renewed; spool growing
-            g(3, 0, 20.0, 0, 8 * 60), // stopped reporting 8 minutes ago
-        ],
-        connectors: vec![
-            Conn {
-                connector: "tc-blue.example.com",
-                deployment: "blue",
-                region: "westeurope",
-                online: 3,
-                calls: 43,
-                peak: 46,
-            },
-            Conn {
-                connector: "tc-green.example.com",
-                deployment: "green",
-                region: "northeurope",
-                online: 3,
-                calls: 18,
-                peak: 20,
-            },
-        ],
-        partitions: vec![(0, 2.0), (1, 3.0), (2, 1.5), (3, 400.0)],
-        now_s,
-    }
-}
-
-/// Line protocol for the fleet, shaped as DESIGN.md's "Stored data" (precision s).
-fn line_protocol(f: &Fleet) -> String {
-    let mut out = String::new();
-    let start = f.now_s - SPAN_S;
-    for (k, t) in (start..=f.now_s).step_by(STEP_S as usize).enumerate() {
-        let k = k as i64;
-        for i in &f.instances {
-            if t > f.now_s - i.silent_for {
+    /// The connector rollups as the capacity model defines them, from the reports: online
+    /// = fresh instances now; `peak` = the highest call count of any rollup window (a
+    /// window ending 5 s after report `k` sees report `k` of every instance that reported
+    /// within `STALE_AFTER_S` of its end).
+    fn connectors(&self) -> Vec<Conn> {
+        let mut out: Vec<Conn> = Vec::new();
+        for i in &self.instances {
+            if out.iter().any(|c| c.connector == i.connector) {
                 continue;
             }
-            let scaleset = i.name.rsplit_once('_').map(|(s, _)| s).unwrap_or("");
-            out += &format!(
-                "tc_instance,connector={},deployment={},region={},scaleset={scaleset},instance={} call_count={}i,max_calls=16i,planned_calls=15i,media_load={}i,utilization={},up=1i,state_code=1i,cpu=0.4,mem_used_bytes={MEM_USED}i,mem_total_bytes={MEM_TOTAL}i,disk_free_bytes=40000000000i,service_up={}i,cert_expiry_days={},agent_spooled={}i {t}\n",
-                i.connector, i.deployment, i.region, i.name, i.calls, i.media_load, i.calls as f64 / 15.0, i.service_up, i.cert_days, i.spool_growth * k
-            );
+            let members: Vec<&Inst> = self
+                .instances
+                .iter()
+                .filter(|m| m.connector == i.connector)
+                .collect();
+            let window_calls = |k: i64| -> i64 {
+                members
+                    .iter()
+                    .filter(|m| (k - self.last_k(m)) * STEP_S + 5 <= STALE_AFTER_S)
+                    .map(|m| i64::from(Self::calls_at(m, k.min(self.last_k(m)))))
+                    .sum()
+            };
+            let online = members.iter().filter(|m| !self.silent(m)).count() as i64;
+            out.push(Conn {
+                connector: i.connector,
+                deployment: i.deployment,
+                region: i.region,
+                online,
+                calls: window_calls(self.steps),
+                peak: (0..=self.steps).map(window_calls).max().unwrap_or(0),
+            });
         }
-        for c in &f.connectors {
-            out += &format!(
-                "tc_connector,connector={},deployment={},region={} instances_online={}i,call_count={}i,capacity_planned={}i,capacity_max={}i,utilization={},headroom_calls={}i,peak_calls={}i,instances_needed={}i,vcpu_needed={}i {t}\n",
-                c.connector, c.deployment, c.region, c.online, c.calls, c.online * 15, c.online * 16,
-                c.calls as f64 / (c.online * 15) as f64, c.online * 15 - c.calls, c.peak, c.needed(), 4 * c.needed()
-            );
-        }
-        for &(p, lag) in &f.partitions {
-            // Counters since collector start: 6 events per 10 s; one dead letter and one
-            // duplicate on partition 1 every minute.
-            let dl = if p == 1 { k / 6 } else { 0 };
-            out += &format!(
-                "tc_pipeline,collector=collector-1,partition={p} events={}i,dead_letters={dl}i,duplicates={dl}i,lag_seconds={lag},checkpoint_age_seconds=5 {t}\n",
-                1000 + 6 * k
-            );
-        }
+        out
     }
-    out
+
+    /// Valid events (not duplicates) sent to `partition`.
+    fn events_in(&self, partition: &str) -> i64 {
+        self.instances
+            .iter()
+            .filter(|i| i.partition == partition)
+            .map(|i| self.last_k(i) + 1)
+            .sum()
+    }
+}
+
+/// What the pipeline did, as the test made it happen.
+#[derive(Debug, Clone)]
+struct PipelineFacts {
+    /// The partition that got one undecodable event and one repeated event.
+    faulty_partition: &'static str,
+    /// Connections the store behind `influxdb_v2` refused.
+    refused_writes: i64,
+}
+
+/// Publishes `(partition, body)` events over TLS with the Send policy, in order, batched
+/// per run of one partition.
+async fn publish(info: &HubInfo, events: &[(&str, Vec<u8>)]) -> Result<()> {
+    let config = ClientConfig::from_connection_string(
+        info.connection_string(Mode::Tls, Policy::Send)?,
+        None,
+        ClientOptions {
+            extra_ca_file: Some(info.ca_pem.clone()),
+            connect_timeout_secs: 10,
+            operation_timeout_secs: 10,
+            ..Default::default()
+        },
+    )?;
+    let mut producer = Producer::connect(config).await?;
+    for partition in ["0", "1"] {
+        let opts = || BatchOptions {
+            partition_id: Some(partition.to_string()),
+            ..Default::default()
+        };
+        let mut batch = producer.create_batch(opts())?;
+        for (_, body) in events.iter().filter(|(p, _)| *p == partition) {
+            let ev = EventData::new(body.clone())
+                .with_content_type("application/json")
+                .with_property("schema", tcpulse_schema::SCHEMA_V1);
+            match batch.try_add(ev) {
+                Ok(()) => {}
+                Err(TryAddError::Full { event, .. }) => {
+                    producer.send_batch(&batch).await?;
+                    batch = producer.create_batch(opts())?;
+                    batch
+                        .try_add(*event)
+                        .map_err(|e| anyhow!("event too large: {e}"))?;
+                }
+                Err(e) => bail!("event not added: {e}"),
+            }
+        }
+        producer.send_batch(&batch).await?;
+    }
+    producer.close().await;
+    Ok(())
 }
 
 /// Grafana's regex formatting of a multi-value variable inside `/^$var$/`.
@@ -1195,9 +1370,10 @@ fn measurement(q: &str) -> String {
         .unwrap_or_default()
 }
 
-/// What a series' newest non-null value in `column` must be, given the data written.
+/// What a series' newest non-null value in `column` must be, as a range, given the fleet.
 fn expected_value(
     f: &Fleet,
+    facts: &PipelineFacts,
     meas: &str,
     tags: &Value,
     outer: &str,
@@ -1206,55 +1382,77 @@ fn expected_value(
 ) -> Option<(f64, f64)> {
     let tag = |k: &str| s(&tags[k]).to_string();
     let inst = || f.instances.iter().find(|i| i.name == tag("instance"));
+    let conns = f.connectors();
     let conn = || {
-        f.connectors
+        conns
             .iter()
             .find(|c| c.connector == tag("connector"))
+            .cloned()
     };
     let exact = |v: f64| Some((v, v));
     let value = |field: &str| -> Option<f64> {
         match meas {
-            "tc_instance" => inst()?.field(field),
+            "tc_instance" => f.inst_field(inst()?, field),
             "tc_connector" => conn()?.field(field),
-            "tc_pipeline" => {
-                let p: u32 = tag("partition").parse().ok()?;
-                let lag = f.partitions.iter().find(|(q, _)| *q == p)?.1;
-                match field {
-                    "lag_seconds" => Some(lag),
-                    "checkpoint_age_seconds" => Some(5.0),
-                    _ => None,
-                }
-            }
             _ => None,
         }
     };
-    match (outer, inner, fields) {
-        ("last" | "max" | "min" | "mean", _, [field]) => exact(value(field)?),
-        // SELECT last(a) - last(b) / mean(a) / mean(b)
-        ("last", _, [a, b]) => exact(value(a)? - value(b)?),
-        ("mean", _, [a, b]) => exact(value(a)? / value(b)?),
-        ("count", _, _) => Some((1.0, f64::INFINITY)),
-        ("non_negative_derivative", "last", [field]) if field == "events" => {
-            exact(6.0 / STEP_S as f64)
+    let faulty = tag("partition") == facts.faulty_partition;
+    let v2 = tag("sink") == "influxdb_v2";
+    match (meas, outer, inner, fields) {
+        // The collector keeps up: lag and checkpoint age are seconds, not minutes.
+        ("tc_pipeline", "last", _, [fld])
+            if fld == "lag_seconds" || fld == "checkpoint_age_seconds" =>
+        {
+            Some((0.0, 60.0))
         }
-        // per 10 s bucket: 0 or 1 dead letters / duplicates on partition 1, none elsewhere
-        ("non_negative_difference", "last", _) => {
-            if tag("partition") == "1" {
+        // A write to a store on loopback takes milliseconds; allow for a slow machine.
+        ("tc_pipeline", "mean", _, [fld]) if fld == "sink_latency_seconds" => Some((1e-6, 5.0)),
+        // Counters: per-bucket increments, never more than what happened in total.
+        ("tc_pipeline", "non_negative_derivative", "last", [fld]) if fld == "events" => Some((
+            0.0,
+            f.partitions
+                .iter()
+                .map(|p| f.events_in(p))
+                .max()
+                .unwrap_or(0) as f64,
+        )),
+        ("tc_pipeline", "non_negative_difference", "last", [fld])
+            if fld == "dead_letters" || fld == "duplicates" =>
+        {
+            if faulty {
                 Some((0.0, 1.0))
             } else {
                 exact(0.0)
             }
         }
+        ("tc_pipeline", "non_negative_difference", "last", [fld]) if fld == "sink_errors" => {
+            if v2 {
+                Some((0.0, facts.refused_writes as f64))
+            } else {
+                exact(0.0)
+            }
+        }
+        ("tc_pipeline", "non_negative_difference", "last", [fld])
+            if fld == "sink_dead_lettered" =>
+        {
+            exact(0.0)
+        }
+        (_, "last" | "max" | "min" | "mean", _, [field]) => exact(value(field)?),
+        // SELECT last(a) - last(b) / mean(a) / mean(b)
+        (_, "last", _, [a, b]) => exact(value(a)? - value(b)?),
+        (_, "mean", _, [a, b]) => exact(value(a)? / value(b)?),
+        (_, "count", _, _) => Some((1.0, f64::INFINITY)),
         // growth per minute between 1-minute buckets; against the newest, partial bucket
         // (a mean over fewer samples) it is smaller, but still positive when growing
-        ("derivative", "mean", [field]) if field == "agent_spooled" => {
+        ("tc_instance", "derivative", "mean", [field]) if field == "agent_spooled" => {
             let per_minute = inst()?.spool_growth as f64 * 60.0 / STEP_S as f64;
             Some((per_minute / 3.0, per_minute))
         }
         // moving average of samples per minute: 6 while reporting (the newest bucket is
         // partial), 0 for an instance silent for more than 5 minutes
-        ("moving_average", "count", _) => {
-            if inst()?.silent_for > 5 * 60 {
+        ("tc_instance", "moving_average", "count", _) => {
+            if f.silent_secs(inst()?) > 6 * 60 {
                 exact(0.0)
             } else {
                 Some((4.0, 6.0))
@@ -1276,31 +1474,20 @@ fn series_key(tags: &Value) -> String {
     kv.join(",")
 }
 
-/// Runs one query and checks its series and values against the fleet.
-#[allow(clippy::too_many_arguments)]
-fn check_query(
-    db: &Service,
+/// The series a query over `window_s` seconds must return, as sorted `tag=value` lists of
+/// the tags it groups by.
+fn expected_series(
     f: &Fleet,
-    what: &str,
-    raw: &str,
+    q: &str,
     vars: &BTreeMap<String, Vec<String>>,
-    time_filter: &str,
     window_s: i64,
-) -> Result<()> {
-    let q = interpolate(raw, vars, time_filter, STEP_S);
-    ensure!(
-        !has_placeholder(&q),
-        "{what}: unsubstituted macro or variable in {q}"
-    );
-    let series = influx_query(db, &q).with_context(|| what.to_string())?;
-    let meas = measurement(&q);
-    let columns = select_columns(&q)?;
+) -> Result<BTreeSet<String>> {
+    let meas = measurement(q);
+    let columns = select_columns(q)?;
     let selected =
         |key: &str, v: &str| vars.get(key).is_none_or(|vals| vals.iter().any(|x| x == v));
-
-    // Expected series identities (for the tags the query groups by).
     let group_by: Vec<String> = Regex::new(r#"GROUP BY (.*?)(?: fill\(|$)"#)?
-        .captures(&q)
+        .captures(q)
         .map(|c| {
             Regex::new(r#""(\w+)""#)
                 .map(|re| re.captures_iter(&c[1]).map(|m| m[1].to_string()).collect())
@@ -1321,7 +1508,10 @@ fn check_query(
     match meas.as_str() {
         "tc_instance" => {
             for i in &f.instances {
-                let in_window = i.silent_for < window_s;
+                // Its newest point (the `up=0` one for a silent instance, written once the
+                // instance was stale) is in the window.
+                let newest_age = f.silent_secs(i) - STALE_AFTER_S.min(f.silent_secs(i));
+                let in_window = newest_age < window_s;
                 let spool_ok = !spool_filter || i.spool_growth > 0;
                 let sel = selected("connector", i.connector)
                     && selected("deployment", i.deployment)
@@ -1338,7 +1528,7 @@ fn check_query(
             }
         }
         "tc_connector" => {
-            for c in &f.connectors {
+            for c in f.connectors() {
                 if selected("connector", c.connector)
                     && selected("deployment", c.deployment)
                     && selected("region", c.region)
@@ -1352,15 +1542,51 @@ fn check_query(
             }
         }
         "tc_pipeline" => {
-            for (p, _) in &f.partitions {
-                add(&[
-                    ("collector", "collector-1".into()),
-                    ("partition", p.to_string()),
-                ]);
+            let sink_fields = columns
+                .iter()
+                .all(|c| c.3.iter().all(|field| field.starts_with("sink_")));
+            if sink_fields {
+                // One series per configured sink, whatever its state.
+                for sink in ["influxdb_v1", "influxdb_v2"] {
+                    add(&[("collector", COLLECTOR.into()), ("sink", sink.into())]);
+                }
+            } else {
+                // Every partition of the hub; never the sink series (they lack the field).
+                for p in &f.partitions {
+                    add(&[
+                        ("collector", COLLECTOR.into()),
+                        ("partition", p.to_string()),
+                    ]);
+                }
             }
         }
-        other => bail!("{what}: unexpected measurement {other:?}"),
+        other => bail!("unexpected measurement {other:?} in {q}"),
     }
+    Ok(expected)
+}
+
+/// Runs one query and checks its series and values against the fleet.
+#[allow(clippy::too_many_arguments)]
+fn check_query(
+    db: &Service,
+    f: &Fleet,
+    facts: &PipelineFacts,
+    what: &str,
+    raw: &str,
+    vars: &BTreeMap<String, Vec<String>>,
+    time_filter: &str,
+    window_s: i64,
+) -> Result<Vec<Value>> {
+    let q = interpolate(raw, vars, time_filter, STEP_S);
+    ensure!(
+        !has_placeholder(&q),
+        "{what}: unsubstituted macro or variable in {q}"
+    );
+    let series = influx_query(db, &q).with_context(|| what.to_string())?;
+    ensure!(!series.is_empty(), "{what}: no data\nquery: {q}");
+    let meas = measurement(&q);
+    let columns = select_columns(&q)?;
+    let expected = expected_series(f, &q, vars, window_s)?;
     let got: BTreeSet<String> = series.iter().map(|s| series_key(&s["tags"])).collect();
     ensure!(
         got == expected,
@@ -1386,8 +1612,8 @@ fn check_query(
                 columns.iter().find(|c| c.0 == *col).ok_or_else(|| {
                     anyhow!("{what}: unexpected column {col}; select list {columns:?}")
                 })?;
-            let (lo, hi) =
-                expected_value(f, &meas, &sr["tags"], outer, inner, fields).ok_or_else(|| {
+            let (lo, hi) = expected_value(f, facts, &meas, &sr["tags"], outer, inner, fields)
+                .ok_or_else(|| {
                     anyhow!(
                         "{what}: no expectation for {col} = {outer}({inner} {fields:?}) on {}",
                         sr["tags"]
@@ -1401,7 +1627,28 @@ fn check_query(
             );
         }
     }
-    Ok(())
+    Ok(series)
+}
+
+/// The sum of column `col` per series (`series key → sum`).
+fn column_sums(series: &[Value], col: &str) -> BTreeMap<String, f64> {
+    series
+        .iter()
+        .map(|sr| {
+            let ci = sr["columns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .position(|c| s(c) == col);
+            let sum = sr["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| ci.and_then(|ci| r[ci].as_f64()))
+                .sum();
+            (series_key(&sr["tags"]), sum)
+        })
+        .collect()
 }
 
 /// Evaluates a Grafana math expression (`$B >= 16`, `($B == 0 || $D == 0) && $F != 2`).
@@ -1485,32 +1732,198 @@ fn eval_math(expr: &str, vars: &HashMap<String, f64>) -> Result<f64> {
     Ok(v)
 }
 
-#[test]
-fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
+/// Polls `cond` every 250 ms until it holds, or fails after `timeout` with `what`.
+async fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond()? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `SELECT last(<field>) FROM tc_pipeline GROUP BY <tag>`: tag value → value.
+fn pipeline_last(db: &Service, field: &str, tag: &str) -> Result<BTreeMap<String, f64>> {
+    let q = format!(
+        r#"SELECT last("{field}") FROM "tc_pipeline" WHERE "collector" = '{COLLECTOR}' GROUP BY "{tag}""#
+    );
+    Ok(influx_query(db, &q)?
+        .iter()
+        .filter_map(|sr| {
+            let v = sr["values"][0][1].as_f64()?;
+            Some((s(&sr["tags"][tag]).to_string(), v))
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
     let started = Instant::now();
     let db = services::influxdb()?;
-    let boot = started.elapsed();
     let (status, body) = services::post_form(
         &format!("{}/query", db.url()),
         &[("q", &format!("CREATE DATABASE {DB}"))],
     )?;
     ensure!(status == 200, "CREATE DATABASE: {status} {body}");
+    let vm = services::victoria_metrics()?;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", vm.port()).parse()?)?;
+    let hub = TestHub::start_with(HubOptions {
+        hubs: vec![("tcpulse".into(), 2)],
+        plain: false,
+        ..HubOptions::default()
+    })
+    .await?;
+    let info = hub.info.clone();
+    let boot = started.elapsed();
 
-    let now_s = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64 / STEP_S * STEP_S;
-    let f = fleet(now_s);
-    let lines = line_protocol(&f);
-    let (status, body) = services::post(
-        &format!("{}/write?db={DB}&precision=s", db.url()),
-        "text/plain; charset=utf-8",
-        &lines,
+    // 1. Fifteen minutes of history, published before the collector starts (so its
+    //    event-time windows close in order), then the collector.
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let mut f = Fleet::new(now_ms);
+    publish(&info, &f.reports(0, f.steps)?).await?;
+    let tmp = tempfile::TempDir::new()?;
+    let mut collector = CollectorProcess::start(
+        tmp.path(),
+        &info,
+        &CollectorOptions {
+            name: COLLECTOR.into(),
+            pipeline_interval: "2s".into(),
+            rollup_interval: format!("{STEP_S}s"),
+            stale_after: format!("{STALE_AFTER_S}s"),
+            lateness: format!("{STEP_S}s"),
+            // The wall clock must not close windows past the published reports while the
+            // test runs (it would declare every instance down).
+            idle_after: "10m".into(),
+            sinks: format!(
+                "[sinks.influxdb_v1]\nurl = {:?}\ndatabase = \"{DB}\"\n[sinks.influxdb_v2]\nurl = {:?}\norg = \"noc\"\nbucket = \"tcpulse\"\n",
+                db.url(),
+                proxy.url()
+            ),
+            ..CollectorOptions::default()
+        },
     )?;
-    ensure!(status == 204, "write: {status} {body}");
+    let history_events: BTreeMap<String, f64> = f
+        .partitions
+        .iter()
+        .map(|p| (p.to_string(), f.events_in(p) as f64))
+        .collect();
+    eventually(
+        "the history in InfluxDB (events counted per partition, sink points written)",
+        Duration::from_secs(60),
+        || {
+            collector.ensure_running()?;
+            Ok(pipeline_last(&db, "events", "partition")? == history_events
+                && pipeline_last(&db, "sink_errors", "sink")?.len() == 2)
+        },
+    )
+    .await
+    .with_context(|| collector.log())?;
+
+    // 2. The store behind `influxdb_v2` restarts: it refuses the next connections. Then
+    //    the agents go on reporting, one sends garbage and one report arrives twice. All
+    //    of it after the `$__interval` bucket of the collector's first points, so the
+    //    counter panels see each increment, and after the next report time.
+    let step_ms = STEP_S * 1000;
+    let settled_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let resume_ms = ((settled_ms / step_ms + 1) * step_ms).max(f.t_ms(f.steps + 1)) + 200;
+    let wait_ms = resume_ms - settled_ms;
+    tokio::time::sleep(Duration::from_millis(wait_ms.max(0) as u64)).await;
+    proxy.refuse_next(REFUSED_WRITES);
+    let facts = PipelineFacts {
+        faulty_partition: "1",
+        refused_writes: REFUSED_WRITES as i64,
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let first_new = f.steps + 1;
+    while f.t_ms(f.steps + 1) <= now_ms {
+        f.steps += 1;
+    }
+    let mut live = f.reports(first_new, f.steps)?;
+    let g0 = f
+        .instances
+        .iter()
+        .find(|i| i.partition == facts.faulty_partition && f.silent_secs(i) == 0)
+        .ok_or_else(|| anyhow!("no reporting instance on the faulty partition"))?;
+    live.push((
+        facts.faulty_partition,
+        b"{\"schema\": \"tcpulse.status.v1\", \"connector\"".to_vec(),
+    ));
+    live.push((facts.faulty_partition, f.event(g0, f.steps)?));
+    publish(&info, &live).await?;
+    let all_events: BTreeMap<String, f64> = f
+        .partitions
+        .iter()
+        .map(|p| (p.to_string(), f.events_in(p) as f64))
+        .collect();
+    let faulty_only = |v: f64| -> BTreeMap<String, f64> {
+        f.partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    if *p == facts.faulty_partition { v } else { 0.0 },
+                )
+            })
+            .collect()
+    };
+    let want_sink_errors: BTreeMap<String, f64> = [
+        ("influxdb_v1".to_string(), 0.0),
+        ("influxdb_v2".to_string(), REFUSED_WRITES as f64),
+    ]
+    .into();
+    let newest_rollup_ms = f.t_ms(f.steps) - 15_000;
+    eventually(
+        "the live reports, the dead letter, the duplicate and the refused writes in InfluxDB",
+        Duration::from_secs(60),
+        || {
+            collector.ensure_running()?;
+            let rollups = influx_query(
+                &db,
+                &format!(r#"SELECT count("call_count") FROM "tc_connector" WHERE time >= {newest_rollup_ms}ms GROUP BY "connector""#),
+            )?;
+            Ok(pipeline_last(&db, "events", "partition")? == all_events
+                && pipeline_last(&db, "dead_letters", "partition")? == faulty_only(1.0)
+                && pipeline_last(&db, "duplicates", "partition")? == faulty_only(1.0)
+                && pipeline_last(&db, "sink_errors", "sink")? == want_sink_errors
+                && rollups.len() == 2)
+        },
+    )
+    .await
+    .with_context(|| format!("refused {} connections; collector log:\n{}", proxy.refused(), collector.log()))?;
+    ensure!(
+        proxy.refused() == REFUSED_WRITES && proxy.pending_refusals() == 0,
+        "the proxy refused {} connections",
+        proxy.refused()
+    );
+    // Two more sink points, so the newest buckets hold the settled counters.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = collector.metrics()?;
+    let v2_errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tcpulse_collector_sink_errors_total{sink=\"influxdb_v2\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        v2_errors == REFUSED_WRITES as f64,
+        "/metrics counts {v2_errors} influxdb_v2 errors, the proxy refused {REFUSED_WRITES}:\n{metrics}"
+    );
+    let pipeline_ready = started.elapsed();
 
     // Grafana's absolute time filter for "last 1 hour" (it rounds to ms).
-    let to_ms = (now_s + 30) * 1000;
+    let to_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 + 1_000;
     let from_ms = to_ms - 3600 * 1000;
     let time_filter = format!("time >= {from_ms}ms and time <= {to_ms}ms");
     let mut queries = 0;
+    let conns = f.connectors();
 
     for (file, d) in dashboards()? {
         // Template variables, in order, each with "All" selected (Grafana sends every value).
@@ -1529,15 +1942,11 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                 .map(|row| s(&row[1]).to_string())
                 .collect();
             let expected: BTreeSet<String> = match name.as_str() {
-                "connector" => f
-                    .connectors
-                    .iter()
-                    .map(|c| c.connector.to_string())
-                    .collect(),
-                "deployment" => ["blue", "green"].map(String::from).into(),
-                "region" => ["westeurope", "northeurope"].map(String::from).into(),
+                "connector" => conns.iter().map(|c| c.connector.to_string()).collect(),
+                "deployment" => conns.iter().map(|c| c.deployment.to_string()).collect(),
+                "region" => conns.iter().map(|c| c.region.to_string()).collect(),
                 "instance" => f.instances.iter().map(|i| i.name.clone()).collect(),
-                "collector" => ["collector-1".to_string()].into(),
+                "collector" => [COLLECTOR.to_string()].into(),
                 other => bail!("{file}: unexpected variable {other}"),
             };
             ensure!(
@@ -1556,8 +1965,52 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                     s(&panel["title"]),
                     s(&t["refId"])
                 );
-                check_query(&db, &f, &what, s(&t["query"]), &vars, &time_filter, 3600)?;
+                let series = check_query(
+                    &db,
+                    &f,
+                    &facts,
+                    &what,
+                    s(&t["query"]),
+                    &vars,
+                    &time_filter,
+                    3600,
+                )?;
                 queries += 1;
+                // Counter panels: the increments over the range add up to what happened
+                // after the collector's first point (the dead letter, the duplicate and the
+                // refused writes all came later).
+                let q = s(&t["query"]);
+                if q.contains(r#"non_negative_difference(last("dead_letters"))"#)
+                    || q.contains(r#"non_negative_difference(last("duplicates"))"#)
+                {
+                    let sums = column_sums(&series, "non_negative_difference");
+                    let want: BTreeMap<String, f64> = faulty_only(1.0)
+                        .into_iter()
+                        .map(|(p, v)| (format!("collector={COLLECTOR},partition={p}"), v))
+                        .collect();
+                    ensure!(
+                        sums == want,
+                        "{what}: increments {sums:?}, expected {want:?}"
+                    );
+                }
+                if q.contains(r#"non_negative_difference(last("sink_errors"))"#) {
+                    let key = |sink: &str| format!("collector={COLLECTOR},sink={sink}");
+                    let errors = column_sums(&series, "errors");
+                    let want: BTreeMap<String, f64> = [
+                        (key("influxdb_v1"), 0.0),
+                        (key("influxdb_v2"), facts.refused_writes as f64),
+                    ]
+                    .into();
+                    ensure!(
+                        errors == want,
+                        "{what}: errors {errors:?}, expected {want:?}"
+                    );
+                    let dead = column_sums(&series, "dead-lettered");
+                    ensure!(
+                        dead.values().all(|v| *v == 0.0) && dead.len() == 2,
+                        "{what}: dead-lettered {dead:?}"
+                    );
+                }
                 // A repeated panel runs once per value with that single value selected.
                 if let Some(rep) = panel["repeat"].as_str() {
                     for v in vars.get(rep).cloned().unwrap_or_default() {
@@ -1566,6 +2019,7 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                         check_query(
                             &db,
                             &f,
+                            &facts,
                             &format!("{what} [{rep}={v}]"),
                             s(&t["query"]),
                             &single,
@@ -1580,7 +2034,8 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
     }
 
     // Grafana-managed rules: run each query over its relative range, reduce, evaluate the
-    // condition per series, and compare the firing series with what the data should fire.
+    // condition per series, and compare the firing series with what the fleet should fire.
+    let th = thresholds()?;
     let inst_key = |i: &Inst| {
         format!(
             "connector={},deployment={},instance={},region={}",
@@ -1593,65 +2048,84 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
             c.connector, c.deployment, c.region
         )
     };
-    let by_name = |n: &str| {
-        f.instances
-            .iter()
-            .find(|i| i.name == n)
-            .map(inst_key)
-            .unwrap_or_default()
+    let reporting = || f.instances.iter().filter(|i| f.silent_secs(i) == 0);
+    let last = |i: &Inst, field: &str| f.inst_field(i, field).unwrap_or(f64::NAN);
+    let insts = |pred: &dyn Fn(&Inst) -> bool, pool: Vec<&Inst>| -> BTreeSet<String> {
+        pool.into_iter().filter(|i| pred(i)).map(inst_key).collect()
     };
+    let cs = |pred: &dyn Fn(&Conn) -> bool| -> BTreeSet<String> {
+        conns.iter().filter(|c| pred(c)).map(conn_key).collect()
+    };
+    let (max_calls, planned) = (
+        th.value("MAX_CALLS_PER_INSTANCE")?,
+        th.value("PLANNED_CALLS_PER_INSTANCE")?,
+    );
+    let (high, critical) = (
+        th.value("UTILIZATION_HIGH")?,
+        th.value("UTILIZATION_CRITICAL")?,
+    );
+    let (cert_warn, cert_crit) = (
+        th.value("CERT_WARNING_DAYS")?,
+        th.value("CERT_CRITICAL_DAYS")?,
+    );
+    let util = |c: &Conn| c.field("utilization").unwrap_or(f64::NAN);
+    let all: Vec<&Inst> = f.instances.iter().collect();
     let expect_firing: BTreeMap<&str, BTreeSet<String>> = [
         (
             "TeamsConnectorInstanceFull",
-            vec![by_name("tc-blue-vmss_2")],
+            insts(
+                &|i| last(i, "call_count") >= max_calls,
+                reporting().collect(),
+            ),
         ),
         (
             "TeamsConnectorInstanceAtPlannedCapacity",
-            vec![by_name("tc-blue-vmss_0"), by_name("tc-blue-vmss_2")],
+            insts(&|i| last(i, "call_count") >= planned, reporting().collect()),
         ),
-        (
-            "TeamsConnectorCapacityHigh",
-            vec![conn_key(&f.connectors[0])],
-        ),
+        ("TeamsConnectorCapacityHigh", cs(&|c| util(c) >= high)),
         (
             "TeamsConnectorCapacityCritical",
-            vec![conn_key(&f.connectors[0])],
+            cs(&|c| util(c) >= critical),
         ),
         (
             "TeamsConnectorScaleUpNeeded",
-            vec![conn_key(&f.connectors[0])],
+            cs(&|c| c.needed() > c.online),
         ),
         (
             "TeamsConnectorInstanceDown",
-            vec![by_name("tc-green-vmss_3")],
+            insts(&|i| f.silent_secs(i) > 0, all.clone()),
         ),
-        ("TeamsConnectorServiceDown", vec![by_name("tc-blue-vmss_1")]),
+        (
+            "TeamsConnectorServiceDown",
+            insts(&|i| last(i, "service_up") == 0.0, reporting().collect()),
+        ),
         (
             "TeamsConnectorCertificateExpiring",
-            vec![
-                by_name("tc-green-vmss_0"),
-                by_name("tc-green-vmss_1"),
-                by_name("tc-green-vmss_3"),
-            ],
+            insts(
+                &|i| i.cert_days < cert_warn && i.cert_days >= cert_crit,
+                all.clone(),
+            ),
         ),
         (
             "TeamsConnectorCertificateExpiringCritical",
-            vec![by_name("tc-green-vmss_2")],
+            insts(&|i| i.cert_days < cert_crit, all.clone()),
         ),
         (
             "TeamsConnectorAgentBacklog",
-            vec![by_name("tc-green-vmss_2")],
+            insts(&|i| i.spool_growth > 0, reporting().collect()),
         ),
-        (
-            "TcpulsePipelineLagHigh",
-            vec!["collector=collector-1,partition=3".to_string()],
-        ),
-        ("TcpulseTelemetryMissing", vec![]),
+        // The collector keeps up with the hub: no partition is minutes behind.
+        ("TcpulsePipelineLagHigh", BTreeSet::new()),
+        ("TcpulseTelemetryMissing", BTreeSet::new()),
     ]
     .into_iter()
-    .map(|(k, v)| (k, v.into_iter().collect()))
     .collect();
-
+    // The fleet exercises every rule that can fire.
+    for (rule, firing) in &expect_firing {
+        if !rule.starts_with("Tcpulse") {
+            ensure!(!firing.is_empty(), "the fleet never fires {rule}");
+        }
+    }
     let no_vars = BTreeMap::new();
     let math_ref = Regex::new(r"\$([A-Za-z]\w*)")?;
     for rule in grafana_rules()? {
@@ -1667,11 +2141,14 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                     let from = d["relativeTimeRange"]["from"].as_i64().unwrap_or(0);
                     let tf = format!("time >= now() - {from}s and time <= now()");
                     let what = format!("Grafana rule {title} ref {refid}");
-                    check_query(&db, &f, &what, s(&m["query"]), &no_vars, &tf, from)?;
+                    let series =
+                        check_query(&db, &f, &facts, &what, s(&m["query"]), &no_vars, &tf, from);
+                    // TelemetryMissing's `count` must find the rollups; others may be empty
+                    // only where nothing is expected (none here).
+                    let series = series?;
                     queries += 1;
-                    let q = interpolate(s(&m["query"]), &no_vars, &tf, STEP_S);
                     let mut col = BTreeMap::new();
-                    for sr in influx_query(&db, &q)? {
+                    for sr in series {
                         let vals: Vec<f64> = sr["values"]
                             .as_array()
                             .into_iter()
@@ -1775,8 +2252,12 @@ fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
             "Grafana rule {title}: fires for {firing:?}, expected {want:?}"
         );
     }
+    collector.stop(Duration::from_secs(20))?;
+    hub.shutdown().await;
     eprintln!(
-        "InfluxDB 1.6: ready in {boot:?}; {queries} queries checked; total {:?}",
+        "InfluxDB 1.6 filled by the collector: services ready in {boot:?}, pipeline settled after {pipeline_ready:?}; {queries} queries checked; {} events, {} refused writes; total {:?}",
+        all_events.values().sum::<f64>(),
+        proxy.refused(),
         started.elapsed()
     );
     drop(db);

@@ -1,0 +1,220 @@
+//! The `tcpulse-collector` binary as a test peer: a TOML config written for a hub
+//! ([`crate::hub::HubInfo`], TLS with the hub's CA), a known `/metrics` port, its log in a
+//! file, killed on drop.
+//!
+//! [`CollectorOptions`] holds the timing keys of `collector/src/config.rs` with short
+//! test defaults; `sinks` is appended verbatim (the `[sinks.*]` tables).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::hub::{HubInfo, Mode, Policy};
+use crate::services::{free_port, get};
+
+/// Path of a workspace binary next to the running test executable (scripts/test builds
+/// them).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let p = crate::python::profile_dir()?.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --all-features --bins` (scripts/test does)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// The config keys a test sets; every duration in humantime form (`"2s"`).
+#[derive(Debug, Clone)]
+pub struct CollectorOptions {
+    /// `name`: the `collector` tag of `tc_pipeline`.
+    pub name: String,
+    /// `pipeline_interval`.
+    pub pipeline_interval: String,
+    /// `aggregate.rollup_interval`.
+    pub rollup_interval: String,
+    /// `aggregate.stale_after`.
+    pub stale_after: String,
+    /// `aggregate.lateness`.
+    pub lateness: String,
+    /// `aggregate.idle_after`.
+    pub idle_after: String,
+    /// `checkpoint.interval`.
+    pub checkpoint_interval: String,
+    /// `batch.flush_interval`.
+    pub flush_interval: String,
+    /// `retry.initial`.
+    pub retry_initial: String,
+    /// `retry.max`.
+    pub retry_max: String,
+    /// The `[sinks.*]` tables (and anything else to append).
+    pub sinks: String,
+}
+
+impl Default for CollectorOptions {
+    fn default() -> Self {
+        CollectorOptions {
+            name: "e2e".into(),
+            pipeline_interval: "2s".into(),
+            rollup_interval: "2s".into(),
+            stale_after: "4s".into(),
+            lateness: "1s".into(),
+            idle_after: "5s".into(),
+            checkpoint_interval: "1s".into(),
+            flush_interval: "300ms".into(),
+            retry_initial: "200ms".into(),
+            retry_max: "1s".into(),
+            sinks: String::new(),
+        }
+    }
+}
+
+/// A running `tcpulse-collector run --config <dir>/collector.toml`; SIGKILLed on drop.
+#[derive(Debug)]
+pub struct CollectorProcess {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    metrics_port: u16,
+}
+
+impl CollectorProcess {
+    /// Writes the config into `dir` (created) and starts the binary, reading every
+    /// partition of `info`'s first hub over TLS with the Listen policy.
+    pub fn start(dir: &Path, info: &HubInfo, opts: &CollectorOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // The secret goes in a file, never on a command line.
+        let cs = dir.join("listen.cs");
+        std::fs::write(&cs, info.connection_string(Mode::Tls, Policy::Listen)?)?;
+        let metrics_port = free_port()?;
+        let config = dir.join("collector.toml");
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        std::fs::write(
+            &config,
+            format!(
+                r#"name = {name:?}
+pipeline_interval = "{pi}"
+[source.eventhub]
+connection_string_file = {cs}
+[source.eventhub.client]
+extra_ca_file = {ca}
+[checkpoint]
+dir = {ckpt}
+interval = "{ci}"
+[aggregate]
+rollup_interval = "{ri}"
+stale_after = "{sa}"
+lateness = "{la}"
+idle_after = "{ia}"
+[batch]
+flush_interval = "{fi}"
+[retry]
+initial = "{rin}"
+max = "{rmax}"
+[dead_letter]
+path = {dl}
+[http]
+listen = "127.0.0.1:{metrics_port}"
+{sinks}
+"#,
+                name = opts.name,
+                pi = opts.pipeline_interval,
+                cs = q(&cs),
+                ca = q(&info.ca_pem),
+                ckpt = q(&dir.join("ckpt")),
+                ci = opts.checkpoint_interval,
+                ri = opts.rollup_interval,
+                sa = opts.stale_after,
+                la = opts.lateness,
+                ia = opts.idle_after,
+                fi = opts.flush_interval,
+                rin = opts.retry_initial,
+                rmax = opts.retry_max,
+                dl = q(&dir.join("dead.jsonl")),
+                sinks = opts.sinks,
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("collector.log"))?;
+        let child = Command::new(workspace_binary("tcpulse-collector")?)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawn tcpulse-collector")?;
+        Ok(CollectorProcess {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            config,
+            metrics_port,
+        })
+    }
+
+    /// The config file written.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// The collector's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    /// Fails with the log if the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("collector not running"))?;
+        if let Some(status) = child.try_wait()? {
+            bail!("tcpulse-collector exited ({status}); log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// The `/metrics` exposition.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))?;
+        ensure!(status == 200, "/metrics: {status} {body}");
+        Ok(body)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; Ok if it exited on its own with success.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(status.success(), "collector exited with {status}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("collector did not stop within {grace:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -16,6 +16,7 @@
 //! - `server`: listeners, TLS-first handshake, SASL, sessions and link routing.
 //! - `nodes`: the `$cbs` and `$management` request/response nodes.
 //! - `links`: producer (incoming) and consumer (outgoing) links.
+//! - `write_behind`: coalesces the frames a connection writes into few socket writes.
 //!
 //! Failures stay at their level: a bad connection is logged and closed in its own task, and
 //! never reaches the accept loop or another connection.
@@ -31,6 +32,7 @@ pub mod tls;
 mod links;
 mod nodes;
 mod server;
+mod write_behind;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

@@ -30,7 +30,7 @@ use super::{
     broker::now_ms,
     links::{self, close_link_with, link_error},
     nodes::{self, Replies},
-    selector, Shared,
+    selector, write_behind, Shared,
 };
 use crate::{address::Entity, wire};
 
@@ -170,12 +170,12 @@ async fn serve_connection(
                     .await
                     .map_err(|e| format!("TLS handshake failed: {e}"))?;
                 acceptor
-                    .accept(stream)
+                    .accept(write_behind::coalesce(stream))
                     .await
                     .map_err(|e| format!("AMQP open failed: {e}"))
             }
             None => acceptor
-                .accept(tcp)
+                .accept(write_behind::coalesce(tcp))
                 .await
                 .map_err(|e| format!("AMQP open failed: {e}")),
         }

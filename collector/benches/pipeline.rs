@@ -13,6 +13,10 @@ use tcpulse_collector::aggregate::{AggregateSettings, Aggregator};
 use tcpulse_schema::{decode, encode, Calls, DedupWindow, Health, State, StatusEvent, Timestamp};
 use uuid::Uuid;
 
+/// The allocator the `tcpulse-collector` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CHUNK: usize = 100_000;
 const T0: i64 = 1_795_687_200_000;
 

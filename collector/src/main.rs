@@ -8,6 +8,11 @@ use clap::Parser as _;
 use tcpulse_collector::config::{Cli, Command, RunArgs};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: the decode → aggregate → encode path allocates and frees many small strings and
+/// maps per event; glibc malloc spent about a fifth of the CPU there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {

@@ -8,6 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+/// The allocator the `tcpulse-hub` and `tcpulse-collector` binaries use.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
     SendOptions, StartPosition, TryAddError,

@@ -18,6 +18,7 @@ use fe2o3_amqp::{
     },
 };
 use fe2o3_amqp_ext::filters::SelectorFilter;
+use futures::FutureExt as _;
 
 use super::{
     config::ClientConfig,
@@ -404,13 +405,12 @@ impl Consumer {
             let Some((_, receiver)) = self.live.as_mut() else {
                 break;
             };
-            // Only what is already here: a zero timeout polls once.
-            let next =
-                match tokio::time::timeout(Duration::ZERO, receiver.recv::<Body<Value>>()).await {
-                    Err(_) => break,
-                    Ok(Err(_)) => break, // let the next recv() handle the failure
-                    Ok(Ok(d)) => d,
-                };
+            // Only what is already here: poll once, without a timer (recv is cancel-safe).
+            let next = match receiver.recv::<Body<Value>>().now_or_never() {
+                None => break,
+                Some(Err(_)) => break, // let the next recv() handle the failure
+                Some(Ok(d)) => d,
+            };
             self.since_grant += 1;
             if self.since_grant >= (self.options.prefetch / 2).max(1) {
                 self.since_grant = 0;

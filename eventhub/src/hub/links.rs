@@ -324,6 +324,10 @@ enum Stop {
 
 /// Serves a consumer link until the client detaches, a higher epoch steals it, its token
 /// expires or the hub stops.
+///
+/// The futures that can end the link (shutdown, a steal, the token's expiry) are created once
+/// and polled beside every send: setting up a timer and two waiters per delivery cost more
+/// than the delivery itself.
 pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
     let Consumer {
         shared,
@@ -332,7 +336,7 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
         partition,
         path,
         start,
-        mut guard,
+        guard,
         mut expiry,
         runtime_metric,
     } = c;
@@ -340,18 +344,36 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
     let mut next = first_sequence(log, start);
     let mut watch = log.subscribe();
     tracing::debug!(%path, ?start, next, "consumer attached");
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut kicked_rx = guard.kicked.clone();
+    let kicked = async move {
+        // A closed channel (the registry is gone) never fires.
+        match kicked_rx.changed().await {
+            Ok(()) => kicked_rx
+                .borrow()
+                .as_ref()
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(kicked);
+    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let expires = tokio::time::sleep_until(expiry.map(Into::into).unwrap_or_else(far));
+    tokio::pin!(expires);
     let stop = 'outer: loop {
         watch.borrow_and_update();
         let batch = log.read_from(next, 256);
         if batch.is_empty() {
             tokio::select! {
-                _ = shared.shutdown.cancelled() => break Stop::Shutdown,
-                _ = guard.kicked.changed() => {
-                    let why = guard.kicked.borrow().as_ref().map(|s| s.0.clone()).unwrap_or_default();
-                    break Stop::Stolen(why);
-                }
-                _ = until(expiry) => match auth.check(&path, Right::Listen) {
-                    Ok(e) => expiry = e,
+                _ = &mut shutdown => break Stop::Shutdown,
+                why = &mut kicked => break Stop::Stolen(why),
+                _ = &mut expires => match auth.check(&path, Right::Listen) {
+                    Ok(e) => {
+                        expiry = e;
+                        expires.as_mut().reset(expiry.map(Into::into).unwrap_or_else(far));
+                    }
                     Err(d) => break Stop::Unauthorized(d.0),
                 },
                 r = watch.changed() => if r.is_err() { break Stop::Shutdown },
@@ -376,13 +398,13 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
                 .build();
             tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => break 'outer Stop::Shutdown,
-                _ = guard.kicked.changed() => {
-                    let why = guard.kicked.borrow().as_ref().map(|s| s.0.clone()).unwrap_or_default();
-                    break 'outer Stop::Stolen(why);
-                }
-                _ = until(expiry) => match auth.check(&path, Right::Listen) {
-                    Ok(e) => { expiry = e; }
+                _ = &mut shutdown => break 'outer Stop::Shutdown,
+                why = &mut kicked => break 'outer Stop::Stolen(why),
+                _ = &mut expires => match auth.check(&path, Right::Listen) {
+                    Ok(e) => {
+                        expiry = e;
+                        expires.as_mut().reset(expiry.map(Into::into).unwrap_or_else(far));
+                    }
                     Err(d) => break 'outer Stop::Unauthorized(d.0),
                 },
                 r = sender.send_batchable(sendable) => match r {

@@ -11,6 +11,17 @@
 //! TCPULSE_PYTHON=/tmp/pyenv/bin/python cargo bench -p tcpulse-tests --bench collector_e2e
 //! ```
 //!
+//! Profiling (symbols kept, a separate target dir so the shared one is not disturbed):
+//!
+//! ```text
+//! export CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+//!        CARGO_PROFILE_BENCH_STRIP=none CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
+//!        CARGO_TARGET_DIR=/tmp/e2etarget
+//! cargo build --release -p tcpulse-collector --bins
+//! cargo bench -p tcpulse-tests --bench collector_e2e --no-run   # then run the executable,
+//! perf record --call-graph dwarf -F 99 -p <collector pid> -- sleep 15   # mid-run
+//! ```
+//!
 //! Environment:
 //!
 //! | variable | meaning | default |
@@ -44,7 +55,11 @@
 //!    counting only.
 //! 5. The table: client, events, seconds, events/s (whole run and steady 10 %→90 %), ratio
 //!    vs Python, collector RSS, and the issue's targets (≥ 50,000 ev/s, ≥ 20× Python, memory
-//!    flat) with met / not met computed from this run.
+//!    flat) with met / not met computed from this run; CPU seconds of the collector, the hub
+//!    (this process, allocating with mimalloc like `tcpulse-hub`), VictoriaMetrics, Python
+//!    and everything else on the machine, since other work may share the CPUs.
+//! 6. After the table it fails if the collector's per-partition event counters or
+//!    VictoriaMetrics' sample count differ from what the hub holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +77,10 @@ use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SC
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
 use tcpulse_tests::python::{profile_dir, run_script};
 use tcpulse_tests::services::{self, free_port, get};
+
+/// The allocator the `tcpulse-hub` binary uses (the hub runs in this process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Connectors (partition keys) and their regions.
 const CONNECTORS: [(&str, &str); 8] = [
@@ -346,6 +365,23 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / clock_ticks())
 }
 
+/// Busy CPU seconds of the whole machine (all CPUs, `/proc/stat`), to see what else ran.
+fn machine_busy_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return f64::NAN;
+    };
+    // user nice system idle iowait irq softirq steal …: busy = all but idle and iowait.
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clock_ticks()
+}
+
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -559,17 +595,30 @@ struct Sample {
     rss_kib: u64,
 }
 
+/// CPU seconds spent while the Python SDK received.
+struct PyCpu {
+    /// The script (sampled every 0.5 s, so it can miss its last half second).
+    python: Option<f64>,
+    /// This process: the hub serving it.
+    hub: f64,
+    /// The whole machine.
+    machine: f64,
+}
+
 struct CollectorRun {
     seconds: f64,
     samples: Vec<Sample>,
     cpu_collector: f64,
     cpu_hub: f64,
+    cpu_machine: f64,
     cpu_vm: Option<f64>,
     events_metric: f64,
     dead_letters: f64,
     duplicates: f64,
     sink_points: f64,
     sink_errors: f64,
+    /// `tcpulse_collector_events_total` per partition at the end.
+    events_by_partition: BTreeMap<String, f64>,
 }
 
 /// Runs the collector until every partition's checkpoint reached its last sequence number.
@@ -584,6 +633,7 @@ fn run_collector(
     let vm_pid = child_pid("victoria-metric");
     let vm_cpu0 = vm_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let hub_cpu0 = cpu_seconds("self").unwrap_or(0.0);
+    let machine0 = machine_busy_seconds();
     let t0 = Instant::now();
     let mut c = CollectorProc::spawn(dir, info, vm_url)?;
     let pid = c.pid();
@@ -642,6 +692,7 @@ fn run_collector(
     };
     let cpu_collector = cpu_seconds(&pid.to_string()).unwrap_or(f64::NAN);
     let cpu_hub = cpu_seconds("self").unwrap_or(0.0) - hub_cpu0;
+    let cpu_machine = machine_busy_seconds() - machine0;
     let cpu_vm = match (vm_pid.and_then(|p| cpu_seconds(&p.to_string())), vm_cpu0) {
         (Some(a), Some(b)) => Some(a - b),
         _ => None,
@@ -661,12 +712,14 @@ fn run_collector(
         samples,
         cpu_collector,
         cpu_hub,
+        cpu_machine,
         cpu_vm,
         events_metric: metric_sum(&last_text, "tcpulse_collector_events_total"),
         dead_letters: metric_sum(&last_text, "tcpulse_collector_dead_letters_total"),
         duplicates: metric_sum(&last_text, "tcpulse_collector_duplicates_total"),
         sink_points: metric_sum(&last_text, "tcpulse_collector_sink_points_total"),
         sink_errors: metric_sum(&last_text, "tcpulse_collector_sink_errors_total"),
+        events_by_partition: metric_by_partition(&last_text, "tcpulse_collector_events_total"),
     };
     Ok(run)
 }
@@ -889,6 +942,23 @@ fn main() -> Result<()> {
     let py = if py_events > 0 {
         eprintln!("python: receive {py_events} events from earliest, every partition…");
         let max_seconds = (py_events as f64 / 1_000.0).max(300.0);
+        let hub_cpu0 = cpu_seconds("self").unwrap_or(0.0);
+        let machine0 = machine_busy_seconds();
+        // The script's own CPU: sampled while it runs (it is gone once it has finished).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut last = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(c) = child_pid("python").and_then(|p| cpu_seconds(&p.to_string())) {
+                        last = Some(c);
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                last
+            })
+        };
         let out = client_rt.block_on(run_script(
             "receive_count",
             json!({
@@ -899,13 +969,21 @@ fn main() -> Result<()> {
                 "max_seconds": max_seconds,
             }),
             Duration::from_secs_f64(max_seconds + 60.0),
-        ))?;
+        ));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let py_cpu = sampler.join().ok().flatten();
+        let cpu = PyCpu {
+            python: py_cpu,
+            hub: cpu_seconds("self").unwrap_or(0.0) - hub_cpu0,
+            machine: machine_busy_seconds() - machine0,
+        };
+        let out = out?;
         let got = out["events"].as_u64().unwrap_or(0) as usize;
         ensure!(
             got >= py_events,
             "python received {got} of {py_events}: {out}"
         );
-        Some(out)
+        Some((out, cpu))
     } else {
         None
     };
@@ -928,7 +1006,7 @@ fn main() -> Result<()> {
     };
     let coll_steady = steady(time_at(s, total, 10), time_at(s, total, 90), n);
     let (py_secs, py_eps, py_steady) = match &py {
-        Some(out) => {
+        Some((out, _)) => {
             let secs = out["seconds"].as_f64().unwrap_or(f64::NAN);
             let m = &out["milestones"];
             (
@@ -963,7 +1041,7 @@ fn main() -> Result<()> {
         at(100),
     );
     match &py {
-        Some(out) => println!(
+        Some((out, _)) => println!(
             "| Python azure-eventhub {}: receive only, receive_batch per partition | {py_events} | {py_secs:.1} | {py_eps:.0} | {} | 1.0× | - | - |",
             out["sdk_version"].as_str().unwrap_or("?"),
             fmt_opt(py_steady),
@@ -974,16 +1052,30 @@ fn main() -> Result<()> {
     println!(
         "Collector seconds: from spawn until every partition's checkpoint (written after the store acknowledged, every 1 s) reached the partition's last sequence number. Python seconds: from starting its readers until the last event arrived."
     );
+    let cpus = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(0);
     println!(
-        "CPU during the collector run: collector {:.1} s, hub (this process) {:.1} s, VictoriaMetrics {} — over {:.1} s wall on {} CPUs.",
+        "CPU during the collector run ({:.1} s wall × {cpus} CPUs = {:.1} CPU-s): collector {:.1} s, hub (this process) {:.1} s, VictoriaMetrics {}, everything else on the machine {:.1} s.",
+        run.seconds,
+        run.seconds * cpus as f64,
         run.cpu_collector,
         run.cpu_hub,
         run.cpu_vm
             .map(|v| format!("{v:.1} s"))
             .unwrap_or_else(|| "?".into()),
-        run.seconds,
-        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0)
+        run.cpu_machine - run.cpu_collector - run.cpu_hub - run.cpu_vm.unwrap_or(0.0),
     );
+    if let Some((_, cpu)) = &py {
+        println!(
+            "CPU during the Python run ({py_secs:.1} s wall): Python {}, hub (this process) {:.1} s, everything else on the machine {:.1} s.",
+            cpu.python
+                .map(|v| format!("{v:.1} s"))
+                .unwrap_or_else(|| "?".into()),
+            cpu.hub,
+            cpu.machine - cpu.hub - cpu.python.unwrap_or(0.0),
+        );
+    }
     println!(
         "Collector counters: events {:.0}, dead letters {:.0}, duplicates {:.0}, sink points acknowledged {:.0}, sink errors {:.0}.",
         run.events_metric, run.dead_letters, run.duplicates, run.sink_points, run.sink_errors
@@ -996,6 +1088,26 @@ fn main() -> Result<()> {
         stored.connector_samples,
         stored.down_samples,
     );
+    let mut missing = Vec::new();
+    let per_partition = ranges
+        .iter()
+        .map(|(p, b, l)| {
+            let want = l - b + 1;
+            let got = run.events_by_partition.get(p).copied().unwrap_or(0.0) as i64;
+            if got != want {
+                missing.push(format!("partition {p}: {got} of {want}"));
+            }
+            format!("p{p} {got}/{want}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("Collector events per partition (counted / in the hub): {per_partition}.");
+    if let Some((out, _)) = &py {
+        println!(
+            "Python events per partition: {} (total {}).",
+            out["per_partition"], out["events"]
+        );
+    }
     println!(
         "Fill: Rust Producer, {} batches, {:.0} B/event avg, {:.0} ev/s into the hub; hub process RSS after the fill {} MiB.",
         filled.batches,
@@ -1048,5 +1160,11 @@ fn main() -> Result<()> {
         let kept = tmp.keep();
         eprintln!("kept {}", kept.display());
     }
+    ensure!(
+        missing.is_empty() && stored.call_count_samples as usize == n,
+        "not every event reached the store: collector counted {}; VictoriaMetrics holds {:.0} of {n} call_count samples (the collector's dir is kept with COLLECTOR_E2E_KEEP=1)",
+        if missing.is_empty() { "all".to_string() } else { missing.join(", ") },
+        stored.call_count_samples
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! receiver with a higher epoch took the partition) is returned as
 //! [`ReceiveError::LinkStolen`] and never retried.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fe2o3_amqp::{
@@ -144,6 +145,10 @@ pub struct Consumer {
     connects: u64,
     /// Events read since credit was last granted.
     since_grant: u32,
+    /// Events taken off the link but not yet handed out. A delivery lands here before any
+    /// `.await`, so a receive cancelled half-way (a `select!` in the caller) loses nothing:
+    /// the next call hands it out.
+    ready: VecDeque<ReceivedEvent>,
 }
 
 fn from_condition(entity: &str, error: ServiceError) -> ReceiveError {
@@ -193,6 +198,7 @@ impl Consumer {
             last_offset: None,
             connects: 0,
             since_grant: 0,
+            ready: VecDeque::new(),
         };
         let mut retrier = Retrier::new(&c.config.options.retry);
         loop {
@@ -319,6 +325,9 @@ impl Consumer {
     }
 
     fn drop_live(&mut self, why: &ReceiveError) {
+        // Not handed out yet: the next attach resumes after the last handed-out event and
+        // reads these again.
+        self.ready.clear();
         if let Some((conn, receiver)) = self.live.take() {
             tracing::info!(entity = %self.entity(), error = %why, "consumer link lost");
             tokio::spawn(async move {
@@ -330,29 +339,57 @@ impl Consumer {
 
     /// Waits for the next event. Transient failures reconnect (bounded retries, backoff) and
     /// resume after the last event handed out; when retries run out the transient error is
-    /// returned and the next call tries again. Cancel-safe.
+    /// returned and the next call tries again.
+    ///
+    /// Cancel-safe: an event taken off the link is kept until a call returns it, so dropping
+    /// this future (a `select!` branch that lost) never loses or skips an event.
     pub async fn recv(&mut self) -> Result<ReceivedEvent, ReceiveError> {
         let mut retrier = Retrier::new(&self.config.options.retry);
         loop {
-            let step = self.recv_once().await;
-            match step {
-                Ok(ev) => return Ok(ev),
-                Err(e) => {
-                    self.drop_live(&e);
-                    match retrier.next_delay(e.is_transient()) {
-                        Some(d) => {
-                            tracing::warn!(entity = %self.entity(), attempt = retrier.attempts(), delay_ms = d.as_millis() as u64, error = %e, "receive failed; reconnecting");
-                            tokio::time::sleep(d).await;
-                        }
-                        None => return Err(e),
+            if let Some(ev) = self.ready.pop_front() {
+                self.handed_out(&ev);
+                return Ok(ev);
+            }
+            if let Err(e) = self.fill().await {
+                self.drop_live(&e);
+                match retrier.next_delay(e.is_transient()) {
+                    Some(d) => {
+                        tracing::warn!(entity = %self.entity(), attempt = retrier.attempts(), delay_ms = d.as_millis() as u64, error = %e, "receive failed; reconnecting");
+                        tokio::time::sleep(d).await;
                     }
+                    None => return Err(e),
                 }
             }
         }
     }
 
-    async fn recv_once(&mut self) -> Result<ReceivedEvent, ReceiveError> {
+    /// Records `ev` as handed out: a reconnect resumes after it.
+    fn handed_out(&mut self, ev: &ReceivedEvent) {
+        self.last_sequence_number = Some(ev.sequence_number);
+        self.last_offset = Some(ev.offset.clone());
+    }
+
+    /// Tops the link credit back up to `prefetch` once half of it is used.
+    async fn grant_if_due(&mut self) -> Result<(), ReceiveError> {
+        if self.since_grant < (self.options.prefetch / 2).max(1) {
+            return Ok(());
+        }
+        let Some((_, receiver)) = self.live.as_mut() else {
+            return Ok(());
+        };
+        receiver
+            .set_credit(self.options.prefetch)
+            .await
+            .map_err(|e| ReceiveError::LinkLost(format!("cannot grant credit: {e}")))?;
+        self.since_grant = 0;
+        Ok(())
+    }
+
+    /// Takes one delivery off the link into `ready` (skipping malformed ones).
+    async fn fill(&mut self) -> Result<(), ReceiveError> {
         self.attach().await?;
+        // Credit first: with none left nothing would ever arrive.
+        self.grant_if_due().await?;
         let entity = self.entity();
         let (conn, receiver) = self
             .live
@@ -367,27 +404,22 @@ impl Consumer {
                 }
             };
             self.since_grant += 1;
-            if self.since_grant >= (self.options.prefetch / 2).max(1) {
-                self.since_grant = 0;
-                receiver
-                    .set_credit(self.options.prefetch)
-                    .await
-                    .map_err(|e| ReceiveError::LinkLost(format!("cannot grant credit: {e}")))?;
-            }
             match ReceivedEvent::from_message(delivery.into_message(), &self.options.partition_id) {
                 Ok(event) => {
-                    self.last_sequence_number = Some(event.sequence_number);
-                    self.last_offset = Some(event.offset.clone());
-                    return Ok(event);
+                    self.ready.push_back(event);
+                    break;
                 }
                 // Bad input never stops a partition: log it and move on.
                 Err(why) => tracing::warn!(%entity, %why, "skipping a malformed event"),
             }
         }
+        // The event is safe in `ready` across this await.
+        self.grant_if_due().await
     }
 
     /// Up to `max` events: waits at most `max_wait` for the first, then takes what is already
-    /// buffered. An empty vector means nothing arrived in time.
+    /// buffered. An empty vector means nothing arrived in time. Cancel-safe like
+    /// [`Consumer::recv`]: once it has events it no longer awaits anything.
     pub async fn recv_batch(
         &mut self,
         max: usize,
@@ -402,6 +434,11 @@ impl Consumer {
             Ok(r) => out.push(r?),
         }
         while out.len() < max {
+            if let Some(ev) = self.ready.pop_front() {
+                self.handed_out(&ev);
+                out.push(ev);
+                continue;
+            }
             let Some((_, receiver)) = self.live.as_mut() else {
                 break;
             };
@@ -412,23 +449,21 @@ impl Consumer {
                 Some(Ok(d)) => d,
             };
             self.since_grant += 1;
-            if self.since_grant >= (self.options.prefetch / 2).max(1) {
-                self.since_grant = 0;
-                if receiver.set_credit(self.options.prefetch).await.is_err() {
-                    // The next recv() notices the broken link and reconnects.
-                    tracing::debug!(entity = %self.entity(), "granting credit failed");
-                }
-            }
             match ReceivedEvent::from_message(next.into_message(), &self.options.partition_id) {
                 Ok(ev) => {
-                    self.last_sequence_number = Some(ev.sequence_number);
-                    self.last_offset = Some(ev.offset.clone());
+                    self.handed_out(&ev);
                     out.push(ev);
                 }
                 Err(why) => {
                     tracing::warn!(entity = %self.entity(), %why, "skipping a malformed event");
                 }
             }
+        }
+        // Grant without awaiting: `out` must not be lost to a cancellation. If the flow frame
+        // cannot go out right now, the next receive grants before it waits.
+        if let Some(Err(e)) = self.grant_if_due().now_or_never() {
+            // The next recv() notices the broken link and reconnects.
+            tracing::debug!(entity = %self.entity(), error = %e, "granting credit failed");
         }
         Ok(out)
     }

@@ -1,7 +1,8 @@
 //! Throughput of tcpulse-hub (issue 2, part 4): events/s into and out of the hub for the
 //! official Python SDK and for a minimal Rust fe2o3-amqp client, 1 KiB events, batch sizes
-//! 1 and 100. A benchmark, not a test: it prints a table and asserts only that every event
-//! came back.
+//! 1 and 100; and (issue 3) tcpulse's own client, `tcpulse_eventhub::client`, whose batched
+//! producer and consumer are set beside the Python SDK's batch-100 row of the same run.
+//! A benchmark, not a test: it prints tables and asserts only that every event came back.
 //!
 //! Run: `cargo bench -p tcpulse-tests --bench hub_throughput`
 //! (counts scale with `TCPULSE_BENCH_SCALE`, default 1.0).
@@ -29,6 +30,10 @@ use serde_json::json;
 use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 use tokio_rustls::rustls;
+
+/// The in-process hub allocates as the `tcpulse-hub` binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EVENT_BYTES: usize = 1024;
 /// Event Hubs batch message format (body = data sections, each an encoded message).
@@ -94,6 +99,29 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             r.note
         );
+    }
+    let python = rows
+        .iter()
+        .find(|r| r.client == "python azure-eventhub" && r.batch == "100");
+    let ours = rows.iter().find(|r| r.client == "tcpulse-eventhub client");
+    if let (Some(py), Some(us)) = (python, ours) {
+        let recv = |r: &Row| r.recv_eps.unwrap_or(0.0);
+        println!();
+        println!(
+            "tcpulse client against the Python SDK (batch 100) in this run; target: 10x both ways"
+        );
+        println!("| direction | python ev/s | tcpulse ev/s | ratio | target met |");
+        println!("|---|---|---|---|---|");
+        for (what, p, t) in [
+            ("producer (into hub)", py.send_eps, us.send_eps),
+            ("consumer (out of hub)", recv(py), recv(us)),
+        ] {
+            let ratio = t / p.max(1e-9);
+            println!(
+                "| {what} | {p:.0} | {t:.0} | {ratio:.1}x | {} |",
+                if ratio >= 10.0 { "yes" } else { "no" }
+            );
+        }
     }
     Ok(())
 }
@@ -180,7 +208,87 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             note: note.into(),
         });
     }
+    if only != "python" {
+        let count = scaled(100_000);
+        eprintln!("tcpulse client: batched producer and consumer, {count} events…");
+        let (send_eps, recv_eps) = tcpulse_client_case(info, "5", count)
+            .await
+            .context("tcpulse client case")?;
+        rows.push(Row {
+            client: "tcpulse-eventhub client",
+            batch: "full",
+            events: count,
+            send_eps,
+            recv_eps: Some(recv_eps),
+            note: "Producer batches filled to 1 MiB; Consumer prefetch 2000, recv_batch(1000)"
+                .into(),
+        });
+    }
     Ok(rows)
+}
+
+/// tcpulse's client: a batched producer fills partition `pid`, then a consumer reads it all
+/// from the earliest event. Returns (events/s in, events/s out).
+async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<(f64, f64)> {
+    use tcpulse_eventhub::client::{
+        BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
+        StartPosition, TryAddError,
+    };
+    let config = ClientConfig::from_connection_string(
+        info.connection_string(Mode::Tls, Policy::Manage)?,
+        None,
+        ClientOptions {
+            extra_ca_file: Some(info.ca_pem.clone()),
+            ..ClientOptions::default()
+        },
+    )?;
+    let body = bytes::Bytes::from(vec![b'x'; EVENT_BYTES]);
+    let to = BatchOptions {
+        partition_id: Some(pid.into()),
+        ..BatchOptions::default()
+    };
+    let mut producer = Producer::connect(config.clone()).await?;
+    let started = Instant::now();
+    let mut batch = producer.create_batch(to.clone())?;
+    for i in 0..count {
+        let event = EventData::new(body.clone()).with_property("i", i as i64);
+        match batch.try_add(event) {
+            Ok(()) => {}
+            Err(TryAddError::Full { event, .. }) => {
+                producer.send_batch(&batch).await?;
+                batch = producer.create_batch(to.clone())?;
+                batch.try_add(*event)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    producer.send_batch(&batch).await?;
+    let send_eps = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    producer.close().await;
+
+    let mut consumer = Consumer::connect(
+        config,
+        ConsumerOptions {
+            start: StartPosition::Earliest,
+            prefetch: 2000,
+            ..ConsumerOptions::new(pid)
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let mut got = 0usize;
+    while got < count {
+        let events = consumer.recv_batch(1000, Duration::from_secs(30)).await?;
+        ensure!(
+            !events.is_empty(),
+            "consumer stalled after {got} of {count}"
+        );
+        got += events.len();
+    }
+    let recv_eps = got as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    consumer.close().await;
+    ensure!(got == count, "tcpulse client: received {got} of {count}");
+    Ok((send_eps, recv_eps))
 }
 
 fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {

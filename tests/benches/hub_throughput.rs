@@ -297,7 +297,11 @@ fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector>
     for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
         roots.add(cert?)?;
     }
-    let config = rustls::ClientConfig::builder()
+    // The provider by name: the workspace links both aws-lc-rs and ring into rustls (the
+    // agent's ureq uses ring), so there is no process default to fall back on.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))

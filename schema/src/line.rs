@@ -256,6 +256,14 @@ impl Point {
 /// `special` characters get a backslash, and a backslash that would escape what follows
 /// it (an escaped character, or the separator after the token) is doubled.
 fn escape_name(out: &mut String, s: &str, special: &[char]) {
+    // Almost every name is plain printable ASCII with nothing to escape: copy it whole.
+    let plain = s
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'\\' && !special.contains(&char::from(b)));
+    if plain {
+        out.push_str(s);
+        return;
+    }
     let clean = |c: char| if c.is_control() { ' ' } else { c };
     let mut chars = s.chars().map(clean).peekable();
     while let Some(c) = chars.next() {
@@ -444,6 +452,9 @@ mod tests {
     #[test]
     fn control_characters_become_escaped_spaces() {
         assert_eq!(one_tag("a\nb\tc"), r"m,t=a\ b\ c f=1i 1");
+        // DEL and a C1 control (two bytes in UTF-8) too; other non-ASCII is kept.
+        assert_eq!(one_tag("a\u{7f}b\u{85}c"), r"m,t=a\ b\ c f=1i 1");
+        assert_eq!(one_tag("zürich-1"), "m,t=zürich-1 f=1i 1");
     }
 
     #[test]

@@ -74,6 +74,7 @@ use tcpulse_eventhub::client::{
 };
 use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
+use tcpulse_tests::collector::metric_by_partition;
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
 use tcpulse_tests::python::{profile_dir, run_script};
 use tcpulse_tests::services::{self, free_port, get};
@@ -557,19 +558,6 @@ impl Drop for CollectorProc {
             let _ = self.child.wait();
         }
     }
-}
-
-/// `name{partition="p"} v` per partition.
-fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
-    let prefix = format!("{name}{{partition=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (p, rest) = rest.split_once('"')?;
-            let v = rest.rsplit(' ').next()?.parse().ok()?;
-            Some((p.to_string(), v))
-        })
-        .collect()
 }
 
 /// Sum of every sample of `name` (any labels).

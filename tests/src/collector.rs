@@ -5,6 +5,7 @@
 //! [`CollectorOptions`] holds the timing keys of `collector/src/config.rs` with short
 //! test defaults; `sinks` is appended verbatim (the `[sinks.*]` tables).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +25,20 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         p.display()
     );
     Ok(p)
+}
+
+/// Every sample of a collector metric labelled only by partition: `name{partition="p"} v`,
+/// read from `/metrics` text, by partition.
+pub fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{name}{{partition=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (p, rest) = rest.split_once('"')?;
+            let v = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((p.to_string(), v))
+        })
+        .collect()
 }
 
 /// The config keys a test sets; every duration in humantime form (`"2s"`).

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tcpulse_eventhub::client::{
     ClientConfig, ClientOptions, Consumer, ConsumerOptions, ReceivedEvent, StartPosition,
 };
+use tcpulse_tests::collector::metric_by_partition;
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::{profile_dir, run_script};
 use tcpulse_tests::services::{self, free_port, get, post_form};
@@ -386,19 +387,6 @@ listen = "127.0.0.1:{metrics_port}"
         }
         out
     }
-}
-
-/// A Prometheus gauge `name{partition="p"}` per partition.
-fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
-    let prefix = format!("{name}{{partition=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (p, rest) = rest.split_once('"')?;
-            let v = rest.rsplit(' ').next()?.parse().ok()?;
-            Some((p.to_string(), v))
-        })
-        .collect()
 }
 
 /// Sum over partitions of a Prometheus gauge `name{partition=...}`; None when absent.

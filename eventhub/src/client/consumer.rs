@@ -390,7 +390,6 @@ impl Consumer {
         self.attach().await?;
         // Credit first: with none left nothing would ever arrive.
         self.grant_if_due().await?;
-        let entity = self.entity();
         let (conn, receiver) = self
             .live
             .as_mut()
@@ -398,10 +397,15 @@ impl Consumer {
         loop {
             let delivery = tokio::select! {
                 biased;
-                d = receiver.recv::<Body<Value>>() => d.map_err(|e| from_recv(&entity, e))?,
+                d = receiver.recv::<Body<Value>>() => d,
                 _ = conn.closed() => {
                     return Err(ReceiveError::LinkLost("the connection closed".into()))
                 }
+            };
+            // The entity name is only formatted when something went wrong (not per event).
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => return Err(from_recv(&self.entity(), e)),
             };
             self.since_grant += 1;
             match ReceivedEvent::from_message(delivery.into_message(), &self.options.partition_id) {
@@ -410,7 +414,13 @@ impl Consumer {
                     break;
                 }
                 // Bad input never stops a partition: log it and move on.
-                Err(why) => tracing::warn!(%entity, %why, "skipping a malformed event"),
+                Err(why) => tracing::warn!(
+                    hub = %self.config.hub,
+                    consumer_group = %self.options.consumer_group,
+                    partition = %self.options.partition_id,
+                    %why,
+                    "skipping a malformed event"
+                ),
             }
         }
         // The event is safe in `ready` across this await.

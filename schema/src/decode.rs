@@ -32,11 +32,21 @@
 //!
 //! [`encode`] writes the JSON form; it does not validate, so producers call
 //! [`StatusEvent::validate`] first (the agent does, so it never spools a dead letter).
+//!
+//! Two readings, one result: [`decode`] first reads the body straight into typed wire
+//! structs (`decode/fast.rs`), which costs no `serde_json::Value` tree. A body that does not
+//! fit them cleanly (bad syntax, a wrong type, a missing, `null` or duplicated field, a
+//! number out of range, …) is read again as a `Value` and walked field by field, and that
+//! reading names every structural dead-letter reason. The typed reading checks values in
+//! the same order and with the same functions, and tests compare the two over the fixtures
+//! and thousands of mutated bodies.
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
+
+mod fast;
 
 /// Largest body [`decode`] reads: 64 KiB. A v1 event is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -165,7 +175,30 @@ fn excerpt(s: &str) -> String {
 }
 
 /// Decodes and validates one event body. See the module docs for the rules.
+///
+/// A body is first read straight into typed wire structs; anything that does not
+/// fit them cleanly (bad syntax, a wrong type, a missing or duplicated field, …) is read
+/// again through [`decode_via_value`], which produces every dead-letter reason. Both give
+/// the same result for every input; the typed read only saves the `Value` tree.
 pub fn decode(bytes: &[u8]) -> Result<StatusEvent, DeadLetter> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(DeadLetter {
+            reason: DeadLetterReason::Oversized(bytes.len()),
+            instance: None,
+        });
+    }
+    if let Some(result) = fast::decode_typed(bytes) {
+        return result;
+    }
+    decode_via_value(bytes)
+}
+
+/// The reference reading of [`decode`]: the body as a `serde_json::Value`, then walked
+/// field by field. `decode` falls back to it for every body its typed read does not take,
+/// so all dead-letter reasons come from here. Public only for the equivalence tests and
+/// the `decode` bench; not part of the API.
+#[doc(hidden)]
+pub fn decode_via_value(bytes: &[u8]) -> Result<StatusEvent, DeadLetter> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(DeadLetter {
             reason: DeadLetterReason::Oversized(bytes.len()),
@@ -259,13 +292,39 @@ fn as_obj<'a>(v: &'a Value, path: &'static str) -> Res<&'a Obj> {
 }
 
 fn as_timestamp(v: &Value, path: &'static str) -> Res<Timestamp> {
-    Timestamp::parse_rfc3339(as_str(v, path)?).map_err(|e| DeadLetterReason::InvalidValue {
+    timestamp_of(as_str(v, path)?, path)
+}
+
+/// The value rule of `time` and `start_time` (shared with the typed path).
+fn timestamp_of(s: &str, path: &'static str) -> Res<Timestamp> {
+    Timestamp::parse_rfc3339(s).map_err(|e| DeadLetterReason::InvalidValue {
         field: path,
         why: match e {
             crate::event::TimestampError::NotRfc3339 => "not an RFC 3339 timestamp",
             crate::event::TimestampError::OutOfRange => "outside 1970-01-01..2262-04-11",
         },
     })
+}
+
+/// The value rule of `boot` (shared with the typed path).
+fn boot_of(s: &str) -> Res<Uuid> {
+    Uuid::parse_str(s).map_err(|_| DeadLetterReason::InvalidValue {
+        field: "boot",
+        why: "not a UUID",
+    })
+}
+
+/// The value rule of `state` (shared with the typed path): a v1 name, or under a minor
+/// version any name, an unrecognised one reading as [`State::Unknown`].
+fn state_of(name: &str, version: SchemaVersion) -> Res<State> {
+    match name.parse::<State>() {
+        Ok(s) => Ok(s),
+        Err(_) if version.minor > 0 => Ok(State::Unknown),
+        Err(_) => Err(DeadLetterReason::InvalidValue {
+            field: "state",
+            why: "not a v1 state (active, waiting_for_termination, terminating, maintenance, failure, unknown)",
+        }),
+    }
 }
 
 fn req_str(o: &Obj, path: &'static str) -> Res<String> {
@@ -281,28 +340,14 @@ fn read_event(o: &Obj) -> Res<StatusEvent> {
     let region = req_str(o, "region")?;
     let scaleset = req_str(o, "scaleset")?;
     let instance = req_str(o, "instance")?;
-    let boot = Uuid::parse_str(as_str(req(o, "boot")?, "boot")?).map_err(|_| {
-        DeadLetterReason::InvalidValue {
-            field: "boot",
-            why: "not a UUID",
-        }
-    })?;
+    let boot = boot_of(as_str(req(o, "boot")?, "boot")?)?;
     let seq = as_u64(req(o, "seq")?, "seq")?;
     let time = as_timestamp(req(o, "time")?, "time")?;
     let start_time = opt(o, "start_time")
         .map(|v| as_timestamp(v, "start_time"))
         .transpose()?;
     let state_name = as_str(req(o, "state")?, "state")?;
-    let state = match state_name.parse::<State>() {
-        Ok(s) => s,
-        Err(_) if version.minor > 0 => State::Unknown,
-        Err(_) => {
-            return Err(DeadLetterReason::InvalidValue {
-                field: "state",
-                why: "not a v1 state (active, waiting_for_termination, terminating, maintenance, failure, unknown)",
-            })
-        }
-    };
+    let state = state_of(state_name, version)?;
     let calls = opt(o, "calls")
         .map(|v| read_calls(as_obj(v, "calls")?))
         .transpose()?;

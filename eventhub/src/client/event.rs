@@ -140,9 +140,10 @@ fn id_text(id: &MessageId) -> String {
     }
 }
 
-fn key_text(k: &OwnedKey) -> String {
+/// An annotation key as text; a symbol's string is moved, not copied.
+fn key_text(k: OwnedKey) -> String {
     match k {
-        OwnedKey::Symbol(s) => s.0.clone(),
+        OwnedKey::Symbol(s) => s.0,
         OwnedKey::Ulong(n) => n.to_string(),
     }
 }
@@ -155,7 +156,7 @@ impl ReceivedEvent {
     ) -> Result<ReceivedEvent, String> {
         let annotations: OrderedMap<String, Value> = message
             .message_annotations
-            .map(|a| a.0.into_iter().map(|(k, v)| (key_text(&k), v)).collect())
+            .map(|a| a.0.into_iter().map(|(k, v)| (key_text(k), v)).collect())
             .unwrap_or_default();
         let sequence_number = match annotations.get(wire::SEQUENCE_NUMBER) {
             Some(Value::Long(n)) => *n,

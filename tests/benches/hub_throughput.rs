@@ -7,9 +7,20 @@
 //! Run: `cargo bench -p tcpulse-tests --bench hub_throughput`
 //! (counts scale with `TCPULSE_BENCH_SCALE`, default 1.0).
 //!
-//! The hub runs in-process on its own tokio runtime (2 worker threads) with TLS on
-//! 127.0.0.1; every case writes to its own partition, so each receive reads exactly that
-//! case's events.
+//! Two layouts, chosen with `TCPULSE_BENCH_HUB`:
+//!
+//! - `in-process` (default): the hub runs in this process on its own tokio runtime (2 worker
+//!   threads), sharing both CPUs with whichever client runs.
+//! - `pinned`: the `tcpulse-hub` binary (build it first: `cargo build --release -p
+//!   tcpulse-eventhub --features hub --bins`) runs pinned to CPU 0, and this process and the
+//!   Python SDK it starts are pinned to CPU 1. The hub then stands where Azure stands, on
+//!   its own CPU, and each client has one CPU of its own: the client is measured, not the
+//!   client and the hub competing for the same two CPUs. Needs at least 2 CPUs.
+//!
+//! TLS on 127.0.0.1 either way; every case writes to its own partition, so each receive
+//! reads exactly that case's events. Besides events/s, the comparison table shows CPU time
+//! per event: the Python process's own, and this process's (which in `in-process` also
+//! carries the hub's work, in `pinned` only the client's).
 
 use std::collections::VecDeque;
 use std::io::BufReader;
@@ -27,7 +38,7 @@ use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Sendable, Session};
 use fe2o3_amqp_ext::filters::SelectorFilter;
 use serde_json::json;
-use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
+use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 use tokio_rustls::rustls;
 
@@ -45,7 +56,50 @@ struct Row {
     events: usize,
     send_eps: f64,
     recv_eps: Option<f64>,
+    /// CPU µs per event of the sending and the receiving process, where measured.
+    send_cpu_us: Option<f64>,
+    recv_cpu_us: Option<f64>,
     note: String,
+}
+
+/// Where the hub runs (`TCPULSE_BENCH_HUB`).
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    InProcess,
+    Pinned,
+}
+
+/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`.
+fn self_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Pins every thread of process `pid` (and the threads it starts later) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .context("run taskset (util-linux)")?;
+    ensure!(
+        out.status.success(),
+        "taskset -a -c -p {cpu} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 fn scaled(n: usize) -> usize {
@@ -58,27 +112,54 @@ fn scaled(n: usize) -> usize {
 
 fn main() -> Result<()> {
     // cargo bench passes `--bench`; ignore arguments.
-    let hub_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("hub")
-        .enable_all()
-        .build()?;
-    let hub = hub_rt.block_on(TestHub::start_with(HubOptions {
-        hubs: vec![("bench".into(), 8)],
-        plain: false,
-        ..HubOptions::default()
-    }))?;
-    let info = hub.info.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
-    let rows = rt.block_on(run_all(&info))?;
-    hub_rt.block_on(hub.shutdown());
+    let layout = match std::env::var("TCPULSE_BENCH_HUB").as_deref() {
+        Ok("pinned") => Layout::Pinned,
+        Ok("in-process") | Ok("") | Err(_) => Layout::InProcess,
+        Ok(other) => bail!("TCPULSE_BENCH_HUB={other:?}: use in-process or pinned"),
+    };
+    let rows = match layout {
+        Layout::InProcess => {
+            let hub_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("hub")
+                .enable_all()
+                .build()?;
+            let hub = hub_rt.block_on(TestHub::start_with(bench_hub()))?;
+            let info = hub.info.clone();
+            let rt = client_runtime()?;
+            let rows = rt.block_on(run_all(&info))?;
+            hub_rt.block_on(hub.shutdown());
+            rows
+        }
+        Layout::Pinned => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ensure!(
+                cpus >= 2,
+                "TCPULSE_BENCH_HUB=pinned needs 2 CPUs, this machine has {cpus}"
+            );
+            // Pin before the runtime starts its threads: they inherit the mask, and so does
+            // the Python interpreter started later.
+            pin(std::process::id(), 1)?;
+            let rt = client_runtime()?;
+            rt.block_on(async {
+                let mut hub = HubProcess::spawn(bench_hub()).await?;
+                let pid = hub.pid().context("the hub process has no pid")?;
+                pin(pid, 0)?;
+                let rows = run_all(&hub.info).await;
+                hub.stop(Duration::from_secs(10)).await?;
+                rows
+            })?
+        }
+    };
 
     println!();
-    println!("tcpulse-hub throughput (1 KiB events, TLS on 127.0.0.1, in-process hub, one partition per case)");
+    println!(
+        "tcpulse-hub throughput (1 KiB events, TLS on 127.0.0.1, {}, one partition per case)",
+        match layout {
+            Layout::InProcess => "in-process hub sharing both CPUs with the client",
+            Layout::Pinned => "tcpulse-hub binary pinned to CPU 0, clients pinned to CPU 1",
+        }
+    );
     println!(
         "| {:<22} | {:>5} | {:>6} | {:>14} | {:>15} | note |",
         "client", "batch", "events", "into hub ev/s", "out of hub ev/s"
@@ -110,20 +191,58 @@ fn main() -> Result<()> {
         println!(
             "tcpulse client against the Python SDK (batch 100) in this run; target: 10x both ways"
         );
-        println!("| direction | python ev/s | tcpulse ev/s | ratio | target met |");
-        println!("|---|---|---|---|---|");
-        for (what, p, t) in [
-            ("producer (into hub)", py.send_eps, us.send_eps),
-            ("consumer (out of hub)", recv(py), recv(us)),
+        println!("| direction | python ev/s | tcpulse ev/s | ratio | target met | python CPU µs/event | tcpulse CPU µs/event{} | CPU ratio |",
+            if layout == Layout::InProcess { " (incl. the hub)" } else { "" });
+        println!("|---|---|---|---|---|---|---|---|");
+        let us_fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+        for (what, p, t, pc, tc) in [
+            (
+                "producer (into hub)",
+                py.send_eps,
+                us.send_eps,
+                py.send_cpu_us,
+                us.send_cpu_us,
+            ),
+            (
+                "consumer (out of hub)",
+                recv(py),
+                recv(us),
+                py.recv_cpu_us,
+                us.recv_cpu_us,
+            ),
         ] {
             let ratio = t / p.max(1e-9);
+            let cpu_ratio = match (pc, tc) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+                _ => "-".into(),
+            };
             println!(
-                "| {what} | {p:.0} | {t:.0} | {ratio:.1}x | {} |",
-                if ratio >= 10.0 { "yes" } else { "no" }
+                "| {what} | {p:.0} | {t:.0} | {ratio:.1}x | {} | {} | {} | {cpu_ratio} |",
+                if ratio >= 10.0 { "yes" } else { "no" },
+                us_fmt(pc),
+                us_fmt(tc),
             );
         }
     }
     Ok(())
+}
+
+/// The hub every layout starts: one hub `bench` with 8 partitions, TLS only.
+fn bench_hub() -> HubOptions {
+    HubOptions {
+        hubs: vec![("bench".into(), 8)],
+        plain: false,
+        ..HubOptions::default()
+    }
+}
+
+/// The clients' runtime: tokio's default worker count, one per CPU this process may use (as
+/// `#[tokio::main]` does), so 2 in-process and 1 when pinned.
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .thread_name("client")
+        .enable_all()
+        .build()?)
 }
 
 async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
@@ -158,6 +277,12 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             events: count,
             send_eps: out["send"]["eps"].as_f64().unwrap_or(0.0),
             recv_eps: out["receive"]["eps"].as_f64(),
+            send_cpu_us: out["send"]["cpu_s"]
+                .as_f64()
+                .map(|c| c * 1e6 / count as f64),
+            recv_cpu_us: out["receive"]["cpu_s"]
+                .as_f64()
+                .map(|c| c * 1e6 / count as f64),
             note: if batch == 1 {
                 "send_event per event; receive() callback per event".into()
             } else {
@@ -205,21 +330,25 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             events: count,
             send_eps,
             recv_eps: Some(recv_eps),
+            send_cpu_us: None,
+            recv_cpu_us: None,
             note: note.into(),
         });
     }
     if only != "python" {
         let count = scaled(100_000);
         eprintln!("tcpulse client: batched producer and consumer, {count} events…");
-        let (send_eps, recv_eps) = tcpulse_client_case(info, "5", count)
+        let ours = tcpulse_client_case(info, "5", count)
             .await
             .context("tcpulse client case")?;
         rows.push(Row {
             client: "tcpulse-eventhub client",
             batch: "full",
             events: count,
-            send_eps,
-            recv_eps: Some(recv_eps),
+            send_eps: ours.send_eps,
+            recv_eps: Some(ours.recv_eps),
+            send_cpu_us: Some(ours.send_cpu_s * 1e6 / count as f64),
+            recv_cpu_us: Some(ours.recv_cpu_s * 1e6 / count as f64),
             note: "Producer batches filled to 1 MiB; Consumer prefetch 2000, recv_batch(1000)"
                 .into(),
         });
@@ -227,9 +356,18 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// What the tcpulse client case measured.
+struct Ours {
+    send_eps: f64,
+    recv_eps: f64,
+    /// This process's CPU seconds over each phase (connect included for receive).
+    send_cpu_s: f64,
+    recv_cpu_s: f64,
+}
+
 /// tcpulse's client: a batched producer fills partition `pid`, then a consumer reads it all
-/// from the earliest event. Returns (events/s in, events/s out).
-async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<(f64, f64)> {
+/// from the earliest event.
+async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<Ours> {
     use tcpulse_eventhub::client::{
         BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
         StartPosition, TryAddError,
@@ -248,6 +386,7 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
         ..BatchOptions::default()
     };
     let mut producer = Producer::connect(config.clone()).await?;
+    let cpu0 = self_cpu_seconds();
     let started = Instant::now();
     let mut batch = producer.create_batch(to.clone())?;
     for i in 0..count {
@@ -264,8 +403,10 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
     }
     producer.send_batch(&batch).await?;
     let send_eps = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let send_cpu_s = self_cpu_seconds() - cpu0;
     producer.close().await;
 
+    let cpu1 = self_cpu_seconds();
     let mut consumer = Consumer::connect(
         config,
         ConsumerOptions {
@@ -286,9 +427,15 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
         got += events.len();
     }
     let recv_eps = got as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let recv_cpu_s = self_cpu_seconds() - cpu1;
     consumer.close().await;
     ensure!(got == count, "tcpulse client: received {got} of {count}");
-    Ok((send_eps, recv_eps))
+    Ok(Ours {
+        send_eps,
+        recv_eps,
+        send_cpu_s,
+        recv_cpu_s,
+    })
 }
 
 fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {

@@ -7,8 +7,9 @@ args: {"send_conn": {...}, "listen_conn": {...}, "partition_id": "0", "count": i
 - out of the hub: receive (batch_size 1, one callback per event) or receive_batch
   (max_batch_size = batch_size) from the sequence number before the send, until `count`
   events arrived.
-result: {"send": {"events", "seconds", "eps"}, "receive": {"events", "seconds", "eps",
-         "seconds_incl_connect"}}
+result: {"send": {"events", "seconds", "eps", "cpu_s"}, "receive": {"events", "seconds", "eps",
+         "seconds_incl_connect", "cpu_s"}}; cpu_s is this process's CPU time (all threads) over
+the phase, connect and credit waits included for receive.
 """
 import threading
 import time
@@ -33,6 +34,7 @@ def run(args):
         before += 1
         phase(f"bench: send {count} x {size} B, batch {batch_size}")
         t0 = time.monotonic()
+        c0 = time.process_time()
         if batch_size == 1:
             for _ in range(count):
                 client.send_event(EventData(body), partition_id=pid, timeout=30)
@@ -45,6 +47,7 @@ def run(args):
                 client.send_batch(batch, timeout=30)
                 left -= len(batch)
         send_s = time.monotonic() - t0
+        send_cpu = time.process_time() - c0
     finally:
         client.close()
 
@@ -75,20 +78,24 @@ def run(args):
     else:
         target, kw = cons.receive_batch, dict(kwargs, max_batch_size=batch_size)
     t1 = time.monotonic()
+    c1 = time.process_time()
     th = threading.Thread(target=target, args=(on_events,), kwargs=kw, daemon=True)
     th.start()
     done.wait(float(args.get("receive_timeout_s", 120)))
     t2 = time.monotonic()
+    recv_cpu = time.process_time() - c1
     cons.close()
     th.join(10)
     recv_s = (got["last"] - got["first"]) if got["first"] is not None and got["n"] > 1 else None
     return {
-        "send": {"events": count, "seconds": round(send_s, 3), "eps": round(count / send_s, 1)},
+        "send": {"events": count, "seconds": round(send_s, 3), "eps": round(count / send_s, 1),
+                 "cpu_s": round(send_cpu, 3)},
         "receive": {
             "events": got["n"],
             "seconds": None if recv_s is None else round(recv_s, 3),
             "eps": None if not recv_s else round((got["n"] - 1) / recv_s, 1),
             "seconds_incl_connect": round(t2 - t1, 3),
+            "cpu_s": round(recv_cpu, 3),
         },
     }
 

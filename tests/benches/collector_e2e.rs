@@ -29,6 +29,7 @@
 //! | `COLLECTOR_E2E_EVENTS` | events published (10,000,000 works; the hub keeps them in memory, ~0.9 KiB each) | 2,000,000 |
 //! | `COLLECTOR_E2E_PARTITIONS` | partitions of the hub | 4 |
 //! | `COLLECTOR_E2E_PYTHON_EVENTS` | events the Python SDK reads (a prefix of the same hub contents); 0 skips it | all |
+//! | `COLLECTOR_E2E_STORE_EVENTS` | events whose `tc_instance` lines go to a fresh VictoriaMetrics with nothing else running (the store's own cost); 0 skips it | all |
 //! | `COLLECTOR_E2E_KEEP` | keep the collector's directory (config, log, checkpoints) and print its path | unset |
 //! | `TCPULSE_PYTHON` | interpreter with `azure-eventhub` (else a venv is created) | - |
 //!
@@ -58,7 +59,11 @@
 //!    flat) with met / not met computed from this run; CPU seconds of the collector, the hub
 //!    (this process, allocating with mimalloc like `tcpulse-hub`), VictoriaMetrics, Python
 //!    and everything else on the machine, since other work may share the CPUs.
-//! 6. After the table it fails if the collector's per-partition event counters or
+//! 6. The store alone: the same events' `tc_instance` lines, encoded and gzipped first,
+//!    posted by 2 threads to a fresh VictoriaMetrics with the hub stopped. Its CPU per event,
+//!    with the collector's and the hub's from step 2, bounds what the pipeline can reach on
+//!    this machine; the bench prints that bound and what each target leaves the collector.
+//! 7. After the tables it fails if the collector's per-partition event counters or
 //!    VictoriaMetrics' sample count differ from what the hub holds.
 
 use std::collections::BTreeMap;
@@ -240,16 +245,72 @@ struct Fill {
     span_ms: i64,
 }
 
+/// The bench's event stream: `n` schema-v1 events from the fleet, round by round, event
+/// times `interval_ms` apart and ending a minute ago. The fill and the store-ceiling phase
+/// both read it, so both see the same events.
+struct Events {
+    insts: Vec<Instance>,
+    n: usize,
+    made: usize,
+    round: u64,
+    rounds_max: u64,
+    next_inst: usize,
+    t_start: i64,
+    interval_ms: i64,
+    last_time: i64,
+}
+
+impl Events {
+    fn new(n: usize) -> Events {
+        let per_instance = n.div_ceil(INSTANCES).max(1) as i64;
+        let interval_ms = (MAX_SPAN_MS / per_instance).clamp(1_000, 10_000);
+        // A few extra rounds cover the silent instances' missing reports.
+        let rounds_max = per_instance + per_instance / 20 + 2;
+        let t_end = now_ms() - 60_000;
+        let t_start = t_end - rounds_max * interval_ms;
+        Events {
+            insts: fleet(t_start),
+            n,
+            made: 0,
+            round: 0,
+            rounds_max: rounds_max as u64,
+            next_inst: 0,
+            t_start,
+            interval_ms,
+            last_time: t_start,
+        }
+    }
+
+    /// The next event and the index of its connector (its partition key), or `None` after
+    /// `n` events (or, which `fill` reports, when the rounds ran out first).
+    fn next_event(&mut self) -> Option<Result<(usize, StatusEvent)>> {
+        while self.made < self.n && self.round < self.rounds_max {
+            if self.next_inst == self.insts.len() {
+                self.next_inst = 0;
+                self.round += 1;
+                continue;
+            }
+            let inst = &mut self.insts[self.next_inst];
+            self.next_inst += 1;
+            if !reports(inst, self.round) {
+                continue;
+            }
+            // Spread within the interval so instances do not all report on the same ms.
+            let round_ms = self.t_start + self.round as i64 * self.interval_ms;
+            let time_ms = round_ms + (inst.idx as i64 * 997) % self.interval_ms.max(1);
+            self.last_time = self.last_time.max(time_ms);
+            self.made += 1;
+            let conn = inst.conn_idx;
+            return Some(status(inst, self.round, time_ms).map(|ev| (conn, ev)));
+        }
+        None
+    }
+}
+
 /// Publishes `n` events through the Rust `Producer`, one open batch per connector
 /// (partition key), each sent when full.
 async fn fill(cfg: ClientConfig, n: usize) -> Result<Fill> {
-    let per_instance = n.div_ceil(INSTANCES).max(1) as i64;
-    let interval_ms = (MAX_SPAN_MS / per_instance).clamp(1_000, 10_000);
-    // A few extra rounds cover the silent instances' missing reports.
-    let rounds_max = per_instance + per_instance / 20 + 2;
-    let t_end = now_ms() - 60_000;
-    let t_start = t_end - rounds_max * interval_ms;
-    let mut insts = fleet(t_start);
+    let mut events = Events::new(n);
     let mut producer = Producer::connect(cfg).await.context("producer connect")?;
     let mut batches: Vec<EventBatch> = CONNECTORS
         .iter()
@@ -262,41 +323,29 @@ async fn fill(cfg: ClientConfig, n: usize) -> Result<Fill> {
         .collect::<std::result::Result<_, _>>()?;
     let t0 = Instant::now();
     let (mut sent, mut bytes, mut nbatches) = (0usize, 0usize, 0usize);
-    let mut last_time = t_start;
-    'rounds: for round in 0..rounds_max as u64 {
-        let round_ms = t_start + round as i64 * interval_ms;
-        for inst in insts.iter_mut() {
-            if sent == n {
-                break 'rounds;
+    while let Some(next) = events.next_event() {
+        let (conn, ev) = next?;
+        let body = tcpulse_schema::encode(&ev);
+        bytes += body.len();
+        let event = EventData::new(body)
+            .with_content_type("application/json")
+            .with_property("schema", SCHEMA_V1);
+        let b = &mut batches[conn];
+        match b.try_add(event) {
+            Ok(()) => {}
+            Err(TryAddError::Full { event, .. }) => {
+                producer.send_batch(b).await.context("send batch")?;
+                nbatches += 1;
+                *b = producer.create_batch(BatchOptions {
+                    partition_key: Some(CONNECTORS[conn].0.to_string()),
+                    ..BatchOptions::default()
+                })?;
+                b.try_add(*event)
+                    .map_err(|e| anyhow!("event too big: {e}"))?;
             }
-            if !reports(inst, round) {
-                continue;
-            }
-            // Spread within the interval so instances do not all report on the same ms.
-            let time_ms = round_ms + (inst.idx as i64 * 997) % interval_ms.max(1);
-            last_time = last_time.max(time_ms);
-            let body = tcpulse_schema::encode(&status(inst, round, time_ms)?);
-            bytes += body.len();
-            let event = EventData::new(body)
-                .with_content_type("application/json")
-                .with_property("schema", SCHEMA_V1);
-            let b = &mut batches[inst.conn_idx];
-            match b.try_add(event) {
-                Ok(()) => {}
-                Err(TryAddError::Full { event, .. }) => {
-                    producer.send_batch(b).await.context("send batch")?;
-                    nbatches += 1;
-                    *b = producer.create_batch(BatchOptions {
-                        partition_key: Some(inst.connector.to_string()),
-                        ..BatchOptions::default()
-                    })?;
-                    b.try_add(*event)
-                        .map_err(|e| anyhow!("event too big: {e}"))?;
-                }
-                Err(e) => bail!("add to batch: {e}"),
-            }
-            sent += 1;
+            Err(e) => bail!("add to batch: {e}"),
         }
+        sent += 1;
     }
     for b in &batches {
         if !b.is_empty() {
@@ -311,8 +360,8 @@ async fn fill(cfg: ClientConfig, n: usize) -> Result<Fill> {
         bytes,
         batches: nbatches,
         seconds: t0.elapsed().as_secs_f64(),
-        interval_ms,
-        span_ms: last_time - t_start,
+        interval_ms: events.interval_ms,
+        span_ms: events.last_time - events.t_start,
     })
 }
 
@@ -781,6 +830,106 @@ fn vm_check(url: &str, events: usize) -> Result<Stored> {
     }
 }
 
+/// The store alone, for the same events: what VictoriaMetrics costs per event when nothing
+/// else of the pipeline runs.
+struct Ceiling {
+    events: usize,
+    batches: usize,
+    raw_bytes: usize,
+    seconds: f64,
+    vm_cpu: Option<f64>,
+    machine_cpu: f64,
+    stored: f64,
+}
+
+/// Writes the `tc_instance` line of each of `n` bench events (`instance_point`, as the
+/// collector writes them) to a fresh VictoriaMetrics through `/api/v2/write`: gzip batches of
+/// 5000 lines (the collector's defaults), all encoded before the clock starts, posted by
+/// `writers` threads as fast as VictoriaMetrics answers. The store's CPU per event here is a
+/// floor under the whole pipeline's: the collector cannot go faster than the CPUs the hub
+/// and the store leave it.
+fn store_ceiling(n: usize, writers: usize) -> Result<Ceiling> {
+    let mut events = Events::new(n);
+    let mut batches = Vec::new();
+    let (mut buf, mut lines, mut raw_bytes) = (String::new(), 0usize, 0usize);
+    let gzip = |text: &str| -> Result<Vec<u8>> {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(text.as_bytes())?;
+        Ok(enc.finish()?)
+    };
+    while let Some(next) = events.next_event() {
+        let (_, ev) = next?;
+        buf.push_str(&tcpulse_schema::instance_point(&ev, true).to_line());
+        buf.push('\n');
+        lines += 1;
+        if lines == 5000 {
+            raw_bytes += buf.len();
+            batches.push(gzip(&buf)?);
+            buf.clear();
+            lines = 0;
+        }
+    }
+    if lines > 0 {
+        raw_bytes += buf.len();
+        batches.push(gzip(&buf)?);
+    }
+    let vm = services::victoria_metrics()?;
+    let vm_pid = child_pid("victoria-metric").map(|p| p.to_string());
+    let vm_cpu0 = vm_pid.as_deref().and_then(cpu_seconds);
+    let machine0 = machine_busy_seconds();
+    let url = format!(
+        "{}/api/v2/write?org=tcpulse&bucket=bench&precision=ns",
+        vm.url()
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let agent = services::http();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(body) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        let mut resp = agent
+                            .post(&url)
+                            .header("Content-Type", "text/plain; charset=utf-8")
+                            .header("Content-Encoding", "gzip")
+                            .send(&body[..])
+                            .with_context(|| format!("POST {url}"))?;
+                        let status = resp.status().as_u16();
+                        let text = resp.body_mut().read_to_string().unwrap_or_default();
+                        ensure!(status == 204, "VictoriaMetrics answered {status}: {text}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("writer thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let vm_cpu = match (vm_pid.as_deref().and_then(cpu_seconds), vm_cpu0) {
+        (Some(a), Some(b)) => Some(a - b),
+        _ => None,
+    };
+    let machine_cpu = machine_busy_seconds() - machine0;
+    let stored = vm_check(&vm.url(), n)?.call_count_samples;
+    Ok(Ceiling {
+        events: n,
+        batches: batches.len(),
+        raw_bytes,
+        seconds,
+        vm_cpu,
+        machine_cpu,
+        stored,
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // report
 // ---------------------------------------------------------------------------------------
@@ -840,6 +989,7 @@ fn main() -> Result<()> {
     );
     let partitions = env_usize("COLLECTOR_E2E_PARTITIONS", 4)?;
     let py_events = env_usize("COLLECTOR_E2E_PYTHON_EVENTS", n)?.min(n);
+    let store_events = env_usize("COLLECTOR_E2E_STORE_EVENTS", n)?;
     let collector_bin = collector_binary()?;
     eprintln!(
         "collector_e2e: {n} events, {partitions} partitions, collector {}",
@@ -976,6 +1126,15 @@ fn main() -> Result<()> {
         None
     };
     hub_rt.block_on(hub.shutdown());
+    drop(hub_rt);
+
+    // ---- the store alone, same events ----
+    let ceiling = if store_events > 0 {
+        eprintln!("store alone: {store_events} tc_instance lines into a fresh VictoriaMetrics, 2 writers…");
+        Some(store_ceiling(store_events, 2)?)
+    } else {
+        None
+    };
 
     // ---- report ----
     let total = n as u64;
@@ -1117,6 +1276,54 @@ fn main() -> Result<()> {
         ),
         _ => "-".into(),
     };
+    if let Some(c) = &ceiling {
+        let vm_us = c.vm_cpu.map(|v| v * 1e6 / c.events as f64);
+        println!(
+            "## The store alone: the same events' tc_instance lines into a fresh VictoriaMetrics ({} gzip batches of ≤ 5000 lines, {:.0} B/line, encoded before the clock, 2 writers)",
+            c.batches,
+            c.raw_bytes as f64 / c.events as f64
+        );
+        println!();
+        println!("| events | seconds | events/s | VictoriaMetrics CPU-s | VictoriaMetrics CPU µs/event | machine busy CPU-s | stored |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.0} |",
+            c.events,
+            c.seconds,
+            c.events as f64 / c.seconds,
+            c.vm_cpu
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "?".into()),
+            vm_us
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "?".into()),
+            c.machine_cpu,
+            c.stored,
+        );
+        println!();
+        let per = |cpu: f64| cpu * 1e6 / n as f64;
+        let (coll_us, hub_us) = (per(run.cpu_collector), per(run.cpu_hub));
+        if let Some(vm_us) = vm_us {
+            let cpus = cpus as f64;
+            let bound = cpus * 1e6 / (coll_us + hub_us + vm_us);
+            println!(
+                "CPU per event: collector {coll_us:.1} µs and hub {hub_us:.1} µs (the collector run), VictoriaMetrics {vm_us:.1} µs (alone). With {cpus:.0} CPUs the pipeline on this machine can reach at most {bound:.0} ev/s."
+            );
+            for target in [50_000.0, 20.0 * py_eps] {
+                if !target.is_finite() {
+                    continue;
+                }
+                let left = cpus - target * (vm_us + hub_us) / 1e6;
+                println!(
+                    "At {target:.0} ev/s the store needs {:.2} CPUs and the hub {:.2}, which leaves {left:.2} CPUs, {} µs per event, for the collector (it uses {coll_us:.1}).",
+                    target * vm_us / 1e6,
+                    target * hub_us / 1e6,
+                    if left > 0.0 { format!("{:.1}", left * 1e6 / target) } else { "none".into() },
+                );
+            }
+            println!();
+        }
+    }
     println!("| target (issue 5) | this run | |");
     println!("|---|---|---|");
     println!(

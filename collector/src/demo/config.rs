@@ -12,6 +12,11 @@ pub struct DemoArgs {
     /// and the line-protocol output. Default: `tcpulse-demo` in the temp directory.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Continue from what an earlier demo left in the directory (hub partitions, agents'
+    /// spools, checkpoints, stored points). Without it the demo removes those and starts
+    /// fresh; nothing else in the directory is touched.
+    #[arg(long)]
+    pub resume: bool,
     /// Simulated connectors, comma-separated `FQDN=DEPLOYMENT` (deployment defaults to
     /// `default`).
     #[arg(

@@ -119,6 +119,35 @@ fn mkdir(path: &Path) -> Result<(), DemoError> {
     })
 }
 
+/// What a demo run leaves in its directory, besides `demo.log` (which only grows).
+const STATE_ENTRIES: [&str; 7] = [
+    "hub",
+    "hub.port",
+    "agents",
+    "checkpoints",
+    "load",
+    "points.lp",
+    "dead-letters.jsonl",
+];
+
+/// Removes what an earlier run left in `dir` (only [`STATE_ENTRIES`]); returns the names it
+/// removed.
+fn clear_state(dir: &Path) -> Result<Vec<&'static str>, DemoError> {
+    let mut removed = Vec::new();
+    for name in STATE_ENTRIES {
+        let path = dir.join(name);
+        let result = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => Err(e),
+        };
+        result.map_err(|source| DemoError::Dir { path, source })?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 const DAY_MS: i64 = 86_400_000;
 
 /// The simulated clock's shift ahead of `now_ms` that puts it at the next Wednesday 10:00
@@ -273,6 +302,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<DemoSummary, DemoError> {
     let a = plan.args.clone();
+    if a.resume {
+        tracing::info!(dir = %plan.dir.display(), "resuming what an earlier demo left in the directory");
+    } else {
+        let removed = clear_state(&plan.dir)?;
+        if !removed.is_empty() {
+            tracing::info!(dir = %plan.dir.display(), removed = ?removed, "starting fresh: removed an earlier demo's state (--resume keeps it)");
+        }
+    }
     for d in [
         plan.dir.clone(),
         plan.dir.join("load"),
@@ -528,6 +565,44 @@ async fn shift_load(plan: DemoPlan, phase: Arc<Mutex<Phase>>, stop: Cancellation
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_start_removes_only_an_earlier_demos_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in [
+            "hub/bench/0",
+            "agents/tc-blue-vmss_0",
+            "checkpoints",
+            "load",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for file in [
+            "hub/bench/0/log",
+            "points.lp",
+            "hub.port",
+            "dead-letters.jsonl",
+            "demo.log",
+            "notes.txt",
+        ] {
+            std::fs::write(d.join(file), "x").unwrap();
+        }
+        std::fs::create_dir(d.join("mine")).unwrap();
+        let mut removed = clear_state(d).unwrap();
+        removed.sort_unstable();
+        let mut want = STATE_ENTRIES.to_vec();
+        want.sort_unstable();
+        assert_eq!(removed, want);
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort_unstable();
+        assert_eq!(left, ["demo.log", "mine", "notes.txt"]);
+        // Nothing left to remove the second time.
+        assert!(clear_state(d).unwrap().is_empty());
+    }
 
     #[test]
     fn load_cycle_steps_up_to_the_shift() {

@@ -1313,13 +1313,18 @@ fn main() -> Result<()> {
                 if !target.is_finite() {
                     continue;
                 }
-                let left = cpus - target * (vm_us + hub_us) / 1e6;
-                println!(
-                    "At {target:.0} ev/s the store needs {:.2} CPUs and the hub {:.2}, which leaves {left:.2} CPUs, {} µs per event, for the collector (it uses {coll_us:.1}).",
-                    target * vm_us / 1e6,
-                    target * hub_us / 1e6,
-                    if left > 0.0 { format!("{:.1}", left * 1e6 / target) } else { "none".into() },
-                );
+                let (store, hub) = (target * vm_us / 1e6, target * hub_us / 1e6);
+                let left = cpus - store - hub;
+                if left > 0.0 {
+                    println!(
+                        "At {target:.0} ev/s the store needs {store:.2} CPUs and the hub {hub:.2}, which leaves {left:.2} CPUs, {:.1} µs per event, for the collector (it uses {coll_us:.1}).",
+                        left * 1e6 / target
+                    );
+                } else {
+                    println!(
+                        "At {target:.0} ev/s the store needs {store:.2} CPUs and the hub {hub:.2}: more than the machine's {cpus:.0} before the collector does anything."
+                    );
+                }
             }
             println!();
         }

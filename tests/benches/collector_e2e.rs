@@ -67,8 +67,8 @@
 //!    VictoriaMetrics' sample count differ from what the hub holds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -79,10 +79,12 @@ use tcpulse_eventhub::client::{
 };
 use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
-use tcpulse_tests::collector::metric_by_partition;
+use tcpulse_tests::collector::{
+    metric_by_partition, workspace_binary, CollectorOptions, CollectorProcess,
+};
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
-use tcpulse_tests::python::{profile_dir, run_script};
-use tcpulse_tests::services::{self, free_port, get};
+use tcpulse_tests::python::run_script;
+use tcpulse_tests::services::{self, get};
 
 /// The allocator the `tcpulse-hub` binary uses (the hub runs in this process).
 #[global_allocator]
@@ -387,16 +389,6 @@ async fn partition_ranges(cfg: ClientConfig) -> Result<Vec<(String, i64, i64)>> 
 // processes
 // ---------------------------------------------------------------------------------------
 
-fn collector_binary() -> Result<PathBuf> {
-    let p = profile_dir()?.join(format!("tcpulse-collector{}", std::env::consts::EXE_SUFFIX));
-    ensure!(
-        p.is_file(),
-        "{} is missing: run `cargo build --release -p tcpulse-collector --bins` first",
-        p.display()
-    );
-    Ok(p)
-}
-
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -467,148 +459,6 @@ fn child_pid(comm: &str) -> Option<u32> {
     None
 }
 
-/// The collector child process; SIGKILLed on drop if still running.
-struct CollectorProc {
-    child: Child,
-    dir: PathBuf,
-    metrics_port: u16,
-}
-
-impl CollectorProc {
-    fn spawn(dir: &Path, info: &HubInfo, vm_url: &str) -> Result<CollectorProc> {
-        std::fs::create_dir_all(dir)?;
-        let cs = dir.join("listen.cs");
-        std::fs::write(&cs, info.connection_string(Mode::Tls, Policy::Listen)?)?;
-        let metrics_port = free_port()?;
-        let config = dir.join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"name = "bench"
-[source.eventhub]
-connection_string_file = {cs:?}
-consumer_group = "$Default"
-[source.eventhub.client]
-extra_ca_file = {ca:?}
-[checkpoint]
-dir = {ckpt:?}
-initial_position = "earliest"
-interval = "1s"
-[dead_letter]
-path = {dl:?}
-[http]
-listen = "127.0.0.1:{metrics_port}"
-[sinks.influxdb_v2]
-url = {vm_url:?}
-org = "noc"
-bucket = "tcpulse"
-"#,
-                cs = cs.display().to_string(),
-                ca = info.ca_pem.display().to_string(),
-                ckpt = dir.join("ckpt").display().to_string(),
-                dl = dir.join("dead.jsonl").display().to_string(),
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("collector.log"))?;
-        let child = Command::new(collector_binary()?)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("spawn tcpulse-collector")?;
-        Ok(CollectorProc {
-            child,
-            dir: dir.to_path_buf(),
-            metrics_port,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn ensure_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "tcpulse-collector exited ({status}); log:\n{}",
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    fn metrics(&self) -> Option<String> {
-        match get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)) {
-            Ok((200, body)) => Some(body),
-            _ => None,
-        }
-    }
-
-    /// Every checkpoint file: partition → sequence number.
-    fn checkpoint_files(&self) -> BTreeMap<String, i64> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![self.dir.join("ckpt")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "json") {
-                    let v: Option<Value> = std::fs::read(&p)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok());
-                    if let Some(v) = v {
-                        if let (Some(part), Some(seq)) =
-                            (v["partition"].as_str(), v["sequence_number"].as_i64())
-                        {
-                            out.insert(part.to_string(), seq);
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn sigterm(&mut self, grace: Duration) -> Result<()> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("collector did not stop within {grace:?} of SIGTERM; killed")
-    }
-}
-
-impl Drop for CollectorProc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Sum of every sample of `name` (any labels).
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -672,8 +522,19 @@ fn run_collector(
     let hub_cpu0 = cpu_seconds("self").unwrap_or(0.0);
     let machine0 = machine_busy_seconds();
     let t0 = Instant::now();
-    let mut c = CollectorProc::spawn(dir, info, vm_url)?;
-    let pid = c.pid();
+    let mut c = CollectorProcess::start(
+        dir,
+        info,
+        &CollectorOptions {
+            // Checkpoints every second, so the clock stops soon after the last store write.
+            checkpoint_interval: Some("1s".into()),
+            sinks: format!(
+                "[sinks.influxdb_v2]\nurl = {vm_url:?}\norg = \"noc\"\nbucket = \"tcpulse\"\n"
+            ),
+            ..CollectorOptions::service_defaults("bench")
+        },
+    )?;
+    let pid = c.pid().context("the collector has no pid")?;
     let last: BTreeMap<&str, (i64, i64)> = ranges
         .iter()
         .map(|(p, b, l)| (p.as_str(), (*b, *l)))
@@ -688,9 +549,9 @@ fn run_collector(
         ensure!(
             elapsed < timeout,
             "collector did not checkpoint every event within {timeout:?}; log:\n{}",
-            c.log_tail()
+            c.log_tail(30)
         );
-        if let Some(text) = c.metrics() {
+        if let Ok(text) = c.metrics() {
             let seqs = metric_by_partition(&text, "tcpulse_collector_checkpoint_sequence");
             let done: u64 = last
                 .iter()
@@ -735,7 +596,7 @@ fn run_collector(
         _ => None,
     };
     // The files must agree with the gauge.
-    let files = c.checkpoint_files();
+    let files = c.checkpoints();
     for (p, (_, l)) in &last {
         let got = files.get(*p).copied();
         ensure!(
@@ -743,7 +604,7 @@ fn run_collector(
             "checkpoint file of partition {p}: {got:?}, want ≥ {l}"
         );
     }
-    c.sigterm(Duration::from_secs(30))?;
+    c.stop(Duration::from_secs(30))?;
     let run = CollectorRun {
         seconds,
         samples,
@@ -990,7 +851,7 @@ fn main() -> Result<()> {
     let partitions = env_usize("COLLECTOR_E2E_PARTITIONS", 4)?;
     let py_events = env_usize("COLLECTOR_E2E_PYTHON_EVENTS", n)?.min(n);
     let store_events = env_usize("COLLECTOR_E2E_STORE_EVENTS", n)?;
-    let collector_bin = collector_binary()?;
+    let collector_bin = workspace_binary("tcpulse-collector")?;
     eprintln!(
         "collector_e2e: {n} events, {partitions} partitions, collector {}",
         collector_bin.display()

@@ -21,7 +21,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let p = crate::python::profile_dir()?.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     ensure!(
         p.is_file(),
-        "{} is missing: run `cargo build --workspace --all-features --bins` (scripts/test does)",
+        "{} is missing: run `cargo build --workspace --all-features --bins` (scripts/test does; add --release for a bench)",
         p.display()
     );
     Ok(p)
@@ -41,49 +41,106 @@ pub fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The config keys a test sets; every duration in humantime form (`"2s"`).
+/// The config keys a test sets; every duration in humantime form (`"2s"`). A key that is
+/// `None` is left out of the file, so the collector uses its own default.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
     /// `name`: the `collector` tag of `tc_pipeline`.
     pub name: String,
     /// `pipeline_interval`.
-    pub pipeline_interval: String,
+    pub pipeline_interval: Option<String>,
     /// `aggregate.rollup_interval`.
-    pub rollup_interval: String,
+    pub rollup_interval: Option<String>,
     /// `aggregate.stale_after`.
-    pub stale_after: String,
+    pub stale_after: Option<String>,
     /// `aggregate.lateness`.
-    pub lateness: String,
+    pub lateness: Option<String>,
     /// `aggregate.idle_after`.
-    pub idle_after: String,
+    pub idle_after: Option<String>,
     /// `checkpoint.interval`.
-    pub checkpoint_interval: String,
+    pub checkpoint_interval: Option<String>,
     /// `batch.flush_interval`.
-    pub flush_interval: String,
+    pub flush_interval: Option<String>,
     /// `retry.initial`.
-    pub retry_initial: String,
+    pub retry_initial: Option<String>,
     /// `retry.max`.
-    pub retry_max: String,
+    pub retry_max: Option<String>,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
 }
 
 impl Default for CollectorOptions {
+    /// Short timings, so a test sees rollups, staleness and checkpoints within seconds.
     fn default() -> Self {
+        let d = |v: &str| Some(v.to_string());
         CollectorOptions {
             name: "e2e".into(),
-            pipeline_interval: "2s".into(),
-            rollup_interval: "2s".into(),
-            stale_after: "4s".into(),
-            lateness: "1s".into(),
-            idle_after: "5s".into(),
-            checkpoint_interval: "1s".into(),
-            flush_interval: "300ms".into(),
-            retry_initial: "200ms".into(),
-            retry_max: "1s".into(),
+            pipeline_interval: d("2s"),
+            rollup_interval: d("2s"),
+            stale_after: d("4s"),
+            lateness: d("1s"),
+            idle_after: d("5s"),
+            checkpoint_interval: d("1s"),
+            flush_interval: d("300ms"),
+            retry_initial: d("200ms"),
+            retry_max: d("1s"),
             sinks: String::new(),
         }
     }
+}
+
+impl CollectorOptions {
+    /// The collector's own defaults for every timing key (as a deployment runs it).
+    pub fn service_defaults(name: &str) -> Self {
+        CollectorOptions {
+            name: name.into(),
+            pipeline_interval: None,
+            rollup_interval: None,
+            stale_after: None,
+            lateness: None,
+            idle_after: None,
+            checkpoint_interval: None,
+            flush_interval: None,
+            retry_initial: None,
+            retry_max: None,
+            sinks: String::new(),
+        }
+    }
+}
+
+/// `key = "value"` for a set key, nothing for `None`.
+fn key(name: &str, value: &Option<String>) -> String {
+    value
+        .as_ref()
+        .map(|v| format!("{name} = {v:?}\n"))
+        .unwrap_or_default()
+}
+
+/// Every checkpoint file under `dir`, whatever its depth: partition → sequence number.
+/// Unreadable or half-written files are left out.
+pub fn checkpoint_files(dir: &Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                let v: Option<serde_json::Value> = std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(v) = v {
+                    if let (Some(part), Some(seq)) =
+                        (v["partition"].as_str(), v["sequence_number"].as_i64())
+                    {
+                        out.insert(part.to_string(), seq);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A running `tcpulse-collector run --config <dir>/collector.toml`; SIGKILLed on drop.
@@ -110,43 +167,34 @@ impl CollectorProcess {
             &config,
             format!(
                 r#"name = {name:?}
-pipeline_interval = "{pi}"
-[source.eventhub]
+{pi}[source.eventhub]
 connection_string_file = {cs}
 [source.eventhub.client]
 extra_ca_file = {ca}
 [checkpoint]
 dir = {ckpt}
-interval = "{ci}"
-[aggregate]
-rollup_interval = "{ri}"
-stale_after = "{sa}"
-lateness = "{la}"
-idle_after = "{ia}"
-[batch]
-flush_interval = "{fi}"
-[retry]
-initial = "{rin}"
-max = "{rmax}"
-[dead_letter]
+{ci}[aggregate]
+{ri}{sa}{la}{ia}[batch]
+{fi}[retry]
+{rin}{rmax}[dead_letter]
 path = {dl}
 [http]
 listen = "127.0.0.1:{metrics_port}"
 {sinks}
 "#,
                 name = opts.name,
-                pi = opts.pipeline_interval,
+                pi = key("pipeline_interval", &opts.pipeline_interval),
                 cs = q(&cs),
                 ca = q(&info.ca_pem),
                 ckpt = q(&dir.join("ckpt")),
-                ci = opts.checkpoint_interval,
-                ri = opts.rollup_interval,
-                sa = opts.stale_after,
-                la = opts.lateness,
-                ia = opts.idle_after,
-                fi = opts.flush_interval,
-                rin = opts.retry_initial,
-                rmax = opts.retry_max,
+                ci = key("interval", &opts.checkpoint_interval),
+                ri = key("rollup_interval", &opts.rollup_interval),
+                sa = key("stale_after", &opts.stale_after),
+                la = key("lateness", &opts.lateness),
+                ia = key("idle_after", &opts.idle_after),
+                fi = key("flush_interval", &opts.flush_interval),
+                rin = key("initial", &opts.retry_initial),
+                rmax = key("max", &opts.retry_max),
                 dl = q(&dir.join("dead.jsonl")),
                 sinks = opts.sinks,
             ),
@@ -180,6 +228,23 @@ listen = "127.0.0.1:{metrics_port}"
     /// The collector's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its checkpoint files: partition → sequence number.
+    pub fn checkpoints(&self) -> BTreeMap<String, i64> {
+        checkpoint_files(&self.dir.join("ckpt"))
     }
 
     /// Fails with the log if the process has exited.

@@ -1796,13 +1796,13 @@ async fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
         &info,
         &CollectorOptions {
             name: COLLECTOR.into(),
-            pipeline_interval: "2s".into(),
-            rollup_interval: format!("{STEP_S}s"),
-            stale_after: format!("{STALE_AFTER_S}s"),
-            lateness: format!("{STEP_S}s"),
+            pipeline_interval: Some("2s".into()),
+            rollup_interval: Some(format!("{STEP_S}s")),
+            stale_after: Some(format!("{STALE_AFTER_S}s")),
+            lateness: Some(format!("{STEP_S}s")),
             // The wall clock must not close windows past the published reports while the
             // test runs (it would declare every instance down).
-            idle_after: "10m".into(),
+            idle_after: Some("10m".into()),
             sinks: format!(
                 "[sinks.influxdb_v1]\nurl = {:?}\ndatabase = \"{DB}\"\n[sinks.influxdb_v2]\nurl = {:?}\norg = \"noc\"\nbucket = \"tcpulse\"\n",
                 db.url(),

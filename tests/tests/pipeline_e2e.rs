@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tcpulse_eventhub::client::{
     ClientConfig, ClientOptions, Consumer, ConsumerOptions, ReceivedEvent, StartPosition,
 };
-use tcpulse_tests::collector::metric_by_partition;
+use tcpulse_tests::collector::{checkpoint_files, metric_by_partition};
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::{profile_dir, run_script};
 use tcpulse_tests::services::{self, free_port, get, post_form};
@@ -364,28 +364,7 @@ listen = "127.0.0.1:{metrics_port}"
 
     /// Every checkpoint file: partition → sequence number.
     fn checkpoints(&self) -> BTreeMap<String, i64> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![self.dir.join("ckpt")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "json") {
-                    if let Ok(v) = std::fs::read(&p)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|b| Ok(serde_json::from_slice::<Value>(&b)?))
-                    {
-                        if let (Some(part), Some(seq)) =
-                            (v["partition"].as_str(), v["sequence_number"].as_i64())
-                        {
-                            out.insert(part.to_string(), seq);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        checkpoint_files(&self.dir.join("ckpt"))
     }
 }
 

@@ -181,14 +181,11 @@ fn excerpt(s: &str) -> String {
 /// again through [`decode_via_value`], which produces every dead-letter reason. Both give
 /// the same result for every input; the typed read only saves the `Value` tree.
 pub fn decode(bytes: &[u8]) -> Result<StatusEvent, DeadLetter> {
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(DeadLetter {
-            reason: DeadLetterReason::Oversized(bytes.len()),
-            instance: None,
-        });
-    }
-    if let Some(result) = fast::decode_typed(bytes) {
-        return result;
+    // An oversized body is never parsed: the Value reading rejects it first thing.
+    if bytes.len() <= MAX_BODY_BYTES {
+        if let Some(result) = fast::decode_typed(bytes) {
+            return result;
+        }
     }
     decode_via_value(bytes)
 }

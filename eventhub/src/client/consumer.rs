@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fe2o3_amqp::{
-    link::{receiver::CreditMode, LinkStateError, Receiver, RecvError},
+    link::{delivery::Delivery, receiver::CreditMode, LinkStateError, Receiver, RecvError},
     types::{
         definitions::{Fields, ReceiverSettleMode, SenderSettleMode},
         messaging::{Body, Source},
@@ -149,6 +149,29 @@ pub struct Consumer {
     /// `.await`, so a receive cancelled half-way (a `select!` in the caller) loses nothing:
     /// the next call hands it out.
     ready: VecDeque<ReceivedEvent>,
+}
+
+/// The event a delivery carries, or `None` when it is malformed (missing service
+/// annotations): bad input never stops a partition, so it is logged and skipped. Takes the
+/// fields it logs rather than the consumer, which is borrowed by its live receiver here.
+fn event_of(
+    delivery: Delivery<Body<Value>>,
+    hub: &str,
+    options: &ConsumerOptions,
+) -> Option<ReceivedEvent> {
+    match ReceivedEvent::from_message(delivery.into_message(), &options.partition_id) {
+        Ok(event) => Some(event),
+        Err(why) => {
+            tracing::warn!(
+                hub,
+                consumer_group = %options.consumer_group,
+                partition = %options.partition_id,
+                %why,
+                "skipping a malformed event"
+            );
+            None
+        }
+    }
 }
 
 fn from_condition(entity: &str, error: ServiceError) -> ReceiveError {
@@ -408,19 +431,9 @@ impl Consumer {
                 Err(e) => return Err(from_recv(&self.entity(), e)),
             };
             self.since_grant += 1;
-            match ReceivedEvent::from_message(delivery.into_message(), &self.options.partition_id) {
-                Ok(event) => {
-                    self.ready.push_back(event);
-                    break;
-                }
-                // Bad input never stops a partition: log it and move on.
-                Err(why) => tracing::warn!(
-                    hub = %self.config.hub,
-                    consumer_group = %self.options.consumer_group,
-                    partition = %self.options.partition_id,
-                    %why,
-                    "skipping a malformed event"
-                ),
+            if let Some(event) = event_of(delivery, &self.config.hub, &self.options) {
+                self.ready.push_back(event);
+                break;
             }
         }
         // The event is safe in `ready` across this await.
@@ -459,14 +472,9 @@ impl Consumer {
                 Some(Ok(d)) => d,
             };
             self.since_grant += 1;
-            match ReceivedEvent::from_message(next.into_message(), &self.options.partition_id) {
-                Ok(ev) => {
-                    self.handed_out(&ev);
-                    out.push(ev);
-                }
-                Err(why) => {
-                    tracing::warn!(entity = %self.entity(), %why, "skipping a malformed event");
-                }
+            if let Some(ev) = event_of(next, &self.config.hub, &self.options) {
+                self.handed_out(&ev);
+                out.push(ev);
             }
         }
         // Grant without awaiting: `out` must not be lost to a cancellation. If the flow frame

@@ -359,8 +359,13 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
         }
     };
     tokio::pin!(kicked);
-    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
-    let expires = tokio::time::sleep_until(expiry.map(Into::into).unwrap_or_else(far));
+    // No expiry: a deadline a year out, so one timer serves both cases.
+    let deadline = |e: Option<Instant>| {
+        e.map(Into::into).unwrap_or_else(|| {
+            tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+        })
+    };
+    let expires = tokio::time::sleep_until(deadline(expiry));
     tokio::pin!(expires);
     let stop = 'outer: loop {
         watch.borrow_and_update();
@@ -372,7 +377,7 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
                 _ = &mut expires => match auth.check(&path, Right::Listen) {
                     Ok(e) => {
                         expiry = e;
-                        expires.as_mut().reset(expiry.map(Into::into).unwrap_or_else(far));
+                        expires.as_mut().reset(deadline(expiry));
                     }
                     Err(d) => break Stop::Unauthorized(d.0),
                 },
@@ -403,7 +408,7 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
                 _ = &mut expires => match auth.check(&path, Right::Listen) {
                     Ok(e) => {
                         expiry = e;
-                        expires.as_mut().reset(expiry.map(Into::into).unwrap_or_else(far));
+                        expires.as_mut().reset(deadline(expiry));
                     }
                     Err(d) => break 'outer Stop::Unauthorized(d.0),
                 },

@@ -9,6 +9,7 @@
 //! - [`stores`]: time-series stores for the collector tests: a VictoriaMetrics that can be
 //!   stopped and restarted on the same port and data, and readers for VictoriaMetrics
 //!   exports and InfluxDB 1.x queries.
+//! - [`chaos`]: the chaos suite's summary rows and a tmpfs for disk-full cases.
 //! - [`collector`]: the `tcpulse-collector` binary reading a hub over TLS, with a config
 //!   the test writes and a known `/metrics` port.
 //! - [`faults`]: a TCP forwarder in front of a real service that can drop and refuse
@@ -19,6 +20,7 @@
 //! A missing service binary fails the test with the command that installs it; nothing is
 //! skipped silently.
 
+pub mod chaos;
 pub mod collector;
 pub mod faults;
 pub mod hub;

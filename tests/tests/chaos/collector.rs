@@ -1,0 +1,1 @@
+//! Chaos cases: collector.

@@ -16,8 +16,15 @@
 //! Escaping ([`Point::to_line`]), per the line-protocol reference:
 //! - measurement: `,` and space;
 //! - tag keys, tag values and field keys: `,`, `=` and space;
-//! - a backslash that would otherwise escape the next character (one before an escaped
-//!   character, or at the end of the token) is doubled, so the line always parses;
+//! - a backslash is written as itself only where every parser reads it as a plain
+//!   character: followed by a character that is neither a backslash nor escaped. Anywhere
+//!   else (last in the token, before another backslash, before an escaped character) it
+//!   becomes [`BACKSLASH_STAND_IN`], because no encoding of it reads back the same in every
+//!   store (measured against InfluxDB 1.6 and VictoriaMetrics; 2.x shares 1.x's parser):
+//!   InfluxDB takes any `\` before `,`, `=` or space as an escape, even a doubled one (so
+//!   `a\\` swallows the separator after it, `invalid tag format`, and `a\\,b` reads back
+//!   `a\,b`), and keeps `\\` as two backslashes, while VictoriaMetrics reads `\\` as one.
+//!   [`stored_tag_value`] is the value a store keeps;
 //! - string field values: `"` and `\`;
 //! - control characters (which line protocol cannot carry in names, and newlines which end
 //!   a line) are replaced by a space before escaping.
@@ -217,7 +224,7 @@ impl Point {
             if !fields.is_empty() {
                 fields.push(',');
             }
-            escape_name(&mut fields, key, &[',', '=', ' ']);
+            escape_name(&mut fields, key, &TAG_SPECIAL);
             fields.push('=');
             // Writing to a String cannot fail.
             let _ = match value {
@@ -241,9 +248,9 @@ impl Point {
                 continue;
             }
             line.push(',');
-            escape_name(&mut line, key, &[',', '=', ' ']);
+            escape_name(&mut line, key, &TAG_SPECIAL);
             line.push('=');
-            escape_name(&mut line, value, &[',', '=', ' ']);
+            escape_name(&mut line, value, &TAG_SPECIAL);
         }
         line.push(' ');
         line.push_str(&fields);
@@ -252,9 +259,41 @@ impl Point {
     }
 }
 
-/// Escapes a measurement, tag key/value or field key: control characters become spaces,
-/// `special` characters get a backslash, and a backslash that would escape what follows
-/// it (an escaped character, or the separator after the token) is doubled.
+/// Characters escaped in tag keys, tag values and field keys.
+const TAG_SPECIAL: [char; 3] = [',', '=', ' '];
+
+/// What a backslash becomes where line protocol cannot carry it (see the module docs):
+/// U+FF3C FULLWIDTH REVERSE SOLIDUS, which reads as a backslash on a dashboard and which
+/// every store keeps as it is.
+pub const BACKSLASH_STAND_IN: char = '\u{FF3C}';
+
+/// The tag value a store keeps for `value` (what a query must ask for): `value` itself
+/// unless it has control characters (kept as spaces) or a backslash line protocol cannot
+/// carry (kept as [`BACKSLASH_STAND_IN`]). See the module docs.
+pub fn stored_tag_value(value: &str) -> String {
+    stored_chars(value, &TAG_SPECIAL).collect()
+}
+
+/// The characters of a name as a store keeps them: control characters become spaces, and
+/// a backslash that is last or precedes another backslash or a `special` character becomes
+/// [`BACKSLASH_STAND_IN`].
+fn stored_chars<'a>(s: &'a str, special: &'a [char]) -> impl Iterator<Item = char> + 'a {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let mut chars = s.chars().map(clean).peekable();
+    std::iter::from_fn(move || {
+        let c = chars.next()?;
+        if c != '\\' {
+            return Some(c);
+        }
+        let plain = chars
+            .peek()
+            .is_some_and(|next| *next != '\\' && !special.contains(next));
+        Some(if plain { c } else { BACKSLASH_STAND_IN })
+    })
+}
+
+/// Escapes a measurement, tag key/value or field key: the characters of [`stored_chars`],
+/// with a backslash before each `special` one.
 fn escape_name(out: &mut String, s: &str, special: &[char]) {
     // Almost every name is plain printable ASCII with nothing to escape: copy it whole.
     let plain = s
@@ -264,22 +303,11 @@ fn escape_name(out: &mut String, s: &str, special: &[char]) {
         out.push_str(s);
         return;
     }
-    let clean = |c: char| if c.is_control() { ' ' } else { c };
-    let mut chars = s.chars().map(clean).peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
+    for c in stored_chars(s, special) {
+        if special.contains(&c) {
             out.push('\\');
-            match chars.peek() {
-                None => out.push('\\'),
-                Some(next) if special.contains(next) => out.push('\\'),
-                Some(_) => {}
-            }
-        } else {
-            if special.contains(&c) {
-                out.push('\\');
-            }
-            out.push(c);
         }
+        out.push(c);
     }
 }
 
@@ -442,11 +470,99 @@ mod tests {
     }
 
     #[test]
-    fn backslashes_never_escape_a_separator() {
+    fn r12_backslashes_never_escape_a_separator() {
+        // A backslash before a plain character is kept as it is.
         assert_eq!(one_tag(r"a\b"), r"m,t=a\b f=1i 1");
-        assert_eq!(one_tag(r"a\"), r"m,t=a\\ f=1i 1");
-        assert_eq!(one_tag(r"a\,b"), r"m,t=a\\\,b f=1i 1");
-        assert_eq!(one_tag(r"a\ b"), r"m,t=a\\\ b f=1i 1");
+        assert_eq!(one_tag(r"\a"), r"m,t=\a f=1i 1");
+        // Where no encoding reads back the same everywhere, the stand-in replaces it.
+        assert_eq!(one_tag(r"blue\"), "m,t=blue\u{FF3C} f=1i 1");
+        assert_eq!(one_tag(r"\"), "m,t=\u{FF3C} f=1i 1");
+        assert_eq!(one_tag(r"a\,b"), "m,t=a\u{FF3C}\\,b f=1i 1");
+        assert_eq!(one_tag(r"a\ b"), "m,t=a\u{FF3C}\\ b f=1i 1");
+        assert_eq!(one_tag(r"a\=b"), "m,t=a\u{FF3C}\\=b f=1i 1");
+        assert_eq!(one_tag(r"a\\b"), "m,t=a\u{FF3C}\\b f=1i 1");
+        assert_eq!(one_tag("a\\\n"), "m,t=a\u{FF3C}\\  f=1i 1");
+        assert_eq!(stored_tag_value(r"a\\b\"), "a\u{FF3C}\\b\u{FF3C}");
+        assert_eq!(stored_tag_value("blue"), "blue");
+    }
+
+    /// How InfluxDB 1.x/2.x reads the tag value at the start of `s` (models/points.go: a
+    /// `,` or space not right after a `\` ends it; `\,` `\=` `\ ` are unescaped, `\\` is
+    /// not), and what follows; `None` where it answers `invalid tag format`.
+    fn influxdb_reads(s: &str) -> Option<(String, &str)> {
+        let b = s.as_bytes();
+        let mut end = 0;
+        while end < b.len() {
+            let escaped = end > 0 && b[end - 1] == b'\\';
+            match b[end] {
+                b',' | b' ' if !escaped => break,
+                b'=' if !escaped => return None,
+                _ => end += 1,
+            }
+        }
+        let mut value = s[..end].to_owned();
+        for c in [",", "=", " "] {
+            value = value.replace(&format!("\\{c}"), c);
+        }
+        Some((value, &s[end..]))
+    }
+
+    /// How VictoriaMetrics reads it (lib/protoparser/influx: a `,` or space after an even
+    /// run of backslashes ends it; `\` before `,` `=` space or `\` is dropped, else kept).
+    fn victoria_metrics_reads(s: &str) -> (String, &str) {
+        let b = s.as_bytes();
+        let mut end = 0;
+        let mut run = 0;
+        while end < b.len() && !(matches!(b[end], b',' | b' ') && run % 2 == 0) {
+            run = if b[end] == b'\\' { run + 1 } else { 0 };
+            end += 1;
+        }
+        let mut value = String::new();
+        let mut chars = s[..end].chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('\\', Some(&n)) if matches!(n, ',' | '=' | ' ' | '\\') => {
+                    value.push(n);
+                    chars.next();
+                }
+                _ => value.push(c),
+            }
+        }
+        (value, &s[end..])
+    }
+
+    #[test]
+    fn r12_every_store_reads_back_the_stored_tag_value() {
+        // Every value of up to 5 characters over an alphabet of the troublesome ones.
+        let alphabet = ['\\', ',', '=', ' ', 'a', '"', 'ü'];
+        let mut values = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..5 {
+            values = values
+                .iter()
+                .flat_map(|v| alphabet.iter().map(move |c| format!("{v}{c}")))
+                .collect();
+            for v in &values {
+                let line = one_tag(v);
+                let tag = line
+                    .strip_prefix("m,t=")
+                    .unwrap_or_else(|| panic!("{line}"));
+                let want = stored_tag_value(v);
+                let expect_rest = " f=1i 1";
+                assert_eq!(
+                    influxdb_reads(tag),
+                    Some((want.clone(), expect_rest)),
+                    "InfluxDB, value {v:?}, line {line:?}"
+                );
+                assert_eq!(
+                    victoria_metrics_reads(tag),
+                    (want.clone(), expect_rest),
+                    "VictoriaMetrics, value {v:?}, line {line:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7 + 49 + 343 + 2401 + 16807);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! | status | outcome |
 //! | --- | --- |
 //! | 2xx | stored |
-//! | 400, 422 | [`WriteError::Rejected`]: dead-lettered with the server's message |
+//! | 400, 422 | [`WriteError::Rejected`]: split to isolate the refused lines, which are dead-lettered with the server's message |
 //! | 413 | [`WriteError::TooLarge`]: split and resent |
 //! | 429, 503 | retried after `Retry-After` (else backoff) |
 //! | 401, 403, 404, other 4xx, 5xx | retried with backoff and a hint (fix token, org, bucket or database; nothing is dropped meanwhile) |

@@ -3,8 +3,9 @@
 //! here, HTTP writing in [`http`], and delivery with retries in [`retry`].
 //!
 //! A sink writes one batch of line protocol per call and says how it went; it never
-//! retries by itself. [`retry::deliver`] owns retries, `Retry-After`, splitting on 413 and
-//! dead-lettering on 400/422, so every sink behaves the same.
+//! retries by itself. [`retry::deliver`] owns retries, `Retry-After`, and splitting a batch
+//! the store refuses (413, 400, 422) until only the lines it refuses on their own are
+//! dead-lettered, so every sink behaves the same.
 
 pub mod file;
 pub mod http;
@@ -21,8 +22,9 @@ use futures::future::BoxFuture;
 /// How one write attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// The store refused the data itself (HTTP 400 or 422): retrying cannot help. The batch
-    /// goes to the dead-letter file with the server's message.
+    /// The store refused the data itself (HTTP 400 or 422): retrying the same body cannot
+    /// help. The batch is split to isolate the refused lines, which go to the dead-letter
+    /// file with the server's message.
     #[error("store rejected the batch (HTTP {status}): {message}")]
     Rejected {
         /// HTTP status.

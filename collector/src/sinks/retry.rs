@@ -1,5 +1,14 @@
 //! Delivering one batch to one sink: retries with capped exponential backoff (the
-//! `backoff` crate) that honour `Retry-After`, splitting on 413, dead-lettering on 400/422.
+//! `backoff` crate) that honour `Retry-After`; splitting on 413, 400 and 422.
+//!
+//! A store that refuses a batch (413: too large; 400/422: it cannot take some line) gets
+//! it again in halves, on line boundaries, until each part is stored or is one line the
+//! store refuses on its own: only that line is dead-lettered and counted. Resending lines
+//! the store already kept is safe: InfluxDB 1.x stores the good lines of a batch it
+//! answers `400 partial write`, and a point written again (same series and timestamp)
+//! replaces itself. Isolating `k` bad lines among `n` costs at most about
+//! `2k·log2(n)` requests (`2n - 1` if every line is bad); none is counted as an error
+//! until a single line is refused.
 //!
 //! A retryable failure is retried for as long as it takes: nothing is dropped, and the
 //! partition stops reading while its in-flight batches wait (lag grows, memory does not).
@@ -154,24 +163,20 @@ pub async fn deliver(
                     backoff.reset();
                     break;
                 }
-                Err(WriteError::TooLarge { message }) => match split_half(&part) {
-                    Some((a, b)) => {
-                        parts.push(b);
-                        parts.push(a);
-                        break;
+                Err(WriteError::TooLarge { message }) => {
+                    if let Some(rejected) =
+                        split_or_reject(sink, &part, 413, message, &mut parts, ctx)
+                    {
+                        outcome = rejected;
                     }
-                    None => {
-                        reject(sink, &part, 413, &message, ctx);
-                        outcome = Delivery::Rejected {
-                            status: 413,
-                            message,
-                        };
-                        break;
-                    }
-                },
+                    break;
+                }
                 Err(WriteError::Rejected { status, message }) => {
-                    reject(sink, &part, status, &message, ctx);
-                    outcome = Delivery::Rejected { status, message };
+                    if let Some(rejected) =
+                        split_or_reject(sink, &part, status, message, &mut parts, ctx)
+                    {
+                        outcome = rejected;
+                    }
                     break;
                 }
                 Err(WriteError::Retryable {
@@ -197,6 +202,31 @@ pub async fn deliver(
         }
     }
     outcome
+}
+
+/// A refused `part` of several lines is split in two and both halves go back on `parts`
+/// (first half next), so the lines the store takes are stored and only the lines it refuses
+/// on their own are dead-lettered; a single refused line is dead-lettered here and its
+/// rejection returned.
+fn split_or_reject(
+    sink: &dyn Sink,
+    part: &Bytes,
+    status: u16,
+    message: String,
+    parts: &mut Vec<Bytes>,
+    ctx: DeliveryContext<'_>,
+) -> Option<Delivery> {
+    match split_half(part) {
+        Some((a, b)) => {
+            parts.push(b);
+            parts.push(a);
+            None
+        }
+        None => {
+            reject(sink, part, status, &message, ctx);
+            Some(Delivery::Rejected { status, message })
+        }
+    }
 }
 
 fn reject(sink: &dyn Sink, part: &Bytes, status: u16, message: &str, ctx: DeliveryContext<'_>) {
@@ -382,6 +412,146 @@ mod tests {
         assert_eq!(rec["partition"], "5");
         assert_eq!(rec["message"], "unable to parse");
         assert_eq!(rec["body"], "bad line\n");
+    }
+
+    /// A store like InfluxDB 1.x: it keeps every line of a batch but those containing
+    /// `bad`, and answers 400 `partial write` when there was one.
+    #[derive(Debug, Default)]
+    struct PartialWrites {
+        stored: Mutex<Vec<String>>,
+        requests: Mutex<usize>,
+    }
+
+    impl Sink for PartialWrites {
+        fn name(&self) -> &str {
+            "partial"
+        }
+        fn write<'a>(&'a self, body: &'a Bytes) -> BoxFuture<'a, Result<(), WriteError>> {
+            Box::pin(async move {
+                *self.requests.lock().unwrap() += 1;
+                let text = std::str::from_utf8(body).unwrap();
+                let (bad, good): (Vec<&str>, Vec<&str>) =
+                    text.lines().partition(|l| l.contains("bad"));
+                self.stored
+                    .lock()
+                    .unwrap()
+                    .extend(good.iter().map(|l| l.to_string()));
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                Err(WriteError::Rejected {
+                    status: 400,
+                    message: format!(
+                        "partial write: unable to parse '{}': invalid tag format dropped=0",
+                        bad[0]
+                    ),
+                })
+            })
+        }
+    }
+
+    /// Delivers `lines` (those at `bad` marked bad) to a [`PartialWrites`] store; returns
+    /// the outcome, the store, the metrics text and the dead-letter records.
+    async fn deliver_with_bad_lines(
+        lines: usize,
+        bad: &[usize],
+    ) -> (Delivery, PartialWrites, String, Vec<serde_json::Value>) {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetterFile::open(
+            dir.path().join("dl.jsonl"),
+            crate::decode::DeadLetterLimits {
+                max_body_bytes: 1 << 20,
+                max_file_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        let body: String = (0..lines)
+            .map(|i| {
+                let tag = if bad.contains(&i) { "bad" } else { "ok" };
+                format!("m,t={tag}{i} f=1i {i}\n")
+            })
+            .collect();
+        let sink = PartialWrites::default();
+        let m = Metrics::new();
+        let once = LogOnce::default();
+        let give_up = CancellationToken::new();
+        let ctx = DeliveryContext {
+            metrics: &m,
+            once: &once,
+            dead_letters: Some(&dl),
+            partition: "3",
+            give_up: &give_up,
+        };
+        let out = deliver(&sink, Bytes::from(body), &policy(), ctx).await;
+        let records = std::fs::read_to_string(dir.path().join("dl.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (out, sink, m.render(), records)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn r12_a_400_dead_letters_only_the_bad_line_of_30() {
+        let (out, sink, metrics, records) = deliver_with_bad_lines(30, &[17]).await;
+        assert!(
+            matches!(&out, Delivery::Rejected { status: 400, message } if message.contains("t=bad17")),
+            "{out:?}"
+        );
+        assert!(out.is_done());
+        let stored: std::collections::BTreeSet<String> =
+            sink.stored.lock().unwrap().iter().cloned().collect();
+        assert_eq!(stored.len(), 29, "{stored:?}");
+        assert!(stored.iter().all(|l| !l.contains("bad")));
+        assert!(
+            metrics.contains("tcpulse_collector_sink_points_total{sink=\"partial\"} 29"),
+            "{metrics}"
+        );
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0]["body"], "m,t=bad17 f=1i 17\n");
+        assert_eq!(records[0]["lines"], 1);
+        assert_eq!(records[0]["status"], 400);
+        assert!(
+            metrics.contains(
+                "tcpulse_collector_sink_errors_total{sink=\"partial\",error_type=\"rejected_400\"} 1"
+            ),
+            "{metrics}"
+        );
+        // Bisection: at most 2 requests per level of a 30-line batch, plus the first.
+        let requests = *sink.requests.lock().unwrap();
+        assert!(requests <= 11, "{requests} requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn r12_a_400_isolates_every_bad_line_and_stores_the_rest() {
+        let (out, sink, metrics, records) = deliver_with_bad_lines(30, &[0, 14, 15, 29]).await;
+        assert!(matches!(out, Delivery::Rejected { status: 400, .. }));
+        let stored: std::collections::BTreeSet<String> =
+            sink.stored.lock().unwrap().iter().cloned().collect();
+        assert_eq!(stored.len(), 26);
+        let bodies: Vec<&str> = records
+            .iter()
+            .map(|r| r["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                "m,t=bad0 f=1i 0\n",
+                "m,t=bad14 f=1i 14\n",
+                "m,t=bad15 f=1i 15\n",
+                "m,t=bad29 f=1i 29\n"
+            ]
+        );
+        assert!(
+            metrics.contains("tcpulse_collector_sink_points_total{sink=\"partial\"} 26"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                "tcpulse_collector_sink_errors_total{sink=\"partial\",error_type=\"rejected_400\"} 4"
+            ),
+            "{metrics}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -91,7 +91,13 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         out.push_str(&format!(
             "{:<width$}  {:>8}  {:>8}  {:>6}  {:>6}  {:>8}  {}\n",
-            r.fault, r.events_sent, r.points_stored, r.lost, r.duplicated, r.counted_dropped, r.outcome
+            r.fault,
+            r.events_sent,
+            r.points_stored,
+            r.lost,
+            r.duplicated,
+            r.counted_dropped,
+            r.outcome
         ));
         total.events_sent += r.events_sent;
         total.points_stored += r.points_stored;
@@ -154,8 +160,8 @@ impl Tmpfs {
     /// Fills the file system: writes `path` until `ENOSPC`, returns the bytes written.
     pub fn fill(&self, name: &str) -> Result<u64> {
         let path = self.path().join(name);
-        let mut f = std::fs::File::create(&path)
-            .with_context(|| format!("create {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
         let chunk = vec![0u8; 64 * 1024];
         let mut written = 0u64;
         loop {

@@ -182,7 +182,7 @@ fn awkward_values() -> Vec<String> {
         values.insert(format!(r"a\{sep}b"));
         values.insert(format!(r"a\\{sep}b"));
         values.insert(format!("a{sep}b"));
-        values.insert(format!("{sep}"));
+        values.insert(sep.to_string());
         values.insert(format!(r"{sep}\"));
         values.insert(format!(r"\{sep}"));
     }

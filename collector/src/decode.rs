@@ -334,6 +334,42 @@ mod tests {
     }
 
     #[test]
+    fn r12_a_record_that_cannot_be_written_stays_queued_until_the_disk_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        // A "disk" that is always full, then a real file in its place.
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let limits = DeadLetterLimits {
+            max_body_bytes: 1024,
+            max_file_bytes: 1 << 20,
+        };
+        let file = DeadLetterFile::open(&path, limits).unwrap();
+        let ev = received(7, fixture("invalid_json.json"));
+        let dead = decode_event(&ev).unwrap_err();
+        assert!(file.write_event(&ev, &dead).is_err(), "ENOSPC reported");
+        let ev2 = received(8, fixture("invalid_json.json"));
+        assert!(file.write_event(&ev2, &dead).is_err());
+        assert_eq!(file.queued(), 2, "nothing dropped");
+        assert!(file.sync().is_err(), "sync fails while records are queued");
+        std::fs::remove_file(&path).unwrap();
+        let real = dir.path().join("real.jsonl");
+        std::fs::write(&real, b"").unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        file.sync().unwrap();
+        assert_eq!(file.queued(), 0);
+        let seqs: Vec<i64> = std::fs::read_to_string(&real)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence_number"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![7, 8], "written in order once space returned");
+    }
+
+    #[test]
     fn records_carry_position_reason_and_capped_body_and_the_file_rotates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dl/dead.jsonl");

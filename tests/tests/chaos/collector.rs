@@ -344,7 +344,10 @@ async fn chaos_collector_checkpoint_ahead_of_partition() -> Result<()> {
         },
     })?;
     all_stored.with_context(|| format!("{stored} of {} stored; log:\n{log}", more.len()))?;
-    ensure!(found, "no ERROR naming 999999999 and the partition's end; log:\n{log}");
+    ensure!(
+        found,
+        "no ERROR naming 999999999 and the partition's end; log:\n{log}"
+    );
     c.stop(Duration::from_secs(20))?;
     hub.stop(Duration::from_secs(15)).await?;
     Ok(())
@@ -534,10 +537,13 @@ async fn chaos_collector_dead_letter_disk_full() -> Result<()> {
         lost: 10u64.saturating_sub(stored) + 20u64.saturating_sub(seqs.len() as u64),
         duplicated: dup,
         counted_dropped: seqs.len() as u64,
-        outcome: format!(
-            "checkpoint held at 9 while full ({blocked} blocked attempts), {} records after freeing",
-            seqs.len()
-        ),
+        outcome: match &held {
+            Ok(()) => format!(
+                "checkpoint held at 9 while full ({blocked} blocked attempts), {} records after freeing",
+                seqs.len()
+            ),
+            Err(e) => format!("{e}; {} records after freeing", seqs.len()),
+        },
     })?;
     held?;
     resumed.with_context(|| format!("log:\n{}", c.log_tail(40)))?;
@@ -714,6 +720,235 @@ async fn chaos_collector_wrong_listen_key_retries_slowly() -> Result<()> {
     ensure!(
         retry_lines >= 1 && log.contains("SharedAccessKey"),
         "no retry line with the cause and what to do; log:\n{log}"
+    );
+    c.stop(Duration::from_secs(20))?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+// ---- what already held: SIGKILL mid-batch, a hung store --------------------------------
+
+/// SIGKILL between two checkpoint writes while events stream in: the restart replays from
+/// the checkpoint and every event's point is stored, none with two different values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_collector_sigkill_mid_batch() -> Result<()> {
+    let hub = TestHub::start_with(one_partition()).await?;
+    let info = hub.info.clone();
+    let tmp = tempfile::TempDir::new()?;
+    let out = tmp.path().join("points.lp");
+    let opts = CollectorOptions {
+        sinks: file_sink(&out),
+        checkpoint_interval: Some("3s".into()),
+        ..CollectorOptions::default()
+    };
+    let cdir = tmp.path().join("collector");
+    let mut c = CollectorProcess::start(&cdir, &info, &opts)?;
+    let events = phase("kill", 200);
+    send_events(&info, &events[..100], 0).await?;
+    wait_for("a first checkpoint", Duration::from_secs(30), || {
+        c.ensure_running()?;
+        Ok(c.checkpoints().contains_key("0"))
+    })
+    .await?;
+    // Stream the rest; kill while it is being read, stored and not yet checkpointed.
+    let sender = {
+        let info = info.clone();
+        let rest = events[100..].to_vec();
+        tokio::spawn(async move { send_events(&info, &rest, 100).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = c.pid().ok_or_else(|| anyhow!("collector not running"))?;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -KILL {pid} failed");
+    sender.await??;
+    drop(c);
+    let mut c = CollectorProcess::start(&cdir, &info, &opts)?;
+    let ok = wait_for(
+        "every event stored after the restart",
+        Duration::from_secs(30),
+        || {
+            c.ensure_running()?;
+            Ok(count_stored(&out, &events).0 == events.len() as u64)
+        },
+    )
+    .await;
+    let (stored, dup) = count_stored(&out, &events);
+    record(&Row {
+        fault: "collector: SIGKILL mid-batch".into(),
+        events_sent: events.len() as u64,
+        points_stored: stored,
+        lost: events.len() as u64 - stored,
+        duplicated: dup,
+        counted_dropped: 0,
+        outcome: "restart replayed from the checkpoint; identical rewrites only".into(),
+    })?;
+    ok.with_context(|| {
+        format!(
+            "{stored} of {} stored; log:\n{}",
+            events.len(),
+            c.log_tail(30)
+        )
+    })?;
+    ensure!(dup == 0, "{dup} points written with two different values");
+    c.stop(Duration::from_secs(20))?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// A TCP forwarder in front of the store that can hang: while `hung`, new connections are
+/// accepted and never answered (and held until the flag clears).
+struct HangingProxy {
+    addr: std::net::SocketAddr,
+    hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HangingProxy {
+    fn start(upstream: std::net::SocketAddr) -> Result<HangingProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = hung.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    if flag.load(Ordering::SeqCst) {
+                        // Hold the connection, answer nothing.
+                        while flag.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        return;
+                    }
+                    let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                        return;
+                    };
+                    let (Ok(a), Ok(b)) = (conn.try_clone(), up.try_clone()) else {
+                        return;
+                    };
+                    let back = flag.clone();
+                    std::thread::spawn(move || pump(a, b, &flag));
+                    pump(up, conn, &back);
+                });
+            }
+        });
+        Ok(HangingProxy { addr, hung })
+    }
+
+    fn set_hung(&self, hung: bool) {
+        self.hung.store(hung, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding every chunk while `hung` (so open keep-alive connections
+/// hang too).
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    hung: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while hung.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// The store accepts connections and never answers for 12 s: writes time out and are
+/// retried, nothing is checkpointed past what was stored, and after it answers again every
+/// event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_collector_store_hung() -> Result<()> {
+    let vm = RestartableVictoriaMetrics::new()?;
+    let upstream: std::net::SocketAddr = vm
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .context("VictoriaMetrics address")?;
+    let proxy = HangingProxy::start(upstream)?;
+    let hub = TestHub::start_with(one_partition()).await?;
+    let info = hub.info.clone();
+    let tmp = tempfile::TempDir::new()?;
+    let opts = CollectorOptions {
+        sinks: format!(
+            "[sinks.influxdb_v2]\nurl = \"http://{}\"\norg = \"noc\"\nbucket = \"tcpulse\"\nrequest_timeout = \"2s\"\n",
+            proxy.addr
+        ),
+        ..CollectorOptions::default()
+    };
+    let mut c = CollectorProcess::start(&tmp.path().join("collector"), &info, &opts)?;
+    let before = phase("hung-a", 10);
+    send_events(&info, &before, 0).await?;
+    wait_for("checkpoint at 9", Duration::from_secs(30), || {
+        c.ensure_running()?;
+        Ok(c.checkpoints().get("0") == Some(&9))
+    })
+    .await?;
+    proxy.set_hung(true);
+    let during = phase("hung-b", 20);
+    send_events(&info, &during, 10).await?;
+    let hung_at = Instant::now();
+    let mut moved = None;
+    while hung_at.elapsed() < Duration::from_secs(12) {
+        c.ensure_running()?;
+        let cp = c.checkpoints().get("0").copied();
+        if cp != Some(9) {
+            moved = cp;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    proxy.set_hung(false);
+    let sent: Vec<Sent> = before.iter().chain(&during).cloned().collect();
+    let mut missing = sent.len();
+    let ok = wait_for(
+        "every event in VictoriaMetrics",
+        Duration::from_secs(40),
+        || {
+            let series = vm_export(&vm.url(), "tc_instance_call_count")?;
+            let have: BTreeSet<(String, i64)> = series
+                .iter()
+                .flat_map(|s| {
+                    let inst = s.labels.get("instance").cloned().unwrap_or_default();
+                    s.samples.iter().map(move |(t, _)| (inst.clone(), *t))
+                })
+                .collect();
+            missing = sent
+                .iter()
+                .filter(|e| !have.contains(&(e.instance.clone(), e.time_ms)))
+                .count();
+            Ok(missing == 0)
+        },
+    )
+    .await;
+    let timeouts = metric(
+        &c.metrics().unwrap_or_default(),
+        "tcpulse_collector_sink_errors_total{sink=\"influxdb_v2\",error_type=\"timeout\"}",
+    );
+    record(&Row {
+        fault: "collector: store hung 12 s".into(),
+        events_sent: sent.len() as u64,
+        points_stored: (sent.len() - missing) as u64,
+        lost: missing as u64,
+        duplicated: 0,
+        counted_dropped: 0,
+        outcome: format!("{timeouts} write timeouts retried; checkpoint held while hung"),
+    })?;
+    ok.with_context(|| format!("log:\n{}", c.log_tail(30)))?;
+    ensure!(
+        moved.is_none(),
+        "checkpoint moved to {moved:?} while the store answered nothing"
     );
     c.stop(Duration::from_secs(20))?;
     hub.shutdown().await;

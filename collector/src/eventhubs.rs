@@ -74,6 +74,8 @@ fn receive_error(partition: String, message: String) -> SourceError {
 
 /// How often the partitions' newest events are read for lag.
 const TIP_POLL: Duration = Duration::from_secs(5);
+/// Longest wait between connection attempts of the lag poller after failures.
+const TIP_POLL_MAX: Duration = Duration::from_secs(300);
 
 type Tips = Mutex<HashMap<String, PartitionTip>>;
 
@@ -109,9 +111,22 @@ impl EventHubsProvider {
         let config = self.config.clone();
         tokio::spawn(async move {
             let mut mgmt: Option<ManagementClient> = None;
+            let mut delay = TIP_POLL;
             while let Some(tips) = weak.upgrade() {
                 if mgmt.is_none() {
-                    mgmt = ManagementClient::connect(config.clone()).await.ok();
+                    mgmt = match ManagementClient::connect(config.clone()).await {
+                        Ok(m) => {
+                            delay = TIP_POLL;
+                            Some(m)
+                        }
+                        Err(e) => {
+                            // A refused key must not turn into a connection every 5 s:
+                            // back off to TIP_POLL_MAX (the partitions report the cause).
+                            delay = (delay * 2).min(TIP_POLL_MAX);
+                            tracing::debug!(error = %e, retry_in = ?delay, "reading partition properties for lag: connect failed");
+                            None
+                        }
+                    };
                 }
                 if let Some(m) = mgmt.as_mut() {
                     for p in &partitions {
@@ -142,7 +157,7 @@ impl EventHubsProvider {
                     }
                 }
                 drop(tips);
-                tokio::time::sleep(TIP_POLL).await;
+                tokio::time::sleep(delay).await;
             }
             if let Some(m) = mgmt {
                 m.close().await;

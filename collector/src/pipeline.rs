@@ -5,7 +5,16 @@
 //! the flush timer, housekeeping, and last the source, so acknowledgements always drain
 //! before new work is taken:
 //!
-//! 1. Each event is decoded (a failure goes to the dead-letter file), checked against the
+//! 0. On every open (at start and after a receive error) a resume point after a checkpoint
+//!    is checked against the partition's `$management` bounds ([`judge_checkpoint`]): past
+//!    the partition's last event (hub re-created, checkpoint restored or edited) it is an
+//!    ERROR, a counter and a `/readyz` note, and the partition starts at
+//!    `checkpoint.on_ahead_of_partition` (default earliest) with fresh aggregator state;
+//!    older than the oldest retained event, the events lost to retention are counted and
+//!    the partition starts at the beginning.
+//! 1. Each event is decoded (a failure goes to the dead-letter file, and the partition
+//!    waits until the record is written: nothing is checkpointed past an unrecorded dead
+//!    letter, and the file is fsynced before each checkpoint write), checked against the
 //!    dedup window (a repeat is dropped and counted), and applied to the [`Aggregator`];
 //!    the points it yields are appended as lines to the open batch.
 //! 2. A batch is sealed when it reaches `max_lines`/`max_bytes` or the flush interval

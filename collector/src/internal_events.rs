@@ -418,6 +418,51 @@ impl CheckpointAheadOfPartition<'_> {
     }
 }
 
+/// The event at the checkpoint's sequence number is not the checkpointed one (another
+/// enqueue time): the partition was re-created and has grown past the checkpoint.
+#[derive(Debug)]
+pub struct CheckpointMismatch<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The checkpoint's sequence number.
+    pub checkpoint: i64,
+    /// The checkpointed event's enqueue time, ms.
+    pub expected_enqueued_ms: i64,
+    /// The sequence number of the event found instead.
+    pub found_sequence: i64,
+    /// Its enqueue time, ms.
+    pub found_enqueued_ms: i64,
+    /// Where the partition starts instead (`checkpoint.on_ahead_of_partition`).
+    pub start: &'a str,
+}
+
+impl CheckpointMismatch<'_> {
+    /// Logs (every time) and counts, as [`CheckpointAheadOfPartition`] does.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "checkpoint",
+            error_type = "ahead_of_partition",
+            partition = self.partition,
+            checkpoint_sequence_number = self.checkpoint,
+            expected_enqueued_ms = self.expected_enqueued_ms,
+            found_sequence_number = self.found_sequence,
+            found_enqueued_ms = self.found_enqueued_ms,
+            start = self.start,
+            "checkpoint of partition {} names event {} enqueued at {} ms, but the partition now holds another event there (sequence {}, enqueued at {} ms): the Event Hub was re-created; starting from {} (`checkpoint.on_ahead_of_partition`)",
+            self.partition,
+            self.checkpoint,
+            self.expected_enqueued_ms,
+            self.found_sequence,
+            self.found_enqueued_ms,
+            self.start,
+        );
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("checkpoint", "ahead_of_partition"))
+            .inc();
+    }
+}
+
 /// A checkpoint is older than the oldest event the partition retains: the events between
 /// were dropped by the hub's retention before this collector read them.
 #[derive(Debug)]

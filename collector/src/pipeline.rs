@@ -55,9 +55,9 @@ use crate::checkpoint::{
 };
 use crate::decode::{decode_event, DeadLetterFile};
 use crate::internal_events::{
-    CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, DeadLetterWriteBlocked,
-    DeadLetterWriteRecovered, DuplicateDropped, EventDeadLettered, LogOnce, RetentionLost,
-    SourceFailed, SourceUnauthorized,
+    CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
+    DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped, EventDeadLettered, LogOnce,
+    RetentionLost, SourceFailed, SourceUnauthorized,
 };
 use crate::metrics::{partition_labels, sink_point, Metrics};
 use crate::sinks::retry::{deliver, DeliveryContext, RetryPolicy};
@@ -285,6 +285,8 @@ pub async fn run_partition<P: SourceProvider>(
     let mut backoff = retry_backoff(&settings.retry);
 
     // ---- Resume point ----
+    // `anchor`: the checkpointed event's enqueue time, to recognise it when re-read.
+    let mut anchor = None;
     let (start, mut aggregator, mut checkpointed) = loop {
         match shared.checkpoints.load(&shared.scope, &partition).await {
             Ok(Some(cp)) => {
@@ -300,6 +302,7 @@ pub async fn run_partition<P: SourceProvider>(
                     .get_or_create(&labels)
                     .set(cp.sequence_number);
                 tracing::info!(partition = %partition, sequence_number = cp.sequence_number, "resuming after checkpoint");
+                anchor = Some(cp.enqueued_time_ms);
                 break (
                     StartPosition::AfterSequence(cp.sequence_number),
                     agg,
@@ -359,13 +362,22 @@ pub async fn run_partition<P: SourceProvider>(
 
     // ---- Source ----
     let mut auth_wait = settings.auth_retry_initial;
-    let (mut source, start) = loop {
-        match open_checked(provider.as_ref(), &partition, start, &settings, &shared).await {
+    let (mut source, start, mut verify) = loop {
+        match open_checked(
+            provider.as_ref(),
+            &partition,
+            start,
+            anchor,
+            &settings,
+            &shared,
+        )
+        .await
+        {
             Ok(opened) => {
                 if opened.reset_state {
                     aggregator = Aggregator::new(settings.aggregate);
                 }
-                break (opened.source, opened.start);
+                break (opened.source, opened.start, opened.verify);
             }
             Err(e) => {
                 let wait = source_retry_wait(
@@ -486,8 +498,24 @@ pub async fn run_partition<P: SourceProvider>(
                 match next {
                     Ok(Some(ev)) => {
                         last_event_at = Instant::now();
-                        state.on_event(ev, &mut aggregator, &shutdown).await;
                         backoff.reset();
+                        match verify.take() {
+                            Some(v) if v.matches(&ev) => {
+                                // The checkpointed event itself, still the same: stored already.
+                            }
+                            Some(v) => {
+                                // Another event under the checkpoint's sequence number: the
+                                // partition was re-created and has grown past the checkpoint.
+                                report_mismatch(&v, &ev, settings.on_ahead_of_partition, &partition, &shared);
+                                aggregator = Aggregator::new(settings.aggregate);
+                                state.last_pulled = None;
+                                match reopen(provider.as_ref(), &partition, settings.on_ahead_of_partition, &mut backoff, &settings, &shared, &shutdown).await {
+                                    Some(s) => source = s,
+                                    None => draining = true,
+                                }
+                            }
+                            None => state.on_event(ev, &mut aggregator, &shutdown).await,
+                        }
                     }
                     Ok(None) => {
                         tracing::info!(partition = %partition, "source ended; draining");
@@ -496,13 +524,13 @@ pub async fn run_partition<P: SourceProvider>(
                     Err(e) => {
                         let wait = source_retry_wait(&e, "receive", &partition, &mut backoff, &mut auth_wait, &settings, &shared);
                         if !sleep_or_cancel(wait, &shutdown).await {
-                            let resume = state
-                                .last_pulled
-                                .as_ref()
-                                .map(|p| StartPosition::AfterSequence(p.sequence_number))
-                                .unwrap_or(start);
-                            match open_checked(provider.as_ref(), &partition, resume, &settings, &shared).await {
+                            let (resume, at) = match &state.last_pulled {
+                                Some(p) => (StartPosition::AfterSequence(p.sequence_number), Some(p.enqueued_time_ms)),
+                                None => (start, anchor),
+                            };
+                            match open_checked(provider.as_ref(), &partition, resume, at, &settings, &shared).await {
                                 Ok(opened) => {
+                                    verify = opened.verify;
                                     if opened.reset_state {
                                         // Hub re-created under us: the newest read position
                                         // and the state built from it mean nothing now.
@@ -611,14 +639,92 @@ struct Opened<S> {
     /// The checkpoint belonged to another incarnation of the partition: the aggregator
     /// state saved with it does not apply.
     reset_state: bool,
+    /// The source was opened one event early, at the checkpointed event, to check that it
+    /// is still the same event (a re-created partition that grew past the checkpoint has
+    /// another one there).
+    verify: Option<Anchor>,
+}
+
+/// The checkpointed event as it was read: sequence number and enqueue time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Anchor {
+    sequence_number: i64,
+    enqueued_time_ms: i64,
+}
+
+impl Anchor {
+    fn matches(&self, ev: &ReceivedEvent) -> bool {
+        ev.sequence_number == self.sequence_number && ev.enqueued_time_ms == self.enqueued_time_ms
+    }
+}
+
+fn report_mismatch(
+    want: &Anchor,
+    found: &ReceivedEvent,
+    start: StartPosition,
+    partition: &str,
+    shared: &Shared,
+) {
+    let shown = describe_start(start);
+    CheckpointMismatch {
+        partition,
+        checkpoint: want.sequence_number,
+        expected_enqueued_ms: want.enqueued_time_ms,
+        found_sequence: found.sequence_number,
+        found_enqueued_ms: found.enqueued_time_ms,
+        start: &shown,
+    }
+    .emit(&shared.metrics);
+    shared.metrics.set_partition_note(
+        partition,
+        format!(
+            "checkpointed event {} is not in the partition any more (hub re-created?); started from {shown}",
+            want.sequence_number
+        ),
+    );
+}
+
+/// Opens `partition` at `start`, retrying with backoff; `None` on shutdown.
+async fn reopen<P: SourceProvider>(
+    provider: &P,
+    partition: &str,
+    start: StartPosition,
+    backoff: &mut backoff::ExponentialBackoff,
+    settings: &PipelineSettings,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<P::Source> {
+    let mut auth_wait = settings.auth_retry_initial;
+    loop {
+        match provider.open(partition, start).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                let wait = source_retry_wait(
+                    &e,
+                    "open",
+                    partition,
+                    backoff,
+                    &mut auth_wait,
+                    settings,
+                    shared,
+                );
+                if sleep_or_cancel(wait, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Opens `partition` at `start`; a start after a checkpoint is first checked against the
 /// partition's bounds ([`judge_checkpoint`]), reported, and replaced as the policy says.
+/// With `anchor` (the checkpointed event's enqueue time) and that event still retained, the
+/// source opens at the checkpointed event itself and returns it in `verify`.
 async fn open_checked<P: SourceProvider>(
     provider: &P,
     partition: &str,
     start: StartPosition,
+    anchor: Option<i64>,
     settings: &PipelineSettings,
     shared: &Shared,
 ) -> Result<Opened<P::Source>, SourceError> {
@@ -628,24 +734,41 @@ async fn open_checked<P: SourceProvider>(
             source,
             start,
             reset_state: false,
+            verify: None,
         });
     };
-    let verdict = match provider.bounds(partition).await? {
-        Some(b) => judge_checkpoint(checkpoint, &b),
+    let bounds = provider.bounds(partition).await?;
+    let verdict = match &bounds {
+        Some(b) => judge_checkpoint(checkpoint, b),
         None => CheckpointVerdict::Fits,
     };
-    let (start, reset_state) = match verdict {
+    let retained = bounds.is_some_and(|b| {
+        !b.is_empty && b.begin_sequence_number >= 0 && b.begin_sequence_number <= checkpoint
+    });
+    let verify = match (verdict, anchor) {
+        (CheckpointVerdict::Fits, Some(t)) if retained && checkpoint > 0 => Some(Anchor {
+            sequence_number: checkpoint,
+            enqueued_time_ms: t,
+        }),
+        _ => None,
+    };
+    let (open_at, reset_state) = match verdict {
+        CheckpointVerdict::Fits if verify.is_some() => {
+            (StartPosition::AfterSequence(checkpoint - 1), false)
+        }
         CheckpointVerdict::Fits => (start, false),
         CheckpointVerdict::AheadOfPartition { .. } => (settings.on_ahead_of_partition, true),
         CheckpointVerdict::BehindRetention { .. } => (StartPosition::Earliest, false),
     };
-    let source = provider.open(partition, start).await?;
+    let source = provider.open(partition, open_at).await?;
+    let start = if verify.is_some() { start } else { open_at };
     // Reported once the open worked, so a retried open does not count twice.
     report_verdict(verdict, checkpoint, start, partition, shared);
     Ok(Opened {
         source,
         start,
         reset_state,
+        verify,
     })
 }
 
@@ -1423,7 +1546,66 @@ mod tests {
             assert!(readyz.contains(&format!("partition 0: checkpoint {cp} was")), "{readyz}");
             drop(h.dir);
         }
-        // A fitting checkpoint resumes after itself, silently.
+        // A re-created partition that grew past the checkpoint: another event sits under
+        // the checkpoint's sequence number, so the partition restarts from earliest.
+        let (tx1, first) = ChannelSource::new("0", 16);
+        let (_tx2, second) = ChannelSource::new("0", 16);
+        let provider = Arc::new(
+            ChannelProvider::new("t", vec![first, second]).with_bounds("0", bounds(0, 99, false)),
+        );
+        let h = harness(&provider, flaky("ok", vec![]));
+        store_checkpoint(&h, 9).await; // enqueued at 1 ms
+        tx1.send(ReceivedEvent {
+            partition: "0".into(),
+            sequence_number: 9,
+            offset: "9".into(),
+            enqueued_time_ms: 5_000,
+            partition_key: None,
+            body: Bytes::from_static(b"not json"),
+        })
+        .await
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_partition(
+            provider.clone(),
+            "0".into(),
+            h.settings.clone(),
+            h.shared.clone(),
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while provider.opened_at().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                provider.opened_at()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            provider.opened_at(),
+            vec![
+                ("0".to_string(), StartPosition::AfterSequence(8)),
+                ("0".to_string(), StartPosition::Earliest)
+            ]
+        );
+        let text = h.metrics.render();
+        assert!(text.contains("tcpulse_collector_component_errors_total{stage=\"checkpoint\",error_type=\"ahead_of_partition\"} 1"), "{text}");
+        assert_eq!(
+            h.metrics
+                .dead_letters
+                .get_or_create(&vec![
+                    ("partition".into(), "0".into()),
+                    ("error_type".into(), "invalid_json".into())
+                ])
+                .get(),
+            0,
+            "the foreign event under the checkpoint is not processed"
+        );
+
+        // A fitting checkpoint opens at the checkpointed event to recognise it, silently.
         let (tx, source) = ChannelSource::new("0", 16);
         let provider =
             Arc::new(ChannelProvider::new("t", vec![source]).with_bounds("0", bounds(0, 9, false)));
@@ -1440,7 +1622,7 @@ mod tests {
         .await;
         assert_eq!(
             provider.opened_at(),
-            vec![("0".to_string(), StartPosition::AfterSequence(9))]
+            vec![("0".to_string(), StartPosition::AfterSequence(8))]
         );
         assert_eq!(h.metrics.readyz_body(), "not ready\n");
     }

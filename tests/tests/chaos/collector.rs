@@ -348,6 +348,53 @@ async fn chaos_collector_checkpoint_ahead_of_partition() -> Result<()> {
         found,
         "no ERROR naming 999999999 and the partition's end; log:\n{log}"
     );
+    wait_for("checkpoint at 59", Duration::from_secs(10), || {
+        Ok(c.checkpoints().get("0") == Some(&59))
+    })
+    .await?;
+    c.stop(Duration::from_secs(20))?;
+
+    // Re-created again, and 80 new events arrive before the collector is back: the
+    // partition's end (79) is past the checkpoint (59), so only the checkpointed event
+    // itself can tell the two incarnations apart.
+    hub.stop(Duration::from_secs(15)).await?;
+    std::fs::remove_dir_all(hub.data_dir().join("hubs")).context("wipe the hub's partitions")?;
+    hub.restart().await?;
+    let grown = phase("grown", 80);
+    send_events(&hub.info, &grown, 0).await?;
+    let mut c = CollectorProcess::start(&cdir, &hub.info, &opts)?;
+    let all_stored = wait_for(
+        "the events of the grown partition stored",
+        Duration::from_secs(20),
+        || {
+            c.ensure_running()?;
+            Ok(count_stored(&out, &grown).0 == grown.len() as u64)
+        },
+    )
+    .await;
+    let (stored, dup) = count_stored(&out, &grown);
+    let log = c.log();
+    let found = log
+        .lines()
+        .any(|l| l.contains("ERROR") && l.contains("names event 59") && l.contains("re-created"));
+    record(&Row {
+        fault: "collector: hub re-created, grown past the checkpoint before restart".into(),
+        events_sent: grown.len() as u64,
+        points_stored: stored,
+        lost: grown.len() as u64 - stored,
+        duplicated: dup,
+        counted_dropped: 0,
+        outcome: if found {
+            "ERROR checkpointed event replaced; restarted from earliest".into()
+        } else {
+            "no error logged".into()
+        },
+    })?;
+    all_stored.with_context(|| format!("{stored} of {} stored; log:\n{log}", grown.len()))?;
+    ensure!(
+        found,
+        "no ERROR about the replaced checkpointed event; log:\n{log}"
+    );
     c.stop(Duration::from_secs(20))?;
     hub.stop(Duration::from_secs(15)).await?;
     Ok(())

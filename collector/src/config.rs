@@ -234,7 +234,10 @@ pub struct CheckpointConfig {
     /// Where a partition starts when its checkpoint is past the newest event the service
     /// holds (`last_enqueued_sequence_number`): the Event Hub was deleted and re-created
     /// under the same name, or the checkpoint was restored from elsewhere or edited. This
-    /// is checked on every partition open and reported as an ERROR naming both numbers,
+    /// is checked on every partition open (and, when the checkpointed event is still
+    /// retained, that it is the same event: same sequence number and enqueue time, which
+    /// catches a re-created hub that already grew past the checkpoint) and reported as an
+    /// ERROR naming both numbers,
     /// counted in `tcpulse_collector_component_errors_total{stage="checkpoint",
     /// error_type="ahead_of_partition"}` and shown by `/readyz`. `earliest`, `latest` or an
     /// RFC 3339 time. Default: `earliest` (replays are idempotent, so nothing the hub holds

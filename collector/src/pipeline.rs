@@ -9,7 +9,10 @@
 //!    is checked against the partition's `$management` bounds ([`judge_checkpoint`]): past
 //!    the partition's last event (hub re-created, checkpoint restored or edited) it is an
 //!    ERROR, a counter and a `/readyz` note, and the partition starts at
-//!    `checkpoint.on_ahead_of_partition` (default earliest) with fresh aggregator state;
+//!    `checkpoint.on_ahead_of_partition` (default earliest) with fresh aggregator state.
+//!    Within the bounds, the partition is opened at the checkpointed event itself and its
+//!    enqueue time compared with the checkpoint's: another event there means a re-created
+//!    partition that grew past the checkpoint, handled the same way;
 //!    older than the oldest retained event, the events lost to retention are counted and
 //!    the partition starts at the beginning.
 //! 1. Each event is decoded (a failure goes to the dead-letter file, and the partition

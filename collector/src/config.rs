@@ -231,6 +231,22 @@ pub struct CheckpointConfig {
     /// and kept as `<file>.corrupt-<ms>`). Default: `earliest`.
     #[serde(default = "default_initial_position")]
     pub on_corrupt: PositionSpec,
+    /// Where a partition starts when its checkpoint is past the newest event the service
+    /// holds (`last_enqueued_sequence_number`): the Event Hub was deleted and re-created
+    /// under the same name, or the checkpoint was restored from elsewhere or edited. This
+    /// is checked on every partition open (and, when the checkpointed event is still
+    /// retained, that it is the same event: same sequence number and enqueue time, which
+    /// catches a re-created hub that already grew past the checkpoint) and reported as an
+    /// ERROR naming both numbers,
+    /// counted in `tcpulse_collector_component_errors_total{stage="checkpoint",
+    /// error_type="ahead_of_partition"}` and shown by `/readyz`. `earliest`, `latest` or an
+    /// RFC 3339 time. Default: `earliest` (replays are idempotent, so nothing the hub holds
+    /// is skipped). A checkpoint older than the oldest retained event (retention expired
+    /// while the collector was down) always starts at the oldest retained event, and the
+    /// events lost are counted (`tcpulse_collector_retention_lost_events_total`, field
+    /// `retention_lost_events` of `tc_pipeline`).
+    #[serde(default = "default_initial_position")]
+    pub on_ahead_of_partition: PositionSpec,
     /// Shortest time between two checkpoint writes of a partition (the last one is
     /// always written at shutdown). Default: 5s.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
@@ -255,6 +271,7 @@ impl Default for CheckpointConfig {
             dir: default_checkpoint_dir(),
             initial_position: default_initial_position(),
             on_corrupt: default_initial_position(),
+            on_ahead_of_partition: default_initial_position(),
             interval: default_checkpoint_interval(),
         }
     }
@@ -397,7 +414,8 @@ impl Default for BatchConfig {
     }
 }
 
-/// Retries of store writes (forever, for retryable errors).
+/// Retries of store writes (forever, for retryable errors), and of the Event Hubs source
+/// when the service refuses the credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -414,6 +432,21 @@ pub struct RetryConfig {
     /// left for the next start (they are not checkpointed). Default: 10s.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// First delay before retrying the Event Hubs source after the service refused the
+    /// credentials (wrong key, missing Listen right, key rotated); it doubles up to
+    /// `auth_max`. Each retry is logged with the cause; the process stays alive. Default: 30s.
+    #[serde(default = "default_auth_retry_initial", with = "humantime_serde")]
+    pub auth_initial: Duration,
+    /// Largest delay between retries after refused credentials. Default: 5m.
+    #[serde(default = "default_auth_retry_max", with = "humantime_serde")]
+    pub auth_max: Duration,
+}
+
+const fn default_auth_retry_initial() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_auth_retry_max() -> Duration {
+    Duration::from_secs(300)
 }
 
 const fn default_retry_initial() -> Duration {
@@ -436,6 +469,8 @@ impl Default for RetryConfig {
             max: default_retry_max(),
             max_retry_after: default_max_retry_after(),
             shutdown_grace: default_shutdown_grace(),
+            auth_initial: default_auth_retry_initial(),
+            auth_max: default_auth_retry_max(),
         }
     }
 }
@@ -729,6 +764,12 @@ impl Config {
         }
         if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
             return Err(invalid("retry", "initial must be > 0 and max ≥ initial"));
+        }
+        if self.retry.auth_initial.is_zero() || self.retry.auth_max < self.retry.auth_initial {
+            return Err(invalid(
+                "retry",
+                "auth_initial must be > 0 and auth_max ≥ auth_initial",
+            ));
         }
         if self.pipeline_interval < Duration::from_secs(1) {
             return Err(invalid("pipeline_interval", "must be at least 1s"));

@@ -19,9 +19,18 @@
 //! at `max_body_bytes` (`body_truncated` says so) and the file at `max_file_bytes`: when
 //! full it is rotated to `<path>.1` (replacing the previous one), so the disk use is
 //! bounded by twice the cap.
+//!
+//! A record that cannot be written (disk full, I/O error) is not dropped: it stays queued
+//! in memory, a partial write is cut off the file again, and every later append and every
+//! [`DeadLetterFile::sync`] writes the queue first, in order. `sync` fails while anything
+//! is queued, and the pipeline syncs before each checkpoint write, so a checkpoint never
+//! passes a dead letter whose record is not durably in the file. The queue holds at most
+//! what the partitions read while the disk was full: a partition stops reading as soon as
+//! one of its dead letters is queued, and a rejected batch queues one record.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -47,8 +56,17 @@ pub struct DeadLetterLimits {
 
 #[derive(Debug)]
 struct Open {
-    file: BufWriter<File>,
+    file: File,
     written: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: Option<Open>,
+    /// Serialized records (each ending in a newline) not yet in the file, oldest first.
+    queued: VecDeque<Vec<u8>>,
+    /// Records written since the last fsync.
+    unsynced: bool,
 }
 
 /// The append-only dead-letter file (shared by every partition). See the module docs.
@@ -56,7 +74,7 @@ struct Open {
 pub struct DeadLetterFile {
     path: PathBuf,
     limits: DeadLetterLimits,
-    open: Mutex<Option<Open>>,
+    state: Mutex<State>,
 }
 
 #[derive(Serialize)]
@@ -101,7 +119,10 @@ impl DeadLetterFile {
         Ok(DeadLetterFile {
             path,
             limits,
-            open: Mutex::new(Some(open)),
+            state: Mutex::new(State {
+                open: Some(open),
+                ..State::default()
+            }),
         })
     }
 
@@ -110,7 +131,8 @@ impl DeadLetterFile {
         &self.path
     }
 
-    /// Appends an event that failed to decode.
+    /// Appends an event that failed to decode. An error means the record is queued, not
+    /// yet in the file: [`DeadLetterFile::sync`] until it succeeds before passing it.
     pub fn write_event(&self, event: &ReceivedEvent, dead: &DeadLetter) -> std::io::Result<()> {
         let cap = self.limits.max_body_bytes.min(event.body.len());
         let message = dead.reason.to_string();
@@ -132,7 +154,8 @@ impl DeadLetterFile {
         self.append(&record)
     }
 
-    /// Appends a batch a sink rejected, with the server's message.
+    /// Appends a batch a sink rejected, with the server's message. An error means the
+    /// record is queued (see [`DeadLetterFile::write_event`]).
     pub fn write_batch(
         &self,
         partition: &str,
@@ -172,43 +195,71 @@ impl DeadLetterFile {
     fn append<T: Serialize>(&self, record: &T) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut guard = self
-            .open
+        let mut state = self.lock()?;
+        state.queued.push_back(line);
+        self.write_queued(&mut state)
+    }
+
+    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, State>> {
+        self.state
             .lock()
-            .map_err(|_| std::io::Error::other("dead-letter file lock poisoned"))?;
-        let rotate = guard.as_ref().is_some_and(|o| {
-            o.written > 0 && o.written + line.len() as u64 > self.limits.max_file_bytes
-        });
-        if rotate || guard.is_none() {
-            if let Some(mut old) = guard.take() {
-                old.file.flush()?;
-            }
+            .map_err(|_| std::io::Error::other("dead-letter file lock poisoned"))
+    }
+
+    /// Writes the queued records in order; stops at the first failure (the rest stay
+    /// queued).
+    fn write_queued(&self, state: &mut State) -> std::io::Result<()> {
+        while let Some(line) = state.queued.front() {
+            let len = line.len() as u64;
+            let rotate = state
+                .open
+                .as_ref()
+                .is_some_and(|o| o.written > 0 && o.written + len > self.limits.max_file_bytes);
             if rotate {
+                if let Some(old) = state.open.take() {
+                    old.file.sync_all()?;
+                }
                 let mut rotated = self.path.as_os_str().to_owned();
                 rotated.push(".1");
                 std::fs::rename(&self.path, PathBuf::from(rotated))?;
             }
-            *guard = Some(open_append(&self.path)?);
+            if state.open.is_none() {
+                state.open = Some(open_append(&self.path)?);
+            }
+            let open = state
+                .open
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("dead-letter file not open"))?;
+            if let Err(e) = open.file.write_all(line) {
+                // Cut a partial record off again, and reopen next time.
+                let _ = open.file.set_len(open.written);
+                state.open = None;
+                return Err(e);
+            }
+            open.written += len;
+            state.unsynced = true;
+            state.queued.pop_front();
         }
-        let open = guard
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("dead-letter file not open"))?;
-        open.file.write_all(&line)?;
-        open.file.flush()?;
-        open.written += line.len() as u64;
         Ok(())
     }
 
-    /// Flushes and fsyncs the file (at shutdown).
+    /// Records queued because they could not be written yet.
+    pub fn queued(&self) -> usize {
+        self.lock().map(|s| s.queued.len()).unwrap_or(0)
+    }
+
+    /// Writes every queued record and fsyncs the file. Fails while a record cannot be
+    /// written: a checkpoint must not pass it then.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut guard = self
-            .open
-            .lock()
-            .map_err(|_| std::io::Error::other("dead-letter file lock poisoned"))?;
-        if let Some(open) = guard.as_mut() {
-            open.file.flush()?;
-            open.file.get_ref().sync_all()?;
+        let mut state = self.lock()?;
+        self.write_queued(&mut state)?;
+        if !state.unsynced {
+            return Ok(());
         }
+        if let Some(open) = state.open.as_mut() {
+            open.file.sync_all()?;
+        }
+        state.unsynced = false;
         Ok(())
     }
 }
@@ -219,10 +270,7 @@ fn open_append(path: &Path) -> std::io::Result<Open> {
     }
     let file = OpenOptions::new().create(true).append(true).open(path)?;
     let written = file.metadata()?.len();
-    Ok(Open {
-        file: BufWriter::new(file),
-        written,
-    })
+    Ok(Open { file, written })
 }
 
 fn truncate_str(s: &str, max: usize) -> &str {
@@ -283,6 +331,42 @@ mod tests {
         ] {
             assert!(decode_event(&received(1, fixture(name))).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn r12_a_record_that_cannot_be_written_stays_queued_until_the_disk_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        // A "disk" that is always full, then a real file in its place.
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let limits = DeadLetterLimits {
+            max_body_bytes: 1024,
+            max_file_bytes: 1 << 20,
+        };
+        let file = DeadLetterFile::open(&path, limits).unwrap();
+        let ev = received(7, fixture("invalid_json.json"));
+        let dead = decode_event(&ev).unwrap_err();
+        assert!(file.write_event(&ev, &dead).is_err(), "ENOSPC reported");
+        let ev2 = received(8, fixture("invalid_json.json"));
+        assert!(file.write_event(&ev2, &dead).is_err());
+        assert_eq!(file.queued(), 2, "nothing dropped");
+        assert!(file.sync().is_err(), "sync fails while records are queued");
+        std::fs::remove_file(&path).unwrap();
+        let real = dir.path().join("real.jsonl");
+        std::fs::write(&real, b"").unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        file.sync().unwrap();
+        assert_eq!(file.queued(), 0);
+        let seqs: Vec<i64> = std::fs::read_to_string(&real)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence_number"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![7, 8], "written in order once space returned");
     }
 
     #[test]

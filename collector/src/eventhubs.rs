@@ -12,16 +12,70 @@ use std::{
 };
 
 use tcpulse_eventhub::client::{
-    ClientConfig, Consumer, ConsumerOptions, ManagementClient, StartPosition as EhStart,
+    ClientConfig, ConnectError, Consumer, ConsumerOptions, ManagementClient, ManagementError,
+    ReceiveError, StartPosition as EhStart,
 };
 
 use crate::{
     checkpoint::{CheckpointScope, StartPosition},
-    source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider},
+    source::{
+        PartitionBounds, PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider,
+    },
 };
+
+/// The condition Event Hubs (and the hub) send when a token or key is refused.
+const UNAUTHORIZED: &str = "amqp:unauthorized-access";
+
+/// A source error for `partition`: [`SourceError::Unauthorized`] when the service refused
+/// the credentials (`refused`), else the one `other` builds.
+fn source_error(
+    partition: &str,
+    refused: bool,
+    message: String,
+    other: fn(String, String) -> SourceError,
+) -> SourceError {
+    if refused {
+        SourceError::Unauthorized {
+            partition: partition.to_owned(),
+            message,
+        }
+    } else {
+        other(partition.to_owned(), message)
+    }
+}
+
+fn connect_refused(e: &ConnectError) -> bool {
+    matches!(e, ConnectError::Unauthorized { .. }) || e.condition() == Some(UNAUTHORIZED)
+}
+
+fn management_refused(e: &ManagementError) -> bool {
+    match e {
+        ManagementError::Connect(c) => connect_refused(c),
+        ManagementError::Status { status, .. } => *status == 401,
+        _ => e.condition() == Some(UNAUTHORIZED),
+    }
+}
+
+fn receive_refused(e: &ReceiveError) -> bool {
+    match e {
+        ReceiveError::Connect(c) => connect_refused(c),
+        ReceiveError::Unauthorized { .. } => true,
+        _ => e.condition() == Some(UNAUTHORIZED),
+    }
+}
+
+fn open_error(partition: String, message: String) -> SourceError {
+    SourceError::Open { partition, message }
+}
+
+fn receive_error(partition: String, message: String) -> SourceError {
+    SourceError::Receive { partition, message }
+}
 
 /// How often the partitions' newest events are read for lag.
 const TIP_POLL: Duration = Duration::from_secs(5);
+/// Longest wait between connection attempts of the lag poller after failures.
+const TIP_POLL_MAX: Duration = Duration::from_secs(300);
 
 type Tips = Mutex<HashMap<String, PartitionTip>>;
 
@@ -57,9 +111,22 @@ impl EventHubsProvider {
         let config = self.config.clone();
         tokio::spawn(async move {
             let mut mgmt: Option<ManagementClient> = None;
+            let mut delay = TIP_POLL;
             while let Some(tips) = weak.upgrade() {
                 if mgmt.is_none() {
-                    mgmt = ManagementClient::connect(config.clone()).await.ok();
+                    mgmt = match ManagementClient::connect(config.clone()).await {
+                        Ok(m) => {
+                            delay = TIP_POLL;
+                            Some(m)
+                        }
+                        Err(e) => {
+                            // A refused key must not turn into a connection every 5 s:
+                            // back off to TIP_POLL_MAX (the partitions report the cause).
+                            delay = (delay * 2).min(TIP_POLL_MAX);
+                            tracing::debug!(error = %e, retry_in = ?delay, "reading partition properties for lag: connect failed");
+                            None
+                        }
+                    };
                 }
                 if let Some(m) = mgmt.as_mut() {
                     for p in &partitions {
@@ -90,7 +157,7 @@ impl EventHubsProvider {
                     }
                 }
                 drop(tips);
-                tokio::time::sleep(TIP_POLL).await;
+                tokio::time::sleep(delay).await;
             }
             if let Some(m) = mgmt {
                 m.close().await;
@@ -111,17 +178,14 @@ impl SourceProvider for EventHubsProvider {
     }
 
     async fn partitions(&self) -> Result<Vec<String>, SourceError> {
-        let err = |message: String| SourceError::Open {
-            partition: "*".into(),
-            message,
+        let err = |e: ManagementError| {
+            let message = format!("cannot read the hub's partitions: {e}");
+            source_error("*", management_refused(&e), message, open_error)
         };
         let mut mgmt = ManagementClient::connect(self.config.clone())
             .await
-            .map_err(|e| err(format!("cannot read the hub's partitions: {e}")))?;
-        let ids = mgmt
-            .partition_ids()
-            .await
-            .map_err(|e| err(format!("cannot read the hub's partitions: {e}")));
+            .map_err(err)?;
+        let ids = mgmt.partition_ids().await.map_err(err);
         mgmt.close().await;
         let ids = ids?;
         self.spawn_tip_poller(ids.clone());
@@ -154,15 +218,30 @@ impl SourceProvider for EventHubsProvider {
         };
         let consumer = Consumer::connect(self.config.clone(), options)
             .await
-            .map_err(|e| SourceError::Open {
-                partition: partition.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| source_error(partition, receive_refused(&e), e.to_string(), open_error))?;
         Ok(EventHubsPartition {
             partition: partition.to_string(),
             consumer,
             tips: Arc::clone(&self.tips),
         })
+    }
+
+    async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
+        let err = |e: ManagementError| {
+            let message = format!("cannot read the partition's properties: {e}");
+            source_error(partition, management_refused(&e), message, open_error)
+        };
+        let mut mgmt = ManagementClient::connect(self.config.clone())
+            .await
+            .map_err(err)?;
+        let props = mgmt.partition_properties(partition).await.map_err(err);
+        mgmt.close().await;
+        let props = props?;
+        Ok(Some(PartitionBounds {
+            begin_sequence_number: props.begin_sequence_number,
+            last_enqueued_sequence_number: props.last_enqueued_sequence_number,
+            is_empty: props.is_empty,
+        }))
     }
 }
 
@@ -180,14 +259,14 @@ impl PartitionSource for EventHubsPartition {
     }
 
     async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
-        let ev = self
-            .consumer
-            .recv()
-            .await
-            .map_err(|e| SourceError::Receive {
-                partition: self.partition.clone(),
-                message: e.to_string(),
-            })?;
+        let ev = self.consumer.recv().await.map_err(|e| {
+            source_error(
+                &self.partition,
+                receive_refused(&e),
+                e.to_string(),
+                receive_error,
+            )
+        })?;
         let enqueued_time_ms = ev
             .enqueued_time
             .duration_since(UNIX_EPOCH)

@@ -299,7 +299,9 @@ impl SourceFailed<'_> {
     }
 }
 
-/// Appending to the dead-letter file failed (the record is lost; the event is still counted).
+/// Appending a rejected batch to the dead-letter file failed. The record stays queued in
+/// the [`crate::decode::DeadLetterFile`] and no checkpoint is written until it is in the
+/// file (see [`DeadLetterWriteBlocked`]).
 #[derive(Debug)]
 pub struct DeadLetterWriteFailed<'a> {
     /// The error.
@@ -314,12 +316,219 @@ impl DeadLetterWriteFailed<'_> {
                 stage = "dead_letter",
                 error_type = "io",
                 error = self.error,
-                "cannot write the dead-letter file; fix `dead_letter.path`"
+                "cannot write the dead-letter file; the record is kept in memory and no checkpoint passes it until it is written: free space or fix `dead_letter.path`"
             );
         }
         metrics
             .component_errors
             .get_or_create(&stage_labels("dead_letter", "io"))
+            .inc();
+    }
+}
+
+/// Appending to (or syncing) the dead-letter file failed. The partition waits and retries:
+/// nothing is checkpointed past a dead letter whose record is not in the file.
+#[derive(Debug)]
+pub struct DeadLetterWriteBlocked<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The error.
+    pub error: &'a str,
+    /// When the next attempt is made.
+    pub retry_in: Duration,
+}
+
+impl DeadLetterWriteBlocked<'_> {
+    /// Logs (once per partition until a write succeeds) and counts every attempt.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        if once.first(&format!("dead_letter_file/{}", self.partition)) {
+            tracing::error!(
+                stage = "dead_letter",
+                error_type = "io",
+                partition = self.partition,
+                retry_in = %humantime::format_duration(self.retry_in),
+                error = self.error,
+                "cannot write the dead-letter file; the partition waits (its checkpoint never passes an unrecorded dead letter) until it can: free space or fix `dead_letter.path`"
+            );
+        }
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("dead_letter", "blocked"))
+            .inc();
+    }
+}
+
+/// The dead-letter file can be written again after [`DeadLetterWriteBlocked`].
+#[derive(Debug)]
+pub struct DeadLetterWriteRecovered<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+}
+
+impl DeadLetterWriteRecovered<'_> {
+    /// Logs (only when a failure was logged) and re-arms the failure log line. No counter:
+    /// not an error.
+    pub fn emit(&self, once: &LogOnce) {
+        let key = format!("dead_letter_file/{}", self.partition);
+        if !once.first(&key) {
+            tracing::info!(
+                stage = "dead_letter",
+                partition = self.partition,
+                "dead-letter file writable again; the partition resumes"
+            );
+        }
+        once.clear(&key);
+    }
+}
+
+/// A checkpoint is past the newest event the partition holds (hub re-created, checkpoint
+/// restored from elsewhere or edited): reading after it would skip every new event.
+#[derive(Debug)]
+pub struct CheckpointAheadOfPartition<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The checkpoint's sequence number.
+    pub checkpoint: i64,
+    /// The partition's `last_enqueued_sequence_number` (-1: never an event).
+    pub last_enqueued: i64,
+    /// Where the partition starts instead (`checkpoint.on_ahead_of_partition`).
+    pub start: &'a str,
+}
+
+impl CheckpointAheadOfPartition<'_> {
+    /// Logs (every time: each one means a reset the operator must know of) and counts.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "checkpoint",
+            error_type = "ahead_of_partition",
+            partition = self.partition,
+            checkpoint_sequence_number = self.checkpoint,
+            last_enqueued_sequence_number = self.last_enqueued,
+            start = self.start,
+            "checkpoint of partition {} is at sequence {} but the partition's last enqueued sequence is {} (Event Hub re-created, or checkpoint restored from elsewhere); starting from {} (`checkpoint.on_ahead_of_partition`)",
+            self.partition,
+            self.checkpoint,
+            self.last_enqueued,
+            self.start,
+        );
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("checkpoint", "ahead_of_partition"))
+            .inc();
+    }
+}
+
+/// The event at the checkpoint's sequence number is not the checkpointed one (another
+/// enqueue time): the partition was re-created and has grown past the checkpoint.
+#[derive(Debug)]
+pub struct CheckpointMismatch<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The checkpoint's sequence number.
+    pub checkpoint: i64,
+    /// The checkpointed event's enqueue time, ms.
+    pub expected_enqueued_ms: i64,
+    /// The sequence number of the event found instead.
+    pub found_sequence: i64,
+    /// Its enqueue time, ms.
+    pub found_enqueued_ms: i64,
+    /// Where the partition starts instead (`checkpoint.on_ahead_of_partition`).
+    pub start: &'a str,
+}
+
+impl CheckpointMismatch<'_> {
+    /// Logs (every time) and counts, as [`CheckpointAheadOfPartition`] does.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "checkpoint",
+            error_type = "ahead_of_partition",
+            partition = self.partition,
+            checkpoint_sequence_number = self.checkpoint,
+            expected_enqueued_ms = self.expected_enqueued_ms,
+            found_sequence_number = self.found_sequence,
+            found_enqueued_ms = self.found_enqueued_ms,
+            start = self.start,
+            "checkpoint of partition {} names event {} enqueued at {} ms, but the partition now holds another event there (sequence {}, enqueued at {} ms): the Event Hub was re-created; starting from {} (`checkpoint.on_ahead_of_partition`)",
+            self.partition,
+            self.checkpoint,
+            self.expected_enqueued_ms,
+            self.found_sequence,
+            self.found_enqueued_ms,
+            self.start,
+        );
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("checkpoint", "ahead_of_partition"))
+            .inc();
+    }
+}
+
+/// A checkpoint is older than the oldest event the partition retains: the events between
+/// were dropped by the hub's retention before this collector read them.
+#[derive(Debug)]
+pub struct RetentionLost<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// The checkpoint's sequence number.
+    pub checkpoint: i64,
+    /// The oldest retained sequence number.
+    pub begin: i64,
+    /// Events lost (`begin - checkpoint - 1`).
+    pub lost: u64,
+}
+
+impl RetentionLost<'_> {
+    /// Logs and counts the lost events.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "checkpoint",
+            error_type = "retention_lost",
+            partition = self.partition,
+            checkpoint_sequence_number = self.checkpoint,
+            begin_sequence_number = self.begin,
+            lost_events = self.lost,
+            "partition {}: {} events expired by the hub's retention before they were read (checkpoint at sequence {}, oldest retained {}); starting from the oldest retained event. Run the collector continuously or raise the hub's retention",
+            self.partition,
+            self.lost,
+            self.checkpoint,
+            self.begin,
+        );
+        metrics
+            .retention_lost_events
+            .get_or_create(&partition_labels(self.partition))
+            .inc_by(self.lost);
+    }
+}
+
+/// The service refused the source's credentials; retried on the slow schedule.
+#[derive(Debug)]
+pub struct SourceUnauthorized<'a> {
+    /// Partition id (`*` for the hub).
+    pub partition: &'a str,
+    /// `partitions`, `open` or `receive`.
+    pub operation: &'static str,
+    /// The error.
+    pub error: &'a str,
+    /// When the next attempt is made.
+    pub retry_in: Duration,
+}
+
+impl SourceUnauthorized<'_> {
+    /// Logs every retry (they are minutes apart) and counts.
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::error!(
+            stage = "source",
+            error_type = "unauthorized",
+            partition = self.partition,
+            operation = self.operation,
+            retry_in = %humantime::format_duration(self.retry_in),
+            error = self.error,
+            "Event Hubs refused the credentials; retrying in {}. Check the connection string's SharedAccessKeyName and SharedAccessKey (a policy with the Listen right) in `source.eventhub`",
+            humantime::format_duration(self.retry_in),
+        );
+        metrics
+            .component_errors
+            .get_or_create(&stage_labels("source", "unauthorized"))
             .inc();
     }
 }

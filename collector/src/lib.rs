@@ -64,7 +64,7 @@ pub use source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, Sour
 
 use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
 use crate::decode::{DeadLetterFile, DeadLetterLimits};
-use crate::internal_events::{LogOnce, SourceFailed};
+use crate::internal_events::{LogOnce, SourceFailed, SourceUnauthorized};
 use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};
 use crate::sinks::retry::{give_up_after, RetryPolicy};
@@ -337,6 +337,9 @@ pub async fn run_built<P: SourceProvider>(
         checkpoint_interval: config.checkpoint.interval,
         initial_position: config.checkpoint.initial_position.0,
         on_corrupt: config.checkpoint.on_corrupt.0,
+        on_ahead_of_partition: config.checkpoint.on_ahead_of_partition.0,
+        auth_retry_initial: config.retry.auth_initial,
+        auth_retry_max: config.retry.auth_max,
         pipeline_interval: config.pipeline_interval,
         retry: RetryPolicy {
             initial: config.retry.initial,
@@ -348,21 +351,38 @@ pub async fn run_built<P: SourceProvider>(
 
     let mut partitions = None;
     let mut wait = config.retry.initial;
+    let mut auth_wait = config.retry.auth_initial;
     while partitions.is_none() && !shutdown.is_cancelled() {
         match provider.partitions().await {
             Ok(p) => partitions = Some(p),
             Err(e) => {
-                SourceFailed {
-                    partition: "*",
-                    operation: "partitions",
-                    error: &e.to_string(),
-                }
-                .emit(&metrics, &once);
+                // Refused credentials: minutes apart, each retry logged with the cause.
+                let delay = if e.is_unauthorized() {
+                    let d = auth_wait;
+                    auth_wait = (auth_wait * 2).min(config.retry.auth_max);
+                    SourceUnauthorized {
+                        partition: "*",
+                        operation: "partitions",
+                        error: &e.to_string(),
+                        retry_in: d,
+                    }
+                    .emit(&metrics);
+                    d
+                } else {
+                    let d = wait;
+                    wait = (wait * 2).min(config.retry.max);
+                    SourceFailed {
+                        partition: "*",
+                        operation: "partitions",
+                        error: &e.to_string(),
+                    }
+                    .emit(&metrics, &once);
+                    d
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {}
                 }
-                wait = (wait * 2).min(config.retry.max);
             }
         }
     }

@@ -8,6 +8,7 @@
 //! | tags | fields | built by |
 //! | --- | --- | --- |
 //! | `collector`, `partition` | `events`, `dead_letters`, `duplicates`, `lag_seconds`, `checkpoint_age_seconds` | [`tcpulse_schema::pipeline_point`] |
+//! | `collector`, `partition` | `retention_lost_events` (on the same point, once a loss was seen) | the pipeline |
 //! | `collector`, `sink` | `sink_errors`, `sink_dead_lettered`, `sink_latency_seconds` | [`sink_point`] |
 //!
 //! The sink fields: `sink_errors` is every failed write attempt since the collector started
@@ -26,7 +27,8 @@
 //! | `tcpulse_collector_dead_letters_total` | partition, error_type | dead letters by kind |
 //! | `tcpulse_collector_duplicates_total` | partition | duplicates dropped |
 //! | `tcpulse_collector_lag_events` | partition | events enqueued but not yet read (when the source knows its tip) |
-//! | `tcpulse_collector_lag_seconds` | partition | age of the oldest unread event; 0 when caught up |
+//! | `tcpulse_collector_lag_seconds` | partition | age of the oldest event not yet stored (read and in a batch the store has not acknowledged, or unread); 0 when everything enqueued is stored |
+//! | `tcpulse_collector_retention_lost_events_total` | partition | events the hub dropped by retention before this collector read them (checkpoint older than the partition's beginning) |
 //! | `tcpulse_collector_checkpoint_age_seconds` | partition | time since the checkpoint last advanced |
 //! | `tcpulse_collector_checkpoint_sequence` | partition | sequence number of the checkpoint |
 //! | `tcpulse_collector_in_flight_batches` | partition | batches sent and not yet acknowledged |
@@ -90,8 +92,10 @@ pub struct Metrics {
     pub duplicates: Family<Labels, Counter>,
     /// Unread events per partition.
     pub lag_events: Family<Labels, Gauge>,
-    /// Age of the oldest unread event per partition, seconds.
+    /// Age of the oldest event not yet stored per partition, seconds.
     pub lag_seconds: Family<Labels, FloatGauge>,
+    /// Events lost to the hub's retention per partition.
+    pub retention_lost_events: Family<Labels, Counter>,
     /// Seconds since the checkpoint advanced, per partition.
     pub checkpoint_age_seconds: Family<Labels, FloatGauge>,
     /// Checkpointed sequence number per partition.
@@ -111,6 +115,9 @@ pub struct Metrics {
     /// The `error_type`s seen per sink, so [`Metrics::sink_stats`] can sum `sink_errors`
     /// (a label index, not a second counter).
     sink_error_types: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Per partition, what `/readyz` says beside ready or not (a checkpoint that did not
+    /// fit the partition, events lost to retention).
+    partition_notes: Mutex<BTreeMap<String, String>>,
     ready: AtomicBool,
 }
 
@@ -129,6 +136,7 @@ impl Metrics {
         let duplicates = Family::<Labels, Counter>::default();
         let lag_events = Family::<Labels, Gauge>::default();
         let lag_seconds = Family::<Labels, FloatGauge>::default();
+        let retention_lost_events = Family::<Labels, Counter>::default();
         let checkpoint_age_seconds = Family::<Labels, FloatGauge>::default();
         let checkpoint_sequence = Family::<Labels, Gauge>::default();
         let in_flight_batches = Family::<Labels, Gauge>::default();
@@ -160,8 +168,13 @@ impl Metrics {
         );
         registry.register(
             format!("{p}_lag_seconds"),
-            "Age of the oldest unread event, seconds; 0 when caught up",
+            "Age of the oldest event not yet stored, seconds; 0 when everything enqueued is stored",
             lag_seconds.clone(),
+        );
+        registry.register(
+            format!("{p}_retention_lost_events"),
+            "Events the hub dropped by retention before they were read",
+            retention_lost_events.clone(),
         );
         registry.register(
             format!("{p}_checkpoint_age_seconds"),
@@ -210,6 +223,7 @@ impl Metrics {
             duplicates,
             lag_events,
             lag_seconds,
+            retention_lost_events,
             checkpoint_age_seconds,
             checkpoint_sequence,
             in_flight_batches,
@@ -219,6 +233,7 @@ impl Metrics {
             sink_errors,
             component_errors,
             sink_error_types: Mutex::new(BTreeMap::new()),
+            partition_notes: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
         }
     }
@@ -280,6 +295,29 @@ impl Metrics {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Sets what `/readyz` says about `partition` (replacing an earlier note).
+    pub fn set_partition_note(&self, partition: &str, note: String) {
+        if let Ok(mut notes) = self.partition_notes.lock() {
+            notes.insert(partition.to_owned(), note);
+        }
+    }
+
+    /// The `/readyz` body: `ready` or `not ready`, then one `partition <id>: <note>` line
+    /// per partition with a note.
+    pub fn readyz_body(&self) -> String {
+        let mut out = String::from(if self.is_ready() {
+            "ready\n"
+        } else {
+            "not ready\n"
+        });
+        if let Ok(notes) = self.partition_notes.lock() {
+            for (p, note) in notes.iter() {
+                out.push_str(&format!("partition {p}: {note}\n"));
+            }
+        }
+        out
     }
 
     /// The `tc_pipeline` numbers of `partition`, read from the counters and gauges above.
@@ -379,11 +417,12 @@ pub async fn serve(
             get({
                 let m = metrics.clone();
                 move || async move {
-                    if m.is_ready() {
-                        (StatusCode::OK, "ready\n").into_response()
+                    let status = if m.is_ready() {
+                        StatusCode::OK
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-                    }
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, m.readyz_body()).into_response()
                 }
             }),
         );

@@ -5,7 +5,19 @@
 //! the flush timer, housekeeping, and last the source, so acknowledgements always drain
 //! before new work is taken:
 //!
-//! 1. Each event is decoded (a failure goes to the dead-letter file), checked against the
+//! 0. On every open (at start and after a receive error) a resume point after a checkpoint
+//!    is checked against the partition's `$management` bounds ([`judge_checkpoint`]): past
+//!    the partition's last event (hub re-created, checkpoint restored or edited) it is an
+//!    ERROR, a counter and a `/readyz` note, and the partition starts at
+//!    `checkpoint.on_ahead_of_partition` (default earliest) with fresh aggregator state.
+//!    Within the bounds, the partition is opened at the checkpointed event itself and its
+//!    enqueue time compared with the checkpoint's: another event there means a re-created
+//!    partition that grew past the checkpoint, handled the same way;
+//!    older than the oldest retained event, the events lost to retention are counted and
+//!    the partition starts at the beginning.
+//! 1. Each event is decoded (a failure goes to the dead-letter file, and the partition
+//!    waits until the record is written: nothing is checkpointed past an unrecorded dead
+//!    letter, and the file is fsynced before each checkpoint write), checked against the
 //!    dedup window (a repeat is dropped and counted), and applied to the [`Aggregator`];
 //!    the points it yields are appended as lines to the open batch.
 //! 2. A batch is sealed when it reaches `max_lines`/`max_bytes` or the flush interval
@@ -34,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff as _;
 use bytes::Bytes;
-use tcpulse_schema::{pipeline_point, DedupWindow, Point, Timestamp};
+use tcpulse_schema::{pipeline_point, DedupWindow, FieldValue, Point, Timestamp};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,13 +58,14 @@ use crate::checkpoint::{
 };
 use crate::decode::{decode_event, DeadLetterFile};
 use crate::internal_events::{
-    CheckpointCorrupt, CheckpointFailed, DeadLetterWriteFailed, DuplicateDropped,
-    EventDeadLettered, LogOnce, SourceFailed,
+    CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
+    DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped, EventDeadLettered, LogOnce,
+    RetentionLost, SourceFailed, SourceUnauthorized,
 };
 use crate::metrics::{partition_labels, sink_point, Metrics};
 use crate::sinks::retry::{deliver, DeliveryContext, RetryPolicy};
 use crate::sinks::Sink;
-use crate::source::{PartitionSource, ReceivedEvent, SourceProvider};
+use crate::source::{PartitionBounds, PartitionSource, ReceivedEvent, SourceError, SourceProvider};
 
 /// A position in a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +134,11 @@ impl<T> InFlight<T> {
         last
     }
 
+    /// The batches held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|s| &s.2)
+    }
+
     /// Batches held (pending, or complete behind a pending one).
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -164,6 +182,13 @@ pub struct PipelineSettings {
     pub initial_position: StartPosition,
     /// Start after a corrupt checkpoint.
     pub on_corrupt: StartPosition,
+    /// Start when the checkpoint is past the partition's last event
+    /// (`checkpoint.on_ahead_of_partition`).
+    pub on_ahead_of_partition: StartPosition,
+    /// First delay after the service refused the credentials (`retry.auth_initial`).
+    pub auth_retry_initial: Duration,
+    /// Largest delay after refused credentials (`retry.auth_max`).
+    pub auth_retry_max: Duration,
     /// `tc_pipeline` interval.
     pub pipeline_interval: Duration,
     /// Whether this partition also writes the per-sink `tc_pipeline` points (one
@@ -209,6 +234,8 @@ pub struct PartitionSummary {
 struct Sealed {
     position: Option<Position>,
     snapshot: Snapshot,
+    /// Enqueue time of the first event the batch covers (for lag).
+    oldest_enqueued_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +244,8 @@ struct Builder {
     lines: usize,
     opened: Option<tokio::time::Instant>,
     advanced: bool,
+    /// Enqueue time of the first event read into this batch.
+    oldest_enqueued_ms: Option<i64>,
 }
 
 impl Builder {
@@ -259,6 +288,8 @@ pub async fn run_partition<P: SourceProvider>(
     let mut backoff = retry_backoff(&settings.retry);
 
     // ---- Resume point ----
+    // `anchor`: the checkpointed event's enqueue time, to recognise it when re-read.
+    let mut anchor = None;
     let (start, mut aggregator, mut checkpointed) = loop {
         match shared.checkpoints.load(&shared.scope, &partition).await {
             Ok(Some(cp)) => {
@@ -274,6 +305,7 @@ pub async fn run_partition<P: SourceProvider>(
                     .get_or_create(&labels)
                     .set(cp.sequence_number);
                 tracing::info!(partition = %partition, sequence_number = cp.sequence_number, "resuming after checkpoint");
+                anchor = Some(cp.enqueued_time_ms);
                 break (
                     StartPosition::AfterSequence(cp.sequence_number),
                     agg,
@@ -332,27 +364,35 @@ pub async fn run_partition<P: SourceProvider>(
     shared.once.clear(&format!("checkpoint/{partition}/load"));
 
     // ---- Source ----
-    let open = |start: StartPosition| {
-        let provider = provider.clone();
-        let partition = partition.clone();
-        async move { provider.open(&partition, start).await }
-    };
-    let mut source = loop {
-        match open(start).await {
-            Ok(s) => break s,
-            Err(e) => {
-                SourceFailed {
-                    partition: &partition,
-                    operation: "open",
-                    error: &e.to_string(),
+    let mut auth_wait = settings.auth_retry_initial;
+    let (mut source, start, mut verify) = loop {
+        match open_checked(
+            provider.as_ref(),
+            &partition,
+            start,
+            anchor,
+            &settings,
+            &shared,
+        )
+        .await
+        {
+            Ok(opened) => {
+                if opened.reset_state {
+                    aggregator = Aggregator::new(settings.aggregate);
                 }
-                .emit(m, &shared.once);
-                if sleep_or_cancel(
-                    backoff.next_backoff().unwrap_or(settings.retry.max),
-                    &shutdown,
-                )
-                .await
-                {
+                break (opened.source, opened.start, opened.verify);
+            }
+            Err(e) => {
+                let wait = source_retry_wait(
+                    &e,
+                    "open",
+                    &partition,
+                    &mut backoff,
+                    &mut auth_wait,
+                    &settings,
+                    &shared,
+                );
+                if sleep_or_cancel(wait, &shutdown).await {
                     return PartitionSummary {
                         partition,
                         checkpoint: checkpointed,
@@ -364,6 +404,7 @@ pub async fn run_partition<P: SourceProvider>(
     };
     shared.once.clear(&format!("source/{partition}/"));
     backoff.reset();
+    auth_wait = settings.auth_retry_initial;
 
     let mut state = PartitionLoop {
         settings: &settings,
@@ -460,28 +501,53 @@ pub async fn run_partition<P: SourceProvider>(
                 match next {
                     Ok(Some(ev)) => {
                         last_event_at = Instant::now();
-                        state.on_event(ev, &mut aggregator);
                         backoff.reset();
+                        match verify.take() {
+                            Some(v) if v.matches(&ev) => {
+                                // The checkpointed event itself, still the same: stored already.
+                            }
+                            Some(v) => {
+                                // Another event under the checkpoint's sequence number: the
+                                // partition was re-created and has grown past the checkpoint.
+                                report_mismatch(&v, &ev, settings.on_ahead_of_partition, &partition, &shared);
+                                aggregator = Aggregator::new(settings.aggregate);
+                                state.last_pulled = None;
+                                match reopen(provider.as_ref(), &partition, settings.on_ahead_of_partition, &mut backoff, &settings, &shared, &shutdown).await {
+                                    Some(s) => source = s,
+                                    None => draining = true,
+                                }
+                            }
+                            None => state.on_event(ev, &mut aggregator, &shutdown).await,
+                        }
                     }
                     Ok(None) => {
                         tracing::info!(partition = %partition, "source ended; draining");
                         source_ended = true;
                     }
                     Err(e) => {
-                        SourceFailed { partition: &partition, operation: "receive", error: &e.to_string() }.emit(m, &shared.once);
-                        let wait = backoff.next_backoff().unwrap_or(settings.retry.max);
+                        let wait = source_retry_wait(&e, "receive", &partition, &mut backoff, &mut auth_wait, &settings, &shared);
                         if !sleep_or_cancel(wait, &shutdown).await {
-                            let resume = state
-                                .last_pulled
-                                .as_ref()
-                                .map(|p| StartPosition::AfterSequence(p.sequence_number))
-                                .unwrap_or(start);
-                            match open(resume).await {
-                                Ok(s) => {
-                                    source = s;
+                            let (resume, at) = match &state.last_pulled {
+                                Some(p) => (StartPosition::AfterSequence(p.sequence_number), Some(p.enqueued_time_ms)),
+                                None => (start, anchor),
+                            };
+                            match open_checked(provider.as_ref(), &partition, resume, at, &settings, &shared).await {
+                                Ok(opened) => {
+                                    verify = opened.verify;
+                                    if opened.reset_state {
+                                        // Hub re-created under us: the newest read position
+                                        // and the state built from it mean nothing now.
+                                        state.last_pulled = None;
+                                        aggregator = Aggregator::new(settings.aggregate);
+                                    }
+                                    source = opened.source;
+                                    auth_wait = settings.auth_retry_initial;
                                     shared.once.clear(&format!("source/{partition}/"));
                                 }
-                                Err(e) => SourceFailed { partition: &partition, operation: "open", error: &e.to_string() }.emit(m, &shared.once),
+                                Err(e) => {
+                                    let wait = source_retry_wait(&e, "open", &partition, &mut backoff, &mut auth_wait, &settings, &shared);
+                                    tracing::debug!(partition = %partition, retry_in = ?wait, "reopen failed");
+                                }
                             }
                         }
                     }
@@ -521,6 +587,277 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
+/// How a checkpoint relates to the partition's retained range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointVerdict {
+    /// The checkpoint is within the partition (or at its newest event): resume after it.
+    Fits,
+    /// The checkpoint is past the newest event the partition ever held.
+    AheadOfPartition {
+        /// The partition's `last_enqueued_sequence_number`.
+        last_enqueued: i64,
+    },
+    /// The events after the checkpoint up to the oldest retained one expired unread.
+    BehindRetention {
+        /// The oldest retained sequence number (the next one to be enqueued when the
+        /// partition retains nothing).
+        begin: i64,
+        /// Events lost.
+        lost: u64,
+    },
+}
+
+/// Compares checkpoint `checkpoint` (the last stored sequence number) with the partition's
+/// `$management` properties. A checkpoint equal to the last enqueued sequence is normal
+/// (caught up); an empty partition reports `last_enqueued = -1` when it never held an event,
+/// so any checkpoint is ahead of it.
+pub fn judge_checkpoint(checkpoint: i64, bounds: &PartitionBounds) -> CheckpointVerdict {
+    let last = bounds.last_enqueued_sequence_number;
+    if checkpoint > last {
+        return CheckpointVerdict::AheadOfPartition {
+            last_enqueued: last,
+        };
+    }
+    // Nothing retained: the next event to arrive is the oldest one there will be.
+    let begin = if bounds.is_empty || bounds.begin_sequence_number < 0 {
+        last.saturating_add(1)
+    } else {
+        bounds.begin_sequence_number
+    };
+    let next = checkpoint.saturating_add(1);
+    if begin > next {
+        return CheckpointVerdict::BehindRetention {
+            begin,
+            lost: u64::try_from(begin - next).unwrap_or(0),
+        };
+    }
+    CheckpointVerdict::Fits
+}
+
+/// A partition source opened at a checked start position.
+struct Opened<S> {
+    source: S,
+    /// Where it was opened.
+    start: StartPosition,
+    /// The checkpoint belonged to another incarnation of the partition: the aggregator
+    /// state saved with it does not apply.
+    reset_state: bool,
+    /// The source was opened one event early, at the checkpointed event, to check that it
+    /// is still the same event (a re-created partition that grew past the checkpoint has
+    /// another one there).
+    verify: Option<Anchor>,
+}
+
+/// The checkpointed event as it was read: sequence number and enqueue time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Anchor {
+    sequence_number: i64,
+    enqueued_time_ms: i64,
+}
+
+impl Anchor {
+    fn matches(&self, ev: &ReceivedEvent) -> bool {
+        ev.sequence_number == self.sequence_number && ev.enqueued_time_ms == self.enqueued_time_ms
+    }
+}
+
+fn report_mismatch(
+    want: &Anchor,
+    found: &ReceivedEvent,
+    start: StartPosition,
+    partition: &str,
+    shared: &Shared,
+) {
+    let shown = describe_start(start);
+    CheckpointMismatch {
+        partition,
+        checkpoint: want.sequence_number,
+        expected_enqueued_ms: want.enqueued_time_ms,
+        found_sequence: found.sequence_number,
+        found_enqueued_ms: found.enqueued_time_ms,
+        start: &shown,
+    }
+    .emit(&shared.metrics);
+    shared.metrics.set_partition_note(
+        partition,
+        format!(
+            "checkpointed event {} is not in the partition any more (hub re-created?); started from {shown}",
+            want.sequence_number
+        ),
+    );
+}
+
+/// Opens `partition` at `start`, retrying with backoff; `None` on shutdown.
+async fn reopen<P: SourceProvider>(
+    provider: &P,
+    partition: &str,
+    start: StartPosition,
+    backoff: &mut backoff::ExponentialBackoff,
+    settings: &PipelineSettings,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<P::Source> {
+    let mut auth_wait = settings.auth_retry_initial;
+    loop {
+        match provider.open(partition, start).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                let wait = source_retry_wait(
+                    &e,
+                    "open",
+                    partition,
+                    backoff,
+                    &mut auth_wait,
+                    settings,
+                    shared,
+                );
+                if sleep_or_cancel(wait, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Opens `partition` at `start`; a start after a checkpoint is first checked against the
+/// partition's bounds ([`judge_checkpoint`]), reported, and replaced as the policy says.
+/// With `anchor` (the checkpointed event's enqueue time) and that event still retained, the
+/// source opens at the checkpointed event itself and returns it in `verify`.
+async fn open_checked<P: SourceProvider>(
+    provider: &P,
+    partition: &str,
+    start: StartPosition,
+    anchor: Option<i64>,
+    settings: &PipelineSettings,
+    shared: &Shared,
+) -> Result<Opened<P::Source>, SourceError> {
+    let StartPosition::AfterSequence(checkpoint) = start else {
+        let source = provider.open(partition, start).await?;
+        return Ok(Opened {
+            source,
+            start,
+            reset_state: false,
+            verify: None,
+        });
+    };
+    let bounds = provider.bounds(partition).await?;
+    let verdict = match &bounds {
+        Some(b) => judge_checkpoint(checkpoint, b),
+        None => CheckpointVerdict::Fits,
+    };
+    let retained = bounds.is_some_and(|b| {
+        !b.is_empty && b.begin_sequence_number >= 0 && b.begin_sequence_number <= checkpoint
+    });
+    let verify = match (verdict, anchor) {
+        (CheckpointVerdict::Fits, Some(t)) if retained && checkpoint > 0 => Some(Anchor {
+            sequence_number: checkpoint,
+            enqueued_time_ms: t,
+        }),
+        _ => None,
+    };
+    let (open_at, reset_state) = match verdict {
+        CheckpointVerdict::Fits if verify.is_some() => {
+            (StartPosition::AfterSequence(checkpoint - 1), false)
+        }
+        CheckpointVerdict::Fits => (start, false),
+        CheckpointVerdict::AheadOfPartition { .. } => (settings.on_ahead_of_partition, true),
+        CheckpointVerdict::BehindRetention { .. } => (StartPosition::Earliest, false),
+    };
+    let source = provider.open(partition, open_at).await?;
+    let start = if verify.is_some() { start } else { open_at };
+    // Reported once the open worked, so a retried open does not count twice.
+    report_verdict(verdict, checkpoint, start, partition, shared);
+    Ok(Opened {
+        source,
+        start,
+        reset_state,
+        verify,
+    })
+}
+
+fn report_verdict(
+    verdict: CheckpointVerdict,
+    checkpoint: i64,
+    start: StartPosition,
+    partition: &str,
+    shared: &Shared,
+) {
+    let m = &shared.metrics;
+    let shown = describe_start(start);
+    match verdict {
+        CheckpointVerdict::Fits => {}
+        CheckpointVerdict::AheadOfPartition { last_enqueued } => {
+            CheckpointAheadOfPartition {
+                partition,
+                checkpoint,
+                last_enqueued,
+                start: &shown,
+            }
+            .emit(m);
+            m.set_partition_note(
+                partition,
+                format!("checkpoint {checkpoint} was ahead of the last enqueued sequence {last_enqueued} (hub re-created?); started from {shown}"),
+            );
+        }
+        CheckpointVerdict::BehindRetention { begin, lost } => {
+            RetentionLost {
+                partition,
+                checkpoint,
+                begin,
+                lost,
+            }
+            .emit(m);
+            m.set_partition_note(
+                partition,
+                format!("checkpoint {checkpoint} was older than the oldest retained sequence {begin}: {lost} events lost to retention; started from the oldest retained event"),
+            );
+        }
+    }
+}
+
+fn describe_start(start: StartPosition) -> String {
+    match start {
+        StartPosition::Earliest => "earliest".into(),
+        StartPosition::Latest => "latest".into(),
+        StartPosition::AfterSequence(n) => format!("after sequence {n}"),
+        StartPosition::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
+            .map(|t| format!("events enqueued after {t}"))
+            .unwrap_or_else(|| format!("events enqueued after {ms} ms")),
+    }
+}
+
+/// Reports a source failure and returns how long to wait: refused credentials wait on the
+/// slow schedule (`auth_wait`, doubled up to `auth_retry_max`), anything else on `backoff`.
+fn source_retry_wait(
+    e: &SourceError,
+    operation: &'static str,
+    partition: &str,
+    backoff: &mut backoff::ExponentialBackoff,
+    auth_wait: &mut Duration,
+    settings: &PipelineSettings,
+    shared: &Shared,
+) -> Duration {
+    if e.is_unauthorized() {
+        let wait = *auth_wait;
+        *auth_wait = (wait * 2).min(settings.auth_retry_max);
+        SourceUnauthorized {
+            partition,
+            operation,
+            error: &e.to_string(),
+            retry_in: wait,
+        }
+        .emit(&shared.metrics);
+        return wait;
+    }
+    SourceFailed {
+        partition,
+        operation,
+        error: &e.to_string(),
+    }
+    .emit(&shared.metrics, &shared.once);
+    backoff.next_backoff().unwrap_or(settings.retry.max)
+}
+
 struct PartitionLoop<'a> {
     settings: &'a PipelineSettings,
     shared: &'a Shared,
@@ -538,38 +875,90 @@ struct PartitionLoop<'a> {
 }
 
 impl PartitionLoop<'_> {
-    fn on_event(&mut self, ev: ReceivedEvent, aggregator: &mut Aggregator) {
-        self.events_read += 1;
-        self.last_pulled = Some(Position::of(&ev));
-        self.builder.mark_advanced();
-        let m = &self.shared.metrics;
+    /// Handles one event. A dead letter is recorded in the dead-letter file before the
+    /// event counts as read, waiting while the file cannot be written; if shutdown comes
+    /// first, the event stays unread (no checkpoint passes it).
+    async fn on_event(
+        &mut self,
+        ev: ReceivedEvent,
+        aggregator: &mut Aggregator,
+        shutdown: &CancellationToken,
+    ) {
+        let m = self.shared.metrics.clone();
         match decode_event(&ev) {
             Err(dead) => {
-                if let Err(e) = self.shared.dead_letters.write_event(&ev, &dead) {
-                    DeadLetterWriteFailed {
-                        error: &e.to_string(),
-                    }
-                    .emit(m, &self.shared.once);
+                if !self.record_dead_letter(&ev, &dead, shutdown).await {
+                    return;
                 }
+                self.advance(&ev);
                 EventDeadLettered {
                     partition: self.partition,
                     sequence_number: ev.sequence_number,
                     kind: dead.reason.kind(),
                     message: &dead.to_string(),
                 }
-                .emit(m, &self.shared.once);
+                .emit(&m, &self.shared.once);
             }
             Ok(event) => {
+                self.advance(&ev);
                 if !self.dedup.observe(&event.key()).is_new() {
                     DuplicateDropped {
                         partition: self.partition,
                     }
-                    .emit(m);
+                    .emit(&m);
                     return;
                 }
                 self.events.inc();
                 aggregator.apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
+            }
+        }
+    }
+
+    /// `ev` is read: the next seal covers it.
+    fn advance(&mut self, ev: &ReceivedEvent) {
+        self.events_read += 1;
+        self.last_pulled = Some(Position::of(ev));
+        self.builder.mark_advanced();
+        self.builder
+            .oldest_enqueued_ms
+            .get_or_insert(ev.enqueued_time_ms);
+    }
+
+    /// Writes the dead letter, waiting (with backoff, a log line and a counter) while the
+    /// file cannot be written. False if `shutdown` came first.
+    async fn record_dead_letter(
+        &self,
+        ev: &ReceivedEvent,
+        dead: &tcpulse_schema::DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let file = &self.shared.dead_letters;
+        let Err(first) = file.write_event(ev, dead) else {
+            return true;
+        };
+        let mut error = first.to_string();
+        let mut backoff = retry_backoff(&self.settings.retry);
+        loop {
+            let wait = backoff.next_backoff().unwrap_or(self.settings.retry.max);
+            DeadLetterWriteBlocked {
+                partition: self.partition,
+                error: &error,
+                retry_in: wait,
+            }
+            .emit(&self.shared.metrics, &self.shared.once);
+            if sleep_or_cancel(wait, shutdown).await {
+                return false;
+            }
+            match file.sync() {
+                Ok(()) => {
+                    DeadLetterWriteRecovered {
+                        partition: self.partition,
+                    }
+                    .emit(&self.shared.once);
+                    return true;
+                }
+                Err(e) => error = e.to_string(),
             }
         }
     }
@@ -585,6 +974,7 @@ impl PartitionLoop<'_> {
         let sealed = Sealed {
             position: self.last_pulled.clone(),
             snapshot: aggregator.snapshot(),
+            oldest_enqueued_ms: builder.oldest_enqueued_ms,
         };
         let id = self.in_flight.push(sealed);
         self.shared
@@ -641,9 +1031,18 @@ impl PartitionLoop<'_> {
             Some(n) => n > 0,
             None => !pulling,
         };
-        let lag = match (&self.last_pulled, &tip) {
-            (Some(p), _) if behind => (now_ms - p.enqueued_time_ms).max(0) as f64 / 1000.0,
-            (None, Some(t)) if behind && t.last_sequence_number >= 0 => {
+        // Lag runs up to the last *stored* event: the oldest event read but not yet
+        // acknowledged by every sink decides; with none held, the oldest unread one.
+        let oldest_unstored = self
+            .in_flight
+            .iter()
+            .filter_map(|s| s.oldest_enqueued_ms)
+            .chain(self.builder.oldest_enqueued_ms)
+            .min();
+        let lag = match (oldest_unstored, &self.last_pulled, &tip) {
+            (Some(t), _, _) => (now_ms - t).max(0) as f64 / 1000.0,
+            (None, Some(p), _) if behind => (now_ms - p.enqueued_time_ms).max(0) as f64 / 1000.0,
+            (None, None, Some(t)) if behind && t.last_sequence_number >= 0 => {
                 (now_ms - t.last_enqueued_time_ms).max(0) as f64 / 1000.0
             }
             _ => 0.0,
@@ -663,7 +1062,16 @@ impl PartitionLoop<'_> {
             self.checkpoint_advanced_at.is_some(),
         );
         let at = Timestamp::now();
-        let p = pipeline_point(&self.settings.collector, self.partition, &stats, at);
+        let lost = self
+            .shared
+            .metrics
+            .retention_lost_events
+            .get_or_create(&partition_labels(self.partition))
+            .get();
+        let p = pipeline_point(&self.settings.collector, self.partition, &stats, at).field(
+            "retention_lost_events",
+            FieldValue::Int(i64::try_from(lost).unwrap_or(i64::MAX)),
+        );
         self.builder.push(&p);
         if !self.settings.sink_points {
             return;
@@ -698,6 +1106,17 @@ impl PartitionLoop<'_> {
             return;
         };
         let m = &self.shared.metrics;
+        // Every dead letter the checkpoint covers must be durably in the file first.
+        if let Err(e) = self.shared.dead_letters.sync() {
+            DeadLetterWriteBlocked {
+                partition: self.partition,
+                error: &e.to_string(),
+                retry_in: self.settings.checkpoint_interval,
+            }
+            .emit(m, &self.shared.once);
+            self.pending_checkpoint = Some((pos, snapshot));
+            return;
+        }
         let cp = Checkpoint {
             version: CHECKPOINT_VERSION,
             partition: self.partition.to_owned(),
@@ -845,6 +1264,9 @@ mod tests {
             checkpoint_interval: Duration::from_millis(10),
             initial_position: StartPosition::Earliest,
             on_corrupt: StartPosition::Earliest,
+            on_ahead_of_partition: StartPosition::Earliest,
+            auth_retry_initial: Duration::from_millis(50),
+            auth_retry_max: Duration::from_millis(200),
             pipeline_interval: Duration::from_millis(100),
             retry: RetryPolicy {
                 initial: Duration::from_millis(5),
@@ -928,6 +1350,350 @@ mod tests {
         let stats = metrics.sink_stats("bad");
         assert_eq!((stats.errors, stats.dead_lettered), (4, 1));
         assert_eq!(metrics.sink_stats("good").errors, 0);
+    }
+
+    fn bounds(begin: i64, last: i64, is_empty: bool) -> PartitionBounds {
+        PartitionBounds {
+            begin_sequence_number: begin,
+            last_enqueued_sequence_number: last,
+            is_empty,
+        }
+    }
+
+    #[test]
+    fn r12_checkpoint_is_judged_against_the_partition_bounds() {
+        use CheckpointVerdict::*;
+        let cases = [
+            // (checkpoint, bounds, verdict)
+            (599, bounds(0, 799, false), Fits),
+            (799, bounds(0, 799, false), Fits), // caught up: normal
+            (
+                0,
+                bounds(-1, -1, true),
+                AheadOfPartition { last_enqueued: -1 },
+            ), // re-created, empty
+            (
+                599,
+                bounds(0, 199, false),
+                AheadOfPartition { last_enqueued: 199 },
+            ),
+            (
+                999_999_999,
+                bounds(0, 9, false),
+                AheadOfPartition { last_enqueued: 9 },
+            ),
+            (9, bounds(10, 30, false), Fits), // the next one is the oldest retained
+            (
+                5,
+                bounds(20, 30, false),
+                BehindRetention {
+                    begin: 20,
+                    lost: 14,
+                },
+            ),
+            // Everything expired: the next event to come is 31.
+            (30, bounds(-1, 30, true), Fits),
+            (
+                25,
+                bounds(-1, 30, true),
+                BehindRetention { begin: 31, lost: 5 },
+            ),
+        ];
+        for (cp, b, want) in cases {
+            assert_eq!(judge_checkpoint(cp, &b), want, "checkpoint {cp}, {b:?}");
+        }
+    }
+
+    /// A sink that stores nothing until `open` is set (a store that is down).
+    #[derive(Debug, Default)]
+    struct Gate {
+        open: std::sync::atomic::AtomicBool,
+        stored: Mutex<String>,
+    }
+
+    impl Sink for Gate {
+        fn name(&self) -> &str {
+            "gate"
+        }
+        fn write<'a>(&'a self, body: &'a Bytes) -> BoxFuture<'a, Result<(), WriteError>> {
+            Box::pin(async move {
+                if !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(WriteError::Retryable {
+                        error_type: "connect".into(),
+                        message: "store down".into(),
+                        retry_after: None,
+                    });
+                }
+                self.stored
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(body));
+                Ok(())
+            })
+        }
+    }
+
+    struct Harness {
+        dir: tempfile::TempDir,
+        metrics: Arc<Metrics>,
+        shared: Shared,
+        settings: PipelineSettings,
+    }
+
+    fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared {
+            sinks: vec![sink].into(),
+            checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
+            scope: provider.scope(),
+            dead_letters: Arc::new(
+                DeadLetterFile::open(
+                    dir.path().join("dl.jsonl"),
+                    DeadLetterLimits {
+                        max_body_bytes: 1 << 20,
+                        max_file_bytes: 1 << 20,
+                    },
+                )
+                .unwrap(),
+            ),
+            metrics: metrics.clone(),
+            once: Arc::new(LogOnce::default()),
+            tracker: TaskTracker::new(),
+            give_up: CancellationToken::new(),
+        };
+        let settings = PipelineSettings {
+            collector: "col-test".into(),
+            max_lines: 1000,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(20),
+            max_in_flight_batches: 4,
+            aggregate: AggregateSettings::default(),
+            idle_after: Duration::from_secs(3600),
+            dedup_max_streams: 16,
+            dedup_window_events: 16,
+            checkpoint_interval: Duration::from_millis(10),
+            initial_position: StartPosition::Earliest,
+            on_corrupt: StartPosition::Earliest,
+            on_ahead_of_partition: StartPosition::Earliest,
+            auth_retry_initial: Duration::from_millis(50),
+            auth_retry_max: Duration::from_millis(200),
+            pipeline_interval: Duration::from_millis(100),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+                max_retry_after: Duration::from_millis(20),
+            },
+            sink_points: false,
+        };
+        Harness {
+            dir,
+            metrics,
+            shared,
+            settings,
+        }
+    }
+
+    async fn store_checkpoint(h: &Harness, seq: i64) {
+        let cp = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            partition: "0".into(),
+            sequence_number: seq,
+            offset: seq.to_string(),
+            enqueued_time_ms: 1,
+            updated_at_ms: 1,
+            state: None,
+        };
+        h.shared
+            .checkpoints
+            .store(&h.shared.scope, &cp)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn r12_checkpoint_ahead_or_behind_the_partition_is_reported_and_replaced() {
+        for (cp, b, counter) in [
+            (
+                999_999_999,
+                bounds(0, 9, false),
+                "tcpulse_collector_component_errors_total{stage=\"checkpoint\",error_type=\"ahead_of_partition\"} 1",
+            ),
+            (
+                5,
+                bounds(20, 30, false),
+                "tcpulse_collector_retention_lost_events_total{partition=\"0\"} 14",
+            ),
+        ] {
+            let (tx, source) = ChannelSource::new("0", 16);
+            let provider = Arc::new(ChannelProvider::new("t", vec![source]).with_bounds("0", b));
+            let h = harness(&provider, flaky("ok", vec![]));
+            store_checkpoint(&h, cp).await;
+            drop(tx); // the source ends at once: the partition opens, drains and stops
+            run_partition(
+                provider.clone(),
+                "0".into(),
+                h.settings.clone(),
+                h.shared.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+            assert_eq!(
+                provider.opened_at(),
+                vec![("0".to_string(), StartPosition::Earliest)],
+                "checkpoint {cp} with {b:?}"
+            );
+            let text = h.metrics.render();
+            assert!(text.contains(counter), "{counter} not in\n{text}");
+            let readyz = h.metrics.readyz_body();
+            assert!(readyz.contains(&format!("partition 0: checkpoint {cp} was")), "{readyz}");
+            drop(h.dir);
+        }
+        // A re-created partition that grew past the checkpoint: another event sits under
+        // the checkpoint's sequence number, so the partition restarts from earliest.
+        let (tx1, first) = ChannelSource::new("0", 16);
+        let (_tx2, second) = ChannelSource::new("0", 16);
+        let provider = Arc::new(
+            ChannelProvider::new("t", vec![first, second]).with_bounds("0", bounds(0, 99, false)),
+        );
+        let h = harness(&provider, flaky("ok", vec![]));
+        store_checkpoint(&h, 9).await; // enqueued at 1 ms
+        tx1.send(ReceivedEvent {
+            partition: "0".into(),
+            sequence_number: 9,
+            offset: "9".into(),
+            enqueued_time_ms: 5_000,
+            partition_key: None,
+            body: Bytes::from_static(b"not json"),
+        })
+        .await
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_partition(
+            provider.clone(),
+            "0".into(),
+            h.settings.clone(),
+            h.shared.clone(),
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while provider.opened_at().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                provider.opened_at()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            provider.opened_at(),
+            vec![
+                ("0".to_string(), StartPosition::AfterSequence(8)),
+                ("0".to_string(), StartPosition::Earliest)
+            ]
+        );
+        let text = h.metrics.render();
+        assert!(text.contains("tcpulse_collector_component_errors_total{stage=\"checkpoint\",error_type=\"ahead_of_partition\"} 1"), "{text}");
+        assert_eq!(
+            h.metrics
+                .dead_letters
+                .get_or_create(&vec![
+                    ("partition".into(), "0".into()),
+                    ("error_type".into(), "invalid_json".into())
+                ])
+                .get(),
+            0,
+            "the foreign event under the checkpoint is not processed"
+        );
+
+        // A fitting checkpoint opens at the checkpointed event to recognise it, silently.
+        let (tx, source) = ChannelSource::new("0", 16);
+        let provider =
+            Arc::new(ChannelProvider::new("t", vec![source]).with_bounds("0", bounds(0, 9, false)));
+        let h = harness(&provider, flaky("ok", vec![]));
+        store_checkpoint(&h, 9).await;
+        drop(tx);
+        run_partition(
+            provider.clone(),
+            "0".into(),
+            h.settings.clone(),
+            h.shared.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            provider.opened_at(),
+            vec![("0".to_string(), StartPosition::AfterSequence(8))]
+        );
+        assert_eq!(h.metrics.readyz_body(), "not ready\n");
+    }
+
+    #[tokio::test]
+    async fn r12_lag_counts_read_but_unstored_events_while_the_store_is_down() {
+        let (tx, source) = ChannelSource::new("0", 16);
+        let provider = Arc::new(ChannelProvider::new("t", vec![source]));
+        let gate = Arc::new(Gate::default());
+        let h = harness(&provider, gate.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_partition(
+            provider,
+            "0".into(),
+            h.settings.clone(),
+            h.shared.clone(),
+            shutdown.clone(),
+        ));
+        // A valid event sampled and enqueued 5 s ago, read at once; the store is down so
+        // it is not stored.
+        let enqueued = Timestamp::now().unix_millis() - 5_000;
+        let body = serde_json::json!({
+            "schema": "tcpulse.status.v1", "connector": "tc-eu.example.com",
+            "deployment": "blue", "region": "westeurope", "scaleset": "tc-eu-vmss",
+            "instance": "tc-eu-vmss_0", "boot": "0b7e4f2d-3c55-4a8e-b1a2-7e9d0c6f5a33",
+            "seq": 0, "time": Timestamp::from_unix_millis(enqueued).unwrap().to_string(),
+            "state": "active",
+            "calls": {"call_count": 3, "max_calls": 16, "planned_calls": 15, "media_load": 20}
+        });
+        tx.send(ReceivedEvent {
+            partition: "0".into(),
+            sequence_number: 0,
+            offset: "0".into(),
+            enqueued_time_ms: enqueued,
+            partition_key: None,
+            body: Bytes::from(body.to_string()),
+        })
+        .await
+        .unwrap();
+        let labels = partition_labels("0");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lag = h.metrics.lag_seconds.get_or_create(&labels).get();
+            if lag >= 5.0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lag_seconds stays {lag} while the read event is not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The store comes back: once the batch is acknowledged and nothing is held, lag is 0.
+        gate.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while h.metrics.lag_seconds.get_or_create(&labels).get() > 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lag stays above 0 after recovery"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(tx);
+        shutdown.cancel();
+        task.await.unwrap();
+        h.shared.give_up.cancel();
+        h.shared.tracker.close();
+        h.shared.tracker.wait().await;
     }
 
     #[test]

@@ -51,6 +51,18 @@ pub struct PartitionTip {
     pub last_enqueued_time_ms: i64,
 }
 
+/// What the service says about a partition's retained range when it is opened, so a
+/// checkpoint can be checked against it (see `pipeline::judge_checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionBounds {
+    /// Sequence number of the oldest retained event (-1 when nothing is retained).
+    pub begin_sequence_number: i64,
+    /// Sequence number of the newest event ever enqueued (-1 when none ever was).
+    pub last_enqueued_sequence_number: i64,
+    /// True when the partition retains no event.
+    pub is_empty: bool,
+}
+
 /// Why a source failed. The pipeline logs it, counts it and retries with backoff; it never
 /// ends the process.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +83,22 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
+    /// The service refused the credentials (wrong key, missing Listen right, key
+    /// rotated). Retried on the slow schedule (`retry.auth_initial`, `retry.auth_max`).
+    #[error("partition {partition}: the service refused the credentials: {message}")]
+    Unauthorized {
+        /// Partition id (`*` for the hub).
+        partition: String,
+        /// What the service said.
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// True when the service refused the credentials: retrying soon cannot help.
+    pub const fn is_unauthorized(&self) -> bool {
+        matches!(self, SourceError::Unauthorized { .. })
+    }
 }
 
 /// One partition's ordered stream of events.
@@ -109,6 +137,15 @@ pub trait SourceProvider: Send + Sync + 'static {
         partition: &str,
         start: StartPosition,
     ) -> impl Future<Output = Result<Self::Source, SourceError>> + Send;
+
+    /// The partition's retained range as the service reports it, `None` when the source
+    /// has no such notion (a file). Read on every open to check the checkpoint.
+    fn bounds(
+        &self,
+        _partition: &str,
+    ) -> impl Future<Output = Result<Option<PartitionBounds>, SourceError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 // ---- File source -------------------------------------------------------------------
@@ -299,6 +336,7 @@ impl PartitionSource for ChannelSource {
 pub struct ChannelProvider {
     sources: std::sync::Mutex<Vec<ChannelSource>>,
     opened: std::sync::Mutex<Vec<(String, StartPosition)>>,
+    bounds: std::sync::Mutex<std::collections::HashMap<String, PartitionBounds>>,
     scope_name: String,
 }
 
@@ -308,8 +346,17 @@ impl ChannelProvider {
         ChannelProvider {
             sources: std::sync::Mutex::new(sources),
             opened: std::sync::Mutex::new(Vec::new()),
+            bounds: std::sync::Mutex::new(std::collections::HashMap::new()),
             scope_name: name.into(),
         }
+    }
+
+    /// Reports `bounds` for `partition` (as `$management` would), for checkpoint checks.
+    pub fn with_bounds(self, partition: &str, bounds: PartitionBounds) -> Self {
+        if let Ok(mut b) = self.bounds.lock() {
+            b.insert(partition.to_owned(), bounds);
+        }
+        self
     }
 
     /// Each partition opened so far with the position it was opened at.
@@ -351,6 +398,14 @@ impl SourceProvider for ChannelProvider {
             o.push((partition.to_owned(), start));
         }
         Ok(guard.swap_remove(idx))
+    }
+
+    async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
+        Ok(self
+            .bounds
+            .lock()
+            .ok()
+            .and_then(|b| b.get(partition).copied()))
     }
 }
 
@@ -417,6 +472,13 @@ impl SourceProvider for AnyProvider {
         match self {
             AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
             AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),
+        }
+    }
+
+    async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
+        match self {
+            AnyProvider::File(p) => p.bounds(partition).await,
+            AnyProvider::EventHubs(p) => p.bounds(partition).await,
         }
     }
 }

@@ -122,6 +122,9 @@ fn cli_run_reads_a_file_source_writes_points_and_dead_letters_and_checkpoints() 
     assert!(cp.contains("\"sequence_number\":3"), "{cp}");
 }
 
+/// A config file, its environment, and the text the refusal must contain.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 /// r12 (9b): `check-config` validates every secret's presence and shape without connecting:
 /// a garbage or keyless connection string, a missing hub, a v2 token with a pasted `Token `
 /// prefix, a v1 username without a password are refused (exit 2, one line naming the
@@ -162,7 +165,7 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
         (out.status.code(), said)
     };
     let cs = "TCPULSE_EVENTHUB_CONNECTION_STRING";
-    let refused: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let refused: Vec<Case> = vec![
         (&v2, vec![(cs, "garbage".into())], "part 1 has no '='"),
         (
             &v2,

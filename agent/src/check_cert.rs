@@ -4,7 +4,7 @@
 //!
 //! The requirements, one check each:
 //! - **format**: a PFX (PKCS#12) file, with the private key in it;
-//! - **key type**: an RSA key;
+//! - **key type**: an RSA key of at least [`MIN_RSA_BITS`] bits;
 //! - **EKU**: Enhanced Key Usage with both server and client authentication (the connector
 //!   and Pexip Infinity authenticate each other with TLS client certificates);
 //! - **name**: subject alternative names (or, without any, the subject CN) match the
@@ -26,6 +26,9 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
+
+/// Smallest RSA key accepted, bits (CA/Browser Forum baseline requirements since 2013).
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// Environment variable holding the PFX password.
 pub const ENV_CERT_PASSWORD: &str = "TCPULSE_CERT_PASSWORD";
@@ -299,6 +302,17 @@ impl fmt::Display for Report {
     }
 }
 
+/// Bit length of an RSA modulus (big-endian, possibly with DER's leading zero byte).
+fn modulus_bits(modulus: &[u8]) -> usize {
+    let start = modulus
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(modulus.len());
+    let m = &modulus[start..];
+    m.first()
+        .map_or(0, |b| m.len() * 8 - b.leading_zeros() as usize)
+}
+
 fn fmt_time(unix: i64) -> String {
     tcpulse_schema::Timestamp::from_unix_millis(unix.saturating_mul(1000))
         .map_or_else(|| unix.to_string(), |t| t.to_string()[..10].to_owned())
@@ -347,14 +361,26 @@ pub fn check(
 
     // Key type.
     let spki = leaf.public_key();
-    let bits = spki.parsed().map(|k| k.key_size()).unwrap_or(0);
+    let bits = match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => modulus_bits(rsa.modulus),
+        Ok(other) => other.key_size(),
+        Err(_) => 0,
+    };
     let key_ok = spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION
         && matches!(spki.parsed(), Ok(PublicKey::RSA(_)))
         && bundle
             .key
             .as_deref()
             .is_none_or(|k| k == "rsa" || k == "pkcs8");
-    if key_ok {
+    if key_ok && bits < MIN_RSA_BITS {
+        push(
+            "key type",
+            Status::Fail,
+            format!(
+                "RSA {bits} bits is too weak: public CAs have issued no RSA key under {MIN_RSA_BITS} bits since 2013 and clients refuse them; request a new certificate with an RSA key of 2048 bits or more"
+            ),
+        );
+    } else if key_ok {
         push("key type", Status::Pass, format!("RSA {bits} bits"));
     } else {
         let kind = if spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
@@ -571,6 +597,14 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsa_modulus_bits_ignore_the_der_sign_byte() {
+        assert_eq!(modulus_bits(&[0x00, 0x80, 0, 0]), 24);
+        assert_eq!(modulus_bits(&[0x7f, 0xff]), 15);
+        assert_eq!(modulus_bits(&[0x00, 0x00]), 0);
+        assert_eq!(modulus_bits(&[]), 0);
+    }
 
     #[test]
     fn rfc6125_wildcards_cover_exactly_one_leftmost_label() {

@@ -175,10 +175,12 @@ pub fn run_agent(
 /// `check-config`: prints the summary.
 pub fn check_config(args: &RunArgs) -> Result<ExitCode, CliError> {
     let config = Config::load(args)?;
+    println!("{}", config.summary());
     if let publish::SetupPlan::Unavailable(why) = publish::plan(&config.publish) {
-        println!("{}\nnote: {why}", config.summary());
-    } else {
-        println!("{}", config.summary());
+        println!("note: {why}");
+    }
+    for note in crate::config::check_event_hubs(&config.publish.target)? {
+        println!("note: {note}");
     }
     println!("config OK");
     Ok(ExitCode::SUCCESS)

@@ -464,9 +464,62 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The Event Hubs settings (connection string, hub name, endpoint) cannot work. The
+    /// message names the part and never contains the key.
+    #[error("the Event Hubs connection string from {origin} cannot be used: {why}")]
+    EventHubs {
+        /// Where the string came from (never its value).
+        origin: String,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
     /// The source settings are invalid.
     #[error(transparent)]
     Source(#[from] crate::sources::BuildError),
+}
+
+/// Checks an Event Hubs target the way the publisher will use it, without connecting: the
+/// connection string's every part ([`tcpulse_eventhub::connection_string`]), the hub name
+/// (EntityPath or `publish.event_hub`, and that they agree) and the custom endpoint.
+/// Returns remarks that do not stop the agent (a key of an unusual length).
+pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, ConfigError> {
+    let PublishTarget::EventHubs {
+        connection_string,
+        origin,
+        event_hub,
+        custom_endpoint,
+        ..
+    } = target
+    else {
+        return Ok(Vec::new());
+    };
+    let invalid = |why: String| ConfigError::EventHubs {
+        origin: origin.clone(),
+        why,
+    };
+    let parsed =
+        tcpulse_eventhub::connection_string::ConnectionString::parse(connection_string.expose())
+            .map_err(|e| invalid(e.to_string()))?;
+    let options = tcpulse_eventhub::client::ClientOptions {
+        custom_endpoint: custom_endpoint.clone(),
+        ..Default::default()
+    };
+    tcpulse_eventhub::client::ClientConfig::from_connection_string(
+        connection_string.expose(),
+        event_hub.as_deref(),
+        options,
+    )
+    .map_err(|e| {
+        let why = e.to_string();
+        let why = why
+            .strip_prefix("invalid Event Hubs client configuration: ")
+            .unwrap_or(&why);
+        invalid(why.replace(
+            "configure the hub name",
+            "set publish.event_hub (TCPULSE_EVENT_HUB)",
+        ))
+    })?;
+    Ok(parsed.notes())
 }
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
@@ -649,19 +702,15 @@ impl Config {
                         None => return Err(ConfigError::NoConnectionString),
                     },
                 };
-                let value = value.trim().to_owned();
-                if !value.to_ascii_lowercase().contains("endpoint=") {
-                    return Err(ConfigError::Invalid(format!(
-                        "the Event Hubs connection string from {origin} has no Endpoint=…; copy it from the Azure portal (Event Hubs namespace > Shared access policies)"
-                    )));
-                }
-                PublishTarget::EventHubs {
-                    connection_string: Secret::new(value),
+                let target = PublishTarget::EventHubs {
+                    connection_string: Secret::new(value.trim()),
                     origin,
                     event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
                     ca_file: a.ca_file.clone().or(f.ca_file),
                     custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
-                }
+                };
+                check_event_hubs(&target)?;
+                target
             }
         };
         let publish = PublishConfig {

@@ -492,3 +492,113 @@ fn agent_check_cert_binary_exit_codes_and_report() {
         "{err}"
     );
 }
+
+/// r12 (11): an RSA key under 2048 bits fails `check-cert` with the reason; 2048 passes.
+/// The leaf keys are made by the `openssl` CLI (rcgen does not make 1024-bit keys) and
+/// signed by the test intermediate, so the key size is the only fault.
+#[test]
+fn r12_agent_check_cert_rsa_1024_fails_and_2048_passes() {
+    let f = fixture();
+    let d = f.dir.path();
+    std::fs::write(d.join("inter.pem"), pem_of(&f.ca.inter_der)).unwrap();
+    std::fs::write(d.join("inter-key.pem"), f.ca.inter_key.serialize_pem()).unwrap();
+    std::fs::write(
+        d.join("ext.cnf"),
+        format!("subjectAltName=DNS:{FQDN}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=critical,CA:FALSE\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl())
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for bits in [1024, 2048] {
+        let (key, csr, leaf, pfx) = (
+            format!("k{bits}.pem"),
+            format!("r{bits}.csr"),
+            format!("c{bits}.pem"),
+            format!("tc{bits}.pfx"),
+        );
+        run(&["genrsa", "-out", &key, &bits.to_string()]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={FQDN}"),
+            "-out",
+            &csr,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "inter.pem",
+            "-CAkey",
+            "inter-key.pem",
+            "-set_serial",
+            "7",
+            "-days",
+            "365",
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &leaf,
+        ]);
+        run(&[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &key,
+            "-in",
+            &leaf,
+            "-certfile",
+            "inter.pem",
+            "-passout",
+            &format!("pass:{PASSWORD}"),
+            "-out",
+            &pfx,
+        ]);
+        let r = check(&d.join(&pfx), Some(PASSWORD), Some(FQDN), now()).unwrap();
+        let key_check = r.check("key type").unwrap();
+        if bits == 1024 {
+            assert!(!r.passed(), "{r}");
+            assert_eq!(key_check.status, Status::Fail, "{r}");
+            assert!(
+                key_check.detail.contains("RSA 1024 bits is too weak")
+                    && key_check.detail.contains("2048"),
+                "{r}"
+            );
+            for other in ["format", "private key", "EKU", "name", "chain", "validity"] {
+                assert_eq!(status(&r, other), Status::Pass, "only the key fails: {r}");
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_tcpulse-agent"))
+                .args(["check-cert", "--cert"])
+                .arg(d.join(&pfx))
+                .args(["--fqdn", FQDN])
+                .env("TCPULSE_CERT_PASSWORD", PASSWORD)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(1), "{text}");
+            assert!(
+                text.contains("FAIL  key type") && text.contains("Result: FAILED"),
+                "{text}"
+            );
+        } else {
+            assert!(r.passed(), "{r}");
+            assert_eq!(key_check.detail, "RSA 2048 bits", "{r}");
+        }
+    }
+}

@@ -187,3 +187,92 @@ fn agent_run_reports_to_file_and_stops_cleanly_on_sigterm() {
         "{stderr}"
     );
 }
+
+/// r12 (9b): `check-config` refuses connection strings that cannot work — garbage, no key,
+/// a key that is not base64, a placeholder, no hub — naming the part, never the key, exit 2
+/// (as for every config error); a valid one passes, with a note for an unusual key length.
+#[test]
+fn r12_agent_check_config_refuses_unusable_connection_strings() {
+    const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[source]\ntype = \"simulate\"\n");
+    let ep = "Endpoint=sb://ns.servicebus.windows.net/";
+    let check = |cs: &str, extra: &[&str]| {
+        let mut args = vec!["check-config", "--config", &cfg];
+        args.extend_from_slice(extra);
+        Command::new(BIN)
+            .args(&args)
+            .current_dir(dir.path())
+            .env("TCPULSE_EVENTHUB_CONNECTION_STRING", cs)
+            .env_remove("TCPULSE_CONFIG")
+            .env_remove("TCPULSE_EVENT_HUB")
+            .output()
+            .unwrap()
+    };
+    let refused = [
+        ("garbage".to_owned(), "part 1 has no '='"),
+        (
+            "Endpoint=garbage;SharedAccessKeyName=send;SharedAccessKey=TOPSECRET".to_owned(),
+            "Endpoint is not of the form sb://",
+        ),
+        (
+            format!("{ep};SharedAccessKeyName=send;EntityPath=tc"),
+            "has SharedAccessKeyName but not SharedAccessKey",
+        ),
+        (format!("{ep};EntityPath=tc"), "has no credential"),
+        (
+            format!("{ep};SharedAccessKeyName=send;SharedAccessKey=TOPSECRET key!;EntityPath=tc"),
+            "SharedAccessKey is not a key",
+        ),
+        (
+            format!("{ep};SharedAccessKeyName=send;SharedAccessKey=<key>;EntityPath=tc"),
+            "SharedAccessKey is an example placeholder",
+        ),
+        (
+            format!("{ep};SharedAccessKeyName=send;SharedAccessKey={KEY}"),
+            "no event hub: add EntityPath=<hub> to the connection string or set publish.event_hub",
+        ),
+    ];
+    for (cs, needle) in &refused {
+        let out = check(cs, &[]);
+        assert_one_line_exit_2(&out, needle);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.contains(
+                "connection string from environment variable TCPULSE_EVENTHUB_CONNECTION_STRING"
+            ),
+            "names the origin: {all}"
+        );
+        assert!(!all.contains("TOPSECRET") && !all.contains(KEY), "{all}");
+    }
+    // The hub may come from the configuration instead of EntityPath.
+    let out = check(
+        &format!("{ep};SharedAccessKeyName=send;SharedAccessKey={KEY}"),
+        &["--event-hub", "tc"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("config OK") && !stdout.contains("note:"),
+        "{stdout}"
+    );
+    // An unusual key length is allowed, with a note.
+    let out = check(
+        &format!(
+            "{ep};SharedAccessKeyName=send;SharedAccessKey={};EntityPath=tc",
+            &KEY[..30]
+        ),
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout
+            .contains("note: SharedAccessKey has 30 characters where keys Azure generates have 44"),
+        "{stdout}"
+    );
+}

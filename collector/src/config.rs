@@ -635,6 +635,154 @@ pub fn resolve_secret(
         .filter(|v| !v.is_empty()))
 }
 
+// ---- Secret checks (check-config) ---------------------------------------------------
+
+/// Where a secret comes from, for messages (never its value): `file F` or `$VAR`.
+fn secret_origin(env: &str, file: Option<&Path>) -> String {
+    match file {
+        Some(f) => format!("file {}", f.display()),
+        None => format!("${env}"),
+    }
+}
+
+/// Reads a secret for a check, turning a read failure into a config error of `field`.
+fn read_secret(
+    field: &'static str,
+    env: &str,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    resolve_secret(Some(env), file).map_err(|e| ConfigError::Invalid {
+        field,
+        why: e.to_string(),
+    })
+}
+
+/// Shape of an HTTP credential (token or password): not an example placeholder, no
+/// whitespace, quotes or control characters (a pasted `Token …` prefix or quoted value).
+fn check_http_secret(
+    field: &'static str,
+    what: &str,
+    origin: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let why = if value.starts_with('<') && value.ends_with('>') {
+        "still holds the example placeholder; put the real value there"
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "contains whitespace; give the value alone, without a `Token ` prefix or line breaks"
+    } else if value.contains(['"', '\'']) {
+        "contains quotes; give the value without quotes"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        field,
+        why: format!("the {what} from {origin} {why}"),
+    })
+}
+
+impl EventHubSourceConfig {
+    /// Checks the connection string `value` as the consumer will use it, without
+    /// connecting: every part's shape, the hub (`EntityPath` or `event_hub`) and the
+    /// client options. Returns remarks that do not stop the collector.
+    pub fn check_connection_string(&self, value: &str) -> Result<Vec<String>, ConfigError> {
+        let origin = secret_origin(
+            &self.connection_string_env,
+            self.connection_string_file.as_deref(),
+        );
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
+            field: "source.eventhub",
+            why: format!("the connection string from {origin} cannot be used: {e}"),
+        };
+        let parsed = tcpulse_eventhub::connection_string::ConnectionString::parse(value.trim())
+            .map_err(|e| invalid(&e))?;
+        tcpulse_eventhub::client::ClientConfig::from_connection_string(
+            value.trim(),
+            self.event_hub.as_deref(),
+            self.client.clone(),
+        )
+        .map_err(|e| {
+            invalid(
+                &e.to_string()
+                    .replace("configure the hub name", "set `source.eventhub.event_hub`"),
+            )
+        })?;
+        Ok(parsed.notes())
+    }
+
+    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
+        let value = read_secret(
+            "source.eventhub.connection_string_file",
+            &self.connection_string_env,
+            self.connection_string_file.as_deref(),
+        )?
+        .ok_or_else(|| ConfigError::Invalid {
+            field: "source.eventhub",
+            why: format!(
+                "no connection string: export {} or set `source.eventhub.connection_string_file`",
+                self.connection_string_env
+            ),
+        })?;
+        self.check_connection_string(&value)
+    }
+}
+
+impl InfluxDbV2SinkConfig {
+    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
+        let file = self.token_file.as_deref();
+        let origin = secret_origin(&self.token_env, file);
+        match read_secret("sinks.influxdb_v2.token_file", &self.token_env, file)? {
+            Some(token) => {
+                check_http_secret("sinks.influxdb_v2", "token", &origin, &token)?;
+                Ok(Vec::new())
+            }
+            None => Ok(vec![format!(
+                "no InfluxDB token in ${} or `sinks.influxdb_v2.token_file`: writes go without Authorization (fine for VictoriaMetrics; InfluxDB 2.x and 3.x answer 401)",
+                self.token_env
+            )]),
+        }
+    }
+}
+
+impl InfluxDbV1SinkConfig {
+    fn check_secret(&self) -> Result<(), ConfigError> {
+        if self.username.is_empty() {
+            return Ok(());
+        }
+        let file = self.password_file.as_deref();
+        let origin = secret_origin(&self.password_env, file);
+        match read_secret("sinks.influxdb_v1.password_file", &self.password_env, file)? {
+            Some(password) => check_http_secret("sinks.influxdb_v1", "password", &origin, &password),
+            None => Err(ConfigError::Invalid {
+                field: "sinks.influxdb_v1",
+                why: format!(
+                    "username {:?} is set but there is no password: export {} or set `password_file`, or remove `username` if the server does not authenticate",
+                    self.username, self.password_env
+                ),
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every configured secret's presence and shape without connecting anywhere:
+    /// the Event Hubs connection string, the v2 token (optional: a note when absent) and the
+    /// v1 password (required with a username). Returns notes for `check-config`. Messages
+    /// name the setting and never contain the secret.
+    pub fn check_secrets(&self) -> Result<Vec<String>, ConfigError> {
+        let mut notes = Vec::new();
+        if let Some(eh) = &self.source.eventhub {
+            notes.extend(eh.check_secret()?);
+        }
+        if let Some(v2) = &self.sinks.influxdb_v2 {
+            notes.extend(v2.check_secret()?);
+        }
+        if let Some(v1) = &self.sinks.influxdb_v1 {
+            v1.check_secret()?;
+        }
+        Ok(notes)
+    }
+}
+
 impl Config {
     /// Parses TOML text (`origin` names it in errors).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {

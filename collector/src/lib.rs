@@ -188,6 +188,7 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
             f.partition
         ));
     }
+    let notes = config.check_secrets()?;
     if let Some(c) = &config.sinks.influxdb_v2 {
         lines.push(format!("sink: influxdb_v2 {}", c.build()?.url()));
     }
@@ -202,6 +203,7 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
         "dead letters: {}",
         config.dead_letter.path.display()
     ));
+    lines.extend(notes.into_iter().map(|n| format!("note: {n}")));
     Ok(lines)
 }
 

@@ -27,9 +27,10 @@ fn cli_check_config_accepts_the_example_and_rejects_errors_with_exit_2() {
         .args(["check-config", "--config", good.to_str().unwrap()])
         .env(
             "TCPULSE_EVENTHUB_CONNECTION_STRING",
-            "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath=h",
+            "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=;EntityPath=h",
         )
         .env_remove("TCPULSE_INFLUXDB_URL")
+        .env_remove("TCPULSE_INFLUXDB_TOKEN")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -119,4 +120,109 @@ fn cli_run_reads_a_file_source_writes_points_and_dead_letters_and_checkpoints() 
     let cp = std::fs::read_to_string(dir.path().join("cp/file/events/$default/checkpoint/0.json"))
         .unwrap();
     assert!(cp.contains("\"sequence_number\":3"), "{cp}");
+}
+
+/// A config file, its environment, and the text the refusal must contain.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
+/// r12 (9b): `check-config` validates every secret's presence and shape without connecting:
+/// a garbage or keyless connection string, a missing hub, a v2 token with a pasted `Token `
+/// prefix, a v1 username without a password are refused (exit 2, one line naming the
+/// setting, never the secret); a missing v2 token is a note (VictoriaMetrics needs none).
+#[test]
+fn r12_collector_check_config_refuses_unusable_secrets() {
+    const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
+    let good_cs = format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={KEY};EntityPath=tc");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let v2 = write("v2.toml", tcpulse_collector::config::EXAMPLE_CONFIG);
+    let v1 = write(
+        "v1.toml",
+        "[source.eventhub]\n[sinks.influxdb_v1]\nurl = \"http://127.0.0.1:8086\"\ndatabase = \"tcpulse\"\nusername = \"tcpulse\"\n",
+    );
+    let check = |config: &str, env: &[(&str, &str)]| {
+        let mut cmd = bin();
+        cmd.args(["check-config", "--config", config]);
+        for var in [
+            "TCPULSE_EVENTHUB_CONNECTION_STRING",
+            "TCPULSE_INFLUXDB_TOKEN",
+            "TCPULSE_INFLUXDB_PASSWORD",
+            "TCPULSE_INFLUXDB_URL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let cs = "TCPULSE_EVENTHUB_CONNECTION_STRING";
+    let refused: Vec<Case> = vec![
+        (&v2, vec![(cs, "garbage".into())], "part 1 has no '='"),
+        (
+            &v2,
+            vec![(cs, "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;EntityPath=tc".into())],
+            "has SharedAccessKeyName but not SharedAccessKey",
+        ),
+        (
+            &v2,
+            vec![(cs, good_cs.replace(KEY, "TOPSECRET\"quoted\""))],
+            "SharedAccessKey is not a key",
+        ),
+        (
+            &v2,
+            vec![(cs, good_cs.replace(";EntityPath=tc", ""))],
+            "no event hub: add EntityPath=<hub> to the connection string or set `source.eventhub.event_hub`",
+        ),
+        (
+            &v2,
+            vec![(cs, good_cs.clone()), ("TCPULSE_INFLUXDB_TOKEN", "Token TOPSECRET".into())],
+            "config field `sinks.influxdb_v2`: the token from $TCPULSE_INFLUXDB_TOKEN contains whitespace",
+        ),
+        (
+            &v1,
+            vec![(cs, good_cs.clone())],
+            "config field `sinks.influxdb_v1`: username \"tcpulse\" is set but there is no password: export TCPULSE_INFLUXDB_PASSWORD",
+        ),
+        (
+            &v1,
+            vec![(cs, good_cs.clone()), ("TCPULSE_INFLUXDB_PASSWORD", "<password>".into())],
+            "the password from $TCPULSE_INFLUXDB_PASSWORD still holds the example placeholder",
+        ),
+    ];
+    for (config, env, needle) in &refused {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, said) = check(config, &env);
+        assert_eq!(code, Some(2), "{needle}: {said}");
+        assert!(
+            said.starts_with("tcpulse-collector: ") && said.contains(needle),
+            "{needle}: {said}"
+        );
+        assert_eq!(said.lines().count(), 1, "one line: {said}");
+        assert!(!said.contains("TOPSECRET") && !said.contains(KEY), "{said}");
+    }
+    let (code, said) = check(&v2, &[(cs, &good_cs)]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("note: no InfluxDB token in $TCPULSE_INFLUXDB_TOKEN")
+            && said.contains("config OK"),
+        "{said}"
+    );
+    let (code, said) = check(
+        &v1,
+        &[(cs, &good_cs), ("TCPULSE_INFLUXDB_PASSWORD", "s3cret-pw")],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        !said.contains("s3cret-pw") && !said.contains("note:"),
+        "{said}"
+    );
 }

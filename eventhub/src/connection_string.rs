@@ -7,8 +7,13 @@
 //! - either of the above plus `UseDevelopmentEmulator=true` (plain AMQP, port from the endpoint,
 //!   5672 by default).
 //!
-//! Errors name the part that is wrong and never echo a key; `Debug` redacts secrets. The one
-//! way to get the secret text back is [`ConnectionString::expose`].
+//! Parsing checks the shape of every part without connecting: the endpoint is `sb://` and a
+//! host name, the policy name is a valid Azure name, the key is base64 (Azure generates 44
+//! characters, the encoding of 32 random bytes; other lengths are accepted with a note from
+//! [`ConnectionString::notes`]), a signature has `sr`, `sig`, `se` and `skn`, and no value is
+//! an example placeholder such as `<key>`. Errors name the part that is wrong and never echo
+//! a key; `Debug` redacts secrets. The one way to get the secret text back is
+//! [`ConnectionString::expose`].
 
 use std::fmt;
 
@@ -87,6 +92,86 @@ pub enum ConnectionStringError {
     /// `UseDevelopmentEmulator` is not `true`/`false`.
     #[error("connection string UseDevelopmentEmulator must be 'true' or 'false'")]
     BadEmulatorFlag,
+    /// A part is present but empty, or still holds an example placeholder such as `<key>`.
+    #[error("connection string {part} is {what}; copy the connection string of a shared access policy from the Azure portal (Event Hubs namespace > Shared access policies)")]
+    Placeholder {
+        /// The part (`SharedAccessKeyName`, `SharedAccessKey`, …).
+        part: &'static str,
+        /// `empty` or `an example placeholder`.
+        what: &'static str,
+    },
+    /// `SharedAccessKeyName` is not a policy name Azure allows.
+    #[error("connection string SharedAccessKeyName {0:?} is not a policy name (letters, digits, '.', '-', '_', at most 256)")]
+    BadKeyName(String),
+    /// `SharedAccessKey` is not base64 (its text is never shown).
+    #[error("connection string SharedAccessKey is not a key: {0}; Azure keys are 44 characters of base64 (A-Z a-z 0-9 + / =): copy the policy's primary key again")]
+    BadKey(&'static str),
+    /// `SharedAccessSignature` is not `SharedAccessSignature sr=…&sig=…&se=…&skn=…`.
+    #[error("connection string SharedAccessSignature is not usable: {0}; generate a new one, or use SharedAccessKeyName and SharedAccessKey")]
+    BadSignature(String),
+}
+
+/// Length of the keys Azure generates: base64 of 32 bytes.
+pub const AZURE_KEY_CHARS: usize = 44;
+
+/// True for text an example carries where a real value belongs: `<key>`, `...`, `…`.
+fn is_placeholder(v: &str) -> bool {
+    (v.starts_with('<') && v.ends_with('>')) || v.contains("...") || v.contains('…')
+}
+
+fn check_filled(part: &'static str, v: &str) -> Result<(), ConnectionStringError> {
+    let what = if v.is_empty() {
+        "empty"
+    } else if is_placeholder(v) {
+        "an example placeholder"
+    } else {
+        return Ok(());
+    };
+    Err(ConnectionStringError::Placeholder { part, what })
+}
+
+fn check_key_name(name: &str) -> Result<(), ConnectionStringError> {
+    check_filled("SharedAccessKeyName", name)?;
+    let ok = name.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConnectionStringError::BadKeyName(
+            name.chars().take(64).collect(),
+        ))
+    }
+}
+
+/// Base64 shape of a key: the standard or URL-safe alphabet, `=` only as trailing padding
+/// (at most two). Tolerant of other lengths and of hand-made keys such as a demo's
+/// `demo-send-key-change-me` (the service uses the text as it is); rejects what no key has:
+/// spaces, quotes, other punctuation, non-ASCII. Never echoes the key.
+fn check_key(key: &str) -> Result<(), ConnectionStringError> {
+    check_filled("SharedAccessKey", key)?;
+    let body = key.trim_end_matches('=');
+    let padding = key.len() - body.len();
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+    {
+        return Err(ConnectionStringError::BadKey(
+            "it contains characters that are not base64",
+        ));
+    }
+    if padding > 2 {
+        return Err(ConnectionStringError::BadKey("its '=' padding is wrong"));
+    }
+    Ok(())
+}
+
+fn check_signature(sig: &str) -> Result<(), ConnectionStringError> {
+    check_filled("SharedAccessSignature", sig)?;
+    crate::sas::SasToken::parse(sig)
+        .map(drop)
+        .map_err(|e| ConnectionStringError::BadSignature(e.to_string()))
 }
 
 impl ConnectionString {
@@ -122,7 +207,11 @@ impl ConnectionString {
         let endpoint = endpoint.ok_or(ConnectionStringError::MissingEndpoint)?;
         let (host, port) = parse_endpoint(&endpoint)?;
         let credential = match (key_name, key, sig) {
-            (Some(key_name), Some(key), _) => Credential::Key { key_name, key },
+            (Some(key_name), Some(key), _) => {
+                check_key_name(&key_name)?;
+                check_key(&key)?;
+                Credential::Key { key_name, key }
+            }
             (Some(_), None, None) => {
                 return Err(ConnectionStringError::IncompleteKey {
                     present: "SharedAccessKeyName",
@@ -135,7 +224,10 @@ impl ConnectionString {
                     missing: "SharedAccessKeyName",
                 })
             }
-            (_, _, Some(sig)) => Credential::Signature(sig),
+            (_, _, Some(sig)) => {
+                check_signature(&sig)?;
+                Credential::Signature(sig)
+            }
             (None, None, None) => return Err(ConnectionStringError::MissingCredential),
         };
         Ok(ConnectionString {
@@ -145,6 +237,21 @@ impl ConnectionString {
             entity_path: entity,
             use_development_emulator: emulator,
         })
+    }
+
+    /// Remarks on a string that parses but looks unlike what Azure hands out (a key of another
+    /// length than [`AZURE_KEY_CHARS`], often one copied incompletely). Never contain a secret.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Credential::Key { key, .. } = &self.credential {
+            if key.len() != AZURE_KEY_CHARS {
+                notes.push(format!(
+                    "SharedAccessKey has {} characters where keys Azure generates have {AZURE_KEY_CHARS}; if authentication fails, check that it was copied whole",
+                    key.len()
+                ));
+            }
+        }
+        notes
     }
 
     /// `host[:port]`, the fully qualified namespace as the SDKs use it in audiences.
@@ -200,7 +307,13 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, Option<u16>), ConnectionStr
             None => (authority.to_string(), None),
         }
     };
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    let host_chars_ok = |h: &str| {
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    };
+    let inner = host.trim_start_matches('[').trim_end_matches(']');
+    if inner.is_empty() || !host_chars_ok(inner) || (!host.starts_with('[') && inner.contains(':'))
+    {
         return Err(bad());
     }
     Ok((host, port))
@@ -273,6 +386,58 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("TOPSECRET"));
+    }
+
+    /// r12 (9b): garbage, placeholders and malformed keys are refused at parse, naming the
+    /// part and never showing the key.
+    #[test]
+    fn r12_shape_of_every_part_is_checked_without_echoing_the_key() {
+        const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
+        assert_eq!(KEY.len(), AZURE_KEY_CHARS);
+        let cs = |name: &str, key: &str| {
+            format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName={name};SharedAccessKey={key};EntityPath=hub")
+        };
+        let ok = ConnectionString::parse(&cs("send", KEY)).unwrap();
+        assert!(ok.notes().is_empty(), "{:?}", ok.notes());
+        let short = ConnectionString::parse(&cs("send", &KEY[..20])).unwrap();
+        assert!(
+            short.notes()[0].contains("20 characters"),
+            "{:?}",
+            short.notes()
+        );
+
+        assert_eq!(
+            ConnectionString::parse("garbage").unwrap_err(),
+            ConnectionStringError::MalformedPart { index: 1 }
+        );
+        let cases: &[(String, &str)] = &[
+            (cs("send", "TOP SECRET key!"), "not base64"),
+            (cs("send", "TOPSECRET\u{e9}"), "not base64"),
+            (cs("send", "TOPSECRET===="), "padding"),
+            (cs("send", "TOP=SECRET"), "not base64"),
+            (cs("send", "<TOPSECRET>"), "placeholder"),
+            (cs("send", ""), "SharedAccessKey is empty"),
+            (cs("", KEY), "SharedAccessKeyName is empty"),
+            (cs("my policy", KEY), "not a policy name"),
+            (cs("<policy-name>", KEY), "placeholder"),
+            (
+                format!("Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey={KEY}"),
+                "Endpoint",
+            ),
+            (
+                "Endpoint=sb://h/;SharedAccessSignature=TOPSECRET".to_string(),
+                "SharedAccessSignature is not usable",
+            ),
+            (
+                "Endpoint=sb://h/;SharedAccessSignature=SharedAccessSignature sr=a&sig=TOPSECRET".to_string(),
+                "SharedAccessSignature is not usable",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = ConnectionString::parse(text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{text}: {e}");
+            assert!(!e.contains("TOPSECRET") && !e.contains(KEY), "{e}");
+        }
     }
 
     #[test]

@@ -280,12 +280,18 @@ fn env_example(path: &Path) -> Result<BTreeMap<String, String>> {
                 && k.chars()
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             {
-                vars.insert(k.to_owned(), v.to_owned());
+                vars.insert(k.to_owned(), fill_placeholders(v));
             }
         }
     }
     ensure!(!vars.is_empty(), "{}: no KEY=value lines", path.display());
     Ok(vars)
+}
+
+/// The example's placeholders filled in as an operator would: `<hub>` becomes `hub`
+/// (check-config refuses a value that still holds a placeholder, issue 12).
+fn fill_placeholders(v: &str) -> String {
+    v.replace(['<', '>'], "")
 }
 
 /// Runs `binary check-config` with exactly `env` (plus PATH), optionally on `config`.

@@ -29,7 +29,7 @@ use tokio::{
 
 use super::{
     config::{ClientConfig, Dial},
-    error::{condition_for_status, ConnectError, ServiceError},
+    error::{condition_for_status, connect_io_error, ConnectError, ServiceError},
     token::{refresh_margin, TokenSource},
 };
 
@@ -148,10 +148,7 @@ async fn dial_tcp(dial: &Dial) -> Result<TcpStream, ConnectError> {
 fn open_error(endpoint: &str, e: fe2o3_amqp::connection::OpenError) -> ConnectError {
     use fe2o3_amqp::connection::OpenError;
     match e {
-        OpenError::Io(io) => ConnectError::Io {
-            endpoint: endpoint.to_string(),
-            why: io.to_string(),
-        },
+        OpenError::Io(io) => connect_io_error(endpoint, &io),
         OpenError::RemoteClosedWithError(err) => ConnectError::Service {
             step: "AMQP open",
             error: ServiceError::from(err),

@@ -173,6 +173,17 @@ pub enum ConnectError {
         /// The cause.
         why: String,
     },
+    /// The TLS handshake failed; `hint` names the likely cause (an untrusted certificate, a
+    /// server that speaks only TLS < 1.2, …) and what to do.
+    #[error("TLS handshake with {endpoint} failed: {why}; {hint}")]
+    Tls {
+        /// `host:port` dialled.
+        endpoint: String,
+        /// The TLS library's error.
+        why: String,
+        /// Cause and remedy, from [`tls_hint`].
+        hint: &'static str,
+    },
     /// The peer refused or broke the AMQP open (including SASL).
     #[error("AMQP handshake with {endpoint} failed: {why}")]
     Handshake {
@@ -228,6 +239,8 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Io { .. } | ConnectError::Timeout { .. } => true,
+            // As transient as before it had its own variant: a proxy may be fixed meanwhile.
+            ConnectError::Tls { .. } => true,
             ConnectError::Handshake { .. } => true,
             ConnectError::Token(e) => e.transient,
             ConnectError::Service { error, .. } => error.is_transient(),
@@ -240,6 +253,92 @@ impl ConnectError {
     /// True when retrying cannot help.
     pub fn is_fatal(&self) -> bool {
         !self.is_transient()
+    }
+}
+
+/// Which end of a TLS handshake this process is, for [`tls_hint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    /// We dialled (agent, collector).
+    Client,
+    /// We accepted (tcpulse-hub).
+    Server,
+}
+
+/// The server certificate is not signed by a CA we trust.
+const HINT_UNTRUSTED: &str = "the server's certificate is not trusted (a TLS-inspecting proxy, or a private CA?): add that CA's PEM certificate with extra_ca_file (agent: publish.ca_file / TCPULSE_EVENTHUB_CA_FILE; collector: source.eventhub.client.extra_ca_file)";
+/// The server certificate is for another name.
+const HINT_NAME: &str = "the server's certificate is for another name: check the namespace host in the connection string, and that custom_endpoint dials the right server";
+/// The server certificate is out of its validity period.
+const HINT_VALIDITY: &str = "the server's certificate is expired or not yet valid: check this machine's clock, then the server's certificate";
+/// The server speaks only TLS 1.0/1.1.
+const HINT_OLD_SERVER: &str = "the server offered TLS < 1.2; Event Hubs requires TLS 1.2+ (an old proxy or server on the path?)";
+/// The client speaks only TLS 1.0/1.1.
+const HINT_OLD_CLIENT: &str = "the client offered TLS < 1.2 (TLS 1.0/1.1 clients send no signature algorithms); Event Hubs requires TLS 1.2+: upgrade the client or enable TLS 1.2 in it";
+/// The bytes were not TLS.
+const HINT_NOT_TLS: &str = "the peer does not speak TLS: check the port (AMQPS is 5671; a plain AMQP port needs UseDevelopmentEmulator=true)";
+/// Anything else.
+const HINT_OTHER_TLS: &str = "check that the endpoint is an Event Hubs namespace (AMQPS, port 5671) and that no proxy interferes";
+
+/// The rustls error inside an I/O error from a TLS handshake, if it is one.
+pub fn tls_error(io: &std::io::Error) -> Option<&tokio_rustls::rustls::Error> {
+    io.get_ref()?.downcast_ref::<tokio_rustls::rustls::Error>()
+}
+
+/// The likely cause of a failed TLS handshake and what to do, as seen from `side`.
+pub fn tls_hint(e: &tokio_rustls::rustls::Error, side: TlsSide) -> &'static str {
+    use tokio_rustls::rustls::{AlertDescription, CertificateError, Error, PeerIncompatible};
+    match (side, e) {
+        (_, Error::InvalidCertificate(c)) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => HINT_UNTRUSTED,
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                HINT_NAME
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => HINT_VALIDITY,
+            _ => HINT_OTHER_TLS,
+        },
+        (
+            TlsSide::Client,
+            Error::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13),
+        )
+        | (TlsSide::Client, Error::AlertReceived(AlertDescription::ProtocolVersion)) => {
+            HINT_OLD_SERVER
+        }
+        (
+            TlsSide::Server,
+            Error::PeerIncompatible(
+                PeerIncompatible::SignatureAlgorithmsExtensionRequired
+                | PeerIncompatible::Tls12NotOffered
+                | PeerIncompatible::Tls12NotOfferedOrEnabled,
+            ),
+        ) => HINT_OLD_CLIENT,
+        (_, Error::InvalidMessage(_)) => HINT_NOT_TLS,
+        _ => HINT_OTHER_TLS,
+    }
+}
+
+/// One line for a TLS handshake failure in `io`, with its cause and remedy; `None` when
+/// `io` is not a TLS error.
+pub fn describe_tls_failure(io: &std::io::Error, side: TlsSide) -> Option<String> {
+    tls_error(io).map(|e| format!("{e}; {}", tls_hint(e, side)))
+}
+
+/// A transport failure while connecting to `endpoint`: a TLS error gets its own variant
+/// and hint; anything else is I/O (refused, reset, unreachable).
+pub(crate) fn connect_io_error(endpoint: &str, io: &std::io::Error) -> ConnectError {
+    match tls_error(io) {
+        Some(e) => ConnectError::Tls {
+            endpoint: endpoint.to_string(),
+            why: e.to_string(),
+            hint: tls_hint(e, TlsSide::Client),
+        },
+        None => ConnectError::Io {
+            endpoint: endpoint.to_string(),
+            why: io.to_string(),
+        },
     }
 }
 

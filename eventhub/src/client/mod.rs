@@ -68,8 +68,8 @@ pub use consumer::{
     default_prefetch, Consumer, ConsumerOptions, StartPosition, DEFAULT_CONSUMER_GROUP,
 };
 pub use error::{
-    is_transient_condition, ConnectError, ManagementError, ReceiveError, SendError, ServiceError,
-    TokenError,
+    describe_tls_failure, is_transient_condition, tls_error, tls_hint, ConnectError,
+    ManagementError, ReceiveError, SendError, ServiceError, TlsSide, TokenError,
 };
 pub use event::{AppProperties, EventData, ReceivedEvent};
 pub use management::{HubProperties, ManagementClient, PartitionProperties};

@@ -165,10 +165,14 @@ async fn serve_connection(
     let handshake = async {
         match tls {
             Some(tls) => {
-                let stream = tls
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                let stream = tls.accept(tcp).await.map_err(|e| {
+                    let why =
+                        crate::client::describe_tls_failure(&e, crate::client::TlsSide::Server);
+                    format!(
+                        "TLS handshake failed: {}",
+                        why.unwrap_or_else(|| e.to_string())
+                    )
+                })?;
                 acceptor
                     .accept(write_behind::coalesce(stream))
                     .await

@@ -189,6 +189,9 @@ pub struct HubOptions {
     pub plain: bool,
     /// Persist partitions here (None: in memory / a fresh temp dir for the binary).
     pub data_dir: Option<PathBuf>,
+    /// More `tcpulse-hub` flags, e.g. `--memory-budget-bytes 8388608` (the binary only;
+    /// [`TestHub`] ignores them).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for HubOptions {
@@ -198,6 +201,7 @@ impl Default for HubOptions {
             consumer_groups: vec![],
             plain: true,
             data_dir: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -453,6 +457,7 @@ async fn start_binary(
         cmd.arg("--consumer-group").arg(cg);
     }
     cmd.arg("--data-dir").arg(data_dir);
+    cmd.args(&opts.extra_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }

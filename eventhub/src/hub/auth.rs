@@ -279,6 +279,16 @@ impl ConnAuth {
         }
     }
 
+    /// True when the connection holds a grant that has not expired (a valid token, or SASL
+    /// PLAIN).
+    pub fn has_grant(&self) -> bool {
+        let now = Instant::now();
+        self.grants
+            .lock()
+            .map(|g| g.iter().any(|x| x.expires.is_none_or(|e| e > now)))
+            .unwrap_or(false)
+    }
+
     /// Validates a CBS put-token and records the grant. `max_lifetime` caps how long the
     /// hub honours a token (to exercise client refresh).
     pub fn put_token(

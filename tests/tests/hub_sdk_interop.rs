@@ -848,6 +848,9 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         err.is_auth_error(),
         "wrong key, get_eventhub_properties: not an auth error: {err:?}"
     );
+    // r12 (issue 12, fault 9a): the SDK shows the refusal's status and description, not
+    // "Status code: None" (which it prints when the put-token reply has an error-condition).
+    check_token_refusal_is_described("wrong key, get_eventhub_properties", &err)?;
     ensure!(
         out["elapsed_s"].as_f64().unwrap_or(99.0) < QUICK,
         "wrong key: took {}s",
@@ -865,6 +868,7 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         e.is_auth_error(),
         "wrong key, send_batch: not an auth error: {e:?}"
     );
+    check_token_refusal_is_described("wrong key, send_batch", &e)?;
     ensure!(
         t.elapsed().as_secs_f64() < QUICK + 3.0,
         "wrong key send took {:?}",
@@ -935,6 +939,22 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         e.ty, e.condition
     );
 
+    Ok(())
+}
+
+/// The SDK's message for a refused put-token names the status (401) and the hub's
+/// description (the token's signature is invalid).
+fn check_token_refusal_is_described(what: &str, e: &ErrInfo) -> Result<()> {
+    ensure!(
+        e.message.contains("Status code: 401"),
+        "{what}: the SDK does not show the put-token status: {:?}",
+        e.message
+    );
+    ensure!(
+        e.message.contains("InvalidSignature"),
+        "{what}: the SDK does not show the put-token description: {:?}",
+        e.message
+    );
     Ok(())
 }
 

@@ -213,7 +213,7 @@ async fn serve_connection(
             }
             _ = &mut auth_deadline, if !auth_checked => {
                 auth_checked = true;
-                if auth.has_grant() {
+                if auth.was_granted() {
                     continue;
                 }
                 close_unauthenticated(conn, &kill, shared.config.auth_timeout, peer).await;

@@ -145,7 +145,7 @@ async fn chaos_hub_memory_stays_within_budget() -> Result<()> {
     let mut hub = HubProcess::spawn(HubOptions {
         hubs: vec![("tcpulse".into(), 1)],
         plain: false,
-        extra_args: vec!["--memory-budget-bytes".into(), BUDGET.to_string()],
+        memory_budget_bytes: Some(BUDGET),
         ..HubOptions::default()
     })
     .await?;

@@ -875,6 +875,8 @@ fn main() -> Result<()> {
         tls_dir: Some(tmp.path().join("tls")),
         retention_events: n + 10_000,
         retention_age: Duration::from_secs(7 * 24 * 3600),
+        // In memory, the budget bounds retention: keep every event the bench sends.
+        memory_budget_bytes: 4 << 30,
         ..HubConfig::default()
     }))?;
     let info = HubInfo::from_ready(&hub.ready_info())?;

@@ -232,6 +232,9 @@ fn bench_hub() -> HubOptions {
     HubOptions {
         hubs: vec![("bench".into(), 8)],
         plain: false,
+        // In memory, the budget bounds retention: keep every event a case sends (at most
+        // about 110 MiB in one partition; the budget is split over the 8).
+        memory_budget_bytes: Some(2 << 30),
         ..HubOptions::default()
     }
 }

@@ -189,6 +189,12 @@ pub struct HubOptions {
     pub plain: bool,
     /// Persist partitions here (None: in memory / a fresh temp dir for the binary).
     pub data_dir: Option<PathBuf>,
+    /// The hub's memory budget for event bodies (`--memory-budget-bytes`); the default
+    /// (256 MiB) when `None`. An in-memory hub keeps at most its share per partition.
+    pub memory_budget_bytes: Option<u64>,
+    /// More `tcpulse-hub` flags, e.g. `--auth-timeout 5s` (the binary only; [`TestHub`]
+    /// ignores them).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for HubOptions {
@@ -198,6 +204,8 @@ impl Default for HubOptions {
             consumer_groups: vec![],
             plain: true,
             data_dir: None,
+            memory_budget_bytes: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -243,6 +251,9 @@ impl TestHub {
             consumer_groups: opts.consumer_groups.clone(),
             data_dir: opts.data_dir.clone(),
             tls_dir: Some(dir.path().join("tls")),
+            memory_budget_bytes: opts
+                .memory_budget_bytes
+                .unwrap_or(HubConfig::default().memory_budget_bytes),
             ..HubConfig::default()
         };
         let hub = Hub::start(config)
@@ -453,6 +464,10 @@ async fn start_binary(
         cmd.arg("--consumer-group").arg(cg);
     }
     cmd.arg("--data-dir").arg(data_dir);
+    if let Some(bytes) = opts.memory_budget_bytes {
+        cmd.arg("--memory-budget-bytes").arg(bytes.to_string());
+    }
+    cmd.args(&opts.extra_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }

@@ -848,6 +848,9 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         err.is_auth_error(),
         "wrong key, get_eventhub_properties: not an auth error: {err:?}"
     );
+    // r12 (issue 12, fault 9a): the SDK shows the refusal's status and description, not
+    // "Status code: None" (which it prints when the put-token reply has an error-condition).
+    check_token_refusal_is_described("wrong key, get_eventhub_properties", &err)?;
     ensure!(
         out["elapsed_s"].as_f64().unwrap_or(99.0) < QUICK,
         "wrong key: took {}s",
@@ -865,6 +868,7 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         e.is_auth_error(),
         "wrong key, send_batch: not an auth error: {e:?}"
     );
+    check_token_refusal_is_described("wrong key, send_batch", &e)?;
     ensure!(
         t.elapsed().as_secs_f64() < QUICK + 3.0,
         "wrong key send took {:?}",
@@ -935,6 +939,72 @@ async fn auth_errors(info: &HubInfo, mode: Mode) -> Result<()> {
         e.ty, e.condition
     );
 
+    Ok(())
+}
+
+/// r12 (issue 12, fault 9a): with the `$cbs` reply carrying only `status-code` and
+/// `status-description`, tcpulse's own client still reports a refused token as such, with
+/// the hub's reason and the condition mapped from the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_cbs_refusal_reaches_our_client_with_reason() -> Result<()> {
+    use tcpulse_eventhub::client::{
+        BatchOptions, ClientConfig, ClientOptions, EventData, Producer,
+    };
+    let hub = fresh_hub().await?;
+    let wrong = with_key(
+        hub.info.connection_string(Mode::Tls, Policy::Send)?,
+        "d3Jvbmcta2V5LW5vdC10aGUtcmVhbC1vbmU=",
+    );
+    let config = ClientConfig::from_connection_string(
+        &wrong,
+        None,
+        ClientOptions {
+            extra_ca_file: Some(hub.info.ca_pem.clone()),
+            ..ClientOptions::default()
+        },
+    )?;
+    let outcome = async {
+        let mut producer = Producer::connect(config).await?;
+        let mut batch = producer.create_batch(BatchOptions::default())?;
+        batch.try_add(EventData::new(bytes::Bytes::from_static(b"nope")))?;
+        producer.send_batch(&batch).await?;
+        anyhow::Ok(())
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    hub.shutdown().await;
+    let err = match result {
+        Err(_) => bail!("a wrong key was neither refused nor accepted within 60 s"),
+        Ok(Ok(())) => bail!("a wrong key was accepted"),
+        Ok(Err(e)) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("refused the token"),
+        "not reported as a refused token: {err}"
+    );
+    ensure!(
+        err.contains("InvalidSignature"),
+        "the hub's reason is missing: {err}"
+    );
+    ensure!(
+        err.contains("amqp:unauthorized-access"),
+        "no condition: {err}"
+    );
+    Ok(())
+}
+
+/// The SDK's message for a refused put-token names the status (401) and the hub's
+/// description (the token's signature is invalid).
+fn check_token_refusal_is_described(what: &str, e: &ErrInfo) -> Result<()> {
+    ensure!(
+        e.message.contains("Status code: 401"),
+        "{what}: the SDK does not show the put-token status: {:?}",
+        e.message
+    );
+    ensure!(
+        e.message.contains("InvalidSignature"),
+        "{what}: the SDK does not show the put-token description: {:?}",
+        e.message
+    );
     Ok(())
 }
 

@@ -12,7 +12,10 @@
 use std::{
     fmt,
     path::Path,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -258,6 +261,8 @@ struct Grant {
 #[derive(Debug, Default)]
 pub struct ConnAuth {
     grants: Mutex<Vec<Grant>>,
+    /// Set by the first grant.
+    granted: AtomicBool,
 }
 
 fn now_unix() -> u64 {
@@ -276,7 +281,15 @@ impl ConnAuth {
                 rights,
                 expires: None,
             });
+            self.granted.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// True once the connection was granted anything (a valid put-token, or SASL PLAIN),
+    /// even if that grant has expired since: Event Hubs' 20 s rule is about authenticating
+    /// at all; an expired token detaches the links it covered instead.
+    pub fn was_granted(&self) -> bool {
+        self.granted.load(Ordering::Relaxed)
     }
 
     /// Validates a CBS put-token and records the grant. `max_lifetime` caps how long the
@@ -328,6 +341,7 @@ impl ConnAuth {
                 rights: policy.rights,
                 expires: Some(expires),
             });
+            self.granted.store(true, Ordering::Relaxed);
         }
         Ok(expires)
     }
@@ -434,6 +448,19 @@ mod tests {
             .unwrap();
         assert!(exp <= Instant::now() + Duration::from_secs(5));
         assert!(auth.check("hub", Right::Manage).is_ok());
+    }
+
+    #[test]
+    fn r12_was_granted_only_after_a_valid_token_or_plain() {
+        let a = ConnAuth::default();
+        assert!(!a.was_granted());
+        assert!(a
+            .put_token(&policies(), "sb://h/hub", "garbage", None)
+            .is_err());
+        assert!(!a.was_granted(), "a refused token grants nothing");
+        let b = ConnAuth::default();
+        b.grant_namespace(Rights::SEND);
+        assert!(b.was_granted());
     }
 
     #[test]

@@ -75,6 +75,27 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention_age: Duration,
 
+    /// Retention by size, per partition, in bytes: the oldest events are dropped beyond it.
+    /// Without --data-dir a partition keeps at most its share of --memory-budget-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = config::default_retention_bytes())]
+    pub retention_bytes: u64,
+
+    /// Memory for event bodies, whole hub, in bytes, split evenly across all partitions.
+    /// With --data-dir, older events are read back from disk when a consumer asks; without
+    /// it, the budget bounds retention.
+    #[arg(long, value_name = "BYTES", default_value_t = config::default_memory_budget_bytes())]
+    pub memory_budget_bytes: u64,
+
+    /// Close a connection that has not put a valid token this long after opening (as
+    /// Event Hubs does after 20 s).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Idle timeout announced to clients in the AMQP Open frame; a connection silent for
+    /// longer is closed.
+    #[arg(long, value_name = "DURATION", default_value = "240s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Honour CBS tokens for at most this long (e.g. 5s) to exercise client token refresh.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_token_lifetime: Option<Duration>,
@@ -109,6 +130,10 @@ impl Args {
             max_message_bytes: self.max_message_bytes,
             retention_events: self.retention_events,
             retention_age: self.retention_age,
+            retention_bytes: self.retention_bytes,
+            memory_budget_bytes: self.memory_budget_bytes,
+            auth_timeout: self.auth_timeout,
+            idle_timeout: self.idle_timeout,
             max_token_lifetime: self.max_token_lifetime,
             fsync: self.fsync,
             ..defaults

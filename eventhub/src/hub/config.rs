@@ -86,6 +86,24 @@ pub const fn default_retention_events() -> usize {
 pub const fn default_retention_age() -> Duration {
     Duration::from_secs(24 * 3600)
 }
+/// Default retention by size, per partition: 1 GiB.
+pub const fn default_retention_bytes() -> u64 {
+    super::store::DEFAULT_MAX_BYTES
+}
+/// Default memory budget for event bodies, whole hub: 256 MiB.
+pub const fn default_memory_budget_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+/// Default time a connection has to put a valid token: 20 s, as Event Hubs.
+pub const fn default_auth_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+/// Default idle timeout announced in the Open frame: 240 s, as Event Hubs.
+pub const fn default_idle_timeout() -> Duration {
+    Duration::from_secs(240)
+}
+/// Smallest memory share a partition gets, bytes (64 KiB).
+const MIN_PARTITION_MEMORY_BYTES: u64 = 64 * 1024;
 
 /// Settings of one hub process.
 #[derive(Debug, Clone)]
@@ -122,6 +140,25 @@ pub struct HubConfig {
     pub retention_events: usize,
     /// How long events are kept. Default 24 h.
     pub retention_age: Duration,
+    /// Retention by size, per partition, in bytes of stored records (event plus about 44
+    /// bytes of framing): the oldest events are dropped beyond it. Default 1 GiB. Without
+    /// a data directory a partition keeps at most its share of `memory_budget_bytes`.
+    pub retention_bytes: u64,
+    /// Memory for event bodies, whole hub, in bytes; split evenly across all partitions
+    /// (at least 64 KiB each). Events beyond a partition's share leave memory: with a data
+    /// directory they are read back from the segment files when a consumer asks; without
+    /// one they are dropped (the budget bounds retention). Each retained event also keeps
+    /// about 80 bytes of bookkeeping in memory (bounded by `retention_events`).
+    /// Default 256 MiB.
+    pub memory_budget_bytes: u64,
+    /// A connection that has not put a valid token on `$cbs` (nor authenticated with SASL
+    /// PLAIN) this long after its AMQP open is closed with `amqp:unauthorized-access`, as
+    /// Event Hubs does. Default 20 s.
+    pub auth_timeout: Duration,
+    /// Idle timeout announced in the Open frame: a connection that sends nothing (not even
+    /// an empty frame) for this long is closed; clients send heartbeats at half of it.
+    /// Default 240 s, as Event Hubs.
+    pub idle_timeout: Duration,
     /// Honour CBS tokens for at most this long, whatever their expiry says (to exercise
     /// client token refresh). Default: the token's own expiry.
     pub max_token_lifetime: Option<Duration>,
@@ -154,6 +191,10 @@ impl Default for HubConfig {
             max_frame_bytes: default_max_frame_bytes(),
             retention_events: default_retention_events(),
             retention_age: default_retention_age(),
+            retention_bytes: default_retention_bytes(),
+            memory_budget_bytes: default_memory_budget_bytes(),
+            auth_timeout: default_auth_timeout(),
+            idle_timeout: default_idle_timeout(),
             max_token_lifetime: None,
             fsync: false,
             capture: false,
@@ -197,7 +238,45 @@ impl HubConfig {
                 "retention must keep at least one event".into(),
             ));
         }
+        if self.retention_bytes < self.max_message_bytes {
+            return Err(HubError::Config(format!(
+                "--retention-bytes {} is below --max-message-bytes {}: the largest event would be dropped at once",
+                self.retention_bytes, self.max_message_bytes
+            )));
+        }
+        if self.data_dir.is_none() && self.partition_memory_bytes() < self.max_message_bytes {
+            return Err(HubError::Config(format!(
+                "--memory-budget-bytes {} gives each of the {} partitions {} bytes, below --max-message-bytes {}; without --data-dir the budget bounds retention, so raise it or set --data-dir",
+                self.memory_budget_bytes,
+                self.partition_count(),
+                self.partition_memory_bytes(),
+                self.max_message_bytes
+            )));
+        }
+        if self.auth_timeout.is_zero() {
+            return Err(HubError::Config("--auth-timeout must be above 0".into()));
+        }
+        if self.idle_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(HubError::Config(
+                "--idle-timeout must be at most 49 days (AMQP carries it as u32 milliseconds)"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Partitions of all hubs together.
+    fn partition_count(&self) -> u64 {
+        self.hubs
+            .iter()
+            .map(|h| u64::from(h.partitions))
+            .sum::<u64>()
+            .max(1)
+    }
+
+    /// Each partition's share of [`Self::memory_budget_bytes`].
+    pub(crate) fn partition_memory_bytes(&self) -> u64 {
+        (self.memory_budget_bytes / self.partition_count()).max(MIN_PARTITION_MEMORY_BYTES)
     }
 
     /// The TLS directory in use.
@@ -213,6 +292,8 @@ impl HubConfig {
         StoreConfig {
             max_events: self.retention_events,
             max_age: self.retention_age,
+            max_bytes: self.retention_bytes,
+            memory_bytes: self.partition_memory_bytes(),
             fsync: self.fsync,
             ..StoreConfig::default()
         }
@@ -271,5 +352,40 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(HubConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn r12_memory_budget_is_split_across_partitions_and_checked() {
+        let c = HubConfig {
+            hubs: vec!["a:4".parse().unwrap(), "b:4".parse().unwrap()],
+            memory_budget_bytes: 64 * 1024 * 1024,
+            ..HubConfig::default()
+        };
+        assert_eq!(c.store_config().memory_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.store_config().max_bytes, default_retention_bytes());
+        // Without a data dir the budget bounds retention: each share must hold the largest event.
+        let small = HubConfig {
+            memory_budget_bytes: 2 * 1024 * 1024,
+            ..HubConfig::default()
+        };
+        let err = small.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--memory-budget-bytes") && err.contains("--data-dir"),
+            "{err}"
+        );
+        let with_dir = HubConfig {
+            data_dir: Some("/nonexistent".into()),
+            ..small
+        };
+        assert!(with_dir.validate().is_ok());
+        let tiny_retention = HubConfig {
+            retention_bytes: 1000,
+            ..HubConfig::default()
+        };
+        assert!(tiny_retention
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--retention-bytes"));
     }
 }

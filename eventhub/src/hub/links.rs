@@ -319,6 +319,8 @@ enum Stop {
     Shutdown,
     Stolen(String),
     Unauthorized(String),
+    /// Reading the partition failed (a segment could not be read back).
+    Store(String),
     Gone,
 }
 
@@ -369,7 +371,10 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
     tokio::pin!(expires);
     let stop = 'outer: loop {
         watch.borrow_and_update();
-        let batch = log.read_from(next, 256);
+        let batch = match log.read_from(next, 256) {
+            Ok(b) => b,
+            Err(e) => break Stop::Store(e.to_string()),
+        };
         if batch.is_empty() {
             tokio::select! {
                 _ = &mut shutdown => break Stop::Shutdown,
@@ -441,6 +446,10 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
         Stop::Unauthorized(why) => {
             tracing::info!(%path, "token expired; detaching consumer");
             close_link_with(sender, link_error(wire::condition::UNAUTHORIZED, why)).await
+        }
+        Stop::Store(why) => {
+            tracing::error!(%path, error = %why, "cannot read the partition; detaching consumer");
+            close_link_with(sender, link_error(wire::condition::INTERNAL_ERROR, why)).await
         }
         Stop::Gone => {
             let _ = sender.close().await;

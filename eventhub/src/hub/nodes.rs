@@ -3,9 +3,11 @@
 //! Clients attach a sender (requests in) and a receiver (replies out) per node. The Python SDK
 //! sets no `reply-to`, so a reply goes on the session's outgoing link whose source is the node;
 //! fe2o3 clients set `reply-to` to their receiver's target, which is preferred when present.
-//! Every request gets an answer (pyamqp waits forever otherwise), with an int `status-code`,
-//! both `status-description` and `statusDescription`, and `correlation-id` = the request's
-//! `message-id` (same AMQP type).
+//! Every request gets an answer (pyamqp waits forever otherwise) with `correlation-id` = the
+//! request's `message-id` (same AMQP type). A `$management` answer carries an int
+//! `status-code`, both `status-description` and `statusDescription` (pyamqp reads the
+//! latter there), and `error-condition` on failure; a `$cbs` answer carries only
+//! `status-code` and `status-description`, as the service's (see `Answer::into_cbs_message`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -141,11 +143,10 @@ pub(crate) async fn serve_request_link(
             .properties
             .as_ref()
             .and_then(|p| p.message_id.clone());
-        let answer = match node {
-            Entity::Cbs => cbs(&request, &auth, &shared),
-            _ => management(&request, &auth, &shared),
+        let mut reply = match node {
+            Entity::Cbs => cbs(&request, &auth, &shared).into_cbs_message(),
+            _ => management(&request, &auth, &shared).into_message(),
         };
-        let mut reply = answer.into_message();
         reply.properties = Some(Properties {
             correlation_id: message_id,
             ..Properties::default()
@@ -179,6 +180,24 @@ impl Answer {
             condition: Some(condition),
             body: Value::Null,
         }
+    }
+
+    /// A `$cbs` reply carries only `status-code` and `status-description`, as the service's
+    /// does: pyamqp's CBS handler treats an `error-condition` as a failure of its own and
+    /// drops the status, so the Python SDK would report "Status code: None".
+    fn into_cbs_message(self) -> Message<Body<Value>> {
+        let mut props = OrderedMap::new();
+        props.insert("status-code".to_string(), SimpleValue::Int(self.status));
+        props.insert(
+            "status-description".to_string(),
+            SimpleValue::String(self.description),
+        );
+        Message::builder()
+            .application_properties(ApplicationProperties(props))
+            .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
+                self.body,
+            )))
+            .build()
     }
 
     fn into_message(self) -> Message<Body<Value>> {

@@ -24,6 +24,7 @@ use fe2o3_amqp::{
     },
 };
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     auth::{ConnAuth, Right},
@@ -152,10 +153,14 @@ async fn serve_connection(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let auth = Arc::new(ConnAuth::default());
+    let kill = CancellationToken::new();
+    // Validated to fit: HubConfig::validate.
+    let idle_ms = u32::try_from(shared.config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let acceptor = ConnectionAcceptor::builder()
         .container_id(format!("tcpulse-hub-{}", uuid::Uuid::new_v4().simple()))
         .max_frame_size(shared.config.max_frame_bytes)
         .channel_max(4999u16)
+        .idle_time_out(idle_ms)
         .properties(hub_properties())
         .sasl_acceptor(HubSasl {
             shared: Arc::clone(&shared),
@@ -174,12 +179,12 @@ async fn serve_connection(
                     )
                 })?;
                 acceptor
-                    .accept(write_behind::coalesce(stream))
+                    .accept(write_behind::coalesce(stream, kill.clone()))
                     .await
                     .map_err(|e| format!("AMQP open failed: {e}"))
             }
             None => acceptor
-                .accept(write_behind::coalesce(tcp))
+                .accept(write_behind::coalesce(tcp, kill.clone()))
                 .await
                 .map_err(|e| format!("AMQP open failed: {e}")),
         }
@@ -199,12 +204,23 @@ async fn serve_connection(
         },
     };
     tracing::debug!(%peer, "connection open");
+    let auth_deadline = tokio::time::sleep(shared.config.auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut auth_checked = false;
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => {
                 let _ = conn
                     .close_with_error(link_error(wire::condition::CONNECTION_FORCED, "the hub is shutting down"))
                     .await;
+                return;
+            }
+            _ = &mut auth_deadline, if !auth_checked => {
+                auth_checked = true;
+                if auth.was_granted() {
+                    continue;
+                }
+                close_unauthenticated(conn, &kill, shared.config.auth_timeout, peer).await;
                 return;
             }
             s = conn.next_incoming_session() => s,
@@ -233,6 +249,33 @@ async fn serve_connection(
     }
     tracing::debug!(%peer, "connection closed");
     close_quietly(conn).await;
+}
+
+/// How long a peer has to answer the hub's Close before the socket is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Closes a connection that put no valid token in time, as Event Hubs does: a Close with
+/// `amqp:unauthorized-access`; the socket is cut if the peer does not answer it.
+async fn close_unauthenticated(
+    mut conn: ListenerConnectionHandle,
+    kill: &CancellationToken,
+    within: Duration,
+    peer: SocketAddr,
+) {
+    let why = format!(
+        "no valid token was put on $cbs within {} s of opening the connection; the connection is closed (put-token right after connecting)",
+        within.as_secs_f64()
+    );
+    tracing::info!(%peer, "closing a connection without a valid token: {why}");
+    let closed = tokio::time::timeout(
+        CLOSE_GRACE,
+        conn.close_with_error(link_error(wire::condition::UNAUTHORIZED, why)),
+    )
+    .await;
+    if closed.is_err() {
+        tracing::debug!(%peer, "peer did not answer the Close; cutting the socket");
+    }
+    kill.cancel();
 }
 
 async fn close_quietly(mut conn: ListenerConnectionHandle) {

@@ -6,10 +6,22 @@
 //! payload-agnostic: the event body is an opaque [`Bytes`] (the client's encoded AMQP
 //! message) and this module knows nothing of AMQP.
 //!
-//! Retained records live in memory (a `VecDeque<Arc<Record>>` indexed by
-//! `sequence_number - begin`), bounded by [`StoreConfig::max_events`] and
-//! [`StoreConfig::max_age`]. A persistent partition also writes every record to segment
-//! files before it becomes visible, and reloads them on [`PartitionLog::open`].
+//! Every retained record has a slot in memory (a `VecDeque` indexed by
+//! `sequence_number - begin`: sequence number, offset, enqueued time, size and place on
+//! disk, about 80 bytes), and retention is bounded by [`StoreConfig::max_events`],
+//! [`StoreConfig::max_bytes`] and [`StoreConfig::max_age`]. A persistent partition writes
+//! every record to segment files before it becomes visible, and reloads them on
+//! [`PartitionLog::open`].
+//!
+//! # Memory
+//!
+//! The records themselves (payload and key) stay in memory only within
+//! [`StoreConfig::memory_bytes`]: the newest records are resident, and once their framed
+//! sizes add up to more than that, the oldest resident ones are evicted from memory. A
+//! persistent partition reads evicted records back from their segment file on demand (a
+//! consumer reading from far behind); an in-memory partition has nowhere to read them from,
+//! so there the memory budget bounds retention itself (`max_bytes` is taken as at most
+//! `memory_bytes`).
 //!
 //! # Offsets
 //!
@@ -61,7 +73,8 @@
 //!
 //! # Retention
 //!
-//! Records beyond [`StoreConfig::max_events`] are dropped from memory at append time, and
+//! Records beyond [`StoreConfig::max_events`] or [`StoreConfig::max_bytes`] (their framed
+//! sizes added up) are dropped at append time, and
 //! [`PartitionLog::enforce_retention`] (called by the hub on a timer) also drops records
 //! older than [`StoreConfig::max_age`]. Segment files whose records are all dropped are
 //! deleted, except the newest segment: it holds the last record ever appended, which is how
@@ -104,6 +117,12 @@ pub const DEFAULT_MAX_EVENTS: usize = 100_000;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default for [`StoreConfig::segment_bytes`]: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default for [`StoreConfig::max_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default for [`StoreConfig::memory_bytes`]: 64 MiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+/// Most bytes one [`PartitionLog::read_from`] reads back from disk (at least one record).
+const READ_BACK_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Retention and persistence settings for every partition.
 #[derive(Debug, Clone)]
@@ -112,6 +131,14 @@ pub struct StoreConfig {
     pub max_events: usize,
     /// Retention by age: records enqueued longer ago than this are dropped (default 24 h).
     pub max_age: Duration,
+    /// Retention by size: the oldest records are dropped once the framed sizes of the
+    /// retained ones add up to more than this many bytes (default 1 GiB). An in-memory
+    /// partition keeps at most `memory_bytes`.
+    pub max_bytes: u64,
+    /// Memory budget for record bodies, in bytes of framed records (default 64 MiB). Beyond
+    /// it the oldest records leave memory: a persistent partition reads them back from its
+    /// segments when asked; an in-memory partition drops them (retention).
+    pub memory_bytes: u64,
     /// A segment file is closed once it holds at least this many bytes, and the next batch
     /// starts a new one (default 64 MiB).
     pub segment_bytes: u64,
@@ -125,6 +152,8 @@ impl Default for StoreConfig {
         Self {
             max_events: DEFAULT_MAX_EVENTS,
             max_age: DEFAULT_MAX_AGE,
+            max_bytes: DEFAULT_MAX_BYTES,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             fsync: false,
         }
@@ -274,6 +303,19 @@ pub enum StoreError {
         /// The underlying I/O error.
         source: io::Error,
     },
+    /// A record evicted from memory could not be read back from its segment.
+    #[error(
+        "cannot read back sequence number {seq} from segment {path}: {why}; check the disk \
+         and that nothing else writes to the data dir"
+    )]
+    ReadBack {
+        /// The segment file.
+        path: PathBuf,
+        /// The record's sequence number.
+        seq: i64,
+        /// What went wrong.
+        why: String,
+    },
     /// An event is too large for the record format; nothing of the batch was stored.
     #[error("cannot store event: its {what} is {len} bytes, the limit is {max} bytes")]
     TooLarge {
@@ -300,10 +342,30 @@ struct Inner {
     notify: watch::Sender<i64>,
 }
 
+/// One retained record: where it is, and its body while it is within the memory budget.
+struct Slot {
+    sequence_number: i64,
+    offset: i64,
+    enqueued_time_ms: i64,
+    /// Framed size in bytes: what the record costs against `max_bytes` and `memory_bytes`.
+    size: u64,
+    /// The segment (by its first sequence number) and byte position holding the record;
+    /// `None` in an in-memory partition.
+    place: Option<(i64, u64)>,
+    /// The record while resident; `None` once evicted (then read back from `place`).
+    record: Option<Arc<Record>>,
+}
+
 /// The mutable part of a partition, behind the mutex.
 struct State {
     /// Retained records; `records[i].sequence_number == begin + i`.
-    records: VecDeque<Arc<Record>>,
+    records: VecDeque<Slot>,
+    /// Sum of the framed sizes of the retained records.
+    retained_bytes: u64,
+    /// Sum of the framed sizes of the resident records.
+    resident_bytes: u64,
+    /// Sequence number of the oldest resident record: every slot from there on is resident.
+    resident_from: i64,
     /// Sequence number of the next record.
     next_seq: i64,
     /// Offset of the next record.
@@ -346,8 +408,10 @@ impl fmt::Debug for PartitionLog {
 }
 
 impl PartitionLog {
-    /// An in-memory partition (no persistence), starting at sequence number 0.
-    pub fn in_memory(config: StoreConfig) -> Self {
+    /// An in-memory partition (no persistence), starting at sequence number 0. Its
+    /// retention by size is at most [`StoreConfig::memory_bytes`].
+    pub fn in_memory(mut config: StoreConfig) -> Self {
+        config.max_bytes = config.max_bytes.min(config.memory_bytes);
         Self::from_state(config, None, State::empty(None))
     }
 
@@ -376,7 +440,10 @@ impl PartitionLog {
         for (i, (first_seq, path)) in files.iter().enumerate() {
             let is_last = i + 1 == files.len();
             let expect = load_expectation(&state);
-            let mut load = |record: Record| state.load(record, config.max_events, cutoff);
+            let segment = *first_seq;
+            let mut load = |record: Record, pos: u64| {
+                state.load(record, (segment, pos), &config, cutoff);
+            };
             let scan = scan_segment(path, *first_seq, expect, &mut load)?;
             let good = scan.good;
             let damaged = scan.damage.is_some();
@@ -430,8 +497,9 @@ impl PartitionLog {
         if changed_dir && config.fsync {
             sync_dir(dir)?;
         }
+        let begin = state.begin();
         if let Some(disk) = state.disk.as_mut() {
-            if let Err(e) = disk.delete_dead_segments(state.records.front(), state.next_seq) {
+            if let Err(e) = disk.delete_dead_segments(begin) {
                 tracing::warn!(error = %e, "partition log: cannot apply retention at open; will retry");
             }
             report.segments = disk.segments.len();
@@ -510,6 +578,7 @@ impl PartitionLog {
         let mut seq = state.next_seq;
         let mut offset = state.next_offset;
         let mut records = Vec::with_capacity(items.len());
+        let mut sizes = Vec::with_capacity(items.len());
         let mut frames = Vec::new();
         for (partition_key, payload) in items {
             let record = Record {
@@ -526,23 +595,32 @@ impl PartitionLog {
             };
             seq += 1;
             offset = offset.saturating_add(size as i64);
+            sizes.push(size);
             records.push(Arc::new(record));
         }
 
-        if let Some(disk) = state.disk.as_mut() {
-            disk.write_batch(&frames, state.next_seq, seq - 1, &self.inner.config)?;
-        }
+        let mut place = match state.disk.as_mut() {
+            Some(disk) => {
+                Some(disk.write_batch(&frames, state.next_seq, seq - 1, &self.inner.config)?)
+            }
+            None => None,
+        };
 
         // Commit: nothing below can fail.
         state.last_offset = records.last().map_or(state.last_offset, |r| r.offset);
         state.last_time_ms = time;
         state.next_seq = seq;
         state.next_offset = offset;
-        state.records.extend(records.iter().cloned());
-        let dropped = state.trim(self.inner.config.max_events, i64::MIN);
+        for (record, size) in records.iter().zip(sizes) {
+            state.push(Arc::clone(record), size, place);
+            place = place.map(|(segment, pos)| (segment, pos + size));
+        }
+        let dropped = state.trim(&self.inner.config, i64::MIN);
+        state.evict(&self.inner.config);
         if dropped > 0 {
+            let begin = state.begin();
             if let Some(disk) = state.disk.as_mut() {
-                if let Err(e) = disk.delete_dead_segments(state.records.front(), state.next_seq) {
+                if let Err(e) = disk.delete_dead_segments(begin) {
                     tracing::warn!(error = %e, "partition log: cannot delete expired segment; will retry");
                 }
             }
@@ -553,16 +631,73 @@ impl PartitionLog {
 
     /// Up to `max` retained records with `sequence_number >= from_seq`, in order (empty if
     /// there are none yet). A `from_seq` before the first retained record starts there.
-    pub fn read_from(&self, from_seq: i64, max: usize) -> Vec<Arc<Record>> {
+    ///
+    /// Records evicted from memory are read back from their segment (at most
+    /// `READ_BACK_MAX_BYTES`, 4 MiB, per call, and never mixed with resident ones in one
+    /// call: ask again from the next sequence number). The file is read without the
+    /// partition's lock held. Fails when a segment cannot be read or a record in it is
+    /// damaged.
+    pub fn read_from(&self, from_seq: i64, max: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        // A segment deleted by retention between planning and reading: plan again.
+        for _ in 0..4 {
+            let wants = match self.plan_read(from_seq, max) {
+                Plan::Resident(records) => return Ok(records),
+                Plan::Disk(wants) => wants,
+            };
+            let Some(dir) = self.inner.dir.as_deref() else {
+                return Ok(Vec::new());
+            };
+            match read_back(dir, &wants)? {
+                Some(records) => return Ok(records),
+                None => continue,
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// What [`Self::read_from`] returns from memory, or where to read it on disk.
+    fn plan_read(&self, from_seq: i64, max: usize) -> Plan {
         let state = self.lock();
         let begin = state.begin();
         let start = from_seq.max(begin);
-        match usize::try_from(start - begin) {
-            Ok(index) if index < state.records.len() => {
-                state.records.range(index..).take(max).cloned().collect()
-            }
-            _ => Vec::new(),
+        let index = match usize::try_from(start - begin) {
+            Ok(index) if index < state.records.len() => index,
+            _ => return Plan::Resident(Vec::new()),
+        };
+        let mut slots = state.records.range(index..).take(max).peekable();
+        if slots.peek().is_some_and(|s| s.record.is_some()) {
+            return Plan::Resident(slots.map_while(|s| s.record.clone()).collect());
         }
+        let mut wants = Vec::new();
+        let mut bytes = 0;
+        for slot in slots {
+            let Some((segment, pos)) = slot.place else {
+                break;
+            };
+            if slot.record.is_some()
+                || (!wants.is_empty() && bytes + slot.size > READ_BACK_MAX_BYTES)
+            {
+                break;
+            }
+            bytes += slot.size;
+            wants.push(Want {
+                seq: slot.sequence_number,
+                segment,
+                pos,
+                size: slot.size,
+            });
+        }
+        Plan::Disk(wants)
+    }
+
+    /// Bytes of the records held in memory (framed sizes), for tests and diagnostics.
+    pub fn resident_bytes(&self) -> u64 {
+        self.lock().resident_bytes
+    }
+
+    /// Bytes of the retained records (framed sizes).
+    pub fn retained_bytes(&self) -> u64 {
+        self.lock().retained_bytes
     }
 
     /// Next sequence number to be assigned (the last one + 1; 0 for a new partition).
@@ -630,11 +765,12 @@ impl PartitionLog {
         let mut state = self.lock();
         let state = &mut *state;
         let dropped = state.trim(
-            self.inner.config.max_events,
+            &self.inner.config,
             age_cutoff(now_ms, self.inner.config.max_age),
         );
+        let begin = state.begin();
         if let Some(disk) = state.disk.as_mut() {
-            let removed = disk.delete_dead_segments(state.records.front(), state.next_seq)?;
+            let removed = disk.delete_dead_segments(begin)?;
             if removed > 0 && self.inner.config.fsync {
                 sync_dir(&disk.dir)?;
             }
@@ -673,6 +809,9 @@ impl State {
     fn empty(disk: Option<Disk>) -> Self {
         Self {
             records: VecDeque::new(),
+            retained_bytes: 0,
+            resident_bytes: 0,
+            resident_from: 0,
             next_seq: 0,
             next_offset: 0,
             last_offset: -1,
@@ -694,41 +833,90 @@ impl State {
             .map_or(self.next_seq, |r| r.sequence_number)
     }
 
-    /// Add a record read from disk, keeping memory within retention.
-    fn load(&mut self, record: Record, max_events: usize, cutoff_ms: i64) {
+    /// Add a record read from disk at `place`, keeping memory within retention and budget.
+    fn load(&mut self, record: Record, place: (i64, u64), config: &StoreConfig, cutoff_ms: i64) {
+        let size = framed_len(&record);
         self.next_seq = record.sequence_number + 1;
-        self.next_offset = record.offset.saturating_add(framed_len(&record) as i64);
+        self.next_offset = record.offset.saturating_add(size as i64);
         self.last_offset = record.offset;
         self.last_time_ms = record.enqueued_time_ms;
-        self.records.push_back(Arc::new(record));
-        self.trim(max_events, cutoff_ms);
+        self.push(Arc::new(record), size, Some(place));
+        self.trim(config, cutoff_ms);
+        self.evict(config);
     }
 
-    /// Drop records from the front beyond `max_events` or enqueued before `cutoff_ms`.
-    fn trim(&mut self, max_events: usize, cutoff_ms: i64) -> usize {
+    /// Append a resident slot for `record` (the newest).
+    fn push(&mut self, record: Arc<Record>, size: u64, place: Option<(i64, u64)>) {
+        if self.records.is_empty() || self.resident_bytes == 0 {
+            self.resident_from = self.resident_from.max(record.sequence_number);
+        }
+        self.retained_bytes += size;
+        self.resident_bytes += size;
+        self.records.push_back(Slot {
+            sequence_number: record.sequence_number,
+            offset: record.offset,
+            enqueued_time_ms: record.enqueued_time_ms,
+            size,
+            place,
+            record: Some(record),
+        });
+    }
+
+    /// Drop records from the front beyond `max_events` or `max_bytes`, or enqueued before
+    /// `cutoff_ms`.
+    fn trim(&mut self, config: &StoreConfig, cutoff_ms: i64) -> usize {
         let mut dropped = 0;
         while let Some(front) = self.records.front() {
-            if self.records.len() > max_events || front.enqueued_time_ms < cutoff_ms {
-                self.records.pop_front();
-                dropped += 1;
-            } else {
+            let over = self.records.len() > config.max_events
+                || self.retained_bytes > config.max_bytes
+                || front.enqueued_time_ms < cutoff_ms;
+            if !over {
                 break;
             }
+            self.retained_bytes -= front.size;
+            if front.record.is_some() {
+                self.resident_bytes -= front.size;
+            }
+            self.resident_from = self.resident_from.max(front.sequence_number + 1);
+            self.records.pop_front();
+            dropped += 1;
         }
         dropped
+    }
+
+    /// Evict the oldest resident records from memory while over `memory_bytes`; only records
+    /// that can be read back from disk leave memory this way.
+    fn evict(&mut self, config: &StoreConfig) {
+        let begin = self.begin();
+        while self.resident_bytes > config.memory_bytes {
+            let Ok(index) = usize::try_from(self.resident_from - begin) else {
+                break;
+            };
+            let Some(slot) = self.records.get_mut(index) else {
+                break;
+            };
+            if slot.place.is_none() || slot.record.is_none() {
+                break;
+            }
+            slot.record = None;
+            self.resident_bytes -= slot.size;
+            self.resident_from += 1;
+        }
     }
 }
 
 impl Disk {
-    /// Write encoded frames for records `first_seq..=last_seq` and flush (and fsync). On
-    /// error the segment is cut back to its previous length (or removed if it was new).
+    /// Write encoded frames for records `first_seq..=last_seq` and flush (and fsync).
+    /// Returns where the first record went: the segment's first sequence number and the
+    /// byte position in it. On error the segment is cut back to its previous length (or
+    /// removed if it was new).
     fn write_batch(
         &mut self,
         frames: &[u8],
         first_seq: i64,
         last_seq: i64,
         config: &StoreConfig,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(i64, u64), StoreError> {
         let is_new = self.prepare_writer(first_seq, config)?;
         let (Some(writer), Some(segment)) = (self.writer.as_mut(), self.segments.back_mut()) else {
             // prepare_writer always leaves both set; treat anything else as a failed write.
@@ -749,13 +937,14 @@ impl Disk {
             });
         match result {
             Ok(()) => {
+                let place = (segment.first_seq, segment.len);
                 segment.len += frames.len() as u64;
                 segment.last_seq = last_seq;
                 if segment.len >= config.segment_bytes {
                     // Roll: the next batch starts a new segment.
                     self.writer = None;
                 }
-                Ok(())
+                Ok(place)
             }
             Err(source) => {
                 let path = segment.path.clone();
@@ -862,12 +1051,7 @@ impl Disk {
 
     /// Delete segments (never the newest) whose records are all before the first retained
     /// record. Returns how many were deleted.
-    fn delete_dead_segments(
-        &mut self,
-        first_retained: Option<&Arc<Record>>,
-        next_seq: i64,
-    ) -> Result<usize, StoreError> {
-        let begin = first_retained.map_or(next_seq, |r| r.sequence_number);
+    fn delete_dead_segments(&mut self, begin: i64) -> Result<usize, StoreError> {
         let mut removed = 0;
         while self.segments.len() > 1 {
             let Some(front) = self.segments.front() else {
@@ -883,6 +1067,75 @@ impl Disk {
         }
         Ok(removed)
     }
+}
+
+/// Where [`PartitionLog::read_from`] finds what it returns.
+enum Plan {
+    /// Records in memory (possibly none).
+    Resident(Vec<Arc<Record>>),
+    /// Consecutive records to read back from disk, in order.
+    Disk(Vec<Want>),
+}
+
+/// One record to read back: its sequence number, segment, byte position and framed size.
+struct Want {
+    seq: i64,
+    segment: i64,
+    pos: u64,
+    size: u64,
+}
+
+/// Read `wants` back from their segments in `dir`. `Ok(None)` when a segment is gone
+/// (retention deleted it meanwhile: plan again).
+fn read_back(dir: &Path, wants: &[Want]) -> Result<Option<Vec<Arc<Record>>>, StoreError> {
+    let mut records = Vec::with_capacity(wants.len());
+    let mut open: Option<(i64, u64, BufReader<File>)> = None;
+    for want in wants {
+        let path = segment_path(dir, want.segment);
+        let err = |why: String| StoreError::ReadBack {
+            path: path.clone(),
+            seq: want.seq,
+            why,
+        };
+        let reusable =
+            matches!(&open, Some((seg, at, _)) if *seg == want.segment && *at == want.pos);
+        if !reusable {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(err(e.to_string())),
+            };
+            file.seek(SeekFrom::Start(want.pos))
+                .map_err(|e| err(e.to_string()))?;
+            open = Some((
+                want.segment,
+                want.pos,
+                BufReader::with_capacity(IO_BUFFER, file),
+            ));
+        }
+        let Some((_, at, reader)) = open.as_mut() else {
+            return Err(err("segment not open".into()));
+        };
+        let (record, size) = match read_record(reader, want.size).map_err(|e| err(e.to_string()))? {
+            Ok(r) => r,
+            Err(damage) => {
+                return Err(err(format!(
+                    "{}: {}",
+                    damage.kind.describe(),
+                    damage.detail
+                )))
+            }
+        };
+        if record.sequence_number != want.seq || size != want.size {
+            return Err(err(format!(
+                "found sequence number {} ({size} bytes) where {} ({} bytes) was written",
+                record.sequence_number, want.seq, want.size
+            )));
+        }
+        *at += size;
+        records.push(Arc::new(record));
+    }
+    Ok(Some(records))
 }
 
 /// What the next loaded record must continue from: `(sequence number, offset)`.
@@ -937,7 +1190,7 @@ fn scan_segment(
     path: &Path,
     name_seq: i64,
     expect: Option<(i64, i64)>,
-    on_record: &mut dyn FnMut(Record),
+    on_record: &mut dyn FnMut(Record, u64),
 ) -> Result<Scan, StoreError> {
     let read_err = |source| StoreError::ReadSegment {
         path: path.to_path_buf(),
@@ -1010,12 +1263,13 @@ fn scan_segment(
                 }
                 expect_seq = record.sequence_number + 1;
                 expect_offset = Some(record.offset.saturating_add(size as i64));
+                let pos = good.len;
                 good.len += size;
                 good.first_last = Some((
                     good.first_last.map_or(record.sequence_number, |(f, _)| f),
                     record.sequence_number,
                 ));
-                on_record(record);
+                on_record(record, pos);
             }
         }
     }
@@ -1257,6 +1511,8 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    const MIB: u64 = 1024 * 1024;
+
     fn config(max_events: usize, segment_bytes: u64) -> StoreConfig {
         StoreConfig {
             max_events,
@@ -1276,7 +1532,15 @@ mod tests {
     }
 
     fn all(log: &PartitionLog) -> Vec<Arc<Record>> {
-        log.read_from(0, usize::MAX)
+        let mut out: Vec<Arc<Record>> = Vec::new();
+        loop {
+            let from = out.last().map_or(0, |r| r.sequence_number + 1);
+            let more = log.read_from(from, usize::MAX).unwrap();
+            if more.is_empty() {
+                return out;
+            }
+            out.extend(more);
+        }
     }
 
     fn seqs(records: &[Arc<Record>]) -> Vec<i64> {
@@ -1320,10 +1584,13 @@ mod tests {
         assert_eq!(stored[0].partition_key.as_deref(), Some("k0"));
         assert_eq!(stored[2].partition_key, None);
         assert_eq!(stored[4].payload, Bytes::from("a-payload-4"));
-        let read = log.read_from(2, 2);
+        let read = log.read_from(2, 2).unwrap();
         assert_eq!(seqs(&read), vec![2, 3]);
         assert_eq!(read[0], stored[2]);
-        assert!(log.read_from(5, 10).is_empty(), "nothing at the end yet");
+        assert!(
+            log.read_from(5, 10).unwrap().is_empty(),
+            "nothing at the end yet"
+        );
         assert_eq!(log.next_sequence_number(), 5);
     }
 
@@ -1693,7 +1960,7 @@ mod tests {
         assert_eq!(seqs(&all(&log)), vec![4, 5, 6, 7, 8]);
         assert_eq!(log.info().begin_sequence_number, 4);
         assert_eq!(
-            seqs(&log.read_from(0, 2)),
+            seqs(&log.read_from(0, 2).unwrap()),
             vec![4, 5],
             "reads before begin start at begin"
         );
@@ -2128,6 +2395,148 @@ mod tests {
         PartitionLog::in_memory(StoreConfig::default())
             .flush()
             .unwrap();
+    }
+
+    /// `n` events of `size` bytes each, numbered from `first` at the start of the payload.
+    fn sized(first: usize, n: usize, size: usize) -> Vec<(Option<String>, Bytes)> {
+        (first..first + n)
+            .map(|i| {
+                let mut b = format!("{i:08}").into_bytes();
+                b.resize(size, b'x');
+                (Some(format!("k{i}")), Bytes::from(b))
+            })
+            .collect()
+    }
+
+    fn check_numbered(records: &[Arc<Record>], first: usize) {
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.sequence_number, (first + i) as i64);
+            assert_eq!(&r.payload[..8], format!("{:08}", first + i).as_bytes());
+            assert_eq!(r.partition_key, Some(format!("k{}", first + i)));
+        }
+    }
+
+    #[test]
+    fn r12_memory_budget_evicts_oldest_and_reads_them_back_from_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            memory_bytes: 16 * 1024,
+            ..config(100_000, 64 * 1024)
+        };
+        let (log, _) = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+        for b in 0..50 {
+            log.append(sized(b * 4, 4, 1024)).unwrap();
+            assert!(
+                log.resident_bytes() <= cfg.memory_bytes,
+                "over budget after batch {b}"
+            );
+        }
+        let retained = log.retained_bytes();
+        assert!(retained > 200 * 1024, "everything is retained: {retained}");
+        let records = all(&log);
+        assert_eq!(records.len(), 200);
+        check_numbered(&records, 0);
+        // A read from the middle starts there, and offsets agree with the resident view.
+        let mid = log.read_from(77, 5).unwrap();
+        check_numbered(&mid, 77);
+        assert_eq!(mid[0].offset, records[77].offset);
+        assert_eq!(log.seq_after_offset(records[77].offset, true), 77);
+        assert_eq!(log.info().begin_sequence_number, 0);
+        // Reopening loads within the budget too.
+        drop(log);
+        let (log, report) = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(report.records, 200);
+        assert!(log.resident_bytes() <= cfg.memory_bytes);
+        check_numbered(&all(&log), 0);
+        log.append(sized(200, 1, 1024)).unwrap();
+        check_numbered(&all(&log), 0);
+    }
+
+    #[test]
+    fn r12_read_back_stops_at_the_byte_window_and_never_mixes_with_resident() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            memory_bytes: 64 * 1024,
+            ..config(100_000, 64 * MIB)
+        };
+        let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+        for b in 0..12 {
+            log.append(sized(b * 64, 64, 8 * 1024)).unwrap();
+        }
+        let first = log.read_from(0, usize::MAX).unwrap();
+        let bytes: u64 = first.iter().map(|r| framed_len(r)).sum();
+        assert!(bytes <= READ_BACK_MAX_BYTES, "{bytes}");
+        assert!(first.len() < 768, "one call reads a window, not everything");
+        check_numbered(&first, 0);
+        check_numbered(&all(&log), 0);
+    }
+
+    #[test]
+    fn r12_damaged_record_read_back_is_an_error_naming_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            memory_bytes: 4 * 1024,
+            ..config(100_000, 1 << 20)
+        };
+        let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+        for b in 0..10 {
+            log.append(sized(b, 1, 1024)).unwrap();
+        }
+        let path = segment_files(dir.path())[0].clone();
+        flip_byte(&path, 100);
+        let err = log.read_from(0, 10).unwrap_err();
+        assert!(matches!(err, StoreError::ReadBack { seq: 0, .. }), "{err}");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+        // The resident tail is still served.
+        check_numbered(&log.read_from(9, 10).unwrap(), 9);
+    }
+
+    #[test]
+    fn r12_in_memory_partition_is_bounded_by_its_memory_budget() {
+        let cfg = StoreConfig {
+            memory_bytes: 32 * 1024,
+            ..StoreConfig::default()
+        };
+        let log = PartitionLog::in_memory(cfg);
+        for b in 0..100 {
+            log.append(sized(b, 1, 1024)).unwrap();
+        }
+        assert!(
+            log.retained_bytes() <= 32 * 1024,
+            "{}",
+            log.retained_bytes()
+        );
+        assert_eq!(log.resident_bytes(), log.retained_bytes());
+        let records = all(&log);
+        let begin = log.info().begin_sequence_number as usize;
+        assert!(begin > 60, "the oldest were dropped: begin {begin}");
+        assert_eq!(records.len(), 100 - begin);
+        check_numbered(&records, begin);
+    }
+
+    #[test]
+    fn r12_retention_by_bytes_drops_oldest_and_deletes_their_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            max_bytes: 20 * 1024,
+            ..config(100_000, 4 * 1024)
+        };
+        let (log, _) = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+        for b in 0..100 {
+            log.append(sized(b, 1, 1024)).unwrap();
+        }
+        assert!(log.retained_bytes() <= cfg.max_bytes);
+        let begin = log.info().begin_sequence_number as usize;
+        assert!(begin > 75, "begin {begin}");
+        check_numbered(&all(&log), begin);
+        let on_disk: u64 = segment_files(dir.path()).iter().map(|p| file_len(p)).sum();
+        assert!(
+            on_disk <= cfg.max_bytes + 2 * cfg.segment_bytes,
+            "{on_disk}"
+        );
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+        assert_eq!(log.info().begin_sequence_number as usize, begin);
     }
 
     #[test]

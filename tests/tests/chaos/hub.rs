@@ -39,8 +39,10 @@ const BUDGET: u64 = 8 * MIB;
 /// cached pages. Measured (debug build, 2 cores shared with other builds): the sampled
 /// VmRSS grew by 44 to 48 MiB and VmHWM by 40 to 62 MiB between identical runs, and by the
 /// same amounts whether 20,000, 40,000 or 60,000 events were sent: it does not follow the
-/// data. Without the budget VmRSS grew by 241 MiB (the 160 MiB sent stay resident).
-const OVERHEAD: u64 = 64 * MIB;
+/// data. Without the budget VmRSS grew by 241 MiB (the 160 MiB sent stay resident). The
+/// allowance is set well above the worst run seen (CI runs other tests beside this one) and
+/// well below what an unbounded hub grows by, so the case still fails without the budget.
+const OVERHEAD: u64 = 112 * MIB;
 
 fn client_config(info: &HubInfo, policy: Policy) -> Result<ClientConfig> {
     Ok(ClientConfig::from_connection_string(

@@ -543,7 +543,8 @@ impl PartitionLoop<'_> {
         self.last_pulled = Some(Position::of(&ev));
         self.builder.mark_advanced();
         let m = &self.shared.metrics;
-        match decode_event(&ev) {
+        match decode_event(&ev).and_then(|e| self.settings.aggregate.admit(e, ev.enqueued_time_ms))
+        {
             Err(dead) => {
                 if let Err(e) = self.shared.dead_letters.write_event(&ev, &dead) {
                     DeadLetterWriteFailed {
@@ -568,6 +569,11 @@ impl PartitionLoop<'_> {
                     return;
                 }
                 self.events.inc();
+                m.set_clock_skew(
+                    &event.connector,
+                    &event.instance,
+                    event.time.unix_millis() - ev.enqueued_time_ms,
+                );
                 aggregator.apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
             }

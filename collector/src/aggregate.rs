@@ -3,31 +3,34 @@
 //!
 //! Time comes from the events, never the wall clock, so replaying a span of the partition
 //! in the same order rewrites the same points (InfluxDB keeps one point per series and
-//! timestamp). Two clocks are in every event, and each has one job:
+//! timestamp). Two clocks are in every event: the **sample time** (`time`, the agent's
+//! clock) and the **enqueued time** (stamped by Event Hubs, a clock no agent controls).
+//! No instance's clock may move time for the others (issue 12, fault 4: one VM 50 s fast
+//! used to push the watermark forward and have every other instance written `up=0`):
 //!
-//! - the **enqueued time**, stamped by Event Hubs (a clock no agent controls), judges
-//!   liveness and closes windows. One agent whose clock runs fast or slow therefore cannot
-//!   move time for the others (issue 12, fault 4: one VM 50 s ahead used to push the
-//!   watermark forward and have every other instance written `up=0`);
-//! - the **sample time** (`time`, the agent's clock) stamps the instance's own
-//!   `tc_instance` point and nothing else. Before an event gets here
-//!   [`AggregateSettings::admit`] refused it as a `clock_skew` dead letter if its sample
-//!   time is more than `max_clock_skew` ahead of its enqueued time or more than
-//!   `max_sample_age` behind it, so no point lands far in the future or beyond the store's
-//!   retention. The difference is written as `clock_skew_seconds` on the point.
+//! - Before an event gets here [`AggregateSettings::admit`] refused it as a `clock_skew`
+//!   dead letter if its sample time is more than `max_clock_skew` ahead of its enqueued
+//!   time or more than `max_sample_age` behind it, so no point lands far in the future or
+//!   beyond the store's retention. The difference is written as `clock_skew_seconds`.
+//! - Each report counts at its **effective time** ([`effective_ms`]): the sample time,
+//!   never after the enqueued time (a fast clock is held to the service's clock), and for
+//!   an instance whose clock is steadily behind, corrected by that steady offset (so a
+//!   slow clock is not taken for silence). Healthy clocks, and history replayed from a
+//!   spool or published in bulk, keep their sample time.
 //!
 //! In detail:
 //!
 //! - Each event yields its `tc_instance` point at its sample time
 //!   ([`tcpulse_schema::instance_point_received`], `up=1`): a pure function of the event
 //!   and its enqueued time, both fixed in the hub, so replays rewrite it identically.
-//! - The partition **watermark** is the highest enqueued time seen. Windows
-//!   `[e − interval, e)` with `e ≤ watermark − lateness` are closed, oldest first, for
-//!   every connector of the partition; `e` is aligned to the interval (a multiple of it
-//!   since the epoch). No rollup is ever stamped after the service's clock.
+//! - The partition **watermark** is the highest effective time seen, so never after the
+//!   newest enqueued time. Windows `[e − interval, e)` with `e ≤ watermark − lateness` are
+//!   closed, oldest first, for every connector of the partition; `e` is aligned to the
+//!   interval (a multiple of it since the epoch). No rollup is stamped after the
+//!   service's clock.
 //! - At each closed window end `e`, every instance is judged **as of `e`**: its newest
-//!   report enqueued before `e` (one enqueued at exactly `e` opens the next window). It is
-//!   *fresh* if `e − enqueued ≤ stale_after`; fresh instances in an online state
+//!   report with effective time `< e` (one at exactly `e` opens the next window). It is
+//!   *fresh* if `e − effective time ≤ stale_after`; fresh instances in an online state
 //!   ([`tcpulse_schema::State::is_online`]) make the connector's [`ConnectorRollup`],
 //!   stamped `e`. `peak_calls` is the highest rollup `call_count` over the window ends in
 //!   the last `peak_window`.
@@ -39,10 +42,10 @@
 //!   watermark to the wall clock with [`Aggregator::advance_to`], so a connector that went
 //!   silent altogether still gets its `up=0` and zero-capacity rollups.
 //!
-//! Per instance the aggregator keeps the reports enqueued after the last closed window end
-//! plus the newest one before it (a handful), so memory grows with instances, not events.
-//! Duplicates and old reports never move state backwards: a report is kept only if it was
-//! enqueued after the instance's report as of the last closed window end, and a report
+//! Per instance the aggregator keeps the reports after the last closed window end plus
+//! the newest one before it (a handful), so memory grows with instances, not events.
+//! Duplicates and old reports never move state backwards: a report is kept only if it is
+//! newer than the instance's report as of the last closed window end, and a report
 //! already kept (same boot and seq) is not kept twice.
 //! [`Aggregator::snapshot`] and [`Aggregator::restore`] carry the whole state through a
 //! checkpoint, so after a restart the replayed span produces identical rollups.
@@ -136,24 +139,58 @@ pub enum Applied {
     Superseded,
 }
 
-/// One report and when Event Hubs enqueued it.
+/// One report and its effective time ([`effective_ms`]).
 #[derive(Debug, Clone)]
 struct Kept {
-    enqueued_ms: i64,
+    at_ms: i64,
     event: StatusEvent,
 }
 
 impl Kept {
     fn order(&self) -> (i64, Timestamp) {
-        (self.enqueued_ms, self.event.time)
+        (self.at_ms, self.event.time)
     }
+}
+
+/// Reports whose `enqueued − time` offsets decide whether an instance's clock is slow.
+const OFFSET_REPORTS: usize = 3;
+/// How much those offsets may differ and still be one steady clock error, and the least
+/// offset that counts as a slow clock rather than transport delay, ms.
+const OFFSET_STEADY_MS: i64 = 2_000;
+
+/// The time a report counts at for the watermark, window closing and liveness: its
+/// sample time, corrected for a steadily slow clock, and never after its enqueued time.
+///
+/// - Never after the enqueued time: a fast clock cannot move anything past the service's
+///   clock, so it cannot close the other instances' windows or stamp a rollup in the
+///   future.
+/// - A slow clock: when the instance's last [`OFFSET_REPORTS`] offsets `enqueued − time`
+///   (this report's included) agree within [`OFFSET_STEADY_MS`] and exceed it, the
+///   instance's clock is behind by a steady amount, and its reports count at
+///   `time + smallest offset` (≈ their enqueued time). A report replayed from a spool or
+///   published as history has offsets that shrink report by report, so it keeps its
+///   sample time: backfilled history still rolls up where it belongs.
+fn effective_ms(time_ms: i64, enqueued_ms: i64, offsets: &VecDeque<i64>) -> i64 {
+    let corrected = match (offsets.iter().min(), offsets.iter().max()) {
+        (Some(&lo), Some(&hi))
+            if offsets.len() >= OFFSET_REPORTS
+                && hi - lo <= OFFSET_STEADY_MS
+                && lo > OFFSET_STEADY_MS =>
+        {
+            time_ms.saturating_add(lo)
+        }
+        _ => time_ms,
+    };
+    corrected.min(enqueued_ms)
 }
 
 #[derive(Debug, Clone)]
 struct InstanceState {
-    /// Reports sorted by (enqueued time, sample time): the newest enqueued before the last
-    /// closed window end (if any) followed by every report enqueued at or after it.
+    /// Reports sorted by (effective time, sample time): the newest before the last closed
+    /// window end (if any) followed by every report at or after it.
     history: VecDeque<Kept>,
+    /// `enqueued − time` of the last [`OFFSET_REPORTS`] reports, ms, oldest first.
+    offsets: VecDeque<i64>,
     /// The window end at which the instance was written as down, until it reports again.
     down_at_ms: Option<i64>,
 }
@@ -218,10 +255,20 @@ impl Aggregator {
     }
 
     /// Applies one decoded, admitted ([`AggregateSettings::admit`]) event that was
-    /// enqueued at `enqueued_ms`: closes the windows its enqueued time passes (their
-    /// points first), then pushes the event's instance point.
+    /// enqueued at `enqueued_ms`: closes the windows its effective time ([`effective_ms`])
+    /// passes (their points first), then pushes the event's instance point.
     pub fn apply(&mut self, event: StatusEvent, enqueued_ms: i64, out: &mut Vec<Point>) -> Applied {
-        self.advance_to(enqueued_ms, out);
+        let time_ms = event.time.unix_millis();
+        let mut offsets = self
+            .instance(&event)
+            .map(|i| i.offsets.clone())
+            .unwrap_or_default();
+        if offsets.len() >= OFFSET_REPORTS {
+            offsets.pop_front();
+        }
+        offsets.push_back(enqueued_ms.saturating_sub(time_ms));
+        let at_ms = effective_ms(time_ms, enqueued_ms, &offsets);
+        self.advance_to(at_ms, out);
         let enqueued = Timestamp::from_unix_millis(enqueued_ms).unwrap_or(Timestamp::EPOCH);
         out.push(instance_point_received(&event, true, enqueued));
 
@@ -252,9 +299,12 @@ impl Aggregator {
             }
         };
         let connector = &mut self.connectors[idx];
-        let kept = Kept { enqueued_ms, event };
+        let kept = Kept { at_ms, event };
         match connector.instances.get_mut(kept.event.instance.as_str()) {
-            Some(inst) => inst.insert(kept, closed),
+            Some(inst) => {
+                inst.offsets = offsets;
+                inst.insert(kept, closed)
+            }
             None => {
                 let name = kept.event.instance.clone();
                 let mut history = VecDeque::with_capacity(4);
@@ -263,12 +313,25 @@ impl Aggregator {
                     name,
                     InstanceState {
                         history,
+                        offsets,
                         down_at_ms: None,
                     },
                 );
                 Applied::Current
             }
         }
+    }
+
+    /// The state of `event`'s instance, if tracked.
+    fn instance(&self, event: &StatusEvent) -> Option<&InstanceState> {
+        self.connectors
+            .iter()
+            .find(|c| {
+                c.key.connector == event.connector
+                    && c.key.deployment == event.deployment
+                    && c.key.region == event.region
+            })
+            .and_then(|c| c.instances.get(event.instance.as_str()))
     }
 
     /// Raises the watermark to `watermark_ms` (if higher) and closes every window whose
@@ -311,10 +374,10 @@ impl Aggregator {
             let mut online_calls: Vec<u32> = Vec::with_capacity(connector.instances.len());
             connector.instances.retain(|_, inst| {
                 inst.prune(end);
-                let Some(asof) = inst.history.front().filter(|k| k.enqueued_ms < end) else {
+                let Some(asof) = inst.history.front().filter(|k| k.at_ms < end) else {
                     return true; // first report is after `end`: not part of this window
                 };
-                let last_ms = asof.enqueued_ms;
+                let last_ms = asof.at_ms;
                 let fresh = end - last_ms <= s.stale_after_ms;
                 if fresh {
                     if asof.event.state.is_online() {
@@ -361,7 +424,8 @@ impl Aggregator {
                         .values()
                         .map(|i| InstanceSnapshot {
                             history: i.history.iter().map(|k| k.event.clone()).collect(),
-                            enqueued_ms: i.history.iter().map(|k| k.enqueued_ms).collect(),
+                            at_ms: i.history.iter().map(|k| k.at_ms).collect(),
+                            offsets_ms: i.offsets.iter().copied().collect(),
                             down_at_ms: i.down_at_ms,
                         })
                         .collect(),
@@ -394,16 +458,14 @@ impl Aggregator {
                     .instances
                     .into_iter()
                     .filter_map(|i| {
-                        // A snapshot from before enqueued times were kept: the sample
+                        // A snapshot from before effective times were kept: the sample
                         // time stands in for them.
-                        let mut enqueued = i.enqueued_ms.into_iter();
+                        let mut at = i.at_ms.into_iter();
                         let mut history: Vec<Kept> = i
                             .history
                             .into_iter()
                             .map(|event| Kept {
-                                enqueued_ms: enqueued
-                                    .next()
-                                    .unwrap_or_else(|| event.time.unix_millis()),
+                                at_ms: at.next().unwrap_or_else(|| event.time.unix_millis()),
                                 event,
                             })
                             .filter(|k| k.event.validate().is_ok())
@@ -414,6 +476,13 @@ impl Aggregator {
                             name,
                             InstanceState {
                                 history: history.into(),
+                                offsets: i
+                                    .offsets_ms
+                                    .into_iter()
+                                    .rev()
+                                    .take(OFFSET_REPORTS)
+                                    .rev()
+                                    .collect(),
                                 down_at_ms: i.down_at_ms,
                             },
                         ))
@@ -445,12 +514,12 @@ impl InstanceState {
         if pos == 0 && !self.history.is_empty() {
             // Older than everything kept: only useful if the oldest kept report is in the
             // open windows (then this one is the newest before them).
-            let oldest = self.history[0].enqueued_ms;
+            let oldest = self.history[0].at_ms;
             if closed_until_ms.is_none_or(|c| oldest < c) {
                 return Applied::Superseded;
             }
         }
-        if self.down_at_ms.is_some_and(|down| kept.enqueued_ms > down) {
+        if self.down_at_ms.is_some_and(|down| kept.at_ms > down) {
             self.down_at_ms = None;
         }
         self.history.insert(pos, kept);
@@ -462,7 +531,7 @@ impl InstanceState {
 
     /// Drops reports older than the newest one enqueued before `end`.
     fn prune(&mut self, end: i64) {
-        let before = self.history.partition_point(|k| k.enqueued_ms < end);
+        let before = self.history.partition_point(|k| k.at_ms < end);
         if before > 1 {
             self.history.drain(..before - 1);
         }
@@ -500,10 +569,13 @@ pub struct ConnectorSnapshot {
 pub struct InstanceSnapshot {
     /// Kept reports, oldest first.
     pub history: Vec<StatusEvent>,
-    /// When Event Hubs enqueued each of `history`, ms; absent from snapshots written before
-    /// liveness was judged on enqueued time (the sample time then stands in).
+    /// The effective time of each of `history`, ms; absent from older snapshots (the
+    /// sample time then stands in).
     #[serde(default)]
-    pub enqueued_ms: Vec<i64>,
+    pub at_ms: Vec<i64>,
+    /// `enqueued − time` of the instance's last reports, ms, oldest first.
+    #[serde(default)]
+    pub offsets_ms: Vec<i64>,
     /// Window end at which it was written as down.
     pub down_at_ms: Option<i64>,
 }
@@ -868,12 +940,21 @@ mod tests {
         for skew_ms in [50_000, -50_000, 10_000, -10_000, 170_000, -170_000] {
             let (out, newest) =
                 fleet_with_one_skewed_clock(AggregateSettings::default(), skew_ms, 3);
-            // From the first window end after every instance reported.
+            // No rollup in the future, ever.
+            for r in connector_points(&out) {
+                assert!(
+                    r.timestamp_ns() <= newest * 1_000_000,
+                    "{skew_ms}: {}",
+                    r.to_line()
+                );
+            }
+            // From the first window end after a slow clock's first three reports (its
+            // steady offset is known from then on).
             let rollups: Vec<&Point> = connector_points(&out)
                 .into_iter()
-                .filter(|p| p.timestamp_ns() > T0 * 1_000_000)
+                .filter(|p| p.timestamp_ns() > (T0 + 20_000) * 1_000_000)
                 .collect();
-            assert!(rollups.len() >= 15, "{skew_ms}: {} rollups", rollups.len());
+            assert!(rollups.len() >= 12, "{skew_ms}: {} rollups", rollups.len());
             for r in &rollups {
                 assert_eq!(int(r, "instances_online"), 5, "{skew_ms}: {}", r.to_line());
                 assert_eq!(int(r, "call_count"), 50, "{skew_ms}: {}", r.to_line());
@@ -883,9 +964,15 @@ mod tests {
                     r.to_line()
                 );
             }
+            // The good clocks are never written down; a slow one at most while its
+            // offset is learnt.
             let downs: Vec<String> = out
                 .iter()
                 .filter(|p| p.get_field("up") == Some(&FieldValue::Int(0)))
+                .filter(|p| {
+                    p.get_tag("instance") != Some("i4")
+                        || p.timestamp_ns() > (T0 + 20_000) * 1_000_000
+                })
                 .map(Point::to_line)
                 .collect();
             assert!(downs.is_empty(), "{skew_ms}: {downs:?}");
@@ -940,6 +1027,32 @@ mod tests {
             skews.iter().all(|s| *s == Some(&FieldValue::Float(49.7))),
             "{skews:?}"
         );
+    }
+
+    /// History published in one burst (sample times over 15 minutes, all enqueued at the
+    /// end, as a backfill or the dashboards tests do) rolls up at its own windows: a
+    /// healthy clock keeps its sample time.
+    #[test]
+    fn history_published_in_a_burst_rolls_up_where_it_belongs() {
+        let mut agg = Aggregator::new(AggregateSettings::default());
+        let mut out = Vec::new();
+        let end = T0 + 900_000;
+        for tick in 0..90i64 {
+            for k in 0..3i64 {
+                let t = T0 + tick * 10_000 + 5_000 + k;
+                agg.apply(
+                    event("c", &format!("i{k}"), tick as u64, t, 4, "active"),
+                    end,
+                    &mut out,
+                );
+            }
+        }
+        let rollups = connector_points(&out);
+        assert!(rollups.len() >= 85, "{} rollups", rollups.len());
+        for r in rollups.iter().skip(1) {
+            assert_eq!(int(r, "instances_online"), 3, "{}", r.to_line());
+            assert_eq!(int(r, "call_count"), 12, "{}", r.to_line());
+        }
     }
 
     /// An agent cut off for two minutes replays its spool (old sample times, enqueued

@@ -46,8 +46,8 @@ use crate::checkpoint::{
 };
 use crate::decode::{decode_event, DeadLetterFile};
 use crate::internal_events::{
-    CheckpointCorrupt, CheckpointFailed, DeadLetterWriteFailed, DuplicateDropped,
-    EventDeadLettered, LogOnce, SourceFailed,
+    CheckpointCorrupt, CheckpointFailed, ClockSkewObserved, DeadLetterWriteFailed,
+    DuplicateDropped, EventDeadLettered, LogOnce, SourceFailed,
 };
 use crate::metrics::{partition_labels, sink_point, Metrics};
 use crate::sinks::retry::{deliver, DeliveryContext, RetryPolicy};
@@ -569,11 +569,13 @@ impl PartitionLoop<'_> {
                     return;
                 }
                 self.events.inc();
-                m.set_clock_skew(
-                    &event.connector,
-                    &event.instance,
-                    event.time.unix_millis() - ev.enqueued_time_ms,
-                );
+                ClockSkewObserved {
+                    partition: self.partition,
+                    connector: &event.connector,
+                    instance: &event.instance,
+                    skew_ms: event.time.unix_millis() - ev.enqueued_time_ms,
+                }
+                .emit(m, &self.shared.once);
                 aggregator.apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
             }

@@ -35,7 +35,7 @@ const FLEET: [(&str, i64); 5] = [
     ("slow-50s", -50_000),
     ("fast-10min", 600_000),
 ];
-const ROUNDS: u64 = 12;
+const ROUNDS: u64 = 11;
 const ROUND_EVERY: Duration = Duration::from_secs(2);
 /// By then a slow clock's steady offset is known (three reports), ms.
 const LEARNT_MS: i64 = 6_000;
@@ -236,6 +236,11 @@ async fn chaos_skew_fast_and_slow_clocks_and_absurd_values() -> Result<()> {
     let mut collector = CollectorProcess::start(dir.path(), &hub.info, &opts)?;
     let mut producer = producer(&hub.info).await?;
 
+    // Start 0.5 s after a window end (the default rollup interval is 10 s), so the window
+    // ending 9.5 s later is closed (10 s lateness) before the last round, after the slow
+    // clock's offset is learnt.
+    let wait_ms = (500 - now_ms().rem_euclid(10_000)).rem_euclid(10_000);
+    tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
     let first_ms = now_ms();
     let absurd = absurd(first_ms);
     let mut sent = 0u64;
@@ -342,6 +347,19 @@ async fn chaos_skew_fast_and_slow_clocks_and_absurd_values() -> Result<()> {
             stored.samples.iter().all(|(_, v)| (v - want).abs() < 2.0),
             "{instance}: {:?}",
             stored.samples
+        );
+    }
+
+    // The log line a user searches for, once per skewed instance.
+    let log = collector.log();
+    for instance in ["fast-50s", "slow-50s"] {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("clock_skew") && l.contains(instance))
+            .count();
+        ensure!(
+            lines == 1,
+            "{lines} clock_skew warnings for {instance}:\n{log}"
         );
     }
 

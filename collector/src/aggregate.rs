@@ -1,22 +1,39 @@
 //! Event-time aggregation of one partition: per-instance latest state, per-connector
 //! rollups at aligned window ends, peaks, and staleness.
 //!
-//! Everything runs on **event time**, never the wall clock, so replaying a span of the
-//! partition in the same order rewrites the same points (InfluxDB keeps one point per
-//! series and timestamp):
+//! Time comes from the events, never the wall clock, so replaying a span of the partition
+//! in the same order rewrites the same points (InfluxDB keeps one point per series and
+//! timestamp). Two clocks are in every event: the **sample time** (`time`, the agent's
+//! clock) and the **enqueued time** (stamped by Event Hubs, a clock no agent controls).
+//! No instance's clock may move time for the others (issue 12, fault 4: one VM 50 s fast
+//! used to push the watermark forward and have every other instance written `up=0`):
 //!
-//! - Each event yields its `tc_instance` point at the event's sample time
-//!   ([`tcpulse_schema::instance_point`], `up=1`): a pure function of the event.
-//! - The partition **watermark** is the highest `min(event time, enqueue time + max_clock_skew)`
-//!   seen; the enqueue time is the service's, so one agent with a clock in the future
-//!   cannot close everybody's windows early. Windows `[e − interval, e)` with
-//!   `e ≤ watermark − lateness` are closed, oldest first, for every connector of the
-//!   partition; `e` is aligned to the interval (a multiple of it since the epoch).
+//! - Before an event gets here [`AggregateSettings::admit`] refused it as a `clock_skew`
+//!   dead letter if its sample time is more than `max_clock_skew` ahead of its enqueued
+//!   time or more than `max_sample_age` behind it, so no point lands far in the future or
+//!   beyond the store's retention. The difference is written as `clock_skew_seconds`.
+//! - Each report counts at its **effective time** ([`effective_ms`]): the sample time,
+//!   never after the enqueued time (a fast clock is held to the service's clock), and for
+//!   an instance whose clock is steadily behind, corrected by that steady offset (so a
+//!   slow clock is not taken for silence). Healthy clocks, and history replayed from a
+//!   spool or published in bulk, keep their sample time.
+//!
+//! In detail:
+//!
+//! - Each event yields its `tc_instance` point at its sample time
+//!   ([`tcpulse_schema::instance_point_received`], `up=1`): a pure function of the event
+//!   and its enqueued time, both fixed in the hub, so replays rewrite it identically.
+//! - The partition **watermark** is the highest effective time seen, so never after the
+//!   newest enqueued time. Windows `[e − interval, e)` with `e ≤ watermark − lateness` are
+//!   closed, oldest first, for every connector of the partition; `e` is aligned to the
+//!   interval (a multiple of it since the epoch). No rollup is stamped after the
+//!   service's clock.
 //! - At each closed window end `e`, every instance is judged **as of `e`**: its newest
-//!   report with time `< e` (a report at exactly `e` opens the next window). It is *fresh* if `e − time ≤ stale_after`; fresh instances in
-//!   an online state ([`tcpulse_schema::State::is_online`]) make the connector's
-//!   [`ConnectorRollup`], stamped `e`. `peak_calls` is the highest rollup `call_count` over
-//!   the window ends in the last `peak_window`.
+//!   report with effective time `< e` (one at exactly `e` opens the next window). It is
+//!   *fresh* if `e − effective time ≤ stale_after`; fresh instances in an online state
+//!   ([`tcpulse_schema::State::is_online`]) make the connector's [`ConnectorRollup`],
+//!   stamped `e`. `peak_calls` is the highest rollup `call_count` over the window ends in
+//!   the last `peak_window`.
 //! - An instance that is not fresh at `e` is written once as `up=0` at `e`
 //!   ([`tcpulse_schema::instance_down_point`]) and leaves the online count; a later report
 //!   brings it back. After `forget_after` down it is forgotten; a connector with no
@@ -25,10 +42,11 @@
 //!   watermark to the wall clock with [`Aggregator::advance_to`], so a connector that went
 //!   silent altogether still gets its `up=0` and zero-capacity rollups.
 //!
-//! Per instance the aggregator keeps the reports newer than the last closed window end
-//! plus the newest one before it (a handful), so memory grows with instances, not events.
+//! Per instance the aggregator keeps the reports after the last closed window end plus
+//! the newest one before it (a handful), so memory grows with instances, not events.
 //! Duplicates and old reports never move state backwards: a report is kept only if it is
-//! newer than the instance's report as of the last closed window end.
+//! newer than the instance's report as of the last closed window end, and a report
+//! already kept (same boot and seq) is not kept twice.
 //! [`Aggregator::snapshot`] and [`Aggregator::restore`] carry the whole state through a
 //! checkpoint, so after a restart the replayed span produces identical rollups.
 
@@ -39,12 +57,13 @@ use serde::{Deserialize, Serialize};
 use tcpulse_schema::capacity::{
     INSTANCE_STALE_SECONDS, PEAK_WINDOW_SECONDS, REPORT_INTERVAL_SECONDS, ROLLUP_INTERVAL_SECONDS,
 };
+use tcpulse_schema::decode::{DEFAULT_MAX_AHEAD_MS, DEFAULT_MAX_BEHIND_MS};
 use tcpulse_schema::{
-    connector_point, instance_down_point, instance_point, ConnectorKey, ConnectorRollup, Point,
-    StatusEvent, Timestamp,
+    check_sample_time, connector_point, instance_down_point, instance_point_received, ConnectorKey,
+    ConnectorRollup, DeadLetter, Point, StatusEvent, TimeBounds, Timestamp,
 };
 
-/// Aggregation settings, all in milliseconds of event time.
+/// Aggregation settings, all in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggregateSettings {
     /// Rollup interval; window ends are multiples of it. At least 1 s.
@@ -56,8 +75,12 @@ pub struct AggregateSettings {
     /// How far behind the watermark a window end must be before it closes (room for
     /// reports of other instances that arrive slightly out of order).
     pub lateness_ms: i64,
-    /// How far an event's own time may run ahead of its enqueue time for the watermark.
+    /// Largest lead of an event's sample time over its enqueued time; beyond it the event
+    /// is a `clock_skew` dead letter ([`AggregateSettings::admit`]).
     pub max_clock_skew_ms: i64,
+    /// Largest lag of an event's sample time behind its enqueued time; beyond it the event
+    /// is a `clock_skew` dead letter. Keep it below the store's retention.
+    pub max_sample_age_ms: i64,
     /// A down instance is forgotten after this long without a report.
     pub forget_after_ms: i64,
 }
@@ -69,8 +92,31 @@ impl Default for AggregateSettings {
             stale_after_ms: secs_ms(INSTANCE_STALE_SECONDS),
             peak_window_ms: secs_ms(PEAK_WINDOW_SECONDS),
             lateness_ms: secs_ms(REPORT_INTERVAL_SECONDS),
-            max_clock_skew_ms: 60_000,
+            max_clock_skew_ms: DEFAULT_MAX_AHEAD_MS,
+            max_sample_age_ms: DEFAULT_MAX_BEHIND_MS,
             forget_after_ms: secs_ms(PEAK_WINDOW_SECONDS),
+        }
+    }
+}
+
+impl AggregateSettings {
+    /// The bounds of an event's sample time around its enqueued time.
+    pub fn time_bounds(&self) -> TimeBounds {
+        TimeBounds {
+            max_ahead_ms: self.max_clock_skew_ms,
+            max_behind_ms: self.max_sample_age_ms,
+        }
+    }
+
+    /// The event, if its sample time is within [`AggregateSettings::time_bounds`] of the
+    /// time Event Hubs enqueued it (`enqueued_ms`); otherwise a `clock_skew` dead letter.
+    pub fn admit(&self, event: StatusEvent, enqueued_ms: i64) -> Result<StatusEvent, DeadLetter> {
+        match check_sample_time(&event, enqueued_ms, self.time_bounds()) {
+            Ok(()) => Ok(event),
+            Err(reason) => Err(DeadLetter {
+                reason,
+                instance: Some(event.instance),
+            }),
         }
     }
 }
@@ -93,11 +139,58 @@ pub enum Applied {
     Superseded,
 }
 
+/// One report and its effective time ([`effective_ms`]).
+#[derive(Debug, Clone)]
+struct Kept {
+    at_ms: i64,
+    event: StatusEvent,
+}
+
+impl Kept {
+    fn order(&self) -> (i64, Timestamp) {
+        (self.at_ms, self.event.time)
+    }
+}
+
+/// Reports whose `enqueued − time` offsets decide whether an instance's clock is slow.
+const OFFSET_REPORTS: usize = 3;
+/// How much those offsets may differ and still be one steady clock error, and the least
+/// offset that counts as a slow clock rather than transport delay, ms.
+const OFFSET_STEADY_MS: i64 = 2_000;
+
+/// The time a report counts at for the watermark, window closing and liveness: its
+/// sample time, corrected for a steadily slow clock, and never after its enqueued time.
+///
+/// - Never after the enqueued time: a fast clock cannot move anything past the service's
+///   clock, so it cannot close the other instances' windows or stamp a rollup in the
+///   future.
+/// - A slow clock: when the instance's last [`OFFSET_REPORTS`] offsets `enqueued − time`
+///   (this report's included) agree within [`OFFSET_STEADY_MS`] and exceed it, the
+///   instance's clock is behind by a steady amount, and its reports count at
+///   `time + smallest offset` (≈ their enqueued time). A report replayed from a spool or
+///   published as history has offsets that shrink report by report, so it keeps its
+///   sample time: backfilled history still rolls up where it belongs.
+fn effective_ms(time_ms: i64, enqueued_ms: i64, offsets: &VecDeque<i64>) -> i64 {
+    let corrected = match (offsets.iter().min(), offsets.iter().max()) {
+        (Some(&lo), Some(&hi))
+            if offsets.len() >= OFFSET_REPORTS
+                && hi - lo <= OFFSET_STEADY_MS
+                && lo > OFFSET_STEADY_MS =>
+        {
+            time_ms.saturating_add(lo)
+        }
+        _ => time_ms,
+    };
+    corrected.min(enqueued_ms)
+}
+
 #[derive(Debug, Clone)]
 struct InstanceState {
-    /// Reports sorted by time: the newest before the last closed window end (if any)
-    /// followed by every report at or after it.
-    history: VecDeque<StatusEvent>,
+    /// Reports sorted by (effective time, sample time): the newest before the last closed
+    /// window end (if any) followed by every report at or after it.
+    history: VecDeque<Kept>,
+    /// `enqueued − time` of the last [`OFFSET_REPORTS`] reports, ms, oldest first.
+    offsets: VecDeque<i64>,
     /// The window end at which the instance was written as down, until it reports again.
     down_at_ms: Option<i64>,
 }
@@ -131,6 +224,7 @@ impl Aggregator {
         s.peak_window_ms = s.peak_window_ms.max(0);
         s.lateness_ms = s.lateness_ms.max(0);
         s.max_clock_skew_ms = s.max_clock_skew_ms.max(0);
+        s.max_sample_age_ms = s.max_sample_age_ms.max(0);
         s.forget_after_ms = s.forget_after_ms.max(s.stale_after_ms);
         Aggregator {
             settings: s,
@@ -160,14 +254,23 @@ impl Aggregator {
         self.connectors.len()
     }
 
-    /// Applies one decoded event that was enqueued at `enqueued_ms`: closes the windows
-    /// the event's watermark passes (their points first), then pushes the event's
-    /// instance point.
+    /// Applies one decoded, admitted ([`AggregateSettings::admit`]) event that was
+    /// enqueued at `enqueued_ms`: closes the windows its effective time ([`effective_ms`])
+    /// passes (their points first), then pushes the event's instance point.
     pub fn apply(&mut self, event: StatusEvent, enqueued_ms: i64, out: &mut Vec<Point>) -> Applied {
-        let t = event.time.unix_millis();
-        let candidate = t.min(enqueued_ms.saturating_add(self.settings.max_clock_skew_ms));
-        self.advance_to(candidate, out);
-        out.push(instance_point(&event, true));
+        let time_ms = event.time.unix_millis();
+        let mut offsets = self
+            .instance(&event)
+            .map(|i| i.offsets.clone())
+            .unwrap_or_default();
+        if offsets.len() >= OFFSET_REPORTS {
+            offsets.pop_front();
+        }
+        offsets.push_back(enqueued_ms.saturating_sub(time_ms));
+        let at_ms = effective_ms(time_ms, enqueued_ms, &offsets);
+        self.advance_to(at_ms, out);
+        let enqueued = Timestamp::from_unix_millis(enqueued_ms).unwrap_or(Timestamp::EPOCH);
+        out.push(instance_point_received(&event, true, enqueued));
 
         let closed = self.closed_until_ms;
         let idx = match self.connectors.binary_search_by(|c| {
@@ -196,22 +299,39 @@ impl Aggregator {
             }
         };
         let connector = &mut self.connectors[idx];
-        match connector.instances.get_mut(event.instance.as_str()) {
-            Some(inst) => inst.insert(event, closed),
+        let kept = Kept { at_ms, event };
+        match connector.instances.get_mut(kept.event.instance.as_str()) {
+            Some(inst) => {
+                inst.offsets = offsets;
+                inst.insert(kept, closed)
+            }
             None => {
-                let name = event.instance.clone();
+                let name = kept.event.instance.clone();
                 let mut history = VecDeque::with_capacity(4);
-                history.push_back(event);
+                history.push_back(kept);
                 connector.instances.insert(
                     name,
                     InstanceState {
                         history,
+                        offsets,
                         down_at_ms: None,
                     },
                 );
                 Applied::Current
             }
         }
+    }
+
+    /// The state of `event`'s instance, if tracked.
+    fn instance(&self, event: &StatusEvent) -> Option<&InstanceState> {
+        self.connectors
+            .iter()
+            .find(|c| {
+                c.key.connector == event.connector
+                    && c.key.deployment == event.deployment
+                    && c.key.region == event.region
+            })
+            .and_then(|c| c.instances.get(event.instance.as_str()))
     }
 
     /// Raises the watermark to `watermark_ms` (if higher) and closes every window whose
@@ -254,19 +374,19 @@ impl Aggregator {
             let mut online_calls: Vec<u32> = Vec::with_capacity(connector.instances.len());
             connector.instances.retain(|_, inst| {
                 inst.prune(end);
-                let Some(asof) = inst.history.front().filter(|e| e.time.unix_millis() < end) else {
+                let Some(asof) = inst.history.front().filter(|k| k.at_ms < end) else {
                     return true; // first report is after `end`: not part of this window
                 };
-                let last_ms = asof.time.unix_millis();
+                let last_ms = asof.at_ms;
                 let fresh = end - last_ms <= s.stale_after_ms;
                 if fresh {
-                    if asof.state.is_online() {
-                        online_calls.push(asof.calls.map(|c| c.call_count).unwrap_or(0));
+                    if asof.event.state.is_online() {
+                        online_calls.push(asof.event.calls.map(|c| c.call_count).unwrap_or(0));
                     }
                     return true;
                 }
                 if inst.down_at_ms.is_none() {
-                    out.push(instance_down_point(asof, at));
+                    out.push(instance_down_point(&asof.event, at));
                     inst.down_at_ms = Some(end);
                 }
                 end - last_ms <= s.forget_after_ms
@@ -303,7 +423,9 @@ impl Aggregator {
                         .instances
                         .values()
                         .map(|i| InstanceSnapshot {
-                            history: i.history.iter().cloned().collect(),
+                            history: i.history.iter().map(|k| k.event.clone()).collect(),
+                            at_ms: i.history.iter().map(|k| k.at_ms).collect(),
+                            offsets_ms: i.offsets.iter().copied().collect(),
                             down_at_ms: i.down_at_ms,
                         })
                         .collect(),
@@ -336,17 +458,31 @@ impl Aggregator {
                     .instances
                     .into_iter()
                     .filter_map(|i| {
-                        let mut history: Vec<StatusEvent> = i
+                        // A snapshot from before effective times were kept: the sample
+                        // time stands in for them.
+                        let mut at = i.at_ms.into_iter();
+                        let mut history: Vec<Kept> = i
                             .history
                             .into_iter()
-                            .filter(|e| e.validate().is_ok())
+                            .map(|event| Kept {
+                                at_ms: at.next().unwrap_or_else(|| event.time.unix_millis()),
+                                event,
+                            })
+                            .filter(|k| k.event.validate().is_ok())
                             .collect();
-                        history.sort_by_key(|e| e.time);
-                        let name = history.first()?.instance.clone();
+                        history.sort_by_key(Kept::order);
+                        let name = history.first()?.event.instance.clone();
                         Some((
                             name,
                             InstanceState {
                                 history: history.into(),
+                                offsets: i
+                                    .offsets_ms
+                                    .into_iter()
+                                    .rev()
+                                    .take(OFFSET_REPORTS)
+                                    .rev()
+                                    .collect(),
                                 down_at_ms: i.down_at_ms,
                             },
                         ))
@@ -363,34 +499,39 @@ impl Aggregator {
 }
 
 impl InstanceState {
-    fn insert(&mut self, event: StatusEvent, closed_until_ms: Option<i64>) -> Applied {
-        let t = event.time;
-        // Position of the first report at or after `t`.
-        let pos = self.history.partition_point(|e| e.time < t);
-        if self.history.get(pos).is_some_and(|e| e.time == t) {
-            return Applied::Superseded; // same sample again
+    fn insert(&mut self, kept: Kept, closed_until_ms: Option<i64>) -> Applied {
+        let (boot, seq) = (kept.event.boot, kept.event.seq);
+        if self
+            .history
+            .iter()
+            .any(|k| k.event.boot == boot && k.event.seq == seq)
+        {
+            return Applied::Superseded; // the same report again
         }
+        // Position of the first report at or after this one.
+        let order = kept.order();
+        let pos = self.history.partition_point(|k| k.order() < order);
         if pos == 0 && !self.history.is_empty() {
             // Older than everything kept: only useful if the oldest kept report is in the
             // open windows (then this one is the newest before them).
-            let oldest = self.history[0].time.unix_millis();
+            let oldest = self.history[0].at_ms;
             if closed_until_ms.is_none_or(|c| oldest < c) {
                 return Applied::Superseded;
             }
         }
-        if self.down_at_ms.is_some_and(|down| t.unix_millis() > down) {
+        if self.down_at_ms.is_some_and(|down| kept.at_ms > down) {
             self.down_at_ms = None;
         }
-        self.history.insert(pos, event);
+        self.history.insert(pos, kept);
         if let Some(c) = closed_until_ms {
             self.prune(c);
         }
         Applied::Current
     }
 
-    /// Drops reports older than the newest one before `end`.
+    /// Drops reports older than the newest one enqueued before `end`.
     fn prune(&mut self, end: i64) {
-        let before = self.history.partition_point(|e| e.time.unix_millis() < end);
+        let before = self.history.partition_point(|k| k.at_ms < end);
         if before > 1 {
             self.history.drain(..before - 1);
         }
@@ -428,6 +569,13 @@ pub struct ConnectorSnapshot {
 pub struct InstanceSnapshot {
     /// Kept reports, oldest first.
     pub history: Vec<StatusEvent>,
+    /// The effective time of each of `history`, ms; absent from older snapshots (the
+    /// sample time then stands in).
+    #[serde(default)]
+    pub at_ms: Vec<i64>,
+    /// `enqueued − time` of the instance's last reports, ms, oldest first.
+    #[serde(default)]
+    pub offsets_ms: Vec<i64>,
     /// Window end at which it was written as down.
     pub down_at_ms: Option<i64>,
 }
@@ -445,7 +593,8 @@ mod tests {
             stale_after_ms: 45_000,
             peak_window_ms: 60_000,
             lateness_ms: 0,
-            max_clock_skew_ms: 60_000,
+            max_clock_skew_ms: 300_000,
+            max_sample_age_ms: 86_400_000,
             forget_after_ms: 120_000,
         }
     }
@@ -536,10 +685,22 @@ mod tests {
     fn peak_is_the_highest_window_end_count_within_the_peak_window() {
         let mut agg = Aggregator::new(settings());
         let mut out = Vec::new();
-        let calls = [3u32, 31, 4, 4, 4, 4, 4, 4, 4];
-        for (k, c) in calls.iter().enumerate() {
+        // Connector totals 3, 31, 4, 4, …: the 31 is 16 + 15 on two instances.
+        let calls = [
+            (3u32, 0u32),
+            (16, 15),
+            (4, 0),
+            (4, 0),
+            (4, 0),
+            (4, 0),
+            (4, 0),
+            (4, 0),
+            (4, 0),
+        ];
+        for (k, (c1, c2)) in calls.iter().enumerate() {
             let t = T0 + 10_000 * k as i64 + 1;
-            agg.apply(event("c", "i1", k as u64, t, *c, "active"), t, &mut out);
+            agg.apply(event("c", "i1", k as u64, t, *c1, "active"), t, &mut out);
+            agg.apply(event("c", "i2", k as u64, t, *c2, "active"), t, &mut out);
         }
         agg.advance_to(T0 + 90_000, &mut out);
         let peaks: Vec<i64> = connector_points(&out)
@@ -740,8 +901,86 @@ mod tests {
         assert_eq!(replay, all);
     }
 
+    /// Five instances of one connector report every 10 s with 10 calls each; `skewed`'s
+    /// clock is off by `skew_ms`. Returns every point, and the newest enqueue time.
+    fn fleet_with_one_skewed_clock(
+        settings: AggregateSettings,
+        skew_ms: i64,
+        minutes: i64,
+    ) -> (Vec<Point>, i64) {
+        let mut agg = Aggregator::new(settings);
+        let mut out = Vec::new();
+        let mut newest = 0;
+        for tick in 0..(minutes * 6) {
+            for k in 0..5i64 {
+                let enq = T0 + tick * 10_000 + k * 500 + 300;
+                let off = if k == 4 { skew_ms } else { 0 };
+                let e = event(
+                    "c",
+                    &format!("i{k}"),
+                    tick as u64,
+                    enq - 300 + off,
+                    10,
+                    "active",
+                );
+                if let Ok(e) = settings.admit(e, enq) {
+                    agg.apply(e, enq, &mut out);
+                }
+                newest = enq;
+            }
+        }
+        (out, newest)
+    }
+
+    /// r12 fault 4: one agent 50 s ahead, default settings. Before: the partition
+    /// watermark followed it, every other instance was written `up=0` and the connector
+    /// fell from 5 online / 50 calls to 1 / 10, with rollups stamped in the future.
     #[test]
-    fn a_clock_far_ahead_does_not_close_windows_early() {
+    fn r12_one_clock_50s_ahead_moves_no_time_for_the_others() {
+        for skew_ms in [50_000, -50_000, 10_000, -10_000, 170_000, -170_000] {
+            let (out, newest) =
+                fleet_with_one_skewed_clock(AggregateSettings::default(), skew_ms, 3);
+            // No rollup in the future, ever.
+            for r in connector_points(&out) {
+                assert!(
+                    r.timestamp_ns() <= newest * 1_000_000,
+                    "{skew_ms}: {}",
+                    r.to_line()
+                );
+            }
+            // From the first window end after a slow clock's first three reports (its
+            // steady offset is known from then on).
+            let rollups: Vec<&Point> = connector_points(&out)
+                .into_iter()
+                .filter(|p| p.timestamp_ns() > (T0 + 20_000) * 1_000_000)
+                .collect();
+            assert!(rollups.len() >= 12, "{skew_ms}: {} rollups", rollups.len());
+            for r in &rollups {
+                assert_eq!(int(r, "instances_online"), 5, "{skew_ms}: {}", r.to_line());
+                assert_eq!(int(r, "call_count"), 50, "{skew_ms}: {}", r.to_line());
+                assert!(
+                    r.timestamp_ns() <= newest * 1_000_000,
+                    "{skew_ms}: rollup in the future: {}",
+                    r.to_line()
+                );
+            }
+            // The good clocks are never written down; a slow one at most while its
+            // offset is learnt.
+            let downs: Vec<String> = out
+                .iter()
+                .filter(|p| p.get_field("up") == Some(&FieldValue::Int(0)))
+                .filter(|p| {
+                    p.get_tag("instance") != Some("i4")
+                        || p.timestamp_ns() > (T0 + 20_000) * 1_000_000
+                })
+                .map(Point::to_line)
+                .collect();
+            assert!(downs.is_empty(), "{skew_ms}: {downs:?}");
+        }
+    }
+
+    #[test]
+    fn a_clock_far_ahead_is_refused_and_never_moves_the_watermark() {
         let mut agg = Aggregator::new(settings());
         let mut out = Vec::new();
         agg.apply(
@@ -749,13 +988,112 @@ mod tests {
             T0 + 1_000,
             &mut out,
         );
-        // Event time one day ahead, enqueued now: the watermark moves by max_clock_skew only.
-        agg.apply(
-            event("c", "bad", 1, T0 + 86_400_000, 1, "active"),
-            T0 + 2_000,
-            &mut out,
+        // Event time one day ahead, enqueued now: a clock_skew dead letter.
+        let bad = event("c", "bad", 1, T0 + 86_400_000, 1, "active");
+        let dead = settings().admit(bad.clone(), T0 + 2_000).unwrap_err();
+        assert_eq!(dead.reason.kind(), "clock_skew");
+        assert_eq!(dead.instance.as_deref(), Some("bad"));
+        // Even applied, only its enqueued time moves the watermark.
+        agg.apply(bad, T0 + 2_000, &mut out);
+        assert_eq!(agg.watermark_ms(), Some(T0 + 2_000));
+        assert!(connector_points(&out).is_empty());
+    }
+
+    /// A clock beyond the bound (+10 min): that instance is dead-lettered, the other four
+    /// are counted exactly; no rollup in the future; the skew is on every instance point.
+    #[test]
+    fn r12_a_clock_beyond_the_bound_is_dead_lettered_and_the_rest_counted() {
+        let (out, newest) = fleet_with_one_skewed_clock(AggregateSettings::default(), 600_000, 2);
+        let rollups: Vec<&Point> = connector_points(&out)
+            .into_iter()
+            .filter(|p| p.timestamp_ns() > T0 * 1_000_000)
+            .collect();
+        assert!(rollups.len() >= 9);
+        for r in &rollups {
+            assert_eq!(int(r, "instances_online"), 4, "{}", r.to_line());
+            assert_eq!(int(r, "call_count"), 40, "{}", r.to_line());
+            assert!(r.timestamp_ns() <= newest * 1_000_000);
+        }
+        assert!(!out.iter().any(|p| p.get_tag("instance") == Some("i4")));
+        let (out, _) = fleet_with_one_skewed_clock(AggregateSettings::default(), 50_000, 1);
+        let skews: Vec<Option<&FieldValue>> = out
+            .iter()
+            .filter(|p| p.get_tag("instance") == Some("i4"))
+            .map(|p| p.get_field("clock_skew_seconds"))
+            .collect();
+        assert!(!skews.is_empty());
+        // 50 s ahead, less the 300 ms between sampling and enqueueing.
+        assert!(
+            skews.iter().all(|s| *s == Some(&FieldValue::Float(49.7))),
+            "{skews:?}"
         );
-        assert_eq!(agg.watermark_ms(), Some(T0 + 62_000));
-        assert!(connector_points(&out).len() <= 6);
+    }
+
+    /// History published in one burst (sample times over 15 minutes, all enqueued at the
+    /// end, as a backfill or the dashboards tests do) rolls up at its own windows: a
+    /// healthy clock keeps its sample time.
+    #[test]
+    fn history_published_in_a_burst_rolls_up_where_it_belongs() {
+        let mut agg = Aggregator::new(AggregateSettings::default());
+        let mut out = Vec::new();
+        let end = T0 + 900_000;
+        for tick in 0..90i64 {
+            for k in 0..3i64 {
+                let t = T0 + tick * 10_000 + 5_000 + k;
+                agg.apply(
+                    event("c", &format!("i{k}"), tick as u64, t, 4, "active"),
+                    end,
+                    &mut out,
+                );
+            }
+        }
+        let rollups = connector_points(&out);
+        assert!(rollups.len() >= 85, "{} rollups", rollups.len());
+        for r in rollups.iter().skip(1) {
+            assert_eq!(int(r, "instances_online"), 3, "{}", r.to_line());
+            assert_eq!(int(r, "call_count"), 12, "{}", r.to_line());
+        }
+    }
+
+    /// An agent cut off for two minutes replays its spool (old sample times, enqueued
+    /// now): it was down while silent, is back once the replay arrives, and the replay
+    /// rewrites its points at their own sample times; the others never change.
+    #[test]
+    fn a_spool_replay_after_an_outage_is_counted_once_it_arrives() {
+        let mut agg = Aggregator::new(AggregateSettings::default());
+        let mut out = Vec::new();
+        let mut spooled = Vec::new();
+        for tick in 0..30i64 {
+            for k in 0..3i64 {
+                let t = T0 + tick * 10_000 + k * 100 + 50;
+                let e = event("c", &format!("i{k}"), tick as u64, t, 5, "active");
+                if k == 2 && (6..18).contains(&tick) {
+                    spooled.push(e); // the agent cannot reach Event Hubs
+                    continue;
+                }
+                if k == 2 && tick == 18 {
+                    for old in spooled.drain(..) {
+                        agg.apply(old, t, &mut out);
+                    }
+                }
+                agg.apply(e, t, &mut out);
+            }
+        }
+        let online: Vec<i64> = connector_points(&out)
+            .iter()
+            .filter(|p| p.timestamp_ns() > T0 * 1_000_000)
+            .map(|p| int(p, "instances_online"))
+            .collect();
+        assert!(online.contains(&2), "down while silent: {online:?}");
+        assert_eq!(online.last(), Some(&3), "back after the replay: {online:?}");
+        assert!(online.iter().all(|n| *n >= 2), "{online:?}");
+        let i2_points = out
+            .iter()
+            .filter(|p| p.get_tag("instance") == Some("i2") && p.get_field("call_count").is_some())
+            .count();
+        assert_eq!(
+            i2_points, 30,
+            "every report written once, spooled ones included"
+        );
     }
 }

@@ -296,10 +296,21 @@ pub struct AggregateConfig {
     /// Default: 10s (one report interval).
     #[serde(default = "default_lateness", with = "humantime_serde")]
     pub lateness: Duration,
-    /// How far an event's time may run ahead of its enqueue time when it moves the
-    /// watermark. Default: 60s.
+    /// How far an event's sample time (the agent's clock) may run ahead of the time Event
+    /// Hubs enqueued it (the service's clock). Beyond it the event is a `clock_skew` dead
+    /// letter: its point would land in the future. Within it the point is written at its
+    /// sample time, and the difference as `clock_skew_seconds`. Liveness and window
+    /// closing use only the enqueued time, so no agent's clock moves time for the others.
+    /// Default: 5m.
     #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// How far an event's sample time may lag behind its enqueued time. Beyond it the
+    /// event is a `clock_skew` dead letter (a clock far behind, or a sample older than the
+    /// store keeps, which the store would drop silently). Reports replayed from an agent's
+    /// spool after an outage are legitimately old, so keep it long, and below the store's
+    /// retention. Default: 30d (VictoriaMetrics keeps one month by default).
+    #[serde(default = "default_max_sample_age", with = "humantime_serde")]
+    pub max_sample_age: Duration,
     /// A down instance is forgotten after this long without a report. Default: 1h.
     #[serde(default = "default_peak_window", with = "humantime_serde")]
     pub forget_after: Duration,
@@ -329,7 +340,10 @@ const fn default_lateness() -> Duration {
     Duration::from_secs(REPORT_INTERVAL_SECONDS)
 }
 const fn default_max_clock_skew() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_millis(tcpulse_schema::decode::DEFAULT_MAX_AHEAD_MS as u64)
+}
+const fn default_max_sample_age() -> Duration {
+    Duration::from_millis(tcpulse_schema::decode::DEFAULT_MAX_BEHIND_MS as u64)
 }
 const fn default_idle_after() -> Duration {
     Duration::from_secs(30)
@@ -349,6 +363,7 @@ impl Default for AggregateConfig {
             peak_window: default_peak_window(),
             lateness: default_lateness(),
             max_clock_skew: default_max_clock_skew(),
+            max_sample_age: default_max_sample_age(),
             forget_after: default_peak_window(),
             idle_after: default_idle_after(),
             dedup_window_events: default_dedup_window_events(),
@@ -366,6 +381,7 @@ impl AggregateConfig {
             peak_window_ms: duration_ms(self.peak_window),
             lateness_ms: duration_ms(self.lateness),
             max_clock_skew_ms: duration_ms(self.max_clock_skew),
+            max_sample_age_ms: duration_ms(self.max_sample_age),
             forget_after_ms: duration_ms(self.forget_after),
         }
     }

@@ -584,3 +584,50 @@ mod tests {
         );
     }
 }
+
+/// The clock skew of one accepted event: its sample time minus the time Event Hubs
+/// enqueued it. Sets `tcpulse_collector_instance_clock_skew_seconds{connector,instance}`;
+/// logs a warning once per instance while the skew is beyond [`CLOCK_SKEW_WARN_MS`] either
+/// way (again after it came back within).
+#[derive(Debug)]
+pub struct ClockSkewObserved<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// Connector of the instance.
+    pub connector: &'a str,
+    /// Instance name.
+    pub instance: &'a str,
+    /// Sample time − enqueued time, ms.
+    pub skew_ms: i64,
+}
+
+/// Skew beyond which [`ClockSkewObserved`] warns, ms (one report interval).
+pub const CLOCK_SKEW_WARN_MS: i64 = 10_000;
+
+impl ClockSkewObserved<'_> {
+    /// Sets the gauge; warns once per instance while beyond the threshold.
+    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
+        metrics.set_clock_skew(self.connector, self.instance, self.skew_ms);
+        let key = format!("clock_skew/{}/{}", self.connector, self.instance);
+        if self.skew_ms.abs() <= CLOCK_SKEW_WARN_MS {
+            once.clear(&key);
+            return;
+        }
+        if once.first(&key) {
+            let direction = if self.skew_ms > 0 {
+                "ahead of the time Event Hubs enqueued it: the instance's clock runs fast"
+            } else {
+                "behind the time Event Hubs enqueued it: the instance's clock runs slow, or it replays reports spooled during an outage"
+            };
+            tracing::warn!(
+                stage = "aggregate",
+                error_type = "clock_skew",
+                partition = self.partition,
+                connector = self.connector,
+                instance = self.instance,
+                skew_seconds = self.skew_ms as f64 / 1000.0,
+                "sample time {direction}; its points keep their sample time, liveness and rollups are held to Event Hubs' clock (see tcpulse_collector_instance_clock_skew_seconds)"
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@
 //! | `tcpulse_collector_sink_points_total` | sink | points acknowledged by the store |
 //! | `tcpulse_collector_sink_errors_total` | sink, error_type | failed or rejected writes |
 //! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
+//! | `tcpulse_collector_instance_clock_skew_seconds` | connector, instance | sample time − enqueued time of the instance's newest accepted event (positive: its clock runs ahead) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -112,6 +113,8 @@ pub struct Metrics {
     pub sink_errors: Family<Labels, Counter>,
     /// Other operational errors per stage and error type.
     pub component_errors: Family<Labels, Counter>,
+    /// Sample time − enqueued time of each instance's newest accepted event, seconds.
+    pub instance_clock_skew_seconds: Family<Labels, FloatGauge>,
     /// The `error_type`s seen per sink, so [`Metrics::sink_stats`] can sum `sink_errors`
     /// (a label index, not a second counter).
     sink_error_types: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -145,6 +148,7 @@ impl Metrics {
         let sink_points = Family::<Labels, Counter>::default();
         let sink_errors = Family::<Labels, Counter>::default();
         let component_errors = Family::<Labels, Counter>::default();
+        let instance_clock_skew_seconds = Family::<Labels, FloatGauge>::default();
         let p = "tcpulse_collector";
         registry.register(
             format!("{p}_events"),
@@ -216,6 +220,11 @@ impl Metrics {
             "Operational errors by stage and error type",
             component_errors.clone(),
         );
+        registry.register(
+            format!("{p}_instance_clock_skew_seconds"),
+            "Sample time minus Event Hubs enqueued time of the instance's newest accepted event, seconds; positive when its clock runs ahead",
+            instance_clock_skew_seconds.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -227,6 +236,7 @@ impl Metrics {
             checkpoint_age_seconds,
             checkpoint_sequence,
             in_flight_batches,
+            instance_clock_skew_seconds,
             sink_request_seconds,
             sink_last_request_seconds,
             sink_points,
@@ -244,6 +254,18 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Records the clock skew of `instance` of `connector` (sample time − enqueued time of
+    /// its newest accepted event, ms) in `instance_clock_skew_seconds`.
+    pub fn set_clock_skew(&self, connector: &str, instance: &str, skew_ms: i64) {
+        let labels: Labels = vec![
+            ("connector".into(), connector.into()),
+            ("instance".into(), instance.into()),
+        ];
+        self.instance_clock_skew_seconds
+            .get_or_create(&labels)
+            .set(skew_ms as f64 / 1000.0);
     }
 
     /// Counts one failed write attempt of `sink` in `sink_errors{sink, error_type}`.

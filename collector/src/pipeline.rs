@@ -59,8 +59,8 @@ use crate::checkpoint::{
 use crate::decode::{decode_event, DeadLetterFile};
 use crate::internal_events::{
     CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
-    DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped, EventDeadLettered, LogOnce,
-    RetentionLost, SourceFailed, SourceUnauthorized,
+    ClockSkewObserved, DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped,
+    EventDeadLettered, LogOnce, RetentionLost, SourceFailed, SourceUnauthorized,
 };
 use crate::metrics::{partition_labels, sink_point, Metrics};
 use crate::sinks::retry::{deliver, DeliveryContext, RetryPolicy};
@@ -885,7 +885,9 @@ impl PartitionLoop<'_> {
         shutdown: &CancellationToken,
     ) {
         let m = self.shared.metrics.clone();
-        match decode_event(&ev) {
+        let admitted = decode_event(&ev)
+            .and_then(|e| self.settings.aggregate.admit(e, ev.enqueued_time_ms));
+        match admitted {
             Err(dead) => {
                 if !self.record_dead_letter(&ev, &dead, shutdown).await {
                     return;
@@ -909,6 +911,13 @@ impl PartitionLoop<'_> {
                     return;
                 }
                 self.events.inc();
+                ClockSkewObserved {
+                    partition: self.partition,
+                    connector: &event.connector,
+                    instance: &event.instance,
+                    skew_ms: event.time.unix_millis() - ev.enqueued_time_ms,
+                }
+                .emit(&m, &self.shared.once);
                 aggregator.apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
             }

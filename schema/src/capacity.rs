@@ -13,6 +13,11 @@ use crate::event::State;
 pub const MAX_CALLS_PER_INSTANCE: u32 = 16;
 /// Calls to plan on per instance (vendor: "we recommend that you assume 15 calls").
 pub const PLANNED_CALLS_PER_INSTANCE: u32 = 15;
+/// Sanity ceiling on `max_calls` and `planned_calls` in an event: four times the vendor's
+/// 16. A value above it is not a capacity any Teams Connector VM has but a broken source
+/// (an unsigned `-1`, a counter read as a count), and the event is a dead letter rather
+/// than a peak that poisons `instances_needed` for an hour. *tcpulse policy.*
+pub const MAX_CALLS_SANITY_LIMIT: u32 = 64;
 /// vCPUs of every allowed instance VM size (vendor: "Each Teams Connector instance will use
 /// 4 vCPU").
 pub const VCPU_PER_INSTANCE: u32 = 4;
@@ -74,6 +79,7 @@ pub const PEAK_WINDOW_SECONDS: u64 = 60 * 60;
 
 // Orderings the alert rules rely on, checked at compile time.
 const _: () = assert!(PLANNED_CALLS_PER_INSTANCE <= MAX_CALLS_PER_INSTANCE);
+const _: () = assert!(MAX_CALLS_PER_INSTANCE <= MAX_CALLS_SANITY_LIMIT);
 const _: () = assert!(UTILIZATION_HIGH < UTILIZATION_CRITICAL);
 const _: () = assert!(MEDIA_LOAD_HIGH_PERCENT < MEDIA_LOAD_CRITICAL_PERCENT);
 const _: () = assert!(CERT_CRITICAL_DAYS < CERT_WARNING_DAYS);
@@ -189,8 +195,9 @@ pub struct ConnectorRollup {
     pub capacity_planned: u64,
     /// `instances_online × 16`.
     pub capacity_max: u64,
-    /// `call_count / capacity_planned`; 0 when there is no capacity.
-    pub utilization: f64,
+    /// `call_count / capacity_planned`; `None` (unknown, left out of the point) when there
+    /// is no planned capacity to divide by.
+    pub utilization: Option<f64>,
     /// `capacity_planned − call_count`; negative when above planned capacity.
     pub headroom_calls: i64,
     /// Highest connector `call_count` in the peak window (never below `call_count`).
@@ -213,11 +220,8 @@ impl ConnectorRollup {
         let call_count: u64 = online_call_counts.iter().map(|&c| u64::from(c)).sum();
         let capacity_planned = instances_online * u64::from(PLANNED_CALLS_PER_INSTANCE);
         let capacity_max = instances_online * u64::from(MAX_CALLS_PER_INSTANCE);
-        let utilization = if capacity_planned == 0 {
-            0.0
-        } else {
-            call_count as f64 / capacity_planned as f64
-        };
+        let utilization =
+            (capacity_planned > 0).then(|| call_count as f64 / capacity_planned as f64);
         let headroom_calls = i64::try_from(capacity_planned)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(call_count).unwrap_or(i64::MAX));
@@ -287,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rollup_with_no_instances_has_no_capacity_and_zero_utilization() {
+    fn rollup_with_no_instances_has_no_capacity_and_unknown_utilization() {
         let r = ConnectorRollup::compute(&[], 0);
         assert_eq!(
             r,
@@ -296,7 +300,7 @@ mod tests {
                 call_count: 0,
                 capacity_planned: 0,
                 capacity_max: 0,
-                utilization: 0.0,
+                utilization: None,
                 headroom_calls: 0,
                 peak_calls: 0,
                 instances_needed: 0,
@@ -312,7 +316,7 @@ mod tests {
                 r.instances_needed,
                 r.vcpu_needed
             ),
-            (0.0, 31, 3, 12)
+            (None, 31, 3, 12)
         );
     }
 
@@ -323,7 +327,7 @@ mod tests {
         assert_eq!(r.call_count, 45);
         assert_eq!(r.capacity_planned, 45);
         assert_eq!(r.capacity_max, 48);
-        assert_eq!(r.utilization, 1.0);
+        assert_eq!(r.utilization, Some(1.0));
         assert_eq!(r.headroom_calls, 0);
         assert_eq!(r.peak_calls, 45, "current count raises a lower window peak");
         assert_eq!(r.instances_needed, 3);
@@ -336,7 +340,7 @@ mod tests {
         assert_eq!(r.call_count, 32);
         assert_eq!(r.capacity_planned, 30);
         assert_eq!(r.capacity_max, 32);
-        assert!((r.utilization - 32.0 / 30.0).abs() < 1e-12);
+        assert!((r.utilization.unwrap() - 32.0 / 30.0).abs() < 1e-12);
         assert_eq!(r.headroom_calls, -2);
         assert_eq!(r.instances_needed, 3, "ceil(32 / 15)");
         assert_eq!(r.vcpu_needed, 12);
@@ -351,7 +355,7 @@ mod tests {
         assert_eq!(r.peak_calls, 58);
         assert_eq!(r.instances_needed, 4);
         assert_eq!(r.vcpu_needed, 16);
-        assert!((r.utilization - 22.0 / 60.0).abs() < 1e-12);
+        assert!((r.utilization.unwrap() - 22.0 / 60.0).abs() < 1e-12);
     }
 
     #[test]

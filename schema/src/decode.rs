@@ -24,8 +24,11 @@
 //! - a negative count is invalid (not a wrong type): the producer sent a number;
 //! - `calls.media_load` is a percentage, 0..=100; the agent clamps what its source reports;
 //! - `health.cpu` is a fraction, 0.0..=1.0;
-//! - `call_count > max_calls` is accepted: Pexip says real capacity varies, and an
-//!   over-full instance is exactly what the dashboards must show;
+//! - `calls.max_calls` is 1..=[`MAX_CALLS_SANITY_LIMIT`] (64; the vendor's maximum is 16),
+//!   `calls.planned_calls` 0..=`max_calls`, and `calls.call_count` at most `max_calls`: a
+//!   count beyond them is a broken source (`4294967295` is an unsigned −1), and accepting
+//!   it would poison `peak_calls` and `instances_needed` for the whole peak window. A
+//!   `planned_calls` of 0 is accepted and makes `utilization` unknown (absent), not 0;
 //! - `time` and `start_time` must be RFC 3339 within 1970..2262 (see [`Timestamp`]);
 //! - `state` must be a v1 state name. A *minor* version (`v1.N`, N ≥ 1) may add states, so
 //!   there an unrecognised name reads as [`State::Unknown`] instead of a dead letter.
@@ -44,6 +47,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::capacity::MAX_CALLS_SANITY_LIMIT;
 use crate::event::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
 
 mod fast;
@@ -101,11 +105,90 @@ pub enum DeadLetterReason {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The sample time `time` is too far from the time Event Hubs enqueued the event (a
+    /// clock no agent controls): ahead of it by more than the skew bound (the instance's
+    /// clock runs fast), or behind it by more than the age bound (a clock far behind, or
+    /// a sample older than the store keeps). See [`check_sample_time`].
+    #[error("{}", clock_skew_message(*.skew_ms, *.bound_ms))]
+    ClockSkew {
+        /// Sample time − enqueued time, ms: positive when the sample is ahead.
+        skew_ms: i64,
+        /// The bound it broke, ms.
+        bound_ms: i64,
+    },
+}
+
+fn clock_skew_message(skew_ms: i64, bound_ms: i64) -> String {
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    if skew_ms > 0 {
+        format!(
+            "clock skew: field `time` is {} s ahead of the time Event Hubs enqueued the event \
+             (bound {} s); the instance's clock runs fast",
+            secs(skew_ms),
+            secs(bound_ms)
+        )
+    } else {
+        format!(
+            "clock skew: field `time` is {} s behind the time Event Hubs enqueued the event \
+             (bound {} s); the instance's clock is far behind or the sample is older than \
+             the store keeps",
+            secs(-skew_ms),
+            secs(bound_ms)
+        )
+    }
+}
+
+/// Default of [`TimeBounds::max_ahead_ms`]: 5 minutes.
+pub const DEFAULT_MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
+/// Default of [`TimeBounds::max_behind_ms`]: 30 days, below VictoriaMetrics' default
+/// retention of one month (a store silently drops points older than its retention).
+pub const DEFAULT_MAX_BEHIND_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// How far an event's sample time may be from its enqueued time (the service's clock),
+/// both in milliseconds. The two sides differ on purpose: a sample can never be taken
+/// after it was enqueued, so any lead beyond transport jitter is a fast clock; but a
+/// sample can legitimately be much older than its enqueue time when the agent replays its
+/// spool after an outage, so only what the store would not keep is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// Largest `time − enqueued`. Default [`DEFAULT_MAX_AHEAD_MS`].
+    pub max_ahead_ms: i64,
+    /// Largest `enqueued − time`. Default [`DEFAULT_MAX_BEHIND_MS`].
+    pub max_behind_ms: i64,
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        TimeBounds {
+            max_ahead_ms: DEFAULT_MAX_AHEAD_MS,
+            max_behind_ms: DEFAULT_MAX_BEHIND_MS,
+        }
+    }
+}
+
+/// Checks `event.time` against the time Event Hubs enqueued the event (`enqueued_ms`):
+/// [`DeadLetterReason::ClockSkew`] beyond `bounds`. [`decode`] cannot apply it (it sees
+/// only the body); the collector does, right after decoding.
+pub fn check_sample_time(
+    event: &StatusEvent,
+    enqueued_ms: i64,
+    bounds: TimeBounds,
+) -> Result<(), DeadLetterReason> {
+    let skew_ms = event.time.unix_millis().saturating_sub(enqueued_ms);
+    let bound_ms = if skew_ms > 0 {
+        bounds.max_ahead_ms
+    } else {
+        bounds.max_behind_ms
+    };
+    if skew_ms.saturating_abs() > bound_ms.max(0) {
+        return Err(DeadLetterReason::ClockSkew { skew_ms, bound_ms });
+    }
+    Ok(())
 }
 
 impl DeadLetterReason {
     /// Every value [`DeadLetterReason::kind`] returns, for pre-registering counters.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "oversized",
         "invalid_json",
         "future_major_version",
@@ -113,6 +196,7 @@ impl DeadLetterReason {
         "missing_field",
         "wrong_type",
         "invalid_value",
+        "clock_skew",
     ];
 
     /// Stable snake_case name of the reason's kind: the `error_type` label of the
@@ -126,6 +210,7 @@ impl DeadLetterReason {
             DeadLetterReason::MissingField(_) => "missing_field",
             DeadLetterReason::WrongType(_) => "wrong_type",
             DeadLetterReason::InvalidValue { .. } => "invalid_value",
+            DeadLetterReason::ClockSkew { .. } => "clock_skew",
         }
     }
 }
@@ -434,6 +519,35 @@ fn check_label(field: &'static str, value: &str) -> Res<()> {
     Err(DeadLetterReason::InvalidValue { field, why })
 }
 
+/// The domain bounds of `calls` (see the module docs).
+fn check_calls(calls: &Calls) -> Res<()> {
+    let invalid = |field, why| Err(DeadLetterReason::InvalidValue { field, why });
+    if calls.max_calls == 0 {
+        return invalid("calls.max_calls", "must be at least 1");
+    }
+    if calls.max_calls > MAX_CALLS_SANITY_LIMIT {
+        return invalid("calls.max_calls", CALLS_CEILING);
+    }
+    if calls.call_count > calls.max_calls {
+        return invalid("calls.call_count", "exceeds calls.max_calls");
+    }
+    if let Some(planned) = calls.planned_calls {
+        if planned > MAX_CALLS_SANITY_LIMIT {
+            return invalid("calls.planned_calls", CALLS_CEILING);
+        }
+        if planned > calls.max_calls {
+            return invalid("calls.planned_calls", "exceeds calls.max_calls");
+        }
+    }
+    if calls.media_load.is_some_and(|m| m > 100) {
+        return invalid("calls.media_load", MEDIA_LOAD_RANGE);
+    }
+    Ok(())
+}
+
+const CALLS_CEILING: &str =
+    "above 64, the sanity ceiling of calls per instance (the vendor's maximum is 16)";
+
 impl StatusEvent {
     /// Checks the value rules of v1 (see [`mod@crate::decode`]); [`decode`] applies them to
     /// every event, and producers call this before [`encode`].
@@ -445,12 +559,7 @@ impl StatusEvent {
         check_label("scaleset", &self.scaleset)?;
         check_label("instance", &self.instance)?;
         if let Some(calls) = &self.calls {
-            if calls.media_load.is_some_and(|m| m > 100) {
-                return Err(DeadLetterReason::InvalidValue {
-                    field: "calls.media_load",
-                    why: MEDIA_LOAD_RANGE,
-                });
-            }
+            check_calls(calls)?;
         }
         if let Some(cpu) = self.health.cpu {
             if !(0.0..=1.0).contains(&cpu) {
@@ -822,6 +931,16 @@ mod tests {
                 5_000_000_000u64.into(),
                 "calls.max_calls",
             ),
+            ("/calls/call_count", 17.into(), "calls.call_count"),
+            (
+                "/calls/call_count",
+                4_294_967_295u64.into(),
+                "calls.call_count",
+            ),
+            ("/calls/max_calls", 0.into(), "calls.max_calls"),
+            ("/calls/max_calls", 65.into(), "calls.max_calls"),
+            ("/calls/planned_calls", 17.into(), "calls.planned_calls"),
+            ("/calls/planned_calls", 65.into(), "calls.planned_calls"),
             ("/calls/media_load", 101.into(), "calls.media_load"),
             ("/calls/media_load", 1000.into(), "calls.media_load"),
             ("/health/cpu", 1.5.into(), "health.cpu"),
@@ -858,7 +977,10 @@ mod tests {
         for (pointer, value) in [
             ("/calls/media_load", Value::from(100)),
             ("/calls/media_load", 0.into()),
-            ("/calls/call_count", 17.into()), // over max_calls: shown, not rejected
+            ("/calls/call_count", 16.into()), // = max_calls
+            ("/calls/max_calls", 64.into()),
+            ("/calls/planned_calls", 0.into()), // no plan: utilization unknown
+            ("/calls/planned_calls", 16.into()),
             ("/health/cpu", 1.0.into()),
             ("/health/cpu", 0.into()), // an integer is a valid number
             ("/health/cert_expiry_days", (-3.5).into()), // expired
@@ -870,6 +992,57 @@ mod tests {
                 "{pointer}={value}"
             );
         }
+    }
+
+    /// r12 fault 4/5: the sample time against the enqueued time, fast and slow clocks of
+    /// several sizes on both sides of each bound, 1970 and ten years ahead.
+    #[test]
+    fn r12_sample_time_is_bounded_by_the_enqueued_time() {
+        let ev = decode(&fixture("valid_full.json")).unwrap();
+        let t = ev.time.unix_millis();
+        let bounds = TimeBounds::default();
+        let day = 86_400_000i64;
+        for (skew_ms, ok) in [
+            (0, true),
+            (-300, true),           // normal transport delay
+            (50_000, true),         // 50 s fast: within 5 min
+            (-50_000, true),        // 50 s slow
+            (300_000, true),        // exactly the bound
+            (300_001, false),       // just beyond
+            (600_000, false),       // 10 min fast
+            (3650 * day, false),    // ten years ahead
+            (-3_600_000, true),     // an hour-old sample replayed from a spool
+            (-30 * day, true),      // exactly the age bound
+            (-30 * day - 1, false), // older than the store keeps
+        ] {
+            let got = check_sample_time(&ev, t - skew_ms, bounds);
+            assert_eq!(got.is_ok(), ok, "{skew_ms}: {got:?}");
+            if let Err(r) = got {
+                assert_eq!(r.kind(), "clock_skew");
+                assert_eq!(
+                    r,
+                    DeadLetterReason::ClockSkew {
+                        skew_ms,
+                        bound_ms: if skew_ms > 0 { 300_000 } else { 30 * day }
+                    }
+                );
+            }
+        }
+        let ahead = check_sample_time(&ev, t - 600_000, bounds).unwrap_err();
+        assert_eq!(
+            ahead.to_string(),
+            "clock skew: field `time` is 600 s ahead of the time Event Hubs enqueued the event \
+             (bound 300 s); the instance's clock runs fast"
+        );
+        // A sample from 1970 enqueued now: refused, with the distance in the message.
+        let mut old = ev.clone();
+        old.time = Timestamp::EPOCH;
+        let r = check_sample_time(&old, t, bounds).unwrap_err();
+        assert!(
+            r.to_string()
+                .contains("s behind the time Event Hubs enqueued"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -884,6 +1057,10 @@ mod tests {
             DeadLetterReason::InvalidValue {
                 field: "x",
                 why: "y",
+            },
+            DeadLetterReason::ClockSkew {
+                skew_ms: 1,
+                bound_ms: 0,
             },
         ];
         let kinds: Vec<&str> = reasons.iter().map(DeadLetterReason::kind).collect();

@@ -91,7 +91,8 @@ pub struct Calls {
     pub call_count: u32,
     /// Maximum call capacity of the instance (16 for every allowed VM size).
     pub max_calls: u32,
-    /// Calls to plan on per instance; absent means [`PLANNED_CALLS_PER_INSTANCE`] (15).
+    /// Calls to plan on per instance; absent means [`PLANNED_CALLS_PER_INSTANCE`] (15);
+    /// 0 means no planned capacity (utilization is then unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_calls: Option<u32>,
     /// Media load in percent, 0..=100; absent when unknown.
@@ -105,14 +106,11 @@ impl Calls {
         self.planned_calls.unwrap_or(PLANNED_CALLS_PER_INSTANCE)
     }
 
-    /// `call_count / planned_calls`; 0 when the planned capacity is 0.
-    pub fn utilization(&self) -> f64 {
+    /// `call_count / planned_calls`; `None` (unknown) when the planned capacity is 0, since
+    /// a ratio without a denominator is not 0.
+    pub fn utilization(&self) -> Option<f64> {
         let planned = self.planned_calls_or_default();
-        if planned == 0 {
-            0.0
-        } else {
-            f64::from(self.call_count) / f64::from(planned)
-        }
+        (planned > 0).then(|| f64::from(self.call_count) / f64::from(planned))
     }
 }
 
@@ -483,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn utilization_uses_planned_calls_default_and_guards_zero() {
+    fn utilization_uses_planned_calls_default_and_is_unknown_without_a_plan() {
         let mut c = Calls {
             call_count: 12,
             max_calls: 16,
@@ -491,8 +489,8 @@ mod tests {
             media_load: None,
         };
         assert_eq!(c.planned_calls_or_default(), 15);
-        assert!((c.utilization() - 0.8).abs() < 1e-12);
+        assert!((c.utilization().unwrap() - 0.8).abs() < 1e-12);
         c.planned_calls = Some(0);
-        assert_eq!(c.utilization(), 0.0);
+        assert_eq!(c.utilization(), None);
     }
 }

@@ -41,10 +41,12 @@ pub mod event;
 pub mod line;
 
 pub use capacity::{vcpu_quota_advice, ConnectorRollup, VcpuQuotaAdvice};
-pub use decode::{decode, encode, DeadLetter, DeadLetterReason, MAX_BODY_BYTES};
+pub use decode::{
+    check_sample_time, decode, encode, DeadLetter, DeadLetterReason, TimeBounds, MAX_BODY_BYTES,
+};
 pub use dedup::{DedupWindow, EventKey, Seen};
 pub use event::{AgentInfo, Calls, ConnectorKey, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
 pub use line::{
-    connector_point, instance_down_point, instance_point, pipeline_point, FieldValue,
-    PipelineStats, Point,
+    connector_point, instance_down_point, instance_point, instance_point_received, pipeline_point,
+    FieldValue, PipelineStats, Point,
 };

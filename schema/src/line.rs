@@ -49,7 +49,7 @@ pub const MEASUREMENT_PIPELINE: &str = "tc_pipeline";
 /// Tags of `tc_instance`.
 pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scaleset", "instance"];
 /// Every field `tc_instance` can carry (present only when known).
-pub const INSTANCE_FIELDS: [&str; 14] = [
+pub const INSTANCE_FIELDS: [&str; 15] = [
     "call_count",
     "max_calls",
     "planned_calls",
@@ -64,6 +64,7 @@ pub const INSTANCE_FIELDS: [&str; 14] = [
     "service_up",
     "cert_expiry_days",
     "agent_spooled",
+    "clock_skew_seconds",
 ];
 /// Tags of `tc_connector`.
 pub const CONNECTOR_TAGS: [&str; 3] = ["connector", "deployment", "region"];
@@ -366,7 +367,7 @@ pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
                 "media_load",
                 calls.media_load.map(|m| FieldValue::Int(m.into())),
             )
-            .field("utilization", FieldValue::Float(calls.utilization()));
+            .field_opt("utilization", calls.utilization());
     }
     let h = &ev.health;
     p.field_opt("cpu", h.cpu)
@@ -376,6 +377,19 @@ pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
         .field_opt("service_up", h.service_up.map(flag))
         .field_opt("cert_expiry_days", h.cert_expiry_days)
         .field_opt("agent_spooled", ev.agent.as_ref().map(|a| int(a.spooled)))
+}
+
+/// [`instance_point`] of an event Event Hubs enqueued at `enqueued`, with the field
+/// `clock_skew_seconds` = sample time − enqueued time (float seconds): positive when the
+/// instance's clock runs ahead, a little negative normally (transport), more negative for
+/// a slow clock or a report replayed from the agent's spool. A dashboard shows the VM with
+/// a bad clock from it.
+pub fn instance_point_received(ev: &StatusEvent, up: bool, enqueued: Timestamp) -> Point {
+    let skew_ms = ev.time.unix_millis() - enqueued.unix_millis();
+    instance_point(ev, up).field(
+        "clock_skew_seconds",
+        FieldValue::Float(skew_ms as f64 / 1000.0),
+    )
 }
 
 /// A `tc_instance` point with only `up=0i`, for an instance that stopped reporting: same
@@ -400,7 +414,7 @@ pub fn connector_point(
         .field("call_count", int(rollup.call_count))
         .field("capacity_planned", int(rollup.capacity_planned))
         .field("capacity_max", int(rollup.capacity_max))
-        .field("utilization", FieldValue::Float(rollup.utilization))
+        .field_opt("utilization", rollup.utilization)
         .field("headroom_calls", FieldValue::Int(rollup.headroom_calls))
         .field("peak_calls", int(rollup.peak_calls))
         .field("instances_needed", int(rollup.instances_needed))
@@ -614,6 +628,13 @@ mod tests {
     fn full_event_maps_to_every_instance_field() {
         let ev = fixture_event("valid_full.json");
         let p = instance_point(&ev, true);
+        let enqueued = Timestamp::from_unix_millis(ev.time.unix_millis() - 49_500).unwrap();
+        let received = instance_point_received(&ev, true, enqueued);
+        assert_eq!(
+            received.get_field("clock_skew_seconds"),
+            Some(&FieldValue::Float(49.5)),
+            "sample time 49.5 s after the enqueued time: the clock runs ahead"
+        );
         assert_eq!(
             p.to_line(),
             "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
@@ -623,7 +644,7 @@ mod tests {
              mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
              utilization=0.8 1795687200123000000"
         );
-        let mut fields: Vec<&str> = p.fields().keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = received.fields().keys().map(String::as_str).collect();
         let mut expected = INSTANCE_FIELDS.to_vec();
         fields.sort_unstable();
         expected.sort_unstable();
@@ -649,6 +670,28 @@ mod tests {
         assert_eq!(p.get_field("planned_calls"), Some(&FieldValue::Int(15)));
         assert_eq!(p.get_field("media_load"), None);
         assert_eq!(p.get_field("utilization"), Some(&FieldValue::Float(0.0)));
+    }
+
+    /// r12 fault 5: a ratio without a denominator is unknown (left out), never 0.
+    #[test]
+    fn utilization_without_planned_capacity_is_left_out() {
+        let mut ev = fixture_event("valid_full.json");
+        if let Some(c) = ev.calls.as_mut() {
+            c.planned_calls = Some(0);
+            c.call_count = 0;
+        }
+        let p = instance_point(&ev, true);
+        assert_eq!(p.get_field("planned_calls"), Some(&FieldValue::Int(0)));
+        assert_eq!(p.get_field("utilization"), None);
+        let at = Timestamp::parse_rfc3339("2026-11-26T10:01:00Z").unwrap();
+        let none_online =
+            connector_point(&ev.connector_key(), &ConnectorRollup::compute(&[], 31), at);
+        assert_eq!(
+            none_online.get_field("capacity_planned"),
+            Some(&FieldValue::Int(0))
+        );
+        assert_eq!(none_online.get_field("utilization"), None);
+        assert!(!none_online.to_line().contains("utilization"));
     }
 
     #[test]

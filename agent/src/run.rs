@@ -373,25 +373,32 @@ async fn pause(ctx_done: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Removes sent events, retrying with backoff until the spool accepts it; sends nothing
-/// meanwhile. False when shutdown came first (the events stay spooled and are sent once
+/// Removes sent events, retrying with backoff (or sooner, when the reporter wrote to the
+/// spool again) until the spool accepts it; sends nothing meanwhile. False when shutdown
+/// came first and a last attempt failed too (the events stay spooled and are sent once
 /// more at the next start: at-least-once).
 async fn remove_sent<P>(ctx: &SendCtx<P>, ids: Vec<u64>) -> bool {
-    let mut delay = Duration::from_secs(1).min(ctx.cfg.retry_max.max(ctx.cfg.retry_initial));
+    let mut delay = Duration::from_secs(1);
     loop {
         let spool = ctx.spool.clone();
         let ids2 = ids.clone();
         let Err(e) = blocking(move || spool.remove(&ids2)).await else {
             return true;
         };
+        if ctx.reporter_done.is_cancelled() {
+            return false;
+        }
         SendPaused {
             error: &e,
             sent_unremoved: ids.len(),
             retry_in: delay,
         }
         .emit(&ctx.counters);
-        if pause(&ctx.reporter_done, delay).await {
-            return false;
+        tokio::select! {
+            biased;
+            _ = ctx.reporter_done.cancelled() => {}
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(REMOVE_RETRY_MAX);
     }

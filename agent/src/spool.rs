@@ -264,6 +264,31 @@ fn classify(e: redb::Error) -> OpenFailure {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs redb under [`quiet_catch`]: its panics are reported as
+    /// spool errors, not printed by the panic hook.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` whose panics (redb tripping over a damaged file) do not reach the panic
+/// hook's stderr message: the caller turns them into one clear spool error. Panics of other
+/// threads still print as usual.
+fn quiet_catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    r
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -291,7 +316,7 @@ fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
 
 /// Opens (creating) the file and reads its counters, never panicking.
 fn open_db(path: &Path) -> Result<(Database, Meta), OpenFailure> {
-    let opened = catch_unwind(AssertUnwindSafe(|| {
+    let opened = quiet_catch(|| {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -312,7 +337,7 @@ fn open_db(path: &Path) -> Result<(Database, Meta), OpenFailure> {
         }
         drop(txn);
         Ok((db, meta))
-    }));
+    });
     match opened {
         Ok(r) => r,
         Err(payload) => Err(OpenFailure::Corrupt(format!(
@@ -467,7 +492,7 @@ impl Spool {
                 source: Box::new(redb::Error::PreviousIo),
             });
         };
-        let result = catch_unwind(AssertUnwindSafe(|| f(db, &mut meta)));
+        let result = quiet_catch(|| f(db, &mut meta));
         match result {
             Ok(Ok(v)) => {
                 st.meta = meta;

@@ -275,7 +275,11 @@ async fn report_loop(mut ctx: ReportCtx) {
 
 /// Appends the reports held in memory (if any) and `records`, in order; on failure keeps
 /// them all in memory (bounded).
-async fn spool_records(ctx: &mut ReportCtx, records: Vec<(String, Vec<u8>)>, last_seq: Option<u64>) {
+async fn spool_records(
+    ctx: &mut ReportCtx,
+    records: Vec<(String, Vec<u8>)>,
+    last_seq: Option<u64>,
+) {
     let was_failing = !ctx.pending.is_empty();
     let overflow = ctx.pending.push(records, last_seq);
     if overflow > 0 {
@@ -426,7 +430,9 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                     error: &e,
                 }
                 .emit(&ctx.counters);
-                if flush_deadline.is_some() || pause(&ctx.reporter_done, Duration::from_secs(1)).await {
+                if flush_deadline.is_some()
+                    || pause(&ctx.reporter_done, Duration::from_secs(1)).await
+                {
                     break;
                 }
                 continue;
@@ -503,7 +509,11 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                 } else {
                     fatal_attempts = fatal_attempts.saturating_add(1);
                     ctx.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
-                    Some(fatal_backoff.next_backoff().unwrap_or(ctx.cfg.fatal_retry_max))
+                    Some(
+                        fatal_backoff
+                            .next_backoff()
+                            .unwrap_or(ctx.cfg.fatal_retry_max),
+                    )
                 };
                 PublishFailed {
                     error: &error,
@@ -674,11 +684,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(counters.publish_fatal_errors.get(), 2);
-        assert_eq!(counters.publish_recoveries.get(), 1, "resumed without a restart");
+        assert_eq!(
+            counters.publish_recoveries.get(),
+            1,
+            "resumed without a restart"
+        );
         assert!(!s.publish_fatal);
         let seqs = seqs(&p);
         assert!(seqs.len() >= 8, "{seqs:?}");
-        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "spooled meanwhile, in order");
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "spooled meanwhile, in order"
+        );
         assert_eq!(s.spooled_at_exit, 0);
         // Slow schedule: 2 failures, then one success per wake-up, not a retry per poll.
         let attempts = p.attempts.load(std::sync::atomic::Ordering::Relaxed);
@@ -724,7 +742,11 @@ mod tests {
         let src = dir.path().join("calls");
         std::fs::write(&src, "1").unwrap();
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
-        std::fs::write(dir.path().join("spool").join(crate::spool::FILE_NAME), [0x5Au8; 4096]).unwrap();
+        std::fs::write(
+            dir.path().join("spool").join(crate::spool::FILE_NAME),
+            [0x5Au8; 4096],
+        )
+        .unwrap();
         let p = Arc::new(Scripted::default());
         let counters = Arc::new(Counters::default());
         let token = CancellationToken::new();

@@ -245,7 +245,7 @@ pub fn decode_record(id: u64, rec: &[u8]) -> Option<SpoolEntry> {
 enum OpenFailure {
     Locked,
     Corrupt(String),
-    Io(redb::Error),
+    Io(Box<redb::Error>),
 }
 
 fn classify(e: redb::Error) -> OpenFailure {
@@ -258,7 +258,7 @@ fn classify(e: redb::Error) -> OpenFailure {
             OpenFailure::Corrupt(format!("not a readable spool database: {io}"))
         }
         e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_)) => {
-            OpenFailure::Io(e)
+            OpenFailure::Io(Box::new(e))
         }
         other => OpenFailure::Corrupt(other.to_string()),
     }
@@ -297,14 +297,17 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
-fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
-    let txn = db.begin_read()?;
+fn read_meta(db: &Database) -> Result<Meta, OpenFailure> {
+    let err = |e: redb::Error| classify(e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
     let table = match txn.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Meta::default()),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(err(e.into())),
     };
-    let get = |k: &str| -> Result<Option<u64>, redb::Error> { Ok(table.get(k)?.map(|v| v.value())) };
+    let get = |k: &str| -> Result<Option<u64>, OpenFailure> {
+        Ok(table.get(k).map_err(|e| err(e.into()))?.map(|v| v.value()))
+    };
     Ok(Meta {
         next_id: get(META_NEXT_ID)?.unwrap_or(0),
         count: get(META_COUNT)?.unwrap_or(0),
@@ -322,7 +325,7 @@ fn open_db(path: &Path) -> Result<(Database, Meta), OpenFailure> {
             .create(path)
             .map_err(|e| classify(e.into()))?;
         // Reading (not writing) the counters lets a full disk still be drained.
-        let meta = read_meta(&db).map_err(classify)?;
+        let meta = read_meta(&db)?;
         // A spool's counters must match its table: a scan is bounded by max_bytes and
         // catches structures redb only trips over later.
         let txn = db.begin_read().map_err(|e| classify(e.into()))?;
@@ -440,7 +443,7 @@ impl Spool {
             OpenFailure::Io(e) => {
                 return Err(SpoolError::Open {
                     path: self.path.clone(),
-                    source: Box::new(e),
+                    source: e,
                 })
             }
             OpenFailure::Corrupt(reason) => reason,
@@ -455,7 +458,7 @@ impl Spool {
             },
             OpenFailure::Io(e) => SpoolError::Open {
                 path: self.path.clone(),
-                source: Box::new(e),
+                source: e,
             },
             OpenFailure::Corrupt(why) => SpoolError::Open {
                 path: self.path.clone(),
@@ -923,7 +926,13 @@ mod tests {
 
     fn write_garbage(path: &Path, what: &str) {
         match what {
-            "random" => std::fs::write(path, (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap(),
+            "random" => std::fs::write(
+                path,
+                (0..8192u32)
+                    .map(|i| (i * 7919 % 251) as u8)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
             "truncated" => {
                 let len = std::fs::metadata(path).unwrap().len();
                 let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -974,7 +983,13 @@ mod tests {
             } else {
                 assert_eq!(q.len(), 1, "{what}");
                 assert_eq!((q[0].bytes, q[0].events_known), (size, None), "{what}");
-                assert!(q[0].to.file_name().unwrap().to_str().unwrap().starts_with("spool.redb.corrupt-"));
+                assert!(q[0]
+                    .to
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("spool.redb.corrupt-"));
                 assert!(q[0].to.exists() && !q[0].reason.is_empty(), "{what}: {q:?}");
                 assert!(spool.is_empty());
             }
@@ -983,7 +998,10 @@ mod tests {
             spool.append([("k", b"new".as_slice())], Some(1)).unwrap();
             drop(spool);
             let again = Spool::open(dir.path(), 1 << 20).unwrap();
-            assert!(again.take_quarantined().is_empty(), "{what}: second start moved a file again");
+            assert!(
+                again.take_quarantined().is_empty(),
+                "{what}: second start moved a file again"
+            );
             assert!(bodies(&again).contains(&"new".to_string()), "{what}");
         }
     }
@@ -996,7 +1014,11 @@ mod tests {
         let err = Spool::open(dir.path(), 1 << 20).unwrap_err();
         assert!(matches!(err, SpoolError::Locked { .. }), "{err:?}");
         assert!(err.to_string().contains("another tcpulse-agent"));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "nothing moved aside"
+        );
         assert_eq!(bodies(&first), ["a"]);
     }
 
@@ -1018,7 +1040,9 @@ mod tests {
     fn r12_file_corrupted_while_running_is_moved_aside_ids_and_seq_continue() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        spool.append([("k", b"a".as_slice()), ("k", b"b".as_slice())], Some(5)).unwrap();
+        spool
+            .append([("k", b"a".as_slice()), ("k", b"b".as_slice())], Some(5))
+            .unwrap();
         let sent = spool.peek(1, usize::MAX).unwrap().entries[0].id;
         spool.fail_for_test();
         std::fs::write(spool.path(), b"garbage, not redb").unwrap();
@@ -1048,6 +1072,12 @@ mod tests {
         assert_eq!(bodies(&spool), ["c", "d", "e"]);
         assert_eq!(spool.last_seq(), Some(5));
         let mut small = MemoryQueue::new(100, 10);
-        assert_eq!(small.push(vec![("k".into(), vec![0; 8]), ("k".into(), vec![0; 8])], None), 1);
+        assert_eq!(
+            small.push(
+                vec![("k".into(), vec![0; 8]), ("k".into(), vec![0; 8])],
+                None
+            ),
+            1
+        );
     }
 }

@@ -39,7 +39,13 @@ struct AgentProc {
 }
 
 impl AgentProc {
-    fn start(dir: &Path, spool: &Path, instance: &str, target: Target<'_>, run: usize) -> Result<AgentProc> {
+    fn start(
+        dir: &Path,
+        spool: &Path,
+        instance: &str,
+        target: Target<'_>,
+        run: usize,
+    ) -> Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let calls = dir.join("calls");
         std::fs::write(&calls, "3\n")?;
@@ -54,13 +60,31 @@ impl AgentProc {
             ),
         )?;
         let bin = profile_dir()?.join(format!("tcpulse-agent{}", std::env::consts::EXE_SUFFIX));
-        ensure!(bin.is_file(), "{} is missing: cargo build -p tcpulse-agent", bin.display());
+        ensure!(
+            bin.is_file(),
+            "{} is missing: cargo build -p tcpulse-agent",
+            bin.display()
+        );
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--connector", CONNECTOR, "--region", "westeurope", "--scaleset", "vmss"])
-            .args(["--instance", instance, "--interval", "200ms", "--poll-interval", "100ms"])
+            .args([
+                "--connector",
+                CONNECTOR,
+                "--region",
+                "westeurope",
+                "--scaleset",
+                "vmss",
+            ])
+            .args([
+                "--instance",
+                instance,
+                "--interval",
+                "200ms",
+                "--poll-interval",
+                "100ms",
+            ])
             .arg("--spool-dir")
             .arg(spool)
             .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
@@ -76,7 +100,9 @@ impl AgentProc {
                     .arg(&info.ca_pem);
             }
             Target::Unreachable => {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
                 std::fs::write(
                     &cs_file,
                     format!(
@@ -122,8 +148,13 @@ impl AgentProc {
 
     /// SIGTERM, then the exit status (SIGKILL and an error after 20 s).
     async fn stop(&mut self) -> Result<ExitStatus> {
-        let mut c = self.child.take().ok_or_else(|| anyhow!("agent not running"))?;
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("agent not running"))?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?;
         let t = Instant::now();
         loop {
             if let Some(s) = c.try_wait()? {
@@ -132,7 +163,10 @@ impl AgentProc {
             if t.elapsed() > Duration::from_secs(20) {
                 let _ = c.kill();
                 let _ = c.wait();
-                bail!("agent did not stop within 20 s of SIGTERM; log:\n{}", self.log());
+                bail!(
+                    "agent did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -140,7 +174,10 @@ impl AgentProc {
 
     /// Waits for the process to exit by itself (bounded).
     async fn wait_exit(&mut self, max: Duration) -> Result<ExitStatus> {
-        let c = self.child.as_mut().ok_or_else(|| anyhow!("agent not running"))?;
+        let c = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("agent not running"))?;
         let t = Instant::now();
         loop {
             if let Some(s) = c.try_wait()? {
@@ -173,7 +210,11 @@ impl Drop for AgentProc {
 }
 
 /// Polls `cond` every 100 ms until it holds, or fails after `timeout` naming `what`.
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<Duration> {
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
     let t = Instant::now();
     while !cond() {
         if t.elapsed() > timeout {
@@ -211,7 +252,10 @@ async fn read_all(info: &HubInfo, idle: Duration) -> Result<Vec<Value>> {
         .await
         .map_err(|_| anyhow!("consumer connect to partition {p} timed out"))??;
         loop {
-            ensure!(Instant::now() < deadline, "reading the hub back took over 60 s");
+            ensure!(
+                Instant::now() < deadline,
+                "reading the hub back took over 60 s"
+            );
             match tokio::time::timeout(idle, c.recv()).await {
                 Ok(ev) => {
                     let ev = ev.with_context(|| format!("recv on partition {p}"))?;
@@ -235,7 +279,9 @@ struct BootTally {
 fn tally(events: &[Value], instance: &str) -> BTreeMap<String, BootTally> {
     let mut per: BTreeMap<String, BootTally> = BTreeMap::new();
     for e in events.iter().filter(|e| e["instance"] == instance) {
-        let t = per.entry(e["boot"].as_str().unwrap_or_default().to_string()).or_default();
+        let t = per
+            .entry(e["boot"].as_str().unwrap_or_default().to_string())
+            .or_default();
         t.seqs.push(e["seq"].as_u64().unwrap_or(u64::MAX));
         t.dropped = t.dropped.max(e["agent"]["dropped"].as_u64().unwrap_or(0));
     }
@@ -260,11 +306,14 @@ impl BootTally {
 }
 
 fn field_u64(log: &str, line_has: &str, field: &str) -> Option<u64> {
-    log.lines().rev().find(|l| l.contains(line_has)).and_then(|l| {
-        l.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{field}=")))
-            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-    })
+    log.lines()
+        .rev()
+        .find(|l| l.contains(line_has))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{field}=")))
+                .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,9 +343,11 @@ async fn chaos_agent_disk_full() -> Result<()> {
     // The hub goes away (the spool must grow), and the disk fills up.
     hub.stop(Duration::from_secs(15)).await?;
     let filled = fs.fill("filler")?;
-    wait_for("the agent to log the failing append", Duration::from_secs(25), || {
-        agent.log().contains("spool append failed")
-    })
+    wait_for(
+        "the agent to log the failing append",
+        Duration::from_secs(25),
+        || agent.log().contains("spool append failed"),
+    )
     .await
     .with_context(|| format!("log:\n{}", agent.log()))?;
     // The hub comes back while the disk is still full: whatever the agent can read it may
@@ -322,7 +373,10 @@ async fn chaos_agent_disk_full() -> Result<()> {
         "the failure was logged"
     );
     let spooled_at_exit = field_u64(&log, "tcpulse-agent stopped", "spooled").unwrap_or(u64::MAX);
-    ensure!(spooled_at_exit == 0, "left {spooled_at_exit} spooled; log:\n{log}");
+    ensure!(
+        spooled_at_exit == 0,
+        "left {spooled_at_exit} spooled; log:\n{log}"
+    );
     let info = hub.info.clone();
 
     let events = read_all(&info, Duration::from_secs(2)).await?;
@@ -334,10 +388,19 @@ async fn chaos_agent_disk_full() -> Result<()> {
     let dup = t.duplicates();
     let lost = (made - d.len() as u64).saturating_sub(t.dropped);
     ensure!(d.first() == Some(&0), "first seq {:?}", d.first());
-    ensure!(lost == 0, "{lost} reports lost uncounted (gaps {}, dropped {}); log:\n{log}", t.gaps(), t.dropped);
+    ensure!(
+        lost == 0,
+        "{lost} reports lost uncounted (gaps {}, dropped {}); log:\n{log}",
+        t.gaps(),
+        t.dropped
+    );
     // No duplicate storm: at most one batch re-sent.
     ensure!(dup <= 256, "{dup} duplicate sends (storm); log:\n{log}");
-    ensure!(t.seqs.len() as u64 <= made + 256, "{} sends for {made} reports", t.seqs.len());
+    ensure!(
+        t.seqs.len() as u64 <= made + 256,
+        "{} sends for {made} reports",
+        t.seqs.len()
+    );
     record(&Row {
         fault: "agent disk full during spool append".into(),
         events_sent: made,
@@ -346,7 +409,7 @@ async fn chaos_agent_disk_full() -> Result<()> {
         duplicated: dup,
         counted_dropped: t.dropped,
         outcome: format!(
-            "filled {filled} B; append and remove failed (logged, sending paused, no re-sends), reopened by itself; stopped {since_free:.1?} after space came back with nothing left spooled; exit 0"
+            "filled {filled} B; {failed}; reopened by itself; stopped {since_free:.1?} after space came back with nothing left spooled; exit 0"
         ),
     })?;
     drop(fs);
@@ -402,7 +465,9 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
         let mut b = AgentProc::start(tmp.path(), &spool, "cs1", Target::File(out.clone()), 1)?;
         let started = wait_for("the agent to start", Duration::from_secs(10), || {
             b.log().contains("tcpulse-agent started")
-                || b.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                || b.child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
         })
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -411,17 +476,33 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
             Some(Ok(Some(s))) => s,
             _ => b.stop().await?,
         };
-        ensure!(started.is_ok() && status.success(), "{how}: exit {status}; log:\n{log_b}");
-        ensure!(!log_b.contains("panicked at"), "{how}: a panic message; log:\n{log_b}");
+        ensure!(
+            started.is_ok() && status.success(),
+            "{how}: exit {status}; log:\n{log_b}"
+        );
+        ensure!(
+            !log_b.contains("panicked at"),
+            "{how}: a panic message; log:\n{log_b}"
+        );
         let moved: Vec<_> = std::fs::read_dir(&spool)?
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("spool.redb.corrupt-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("spool.redb.corrupt-")
+            })
             .collect();
         let quarantined = log_b.contains("cannot be read") && log_b.contains("moved it to");
         // redb may read lightly damaged files as valid; then the backlog must be sent.
-        let sent = std::fs::read_to_string(&out).unwrap_or_default().lines().count() as u64;
+        let sent = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count() as u64;
         if how != "flipped bytes" || !moved.is_empty() {
-            ensure!(moved.len() == 1 && quarantined, "{how}: not moved aside; log:\n{log_b}");
+            ensure!(
+                moved.len() == 1 && quarantined,
+                "{how}: not moved aside; log:\n{log_b}"
+            );
         }
         // The second start works and moves nothing.
         let mut c = AgentProc::start(tmp.path(), &spool, "cs1", Target::File(out.clone()), 2)?;
@@ -431,13 +512,28 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
         .await
         .with_context(|| format!("{how}: {}", c.log()))?;
         let status2 = c.stop().await?;
-        ensure!(status2.success(), "{how}: second start exit {status2}; log:\n{}", c.log());
-        ensure!(!c.log().contains("moved it to"), "{how}: second start moved a file again");
-        let (lost, counted) = if moved.is_empty() { (backlog.saturating_sub(sent), 0) } else { (0, backlog) };
+        ensure!(
+            status2.success(),
+            "{how}: second start exit {status2}; log:\n{}",
+            c.log()
+        );
+        ensure!(
+            !c.log().contains("moved it to"),
+            "{how}: second start moved a file again"
+        );
+        let (lost, counted) = if moved.is_empty() {
+            (backlog.saturating_sub(sent), 0)
+        } else {
+            (0, backlog)
+        };
         record(&Row {
             fault: format!("agent spool file {how}"),
             events_sent: backlog,
-            points_stored: if moved.is_empty() { sent.min(backlog) } else { 0 },
+            points_stored: if moved.is_empty() {
+                sent.min(backlog)
+            } else {
+                0
+            },
             lost,
             duplicated: 0,
             counted_dropped: counted,
@@ -453,8 +549,12 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let spool = tmp.path().join("spool");
     let mut first = AgentProc::start(&tmp.path().join("a"), &spool, "lk1", Target::Unreachable, 0)?;
-    wait_for("the first agent", Duration::from_secs(10), || first.log().contains("tcpulse-agent started")).await?;
-    let mut second = AgentProc::start(&tmp.path().join("b"), &spool, "lk2", Target::Unreachable, 0)?;
+    wait_for("the first agent", Duration::from_secs(10), || {
+        first.log().contains("tcpulse-agent started")
+    })
+    .await?;
+    let mut second =
+        AgentProc::start(&tmp.path().join("b"), &spool, "lk2", Target::Unreachable, 0)?;
     let st = second.wait_exit(Duration::from_secs(10)).await?;
     let log2 = second.log();
     ensure!(st.code() == Some(2), "second agent exit {st}; log:\n{log2}");
@@ -467,7 +567,8 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
     );
     record(&Row {
         fault: "agent spool locked by a second agent".into(),
-        outcome: "second agent exit 2: \"is another tcpulse-agent using it?\"; first unaffected".into(),
+        outcome: "second agent exit 2: \"is another tcpulse-agent using it?\"; first unaffected"
+            .into(),
         ..Row::default()
     })?;
     Ok(())
@@ -517,7 +618,11 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
         0,
     )?;
     wait_for("two fatal attempts", Duration::from_secs(20), || {
-        agent.log().matches("sending paused, reports keep being spooled").count() >= 2
+        agent
+            .log()
+            .matches("sending paused, reports keep being spooled")
+            .count()
+            >= 2
     })
     .await
     .with_context(|| format!("log:\n{}", agent.log()))?;
@@ -535,7 +640,9 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
     let status = agent.stop().await?;
     let log = agent.log();
     ensure!(status.success(), "exit {status}");
-    let fatal_lines = log.matches("sending paused, reports keep being spooled").count();
+    let fatal_lines = log
+        .matches("sending paused, reports keep being spooled")
+        .count();
     ensure!(
         log.contains("retrying in") && log.contains("SharedAccessKey"),
         "the fatal line names the retry and what to check:\n{log}"
@@ -546,7 +653,10 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
     let t = per.values().next().unwrap();
     let d = t.distinct();
     let made = d.last().map_or(0, |m| m + 1);
-    ensure!(d.first() == Some(&0) && t.gaps() == 0, "reports spooled during the refusal arrive: {d:?}");
+    ensure!(
+        d.first() == Some(&0) && t.gaps() == 0,
+        "reports spooled during the refusal arrive: {d:?}"
+    );
     record(&Row {
         fault: "agent wrong key, then the key restored".into(),
         events_sent: made,
@@ -600,7 +710,10 @@ async fn chaos_agent_sigkill_during_hub_outage() -> Result<()> {
     }
     let made = all.last().map_or(0, |m| m + 1);
     let lost = made - all.len() as u64;
-    ensure!(lost == 0 && dup == 0, "lost {lost}, duplicated {dup}: {per:?}");
+    ensure!(
+        lost == 0 && dup == 0,
+        "lost {lost}, duplicated {dup}: {per:?}"
+    );
     record(&Row {
         fault: "agent SIGKILL during a hub outage".into(),
         events_sent: made,

@@ -207,7 +207,8 @@ pub struct SpoolAppendFailed<'a> {
 impl InternalEvent for SpoolAppendFailed<'_> {
     fn emit(self, c: &Counters) {
         c.spool_errors.add(1);
-        if c.spool_errors.should_log() {
+        // The first failure of an episode always logs (other spool errors share the limit).
+        if self.held <= 1 || c.spool_errors.should_log() {
             tracing::error!(stage = "spool", error_type = "append", held_in_memory = self.held,
                 "spool append failed: {}; holding {} reports in memory (at most {}, then the oldest are dropped and counted) and retrying at every report; free disk space in spool.dir",
                 error_chain(self.error), self.held, crate::spool::MEMORY_QUEUE_EVENTS);
@@ -221,12 +222,20 @@ impl InternalEvent for SpoolAppendFailed<'_> {
 pub struct MemoryQueueDropped {
     /// Reports dropped now.
     pub count: u64,
+    /// True when the agent is stopping (the held reports cannot be kept), false when the
+    /// queue overflowed.
+    pub at_shutdown: bool,
 }
 
 impl InternalEvent for MemoryQueueDropped {
     fn emit(self, c: &Counters) {
         c.spool_dropped.add(self.count);
-        if c.spool_dropped.should_log() {
+        if self.at_shutdown {
+            tracing::warn!(stage = "spool", error_type = "memory_queue_shutdown", dropped = self.count,
+                dropped_total = c.spool_dropped.get(),
+                "stopping while the spool is unwritable: {} reports held in memory are lost; free disk space in spool.dir",
+                self.count);
+        } else if c.spool_dropped.should_log() {
             tracing::warn!(stage = "spool", error_type = "memory_queue_full", dropped = self.count,
                 dropped_total = c.spool_dropped.get(),
                 "spool unwritable and the in-memory queue is full: dropped the oldest reports; free disk space in spool.dir");

@@ -268,7 +268,11 @@ async fn report_loop(mut ctx: ReportCtx) {
         spool_records(&mut ctx, Vec::new(), None).await;
         let left = ctx.pending.len() as u64;
         if left > 0 {
-            MemoryQueueDropped { count: left }.emit(&ctx.counters);
+            MemoryQueueDropped {
+                count: left,
+                at_shutdown: true,
+            }
+            .emit(&ctx.counters);
         }
     }
 }
@@ -283,7 +287,11 @@ async fn spool_records(
     let was_failing = !ctx.pending.is_empty();
     let overflow = ctx.pending.push(records, last_seq);
     if overflow > 0 {
-        MemoryQueueDropped { count: overflow }.emit(&ctx.counters);
+        MemoryQueueDropped {
+            count: overflow,
+            at_shutdown: false,
+        }
+        .emit(&ctx.counters);
     }
     let spool = ctx.spool.clone();
     let mut pending = std::mem::take(&mut ctx.pending);
@@ -430,10 +438,16 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                     error: &e,
                 }
                 .emit(&ctx.counters);
-                if flush_deadline.is_some()
-                    || pause(&ctx.reporter_done, Duration::from_secs(1)).await
-                {
+                if flush_deadline.is_some() {
                     break;
+                }
+                // Retry in a second, or as soon as the reporter wrote to the spool again;
+                // at shutdown, once more within the flush time.
+                tokio::select! {
+                    biased;
+                    _ = ctx.reporter_done.cancelled() => {}
+                    _ = ctx.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }

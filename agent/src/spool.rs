@@ -289,6 +289,15 @@ fn quiet_catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     r
 }
 
+fn is_disk_full(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+        }
+        _ => false,
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -350,6 +359,16 @@ fn open_db(path: &Path) -> Result<(Database, Meta), OpenFailure> {
     }
 }
 
+/// True when the file's header never got its magic number (zeros): redb writes it last
+/// when it creates a database, so such a file never held anything.
+fn never_initialised(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head.iter().all(|b| *b == 0))
+}
+
 /// Moves a corrupt file aside to `spool.redb.corrupt-<unix seconds>[-n]`.
 fn quarantine(
     path: &Path,
@@ -385,7 +404,8 @@ fn quarantine(
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, bounded to `max_bytes`
     /// (at least [`MIN_MAX_BYTES`]). A file that cannot be read is moved aside and a fresh
-    /// spool created (see [`Spool::take_quarantined`]).
+    /// spool created (see [`Spool::take_quarantined`]). On a full disk it opens closed:
+    /// every operation fails (and retries the open) until there is space.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
             dir: dir.to_owned(),
@@ -398,7 +418,13 @@ impl Spool {
         };
         {
             let mut st = spool.lock();
-            spool.reopen(&mut st)?;
+            match spool.reopen(&mut st) {
+                Ok(()) => {}
+                // A full disk is not a reason to stop (a service manager would restart us in
+                // a loop): start closed, every operation retries the open.
+                Err(SpoolError::Open { source, .. }) if is_disk_full(&source) => {}
+                Err(e) => return Err(e),
+            }
             st.reopens = 0;
         }
         Ok(spool)
@@ -448,8 +474,13 @@ impl Spool {
             }
             OpenFailure::Corrupt(reason) => reason,
         };
-        let q = quarantine(&self.path, reason, known)?;
-        st.quarantined.push(q);
+        if never_initialised(&self.path) {
+            // Creating it failed half-way (disk full): it never held a report. Start over.
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let q = quarantine(&self.path, reason, known)?;
+            st.quarantined.push(q);
+        }
         st.op_panics = 0;
         let carried = st.meta;
         let (db, _) = open_db(&self.path).map_err(|f| match f {
@@ -1004,6 +1035,19 @@ mod tests {
             );
             assert!(bodies(&again).contains(&"new".to_string()), "{what}");
         }
+    }
+
+    #[test]
+    fn r12_half_created_file_is_replaced_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a create on a full disk leaves: the length set, nothing written.
+        let f = std::fs::File::create(dir.path().join(FILE_NAME)).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(spool.take_quarantined().is_empty());
+        spool.append([("k", b"a".as_slice())], None).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -178,6 +178,17 @@ pub struct PublishArgs {
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_flush: Option<Duration>,
+    /// First delay after a fatal publish error (wrong key, hub not found: retrying soon
+    /// cannot help, but a rotated key or a re-created hub can), humantime; doubles up to
+    /// fatal_retry_max. Reports keep being spooled meanwhile. Default: 30s.
+    #[arg(skip)]
+    #[serde(default, with = "humantime_serde")]
+    pub fatal_retry_initial: Option<Duration>,
+    /// Longest delay between two attempts after fatal publish errors (humantime).
+    /// Default: 5m.
+    #[arg(skip)]
+    #[serde(default, with = "humantime_serde")]
+    pub fatal_retry_max: Option<Duration>,
 }
 
 /// Logging.
@@ -293,6 +304,14 @@ pub const fn default_retry_initial() -> Duration {
 pub const fn default_retry_max() -> Duration {
     Duration::from_secs(60)
 }
+/// Default of `publish.fatal_retry_initial`.
+pub const fn default_fatal_retry_initial() -> Duration {
+    Duration::from_secs(30)
+}
+/// Default of `publish.fatal_retry_max`.
+pub const fn default_fatal_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
 /// Default of `publish.shutdown_flush`.
 pub const fn default_shutdown_flush() -> Duration {
     Duration::from_secs(5)
@@ -396,6 +415,10 @@ pub struct PublishConfig {
     pub retry_max: Duration,
     /// Flush time at shutdown.
     pub shutdown_flush: Duration,
+    /// First retry delay after a fatal publish error.
+    pub fatal_retry_initial: Duration,
+    /// Largest retry delay after fatal publish errors.
+    pub fatal_retry_max: Duration,
 }
 
 /// The whole resolved configuration.
@@ -726,6 +749,10 @@ impl Config {
             retry_initial: f.retry_initial.unwrap_or(default_retry_initial()),
             retry_max: f.retry_max.unwrap_or(default_retry_max()),
             shutdown_flush: f.shutdown_flush.unwrap_or(default_shutdown_flush()),
+            fatal_retry_initial: f
+                .fatal_retry_initial
+                .unwrap_or(default_fatal_retry_initial()),
+            fatal_retry_max: f.fatal_retry_max.unwrap_or(default_fatal_retry_max()),
         };
 
         Ok(Config {

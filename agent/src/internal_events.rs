@@ -66,6 +66,18 @@ pub struct Counters {
     pub events_invalid: Counter,
     /// `agent_health_errors_total`: health values that could not be measured.
     pub health_errors: Counter,
+    /// `agent_spool_quarantined_total`: spool files that could not be read and were moved
+    /// aside (their reports are lost; the log line says what is known about them).
+    pub spool_quarantined: Counter,
+    /// `agent_spool_recoveries_total`: times the spool became writable again after failing
+    /// (disk full, I/O error) and the reports held in memory were written.
+    pub spool_recoveries: Counter,
+    /// `agent_send_paused_total`: attempts to remove sent events from a failing spool;
+    /// sending waits (nothing is re-sent) until one succeeds.
+    pub send_paused: Counter,
+    /// `agent_publish_recoveries_total`: times publishing worked again after fatal errors
+    /// (a rotated key, a re-created hub) without a restart.
+    pub publish_recoveries: Counter,
 }
 
 /// A telemetry event: emitting it logs once (rate-limited) and counts once.
@@ -121,8 +133,14 @@ impl InternalEvent for PublishFailed<'_> {
         };
         counter.add(1);
         if !self.error.is_transient() {
+            // Every fatal attempt is logged: they are minutes apart.
+            let retry = self
+                .retry_in
+                .map(|d| format!("retrying in {}", humantime::format_duration(d)))
+                .unwrap_or_else(|| "not retrying (shutting down)".to_owned());
             tracing::error!(stage = "publish", error_type = "fatal", events = self.events,
-                "{:#}; sending stopped, events keep being spooled; fix the cause and restart the agent",
+                errors_total = counter.get(), retry_in = ?self.retry_in,
+                "{}; sending paused, reports keep being spooled; {retry}; check the connection string's SharedAccessKeyName/SharedAccessKey and the event hub name: a key restored in Event Hubs or a re-created hub is picked up at the next retry, a new connection string for this agent needs a restart",
                 error_chain(self.error));
         } else if counter.should_log() {
             tracing::warn!(stage = "publish", error_type = "transient", events = self.events,
@@ -173,6 +191,142 @@ impl InternalEvent for SpoolFailed<'_> {
                 error_chain(self.error)
             );
         }
+    }
+}
+
+/// The reports that could not be written to the spool are held in memory; this is the
+/// append failure (disk full, I/O error).
+#[derive(Debug)]
+pub struct SpoolAppendFailed<'a> {
+    /// The error.
+    pub error: &'a crate::spool::SpoolError,
+    /// Reports now held in memory.
+    pub held: usize,
+}
+
+impl InternalEvent for SpoolAppendFailed<'_> {
+    fn emit(self, c: &Counters) {
+        c.spool_errors.add(1);
+        // The first failure of an episode always logs (other spool errors share the limit).
+        if self.held <= 1 || c.spool_errors.should_log() {
+            tracing::error!(stage = "spool", error_type = "append", held_in_memory = self.held,
+                "spool append failed: {}; holding {} reports in memory (at most {}, then the oldest are dropped and counted) and retrying at every report; free disk space in spool.dir",
+                error_chain(self.error), self.held, crate::spool::MEMORY_QUEUE_EVENTS);
+        }
+    }
+}
+
+/// The spool could not be written and the in-memory queue overflowed: its oldest reports
+/// were dropped.
+#[derive(Debug)]
+pub struct MemoryQueueDropped {
+    /// Reports dropped now.
+    pub count: u64,
+    /// True when the agent is stopping (the held reports cannot be kept), false when the
+    /// queue overflowed.
+    pub at_shutdown: bool,
+}
+
+impl InternalEvent for MemoryQueueDropped {
+    fn emit(self, c: &Counters) {
+        c.spool_dropped.add(self.count);
+        if self.at_shutdown {
+            tracing::warn!(stage = "spool", error_type = "memory_queue_shutdown", dropped = self.count,
+                dropped_total = c.spool_dropped.get(),
+                "stopping while the spool is unwritable: {} reports held in memory are lost; free disk space in spool.dir",
+                self.count);
+        } else if c.spool_dropped.should_log() {
+            tracing::warn!(stage = "spool", error_type = "memory_queue_full", dropped = self.count,
+                dropped_total = c.spool_dropped.get(),
+                "spool unwritable and the in-memory queue is full: dropped the oldest reports; free disk space in spool.dir");
+        }
+    }
+}
+
+/// The spool works again after failures; the reports held in memory were written.
+#[derive(Debug)]
+pub struct SpoolRecovered {
+    /// Reports written from memory.
+    pub written: u64,
+    /// Times the database was reopened so far.
+    pub reopens: u64,
+}
+
+impl InternalEvent for SpoolRecovered {
+    fn emit(self, c: &Counters) {
+        c.spool_recoveries.add(1);
+        tracing::info!(
+            stage = "spool",
+            written = self.written,
+            reopens = self.reopens,
+            "spool writable again: reopened it and wrote {} reports held in memory",
+            self.written
+        );
+    }
+}
+
+/// A spool file could not be read and was moved aside; a fresh spool replaces it.
+#[derive(Debug)]
+pub struct SpoolQuarantined<'a> {
+    /// What was moved, where, and what is known about it.
+    pub file: &'a crate::spool::Quarantined,
+}
+
+impl InternalEvent for SpoolQuarantined<'_> {
+    fn emit(self, c: &Counters) {
+        c.spool_quarantined.add(1);
+        let q = self.file;
+        let lost = match q.events_known {
+            Some(n) => format!("{n} unsent reports"),
+            None => "an unknown number of unsent reports".to_owned(),
+        };
+        tracing::error!(stage = "spool", error_type = "corrupt", from = %q.from.display(),
+            to = %q.to.display(), bytes = q.bytes,
+            "spool {} cannot be read ({}); moved it to {} ({} bytes) and started an empty spool: {} it held are lost (at most {} bytes of records); keep the file for diagnosis or delete it",
+            q.from.display(), q.reason, q.to.display(), q.bytes, lost, q.bytes);
+    }
+}
+
+/// Sent events could not be removed from the spool: sending waits until they can be,
+/// rather than sending them again.
+#[derive(Debug)]
+pub struct SendPaused<'a> {
+    /// The removal error.
+    pub error: &'a crate::spool::SpoolError,
+    /// Sent events still in the spool.
+    pub sent_unremoved: usize,
+    /// Delay before the next removal attempt.
+    pub retry_in: std::time::Duration,
+}
+
+impl InternalEvent for SendPaused<'_> {
+    fn emit(self, c: &Counters) {
+        c.send_paused.add(1);
+        if c.send_paused.should_log() {
+            tracing::error!(stage = "spool", error_type = "remove", sent_unremoved = self.sent_unremoved,
+                retry_in = ?self.retry_in, paused_total = c.send_paused.get(),
+                "spool cannot remove {} sent events: {}; sending paused until it can (nothing is sent twice meanwhile); free disk space in spool.dir",
+                self.sent_unremoved, error_chain(self.error));
+        }
+    }
+}
+
+/// Publishing works again after fatal errors.
+#[derive(Debug)]
+pub struct PublishRecovered {
+    /// Fatal attempts before this success.
+    pub failed_attempts: u32,
+}
+
+impl InternalEvent for PublishRecovered {
+    fn emit(self, c: &Counters) {
+        c.publish_recoveries.add(1);
+        tracing::info!(
+            stage = "publish",
+            failed_attempts = self.failed_attempts,
+            "publishing works again after {} fatal errors; sending the spooled reports",
+            self.failed_attempts
+        );
     }
 }
 

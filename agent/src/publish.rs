@@ -35,9 +35,10 @@ pub enum PublishError {
     /// Worth retrying with backoff: connection lost, timeout, throttled, service busy.
     #[error("publish failed (transient, will retry)")]
     Transient(#[source] BoxError),
-    /// Retrying cannot help (bad credentials, hub not found, body rejected): the agent
-    /// stops sending, keeps spooling, and needs an operator (and a restart).
-    #[error("publish failed (fatal, not retrying)")]
+    /// Retrying soon cannot help (bad credentials, hub not found, body rejected): the agent
+    /// keeps spooling and retries on a slow schedule (`publish.fatal_retry_initial` doubling
+    /// to `publish.fatal_retry_max`), so a key restored in Event Hubs or a re-created hub needs no restart.
+    #[error("publish failed (fatal: needs an operator; retrying slowly)")]
     Fatal(#[source] BoxError),
 }
 

@@ -6,8 +6,16 @@
 //! - **sender**: takes the oldest spooled events (one partition key per batch), hands them
 //!   to the [`Publisher`], and removes them from the spool only when it accepted them.
 //!   Transient errors back off exponentially (the `backoff` crate: `retry_initial` doubling
-//!   to `retry_max`, with jitter, never giving up); a fatal error stops sending while the
-//!   reporter keeps spooling (bounded), until an operator fixes the cause and restarts.
+//!   to `retry_max`, with jitter, never giving up). A fatal error (wrong key, hub not found)
+//!   is retried on a slow schedule (`fatal_retry_initial` doubling to `fatal_retry_max`),
+//!   with an ERROR line naming the cause at every attempt, while the reporter keeps
+//!   spooling (bounded): a rotated key or a re-created hub is picked up without a restart.
+//!
+//! Spool failures (issue 12): a report the spool cannot append (disk full) is held in a
+//! bounded [`MemoryQueue`] and written, first, once the spool works again (the spool
+//! reopens itself); overflow is counted in `agent.dropped`. When sent events cannot be
+//! removed, the sender keeps their ids and retries only the removal, with backoff, and
+//! sends nothing until it succeeds: a failing spool never turns into repeated sends.
 //!
 //! Shutdown: the caller cancels `shutdown`. The reporter stops between reads; the sender
 //! then flushes what it can for up to `shutdown_flush` (an in-flight send may finish
@@ -30,13 +38,14 @@ use uuid::Uuid;
 use crate::config::{Config, PublishConfig};
 use crate::health::HealthProbe;
 use crate::internal_events::{
-    Counters, EventInvalid, EventsSent, EventsSpooled, InternalEvent, PublishFailed, SourceFailed,
-    SpoolDropped, SpoolFailed,
+    Counters, EventInvalid, EventsSent, EventsSpooled, InternalEvent, MemoryQueueDropped,
+    PublishFailed, PublishRecovered, SendPaused, SourceFailed, SpoolAppendFailed, SpoolDropped,
+    SpoolFailed, SpoolQuarantined, SpoolRecovered,
 };
 use crate::publish::{PublishError, Publisher};
 use crate::report::{agent_info, Reporter};
 use crate::sources::{BuildError, Source};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{MemoryQueue, Spool, SpoolError};
 
 /// A start-up step failed; nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +71,8 @@ pub struct RunSummary {
     pub spooled_at_exit: u64,
     /// Events dropped because the spool was full.
     pub dropped: u64,
-    /// Whether sending stopped on a fatal publish error.
+    /// Whether the last publish attempt ended in a fatal error (sending was paused,
+    /// retrying slowly, when the run ended).
     pub publish_fatal: bool,
 }
 
@@ -103,6 +113,7 @@ pub async fn run_with_counters<P: Publisher>(
         .build(&config.identity.instance)
         .map_err(RunError::Source)?;
     let boot = Uuid::new_v4();
+    emit_quarantined(&spool, &counters);
     let first_seq = spool.last_seq().map_or(0, |s| s + 1);
     let host_boot = tcpulse_schema::Timestamp::from_unix_millis(
         i64::try_from(sysinfo::System::boot_time())
@@ -137,6 +148,7 @@ pub async fn run_with_counters<P: Publisher>(
         wake: wake.clone(),
         shutdown: shutdown.clone(),
         done: reporter_done.clone(),
+        pending: MemoryQueue::default(),
     }));
     tracker.spawn(send_loop(SendCtx {
         spool: spool.clone(),
@@ -178,7 +190,14 @@ pub async fn run_with_counters<P: Publisher>(
     Ok(summary)
 }
 
+fn emit_quarantined(spool: &Spool, counters: &Counters) {
+    for q in spool.take_quarantined() {
+        SpoolQuarantined { file: &q }.emit(counters);
+    }
+}
+
 struct ReportCtx {
+    pending: MemoryQueue,
     source: Source,
     reporter: Reporter,
     probe: HealthProbe,
@@ -223,7 +242,10 @@ async fn report_loop(mut ctx: ReportCtx) {
         } else {
             tcpulse_schema::Health::default()
         };
-        let info = agent_info(ctx.spool.len(), ctx.counters.spool_dropped.get());
+        let info = agent_info(
+            ctx.spool.len() + ctx.pending.len() as u64,
+            ctx.counters.spool_dropped.get(),
+        );
         let now = tcpulse_schema::Timestamp::now();
         let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(due.len());
         let mut last_seq = None;
@@ -239,33 +261,71 @@ async fn report_loop(mut ctx: ReportCtx) {
         if records.is_empty() {
             continue;
         }
-        let n = records.len() as u64;
-        let spool = ctx.spool.clone();
-        let appended = blocking(move || {
-            spool.append(
-                records.iter().map(|(k, b)| (k.as_str(), b.as_slice())),
-                last_seq,
-            )
-        })
-        .await;
-        match appended {
-            Ok(outcome) => {
-                EventsSpooled { count: n }.emit(&ctx.counters);
-                if outcome.dropped > 0 {
-                    SpoolDropped {
-                        count: outcome.dropped,
-                        max_bytes: ctx.spool.max_bytes(),
-                    }
-                    .emit(&ctx.counters);
-                }
-                ctx.wake.notify_one();
+        spool_records(&mut ctx, records, last_seq).await;
+    }
+    if !ctx.pending.is_empty() {
+        // Shutting down with reports held in memory: one last try, then count them.
+        spool_records(&mut ctx, Vec::new(), None).await;
+        let left = ctx.pending.len() as u64;
+        if left > 0 {
+            MemoryQueueDropped {
+                count: left,
+                at_shutdown: true,
             }
-            Err(e) => SpoolFailed {
-                operation: "append",
-                error: &e,
-            }
-            .emit(&ctx.counters),
+            .emit(&ctx.counters);
         }
+    }
+}
+
+/// Appends the reports held in memory (if any) and `records`, in order; on failure keeps
+/// them all in memory (bounded).
+async fn spool_records(
+    ctx: &mut ReportCtx,
+    records: Vec<(String, Vec<u8>)>,
+    last_seq: Option<u64>,
+) {
+    let was_failing = !ctx.pending.is_empty();
+    let overflow = ctx.pending.push(records, last_seq);
+    if overflow > 0 {
+        MemoryQueueDropped {
+            count: overflow,
+            at_shutdown: false,
+        }
+        .emit(&ctx.counters);
+    }
+    let spool = ctx.spool.clone();
+    let mut pending = std::mem::take(&mut ctx.pending);
+    let (pending, appended) = blocking(move || {
+        let r = pending.flush_to(&spool);
+        (pending, r)
+    })
+    .await;
+    ctx.pending = pending;
+    emit_quarantined(&ctx.spool, &ctx.counters);
+    match appended {
+        Ok((outcome, n)) => {
+            EventsSpooled { count: n }.emit(&ctx.counters);
+            if was_failing {
+                SpoolRecovered {
+                    written: n,
+                    reopens: ctx.spool.reopens(),
+                }
+                .emit(&ctx.counters);
+            }
+            if outcome.dropped > 0 {
+                SpoolDropped {
+                    count: outcome.dropped,
+                    max_bytes: ctx.spool.max_bytes(),
+                }
+                .emit(&ctx.counters);
+            }
+            ctx.wake.notify_one();
+        }
+        Err(e) => SpoolAppendFailed {
+            error: &e,
+            held: ctx.pending.len(),
+        }
+        .emit(&ctx.counters),
     }
 }
 
@@ -301,19 +361,71 @@ fn backoff_for(cfg: &PublishConfig) -> ExponentialBackoff {
     }
 }
 
+fn fatal_backoff_for(cfg: &PublishConfig) -> ExponentialBackoff {
+    ExponentialBackoff {
+        initial_interval: cfg.fatal_retry_initial,
+        current_interval: cfg.fatal_retry_initial,
+        max_interval: cfg.fatal_retry_max.max(cfg.fatal_retry_initial),
+        multiplier: 2.0,
+        randomization_factor: 0.1,
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    }
+}
+
+/// Most time between two attempts to remove sent events from a failing spool.
+const REMOVE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Sleeps `delay`, or less when the reporter ends (shutdown). True when shutting down.
+async fn pause(ctx_done: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = ctx_done.cancelled() => true,
+        _ = tokio::time::sleep(delay) => ctx_done.is_cancelled(),
+    }
+}
+
+/// Removes sent events, retrying with backoff (or sooner, when the reporter wrote to the
+/// spool again) until the spool accepts it; sends nothing meanwhile. False when shutdown
+/// came first and a last attempt failed too (the events stay spooled and are sent once
+/// more at the next start: at-least-once).
+async fn remove_sent<P>(ctx: &SendCtx<P>, ids: Vec<u64>) -> bool {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let spool = ctx.spool.clone();
+        let ids2 = ids.clone();
+        let Err(e) = blocking(move || spool.remove(&ids2)).await else {
+            return true;
+        };
+        if ctx.reporter_done.is_cancelled() {
+            return false;
+        }
+        SendPaused {
+            error: &e,
+            sent_unremoved: ids.len(),
+            retry_in: delay,
+        }
+        .emit(&ctx.counters);
+        tokio::select! {
+            biased;
+            _ = ctx.reporter_done.cancelled() => {}
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(REMOVE_RETRY_MAX);
+    }
+}
+
 async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
     let mut backoff = backoff_for(&ctx.cfg);
+    let mut fatal_backoff = fatal_backoff_for(&ctx.cfg);
+    let mut fatal_attempts = 0u32;
     let mut flush_deadline: Option<Instant> = None;
     loop {
         if ctx.reporter_done.is_cancelled() && flush_deadline.is_none() {
             flush_deadline = Some(Instant::now() + ctx.cfg.shutdown_flush);
         }
         if flush_deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if ctx.fatal.load(std::sync::atomic::Ordering::Relaxed) {
-            // Sending stopped; the reporter keeps spooling until shutdown.
-            ctx.reporter_done.cancelled().await;
             break;
         }
         let spool = ctx.spool.clone();
@@ -329,8 +441,12 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                 if flush_deadline.is_some() {
                     break;
                 }
+                // Retry in a second, or as soon as the reporter wrote to the spool again;
+                // at shutdown, once more within the flush time.
                 tokio::select! {
+                    biased;
                     _ = ctx.reporter_done.cancelled() => {}
+                    _ = ctx.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
@@ -383,48 +499,53 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
 
         match result {
             Ok(()) => {
-                let spool = ctx.spool.clone();
-                if let Err(e) = blocking(move || spool.remove(&ids)).await {
-                    SpoolFailed {
-                        operation: "remove",
-                        error: &e,
-                    }
-                    .emit(&ctx.counters);
-                }
                 EventsSent { count: n as u64 }.emit(&ctx.counters);
                 backoff.reset();
-            }
-            Err(error) if error.is_transient() => {
-                if ctx.reporter_done.is_cancelled() {
-                    PublishFailed {
-                        error: &error,
-                        events: n,
-                        retry_in: None,
+                if fatal_attempts > 0 {
+                    PublishRecovered {
+                        failed_attempts: fatal_attempts,
                     }
                     .emit(&ctx.counters);
-                    break; // Shutting down: keep the rest spooled.
+                    fatal_attempts = 0;
+                    fatal_backoff.reset();
+                    ctx.fatal.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
-                let delay = backoff.next_backoff().unwrap_or(ctx.cfg.retry_max);
-                PublishFailed {
-                    error: &error,
-                    events: n,
-                    retry_in: Some(delay),
-                }
-                .emit(&ctx.counters);
-                tokio::select! {
-                    biased;
-                    _ = ctx.reporter_done.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
+                if !remove_sent(&ctx, ids).await {
+                    break;
                 }
             }
             Err(error) => {
+                let shutting_down = ctx.reporter_done.is_cancelled();
+                let delay = if shutting_down {
+                    None
+                } else if error.is_transient() {
+                    Some(backoff.next_backoff().unwrap_or(ctx.cfg.retry_max))
+                } else {
+                    fatal_attempts = fatal_attempts.saturating_add(1);
+                    ctx.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Some(
+                        fatal_backoff
+                            .next_backoff()
+                            .unwrap_or(ctx.cfg.fatal_retry_max),
+                    )
+                };
                 PublishFailed {
                     error: &error,
                     events: n,
-                    retry_in: None,
+                    retry_in: delay,
                 }
                 .emit(&ctx.counters);
-                ctx.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+                match delay {
+                    // Shutting down: keep the rest spooled.
+                    None => break,
+                    // Interrupted by shutdown: a transient error gets the flush time, a
+                    // fatal one would only fail again.
+                    Some(d) => {
+                        if pause(&ctx.reporter_done, d).await && !error.is_transient() {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
@@ -478,7 +599,7 @@ mod tests {
              [report]\ninterval = \"100ms\"\npoll_interval = \"50ms\"\n\
              [health]\nenabled = false\n\
              [spool]\ndir = {:?}\n\
-             [publish]\nfile = \"/unused\"\nretry_initial = \"20ms\"\nretry_max = \"50ms\"\nshutdown_flush = \"1s\"\n\
+             [publish]\nfile = \"/unused\"\nretry_initial = \"20ms\"\nretry_max = \"50ms\"\nshutdown_flush = \"1s\"\nfatal_retry_initial = \"150ms\"\nfatal_retry_max = \"300ms\"\n\
              [source]\ntype = \"file\"\npath = {:?}\n",
             dir.join("spool"),
             file_source
@@ -557,7 +678,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fatal_error_stops_sending_but_keeps_spooling_then_next_start_replays_in_order() {
+    async fn r12_fatal_errors_retry_slowly_keep_spooling_and_resume_without_restart() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("calls");
         std::fs::write(&src, "2").unwrap();
@@ -565,14 +686,51 @@ mod tests {
         p.script
             .lock()
             .unwrap()
-            .push_back(Err(PublishError::fatal("unauthorized")));
+            .extend((0..2).map(|_| Err(PublishError::fatal("unauthorized"))));
+        let counters = Arc::new(Counters::default());
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            t.cancel();
+        });
+        let s = run_with_counters(config(dir.path(), &src), p.clone(), token, counters.clone())
+            .await
+            .unwrap();
+        assert_eq!(counters.publish_fatal_errors.get(), 2);
+        assert_eq!(
+            counters.publish_recoveries.get(),
+            1,
+            "resumed without a restart"
+        );
+        assert!(!s.publish_fatal);
+        let seqs = seqs(&p);
+        assert!(seqs.len() >= 8, "{seqs:?}");
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "spooled meanwhile, in order"
+        );
+        assert_eq!(s.spooled_at_exit, 0);
+        // Slow schedule: 2 failures, then one success per wake-up, not a retry per poll.
+        let attempts = p.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(attempts <= 2 + seqs.len() as u64, "attempts {attempts}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fatal_error_at_shutdown_keeps_events_spooled_then_next_start_replays_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("calls");
+        std::fs::write(&src, "2").unwrap();
+        let p = Arc::new(Scripted::default());
+        p.script
+            .lock()
+            .unwrap()
+            .extend((0..100).map(|_| Err(PublishError::fatal("unauthorized"))));
         let first = run_for(config(dir.path(), &src), p.clone(), 500).await;
         assert!(first.publish_fatal);
-        assert_eq!(
-            p.attempts.load(std::sync::atomic::Ordering::Relaxed),
-            1,
-            "no retry after fatal"
-        );
+        let attempts = p.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((2..=4).contains(&attempts), "slow retries, got {attempts}");
         assert!(first.spooled_at_exit >= 3, "kept spooling: {first:?}");
         assert!(seqs(&p).is_empty());
 
@@ -590,6 +748,43 @@ mod tests {
         assert_eq!(old, first.spooled_at_exit);
         assert!(events[old as usize..].iter().all(|e| e.boot == second.boot));
         assert_eq!(second.spooled_at_exit, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r12_corrupt_spool_is_moved_aside_counted_and_the_agent_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("calls");
+        std::fs::write(&src, "1").unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        std::fs::write(
+            dir.path().join("spool").join(crate::spool::FILE_NAME),
+            [0x5Au8; 4096],
+        )
+        .unwrap();
+        let p = Arc::new(Scripted::default());
+        let counters = Arc::new(Counters::default());
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            t.cancel();
+        });
+        run_with_counters(config(dir.path(), &src), p.clone(), token, counters.clone())
+            .await
+            .unwrap();
+        assert_eq!(counters.spool_quarantined.get(), 1);
+        assert!(!seqs(&p).is_empty());
+        let moved = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("spool.redb.corrupt-")
+            })
+            .count();
+        assert_eq!(moved, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! Each body becomes one event (`content-type: application/json`, application property
 //! `schema`), packed into as few batches as the service's max message size allows, all with
 //! the connector as partition key. The producer connects on first use and reconnects after
-//! a transient failure; the agent's spool and backoff do the retrying.
+//! any failure; the agent's spool and backoff do the retrying.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -96,12 +96,11 @@ impl Publisher for EventHubsPublisher {
                 Ok(())
             }
             .await;
-            if let Err(e) = &result {
-                if e.is_transient() {
-                    // Start from a fresh connection next time.
-                    if let Some(p) = guard.take() {
-                        p.close().await;
-                    }
+            if result.is_err() {
+                // Start from a fresh connection (and a fresh token) next time: after a
+                // fatal refusal too, so a rotated key is picked up at the next retry.
+                if let Some(p) = guard.take() {
+                    p.close().await;
                 }
             }
             result

@@ -260,6 +260,8 @@ fn agent_config(
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(5),
             shutdown_flush: Duration::from_secs(3),
+            fatal_retry_initial: tcpulse_agent::config::default_fatal_retry_initial(),
+            fatal_retry_max: tcpulse_agent::config::default_fatal_retry_max(),
         },
         log_file: None,
         log_level: "info".into(),

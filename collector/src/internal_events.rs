@@ -200,7 +200,7 @@ impl SinkBatchRejected<'_> {
             partition = self.partition,
             status = self.status,
             error = self.message,
-            "store rejected a batch; it is in the dead-letter file and the partition moves on"
+            "store rejected a line (the batch was split down to the lines it refused); it is in the dead-letter file and the partition moves on"
         );
         metrics.count_sink_error(self.sink, &error_type);
     }

@@ -885,8 +885,8 @@ impl PartitionLoop<'_> {
         shutdown: &CancellationToken,
     ) {
         let m = self.shared.metrics.clone();
-        let admitted = decode_event(&ev)
-            .and_then(|e| self.settings.aggregate.admit(e, ev.enqueued_time_ms));
+        let admitted =
+            decode_event(&ev).and_then(|e| self.settings.aggregate.admit(e, ev.enqueued_time_ms));
         match admitted {
             Err(dead) => {
                 if !self.record_dead_letter(&ev, &dead, shutdown).await {

@@ -23,7 +23,7 @@ const CONNECTOR: &str = "tc-chaos.example.com";
 const OTHER_KEY: &str = "q2VxTmV2ZXJVc2VkS2V5Rm9yVGNwdWxzZUNoYW9zMDA=";
 
 /// Where the agent publishes.
-enum Target<'a> {
+pub(crate) enum Target<'a> {
     /// The hub over TLS with this connection string.
     Hub(&'a HubInfo, String),
     /// Event Hubs on a loopback port where nothing listens (every send fails, transient).
@@ -33,13 +33,13 @@ enum Target<'a> {
 }
 
 /// One `tcpulse-agent run`, its stdout+stderr in `log`; SIGKILLed on drop.
-struct AgentProc {
+pub(crate) struct AgentProc {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl AgentProc {
-    fn start(
+    pub(crate) fn start(
         dir: &Path,
         spool: &Path,
         instance: &str,
@@ -133,11 +133,11 @@ impl AgentProc {
         })
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn ensure_running(&mut self) -> Result<()> {
+    pub(crate) fn ensure_running(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
             if let Some(status) = c.try_wait()? {
                 bail!("agent exited ({status}); log:\n{}", self.log());
@@ -147,7 +147,7 @@ impl AgentProc {
     }
 
     /// SIGTERM, then the exit status (SIGKILL and an error after 20 s).
-    async fn stop(&mut self) -> Result<ExitStatus> {
+    pub(crate) async fn stop(&mut self) -> Result<ExitStatus> {
         let mut c = self
             .child
             .take()
@@ -239,7 +239,7 @@ fn listen_config(info: &HubInfo) -> Result<ClientConfig> {
 }
 
 /// Every status body of every partition, from earliest, until each is quiet for `idle`.
-async fn read_all(info: &HubInfo, idle: Duration) -> Result<Vec<Value>> {
+pub(crate) async fn read_all(info: &HubInfo, idle: Duration) -> Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
     for p in info.partition_ids() {
@@ -271,12 +271,12 @@ async fn read_all(info: &HubInfo, idle: Duration) -> Result<Vec<Value>> {
 
 /// Per boot: the seqs received (with repeats), and the highest `agent.dropped` reported.
 #[derive(Debug, Default)]
-struct BootTally {
+pub(crate) struct BootTally {
     seqs: Vec<u64>,
-    dropped: u64,
+    pub(crate) dropped: u64,
 }
 
-fn tally(events: &[Value], instance: &str) -> BTreeMap<String, BootTally> {
+pub(crate) fn tally(events: &[Value], instance: &str) -> BTreeMap<String, BootTally> {
     let mut per: BTreeMap<String, BootTally> = BTreeMap::new();
     for e in events.iter().filter(|e| e["instance"] == instance) {
         let t = per
@@ -289,10 +289,10 @@ fn tally(events: &[Value], instance: &str) -> BTreeMap<String, BootTally> {
 }
 
 impl BootTally {
-    fn distinct(&self) -> BTreeSet<u64> {
+    pub(crate) fn distinct(&self) -> BTreeSet<u64> {
         self.seqs.iter().copied().collect()
     }
-    fn duplicates(&self) -> u64 {
+    pub(crate) fn duplicates(&self) -> u64 {
         (self.seqs.len() - self.distinct().len()) as u64
     }
     /// Seqs between the lowest and highest received that never arrived.
@@ -305,7 +305,7 @@ impl BootTally {
     }
 }
 
-fn field_u64(log: &str, line_has: &str, field: &str) -> Option<u64> {
+pub(crate) fn field_u64(log: &str, line_has: &str, field: &str) -> Option<u64> {
     log.lines()
         .rev()
         .find(|l| l.contains(line_has))

@@ -24,7 +24,7 @@ fn now_ms() -> i64 {
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
-async fn wait_for(
+pub(crate) async fn wait_for(
     what: &str,
     timeout: Duration,
     mut cond: impl FnMut() -> Result<bool>,

@@ -8,6 +8,9 @@
 
 mod agent;
 mod collector;
+mod config;
 mod hub;
+mod restart;
 mod sinks;
 mod skew;
+mod tls;

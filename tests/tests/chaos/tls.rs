@@ -1,7 +1,9 @@
-//! r12 (9c): a failed TLS handshake is reported with its real cause, against real servers on
-//! loopback: an `openssl s_server` whose self-signed certificate is not trusted, one that
-//! speaks only TLS 1.0 or 1.1 (dialled by the client library), and the real `tcpulse-hub`
-//! dialled by an `openssl s_client` that offers only TLS 1.0 (read in the hub's log).
+//! Chaos cases: TLS hints (issue 12, fault 9c). A failed TLS handshake is reported with its
+//! real cause, against real servers on loopback: an `openssl s_server` whose self-signed
+//! certificate is not trusted, one that speaks only TLS 1.0 or 1.1 (dialled by the client
+//! library), and the real `tcpulse-hub` dialled by an `openssl s_client` that offers only
+//! TLS 1.0 (read in the hub's log). Each records one row: no events, the hint asserted as
+//! the outcome.
 //!
 //! Needs the `openssl` CLI (Debian `openssl`); the hub case needs `tcpulse-hub` built
 //! (`cargo build -p tcpulse-eventhub --features hub --bin tcpulse-hub`).
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, Producer, RetryOptions};
+use tcpulse_tests::chaos::{record, Row};
 use tcpulse_tests::hub::{HubOptions, HubProcess};
 
 const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
@@ -119,8 +122,18 @@ async fn connect_error(addr: &str) -> String {
     }
 }
 
+/// The row of a hint case: no events, the hint asserted as the outcome.
+fn hint_row(fault: &str, hint: &str) {
+    record(&Row {
+        fault: fault.into(),
+        outcome: hint.into(),
+        ..Row::default()
+    })
+    .unwrap();
+}
+
 #[tokio::test]
-async fn r12_tls_untrusted_certificate_hint_names_the_ca_not_the_port() {
+async fn chaos_tls_untrusted_certificate_hint_names_the_ca_not_the_port() {
     let dir = tempfile::tempdir().unwrap();
     self_signed(dir.path());
     let server = SServer::start(dir.path(), &[]);
@@ -133,10 +146,14 @@ async fn r12_tls_untrusted_certificate_hint_names_the_ca_not_the_port() {
         "{e}"
     );
     assert!(!e.contains("port 5671 is open"), "{e}");
+    hint_row(
+        "TLS: server certificate not trusted (client side)",
+        "hint: the server's certificate is not trusted (UnknownIssuer); set extra_ca_file",
+    );
 }
 
 #[tokio::test]
-async fn r12_tls_server_offering_only_tls1_0_or_1_1_hint_says_so() {
+async fn chaos_tls_server_offering_only_tls1_0_or_1_1_hint_says_so() {
     let dir = tempfile::tempdir().unwrap();
     self_signed(dir.path());
     // OpenSSL 3 refuses TLS < 1.2 at its default security level; level 0 allows it.
@@ -149,10 +166,14 @@ async fn r12_tls_server_offering_only_tls1_0_or_1_1_hint_says_so() {
         );
         assert!(!e.contains("port 5671 is open"), "{version}: {e}");
     }
+    hint_row(
+        "TLS: server offers only TLS 1.0/1.1 (client side)",
+        "hint: the server offered TLS < 1.2; Event Hubs requires TLS 1.2+",
+    );
 }
 
 #[tokio::test]
-async fn r12_hub_log_names_a_tls1_0_client() {
+async fn chaos_tls_hub_log_names_a_tls1_0_client() {
     let mut hub = HubProcess::spawn(HubOptions::default()).await.unwrap();
     let addr = hub.info.amqps.to_string();
     let out = openssl()
@@ -182,4 +203,8 @@ async fn r12_hub_log_names_a_tls1_0_client() {
         "{log}"
     );
     hub.stop(Duration::from_secs(5)).await.unwrap();
+    hint_row(
+        "TLS: client offers only TLS 1.0 (hub log)",
+        "hub log: the client offered TLS < 1.2; Event Hubs requires TLS 1.2+",
+    );
 }

@@ -370,19 +370,24 @@ async fn chaos_sinks_influxdb1_partial_write_dead_letters_only_the_bad_line() ->
         },
     )?;
     let mut in_influx = BTreeMap::new();
+    let mut in_vm = BTreeMap::new();
     let mut dead = Vec::new();
+    // Both sinks are waited for: VictoriaMetrics may index the points a little after the
+    // InfluxDB write is acknowledged, and under load that gap is seconds.
     let waited = wait_for(
-        "29 instances in InfluxDB and a sink dead letter",
-        Duration::from_secs(20),
+        "29 instances in InfluxDB, 30 in VictoriaMetrics and a sink dead letter",
+        Duration::from_secs(30),
         || {
             collector.ensure_running()?;
             in_influx = influx_deployments(&influx, connector)?;
+            in_vm = vm_deployments(&vm, connector)?;
             dead = dead_letters(tmp.path())?;
-            Ok(in_influx.len() >= n - 1 && dead.iter().any(|r| r["kind"] == "sink_rejected"))
+            Ok(in_influx.len() >= n - 1
+                && in_vm.len() >= n
+                && dead.iter().any(|r| r["kind"] == "sink_rejected"))
         },
     )
     .await;
-    let in_vm = vm_deployments(&vm, connector)?;
     let rejected: Vec<&serde_json::Value> = dead
         .iter()
         .filter(|r| r["kind"] == "sink_rejected")

@@ -49,9 +49,10 @@ expect_row ServiceControl AgentServiceControl "AgentServiceControl${T}tcpulse-ag
 expect_row MsiServiceConfig DelayedStart "DelayedStart${T}tcpulse-agent${T}5${T}3${T}1${T}AgentExe"
 expect_row MsiServiceConfig FailureOnErrorExit "FailureOnErrorExit${T}tcpulse-agent${T}5${T}4${T}1${T}AgentExe"
 expect_row MsiServiceConfigFailureActions RestartOnFailure "RestartOnFailure${T}tcpulse-agent${T}5${T}86400${T}${T}${T}1[~]1[~]1${T}5000[~]30000[~]60000${T}AgentExe"
-seq() { row InstallExecuteSequence "$1" | cut -f3; }
-[ -n "$(seq MsiConfigureServices)" ] && [ "$(seq InstallServices)" -lt "$(seq MsiConfigureServices)" ] \
-  && [ "$(seq MsiConfigureServices)" -lt "$(seq StartServices)" ] \
+sequence_of() { row InstallExecuteSequence "$1" | cut -f3; }
+[ -n "$(sequence_of MsiConfigureServices)" ] \
+  && [ "$(sequence_of InstallServices)" -lt "$(sequence_of MsiConfigureServices)" ] \
+  && [ "$(sequence_of MsiConfigureServices)" -lt "$(sequence_of StartServices)" ] \
   || fail "MsiConfigureServices is not sequenced between InstallServices and StartServices"
 # 3122 = run the exe named by a property (50), deferred (0x400), not impersonated (0x800).
 expect_row CustomAction LockDataDir "LockDataDir${T}3122${T}ICACLS_EXE${T}\"[DATADIR].\" /inheritance:r /grant:r *S-1-5-18:(OI)(CI)F *S-1-5-32-544:(OI)(CI)F /Q${T}"
@@ -69,18 +70,32 @@ exe="$c/Program Files/tcpulse/tcpulse-agent.exe"
 data="$c/ProgramData/tcpulse-agent"
 key='HKLM\System\CurrentControlSet\Services\tcpulse-agent'
 winpath() { printf 'Z:%s\n' "$1" | tr / '\\'; }
-msiexec() { # ACTION LOG [PROPERTY=VALUE]...
+run_msiexec() { # ACTION LOG [PROPERTY=VALUE]...
   action=$1 log=$2; shift 2
-  wine msiexec "$action" "$(winpath "$work/agent.msi")" /qn /l*v "$(winpath "$work/$log")" "$@" \
-    || { tail -n 40 "$work/$log" 2>/dev/null | tr -d '\r' >&2; fail "msiexec $action exited with $?"; }
+  rc=0
+  wine msiexec "$action" "$(winpath "$work/agent.msi")" /qn /l*v "$(winpath "$work/$log")" "$@" || rc=$?
+  if [ "$rc" != 0 ]; then
+    tail -n 40 "$work/$log" 2>/dev/null | tr -d '\r' >&2
+    fail "msiexec $action exited with $rc (log above)"
+  fi
 }
 reg_value() { wine reg query "$key" /v "$1" 2>/dev/null | tr -d '\r' | awk -v n="$1" '$1 == n { sub(/^ *[^ ]+ +[^ ]+ +/, ""); print }'; }
 ran_ok() { # LOG ACTION: the action ran and returned success (1)
   tr -d '\r' < "$work/$1" | grep -q "Action ended .*: $2\. Return value 1\." || fail "$2 did not run successfully (see $1)"
 }
 
+# A custom action that fails fails the install and rolls it back: here, a connection string
+# file that does not exist.
+rc=0
+wine msiexec /i "$(winpath "$work/agent.msi")" /qn /l*v "$(winpath "$work/failed.log")" \
+  "CONNECTION_STRING_FILE=$(winpath "$work/missing.txt")" || rc=$?
+[ "$rc" != 0 ] || fail "install with a missing CONNECTION_STRING_FILE succeeded"
+wine reg query "$key" >/dev/null 2>&1 && fail "a failed install left the service registered"
+[ ! -e "$exe" ] || fail "a failed install left $exe"
+ok "a failing custom action (missing CONNECTION_STRING_FILE) fails the install (exit $rc) and rolls back"
+
 printf 'Endpoint=sb://test.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=not-a-key;EntityPath=tcpulse' > "$work/cs.txt"
-msiexec /i install.log "CONNECTION_STRING_FILE=$(winpath "$work/cs.txt")"
+run_msiexec /i install.log "CONNECTION_STRING_FILE=$(winpath "$work/cs.txt")"
 [ "$(reg_value Start)" = 0x2 ] || fail "service start type is '$(reg_value Start)', expected 0x2 (automatic)"
 [ "$(reg_value Type)" = 0x10 ] || fail "service type is '$(reg_value Type)', expected 0x10 (own process)"
 [ "$(reg_value ObjectName)" = LocalSystem ] || fail "service account is '$(reg_value ObjectName)', expected LocalSystem"
@@ -101,7 +116,7 @@ ok "install: service tcpulse-agent (automatic, LocalSystem, '$image'), exe, conf
 echo '# edited on site' >> "$data/agent.toml"
 echo 'unsent report' > "$data/spool/00000001.report"
 cp "$data/agent.toml" "$work/edited.toml"
-msiexec /x uninstall.log
+run_msiexec /x uninstall.log
 wine reg query "$key" >/dev/null 2>&1 && fail "service tcpulse-agent still registered after uninstall"
 [ ! -e "$exe" ] || fail "$exe still there after uninstall"
 [ ! -e "$c/Program Files/tcpulse" ] || fail "C:\\Program Files\\tcpulse still there after uninstall"
@@ -111,7 +126,7 @@ cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "uninstall 
 ran_ok uninstall.log DeleteServices
 ok "uninstall: service and exe removed; edited config, spool and secret kept"
 
-msiexec /i reinstall.log
+run_msiexec /i reinstall.log
 [ "$(reg_value Start)" = 0x2 ] || fail "reinstall did not register the service again"
 cmp -s "$data/agent.toml" "$work/edited.toml" || fail "reinstall overwrote the edited agent.toml"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "reinstall changed the secret file"

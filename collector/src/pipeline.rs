@@ -1170,6 +1170,9 @@ mod tests {
     use std::sync::Mutex;
 
     /// A sink that fails its first writes as `script` says, then stores; records bodies.
+    /// A scripted `Rejected` behaves as a store refusing one bad line: every write of
+    /// several lines is refused with it (the sink then splits the batch) until a single
+    /// line takes it.
     #[derive(Debug)]
     struct Flaky {
         name: &'static str,
@@ -1184,8 +1187,16 @@ mod tests {
         fn write<'a>(&'a self, body: &'a Bytes) -> BoxFuture<'a, Result<(), WriteError>> {
             Box::pin(async move {
                 let mut script = self.script.lock().unwrap();
-                if !script.is_empty() {
-                    return Err(script.remove(0));
+                let lines = body.iter().filter(|&&b| b == b'\n').count();
+                match script.first() {
+                    Some(WriteError::Rejected { status, message }) if lines > 1 => {
+                        return Err(WriteError::Rejected {
+                            status: *status,
+                            message: message.clone(),
+                        });
+                    }
+                    Some(_) => return Err(script.remove(0)),
+                    None => {}
                 }
                 self.stored
                     .lock()

@@ -49,7 +49,7 @@ pub const MEASUREMENT_PIPELINE: &str = "tc_pipeline";
 /// Tags of `tc_instance`.
 pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scaleset", "instance"];
 /// Every field `tc_instance` can carry (present only when known).
-pub const INSTANCE_FIELDS: [&str; 15] = [
+pub const INSTANCE_FIELDS: [&str; 16] = [
     "call_count",
     "max_calls",
     "planned_calls",
@@ -64,6 +64,7 @@ pub const INSTANCE_FIELDS: [&str; 15] = [
     "service_up",
     "cert_expiry_days",
     "agent_spooled",
+    "agent_dropped",
     "clock_skew_seconds",
 ];
 /// Tags of `tc_connector`.
@@ -377,6 +378,7 @@ pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
         .field_opt("service_up", h.service_up.map(flag))
         .field_opt("cert_expiry_days", h.cert_expiry_days)
         .field_opt("agent_spooled", ev.agent.as_ref().map(|a| int(a.spooled)))
+        .field_opt("agent_dropped", ev.agent.as_ref().map(|a| int(a.dropped)))
 }
 
 /// [`instance_point`] of an event Event Hubs enqueued at `enqueued`, with the field
@@ -639,7 +641,7 @@ mod tests {
             p.to_line(),
             "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
              region=westeurope,scaleset=tc-eu-vmss \
-             agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
+             agent_dropped=0i,agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
              disk_free_bytes=53687091200i,max_calls=16i,media_load=71i,mem_total_bytes=17179869184i,\
              mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
              utilization=0.8 1795687200123000000"
@@ -670,6 +672,25 @@ mod tests {
         assert_eq!(p.get_field("planned_calls"), Some(&FieldValue::Int(15)));
         assert_eq!(p.get_field("media_load"), None);
         assert_eq!(p.get_field("utilization"), Some(&FieldValue::Float(0.0)));
+    }
+
+    /// r13: the agent's drop counter (reports lost to a full spool) is stored beside its
+    /// backlog, each from its own field; an event without `agent` has neither.
+    #[test]
+    fn agent_dropped_is_stored_next_to_agent_spooled() {
+        let mut ev = fixture_event("valid_full.json");
+        if let Some(a) = ev.agent.as_mut() {
+            a.spooled = 7;
+            a.dropped = 3;
+        }
+        let p = instance_point(&ev, true);
+        assert_eq!(p.get_field("agent_spooled"), Some(&FieldValue::Int(7)));
+        assert_eq!(p.get_field("agent_dropped"), Some(&FieldValue::Int(3)));
+        assert!(p.to_line().contains("agent_dropped=3i,agent_spooled=7i,"));
+        ev.agent = None;
+        let p = instance_point(&ev, true);
+        assert_eq!(p.get_field("agent_dropped"), None);
+        assert_eq!(p.get_field("agent_spooled"), None);
     }
 
     /// r12 fault 5: a ratio without a denominator is unknown (left out), never 0.

@@ -900,6 +900,8 @@ const STALE_AFTER_S: i64 = 30;
 const MEM_TOTAL: i64 = 17_179_869_184;
 const MEM_USED: i64 = 6_442_450_944;
 const DISK_FREE: i64 = 40_000_000_000;
+/// Reports in a full agent spool (the default `spool.max_bytes` holds about 100 000).
+const SPOOL_FULL: i64 = 100_000;
 
 #[derive(Debug, Clone)]
 struct Inst {
@@ -917,8 +919,12 @@ struct Inst {
     service_up_before: bool,
     service_up_after: bool,
     cert_days: f64,
-    /// Reports added to the agent's spool per report (0 = empty spool).
+    /// Reports in the agent's spool at report 0.
+    spool_base: i64,
+    /// Reports added to the agent's spool per report (0 = a spool that does not grow).
     spool_growth: i64,
+    /// Reports the agent drops per report because its spool is full (0 = none).
+    drop_growth: i64,
     /// Stops reporting this long before the end of the history (0 = keeps reporting).
     silent_for: i64,
 }
@@ -998,7 +1004,9 @@ impl Fleet {
                 service_up_before,
                 service_up_after,
                 cert_days,
+                spool_base: 0,
                 spool_growth,
+                drop_growth: 0,
                 silent_for,
             }
         };
@@ -1031,6 +1039,13 @@ impl Fleet {
             inst(green, gd, gr, gs, "1", 2, (8, 7), up, 5.0, 1, 0),
             // stops reporting 8 minutes before the end of the history
             inst(green, gd, gr, gs, "1", 3, (0, 0), up, 20.0, 0, SILENT_FOR_S),
+            // cut off from Event Hubs for days: its spool is full (it no longer grows) and
+            // the agent drops 2 reports per report (issue 13)
+            Inst {
+                spool_base: SPOOL_FULL,
+                drop_growth: 2,
+                ..inst(green, gd, gr, gs, "1", 4, (5, 5), up, 20.0, 0, 0)
+            },
         ];
         Fleet {
             instances,
@@ -1103,7 +1118,8 @@ impl Fleet {
             "health": {"cpu": 0.4, "mem_used_bytes": MEM_USED, "mem_total_bytes": MEM_TOTAL,
                        "disk_free_bytes": DISK_FREE, "service_up": Self::service_up_at(i, k),
                        "cert_expiry_days": i.cert_days},
-            "agent": {"version": "0.1.0", "spooled": i.spool_growth * k, "dropped": 0},
+            "agent": {"version": "0.1.0", "spooled": i.spool_base + i.spool_growth * k,
+                      "dropped": i.drop_growth * k},
         });
         Ok(serde_json::to_vec(&body)?)
     }
@@ -1147,7 +1163,8 @@ impl Fleet {
             "disk_free_bytes" => DISK_FREE as f64,
             "service_up" => f64::from(u8::from(Self::service_up_at(i, k))),
             "cert_expiry_days" => i.cert_days,
-            "agent_spooled" => (i.spool_growth * k) as f64,
+            "agent_spooled" => (i.spool_base + i.spool_growth * k) as f64,
+            "agent_dropped" => (i.drop_growth * k) as f64,
             _ => return None,
         })
     }
@@ -1451,6 +1468,12 @@ fn expected_value(
             let per_minute = inst()?.spool_growth as f64 * 60.0 / STEP_S as f64;
             Some((per_minute / 3.0, per_minute))
         }
+        // reports dropped per `$__interval` bucket (one report each) or per report
+        ("tc_instance", "non_negative_difference", "last" | "", [field])
+            if field == "agent_dropped" =>
+        {
+            exact(inst()?.drop_growth as f64)
+        }
         // moving average of samples per minute: 6 while reporting (the newest bucket is
         // partial), 0 for an instance silent for more than 5 minutes
         ("tc_instance", "moving_average", "count", _) => {
@@ -1514,7 +1537,7 @@ fn expected_series(
                 // instance was stale) is in the window.
                 let newest_age = f.silent_secs(i) - STALE_AFTER_S.min(f.silent_secs(i));
                 let in_window = newest_age < window_s;
-                let spool_ok = !spool_filter || i.spool_growth > 0;
+                let spool_ok = !spool_filter || i.spool_base > 0 || i.spool_growth > 0;
                 let sel = selected("connector", i.connector)
                     && selected("deployment", i.deployment)
                     && selected("region", i.region)
@@ -2017,6 +2040,21 @@ async fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                         "{what}: dead-lettered {dead:?}"
                     );
                 }
+                // Reports dropped: the increments over the range add up to every report
+                // the agent lost (its counter was 0 at the first report).
+                if q.contains(r#"non_negative_difference(last("agent_dropped"))"#) {
+                    let sums = column_sums(&series, "non_negative_difference");
+                    let want: BTreeMap<String, f64> = f
+                        .instances
+                        .iter()
+                        .filter(|i| vars.get("instance").is_none_or(|v| v.contains(&i.name)))
+                        .map(|i| {
+                            let lost = (i.drop_growth * f.last_k(i)) as f64;
+                            (format!("instance={}", i.name), lost)
+                        })
+                        .collect();
+                    ensure!(sums == want, "{what}: dropped {sums:?}, expected {want:?}");
+                }
                 // A repeated panel runs once per value with that single value selected.
                 if let Some(rep) = panel["repeat"].as_str() {
                     for v in vars.get(rep).cloned().unwrap_or_default() {
@@ -2120,6 +2158,10 @@ async fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
             "TeamsConnectorAgentBacklog",
             insts(&|i| i.spool_growth > 0, reporting().collect()),
         ),
+        (
+            "TeamsConnectorAgentReportsDropped",
+            insts(&|i| i.drop_growth > 0, reporting().collect()),
+        ),
         // The collector keeps up with the hub: no partition is minutes behind.
         ("TcpulsePipelineLagHigh", BTreeSet::new()),
         ("TcpulseTelemetryMissing", BTreeSet::new()),
@@ -2177,6 +2219,7 @@ async fn dashboards_influxql_queries_run_on_influxdb16() -> Result<()> {
                                     "mean" if !v.is_empty() => {
                                         Some(v.iter().sum::<f64>() / v.len() as f64)
                                     }
+                                    "sum" => Some(v.iter().sum()),
                                     "max" => v.iter().copied().reduce(f64::max),
                                     "min" => v.iter().copied().reduce(f64::min),
                                     _ => None,

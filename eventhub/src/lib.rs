@@ -22,6 +22,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod backoff;
 pub mod client;
 pub mod connection_string;
 pub mod sas;

@@ -46,8 +46,8 @@ const fn default_true() -> bool {
     true
 }
 
-/// How transient failures are retried: exponential backoff (factor 2, ±10 % jitter) from the
-/// `backoff` crate, a bounded number of times.
+/// How transient failures are retried: exponential backoff (factor 2, ±10 % jitter,
+/// [`crate::backoff`]), a bounded number of times.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryOptions {
@@ -74,16 +74,12 @@ impl Default for RetryOptions {
 
 impl RetryOptions {
     /// A fresh backoff schedule (never gives up by elapsed time: the count bounds it).
-    pub(crate) fn backoff(&self) -> backoff::ExponentialBackoff {
-        backoff::ExponentialBackoff {
-            current_interval: Duration::from_millis(self.initial_backoff_ms),
-            initial_interval: Duration::from_millis(self.initial_backoff_ms),
-            randomization_factor: 0.1,
-            multiplier: 2.0,
-            max_interval: Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms)),
-            max_elapsed_time: None,
-            ..backoff::ExponentialBackoff::default()
-        }
+    pub(crate) fn backoff(&self) -> crate::backoff::ExponentialBackoff {
+        crate::backoff::ExponentialBackoff::new(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+        )
+        .with_jitter(0.1)
     }
 }
 

@@ -37,7 +37,11 @@ use super::{
 pub(crate) fn tls_connector(
     config: &ClientConfig,
 ) -> Result<tokio_rustls::TlsConnector, ConnectError> {
-    use tokio_rustls::rustls::{self, RootCertStore};
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer},
+        RootCertStore,
+    };
     let mut roots = RootCertStore::empty();
     if config.options.trust_builtin_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -50,7 +54,7 @@ pub(crate) fn tls_connector(
             ))
         })?;
         let mut n = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| {
                 ConnectError::Config(format!(
                     "extra_ca_file {} is not valid PEM: {e}",

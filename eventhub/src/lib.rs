@@ -26,6 +26,7 @@ pub mod backoff;
 pub mod client;
 pub mod connection_string;
 pub mod sas;
+pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "hub")]

@@ -96,10 +96,13 @@ pub struct ClientOptions {
     /// TLS server name (SNI and certificate check). Default: the namespace host.
     #[serde(default)]
     pub tls_server_name: Option<String>,
-    /// A PEM file of extra CA certificates trusted besides the built-in roots. Default none.
+    /// A PEM file of extra CA certificates trusted besides the operating system's trust store
+    /// (a private CA, a TLS-inspecting proxy's CA, tcpulse-hub's `ca.pem`). Default none.
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
-    /// Trust the built-in (Mozilla, via `webpki-roots`) roots. Default true.
+    /// Trust the operating system's trust store (the platform verifier: Windows certificate
+    /// store, macOS keychain, the system CA bundle on Linux); false trusts `extra_ca_file`
+    /// alone. Default true.
     #[serde(default = "default_true")]
     pub trust_builtin_roots: bool,
     /// TCP connect + TLS + AMQP open + session, seconds. Default 30.

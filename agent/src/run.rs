@@ -5,7 +5,7 @@
 //!   (durably) before waking the sender.
 //! - **sender**: takes the oldest spooled events (one partition key per batch), hands them
 //!   to the [`Publisher`], and removes them from the spool only when it accepted them.
-//!   Transient errors back off exponentially (the `backoff` crate: `retry_initial` doubling
+//!   Transient errors back off exponentially ([`ExponentialBackoff`]: `retry_initial` doubling
 //!   to `retry_max`, with jitter, never giving up). A fatal error (wrong key, hub not found)
 //!   is retried on a slow schedule (`fatal_retry_initial` doubling to `fatal_retry_max`),
 //!   with an ERROR line naming the cause at every attempt, while the reporter keeps
@@ -26,9 +26,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use bytes::Bytes;
+use tcpulse_eventhub::backoff::ExponentialBackoff;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -350,27 +349,11 @@ struct SendCtx<P> {
 }
 
 fn backoff_for(cfg: &PublishConfig) -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: cfg.retry_initial,
-        current_interval: cfg.retry_initial,
-        max_interval: cfg.retry_max.max(cfg.retry_initial),
-        multiplier: 2.0,
-        randomization_factor: 0.2,
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
-    }
+    ExponentialBackoff::new(cfg.retry_initial, cfg.retry_max).with_jitter(0.2)
 }
 
 fn fatal_backoff_for(cfg: &PublishConfig) -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: cfg.fatal_retry_initial,
-        current_interval: cfg.fatal_retry_initial,
-        max_interval: cfg.fatal_retry_max.max(cfg.fatal_retry_initial),
-        multiplier: 2.0,
-        randomization_factor: 0.1,
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
-    }
+    ExponentialBackoff::new(cfg.fatal_retry_initial, cfg.fatal_retry_max).with_jitter(0.1)
 }
 
 /// Most time between two attempts to remove sent events from a failing spool.
@@ -519,15 +502,11 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                 let delay = if shutting_down {
                     None
                 } else if error.is_transient() {
-                    Some(backoff.next_backoff().unwrap_or(ctx.cfg.retry_max))
+                    Some(backoff.next_backoff())
                 } else {
                     fatal_attempts = fatal_attempts.saturating_add(1);
                     ctx.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
-                    Some(
-                        fatal_backoff
-                            .next_backoff()
-                            .unwrap_or(ctx.cfg.fatal_retry_max),
-                    )
+                    Some(fatal_backoff.next_backoff())
                 };
                 PublishFailed {
                     error: &error,

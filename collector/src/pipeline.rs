@@ -44,8 +44,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff as _;
 use bytes::Bytes;
+use tcpulse_eventhub::backoff::ExponentialBackoff;
 use tcpulse_schema::{pipeline_point, DedupWindow, FieldValue, Point, Timestamp};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -346,12 +346,7 @@ pub async fn run_partition<P: SourceProvider>(
                     error: &e.to_string(),
                 }
                 .emit(m, &shared.once);
-                if sleep_or_cancel(
-                    backoff.next_backoff().unwrap_or(settings.retry.max),
-                    &shutdown,
-                )
-                .await
-                {
+                if sleep_or_cancel(backoff.next_backoff(), &shutdown).await {
                     return PartitionSummary {
                         partition,
                         checkpoint: None,
@@ -571,12 +566,11 @@ pub async fn run_partition<P: SourceProvider>(
     }
 }
 
-fn retry_backoff(p: &RetryPolicy) -> backoff::ExponentialBackoff {
-    backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(p.initial)
-        .with_max_interval(p.max)
-        .with_max_elapsed_time(None)
-        .build()
+/// The source's retry schedule (×1.5, ±50 %: the old `backoff` crate's defaults).
+fn retry_backoff(p: &RetryPolicy) -> ExponentialBackoff {
+    ExponentialBackoff::new(p.initial, p.max)
+        .with_multiplier(1.5)
+        .with_jitter(0.5)
 }
 
 /// Sleeps `d`; true if `cancel` fired first.
@@ -692,7 +686,7 @@ async fn reopen<P: SourceProvider>(
     provider: &P,
     partition: &str,
     start: StartPosition,
-    backoff: &mut backoff::ExponentialBackoff,
+    backoff: &mut ExponentialBackoff,
     settings: &PipelineSettings,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -832,7 +826,7 @@ fn source_retry_wait(
     e: &SourceError,
     operation: &'static str,
     partition: &str,
-    backoff: &mut backoff::ExponentialBackoff,
+    backoff: &mut ExponentialBackoff,
     auth_wait: &mut Duration,
     settings: &PipelineSettings,
     shared: &Shared,
@@ -855,7 +849,7 @@ fn source_retry_wait(
         error: &e.to_string(),
     }
     .emit(&shared.metrics, &shared.once);
-    backoff.next_backoff().unwrap_or(settings.retry.max)
+    backoff.next_backoff()
 }
 
 struct PartitionLoop<'a> {
@@ -949,7 +943,7 @@ impl PartitionLoop<'_> {
         let mut error = first.to_string();
         let mut backoff = retry_backoff(&self.settings.retry);
         loop {
-            let wait = backoff.next_backoff().unwrap_or(self.settings.retry.max);
+            let wait = backoff.next_backoff();
             DeadLetterWriteBlocked {
                 partition: self.partition,
                 error: &error,

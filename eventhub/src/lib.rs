@@ -22,9 +22,11 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod backoff;
 pub mod client;
 pub mod connection_string;
 pub mod sas;
+pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "hub")]

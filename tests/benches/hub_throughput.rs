@@ -23,7 +23,6 @@
 //! carries the hub's work, in `pinned` only the client's).
 
 use std::collections::VecDeque;
-use std::io::BufReader;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +40,7 @@ use serde_json::json;
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
 
 /// The in-process hub allocates as the `tcpulse-hub` binary does.
 #[global_allocator]
@@ -443,12 +443,12 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
 
 fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
-    let file = std::fs::File::open(ca_pem).with_context(|| format!("open {}", ca_pem.display()))?;
-    for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+    let certs = CertificateDer::pem_file_iter(ca_pem)
+        .with_context(|| format!("open {}", ca_pem.display()))?;
+    for cert in certs {
         roots.add(cert?)?;
     }
-    // The provider by name: the workspace links both aws-lc-rs and ring into rustls (the
-    // agent's ureq uses ring), so there is no process default to fall back on.
+    // The provider by name: the workspace's one provider, aws-lc-rs.
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -39,13 +39,16 @@ pub enum FetcherError {
 
 impl Fetcher {
     /// A client with this timeout per request, trusting `ca_file` (PEM) if given, else the
-    /// public web PKI roots. Redirects are not followed (credentials must not travel).
+    /// operating system's trust store (platform verifier). Redirects are not followed (credentials must not travel).
     pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Fetcher, FetcherError> {
         let mut builder = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(concat!("tcpulse-agent/", env!("CARGO_PKG_VERSION")));
+        let tls = TlsConfig::builder()
+            .unversioned_rustls_crypto_provider(tcpulse_eventhub::tls::crypto_provider());
+        let mut roots = RootCerts::PlatformVerifier;
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|source| FetcherError::CaFile {
                 path: path.display().to_string(),
@@ -60,14 +63,13 @@ impl Fetcher {
             if certs.is_empty() {
                 return Err(FetcherError::NoCertificate(path.display().to_string()));
             }
-            builder = builder.tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::new_with_certs(&certs))
-                    .build(),
-            );
+            roots = RootCerts::new_with_certs(&certs);
         }
         Ok(Fetcher {
-            agent: builder.build().into(),
+            agent: builder
+                .tls_config(tls.root_certs(roots).build())
+                .build()
+                .into(),
             timeout,
             authorization: None,
         })

@@ -1,5 +1,5 @@
-//! Delivering one batch to one sink: retries with capped exponential backoff (the
-//! `backoff` crate) that honour `Retry-After`; splitting on 413, 400 and 422.
+//! Delivering one batch to one sink: retries with capped exponential backoff
+//! ([`tcpulse_eventhub::backoff`]) that honour `Retry-After`; splitting on 413, 400 and 422.
 //!
 //! A store that refuses a batch (413: too large; 400/422: it cannot take some line) gets
 //! it again in halves, on line boundaries, until each part is stored or is one line the
@@ -17,8 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff as _;
 use bytes::Bytes;
+use tcpulse_eventhub::backoff::ExponentialBackoff;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sink, WriteError};
@@ -40,14 +40,8 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self) -> backoff::ExponentialBackoff {
-        backoff::ExponentialBackoffBuilder::new()
-            .with_initial_interval(self.initial)
-            .with_max_interval(self.max)
-            .with_multiplier(2.0)
-            .with_randomization_factor(0.2)
-            .with_max_elapsed_time(None)
-            .build()
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoff::new(self.initial, self.max).with_jitter(0.2)
     }
 
     /// The wait before the next attempt: the server's `Retry-After` (capped, and never
@@ -55,11 +49,11 @@ impl RetryPolicy {
     pub fn delay(
         &self,
         retry_after: Option<Duration>,
-        backoff: &mut backoff::ExponentialBackoff,
+        backoff: &mut ExponentialBackoff,
     ) -> Duration {
         match retry_after {
             Some(r) => r.min(self.max_retry_after).max(self.initial),
-            None => backoff.next_backoff().unwrap_or(self.max),
+            None => backoff.next_backoff(),
         }
     }
 }

@@ -46,8 +46,8 @@ const fn default_true() -> bool {
     true
 }
 
-/// How transient failures are retried: exponential backoff (factor 2, ±10 % jitter) from the
-/// `backoff` crate, a bounded number of times.
+/// How transient failures are retried: exponential backoff (factor 2, ±10 % jitter,
+/// [`crate::backoff`]), a bounded number of times.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryOptions {
@@ -74,16 +74,12 @@ impl Default for RetryOptions {
 
 impl RetryOptions {
     /// A fresh backoff schedule (never gives up by elapsed time: the count bounds it).
-    pub(crate) fn backoff(&self) -> backoff::ExponentialBackoff {
-        backoff::ExponentialBackoff {
-            current_interval: Duration::from_millis(self.initial_backoff_ms),
-            initial_interval: Duration::from_millis(self.initial_backoff_ms),
-            randomization_factor: 0.1,
-            multiplier: 2.0,
-            max_interval: Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms)),
-            max_elapsed_time: None,
-            ..backoff::ExponentialBackoff::default()
-        }
+    pub(crate) fn backoff(&self) -> crate::backoff::ExponentialBackoff {
+        crate::backoff::ExponentialBackoff::new(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+        )
+        .with_jitter(0.1)
     }
 }
 
@@ -100,10 +96,13 @@ pub struct ClientOptions {
     /// TLS server name (SNI and certificate check). Default: the namespace host.
     #[serde(default)]
     pub tls_server_name: Option<String>,
-    /// A PEM file of extra CA certificates trusted besides the built-in roots. Default none.
+    /// A PEM file of extra CA certificates trusted besides the operating system's trust store
+    /// (a private CA, a TLS-inspecting proxy's CA, tcpulse-hub's `ca.pem`). Default none.
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
-    /// Trust the built-in (Mozilla, via `webpki-roots`) roots. Default true.
+    /// Trust the operating system's trust store (the platform verifier: Windows certificate
+    /// store, macOS keychain, the system CA bundle on Linux); false trusts `extra_ca_file`
+    /// alone. Default true.
     #[serde(default = "default_true")]
     pub trust_builtin_roots: bool,
     /// TCP connect + TLS + AMQP open + session, seconds. Default 30.

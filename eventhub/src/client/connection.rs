@@ -33,57 +33,74 @@ use super::{
     token::{refresh_margin, TokenSource},
 };
 
-/// Builds the TLS connector: built-in roots (`webpki-roots`) plus the extra CA file, TLS 1.2+.
+/// Builds the TLS connector, TLS 1.2+: the operating system's trust store (the platform
+/// verifier: Windows certificate store, macOS keychain, the system CA bundle on Linux) plus the
+/// extra CA file; with `trust_builtin_roots = false`, the extra CA file alone.
 pub(crate) fn tls_connector(
     config: &ClientConfig,
 ) -> Result<tokio_rustls::TlsConnector, ConnectError> {
-    use tokio_rustls::rustls::{self, RootCertStore};
-    let mut roots = RootCertStore::empty();
-    if config.options.trust_builtin_roots {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    if let Some(path) = &config.options.extra_ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
+    use tokio_rustls::rustls;
+    let extra = match &config.options.extra_ca_file {
+        Some(path) => read_extra_roots(path)?,
+        None => Vec::new(),
+    };
+    let provider = crate::tls::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConnectError::Config(format!("TLS setup failed: {e}")))?;
+    let tls = if config.options.trust_builtin_roots {
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider)
+            .map_err(|e| {
+                ConnectError::Config(format!("cannot load the system's trusted roots: {e}"))
+            })?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    } else {
+        if extra.is_empty() {
+            return Err(ConnectError::Config(
+                "no trusted roots: enable trust_builtin_roots or set extra_ca_file".into(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in extra {
+            roots.add(cert).map_err(|e| {
+                ConnectError::Config(format!("extra_ca_file holds an unusable certificate: {e}"))
+            })?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(
+        tls.with_no_client_auth(),
+    )))
+}
+
+/// The PEM certificates of the extra CA file; an error names the file and the problem.
+fn read_extra_roots(
+    path: &std::path::Path,
+) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, ConnectError> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).map_err(|e| {
+        ConnectError::Config(format!(
+            "cannot read extra_ca_file {}: {e}; fix the path or its permissions",
+            path.display()
+        ))
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
             ConnectError::Config(format!(
-                "cannot read extra_ca_file {}: {e}; fix the path or its permissions",
+                "extra_ca_file {} is not valid PEM: {e}",
                 path.display()
             ))
         })?;
-        let mut n = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| {
-                ConnectError::Config(format!(
-                    "extra_ca_file {} is not valid PEM: {e}",
-                    path.display()
-                ))
-            })?;
-            roots.add(cert).map_err(|e| {
-                ConnectError::Config(format!(
-                    "extra_ca_file {} holds an unusable certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(ConnectError::Config(format!(
-                "extra_ca_file {} contains no PEM certificate",
-                path.display()
-            )));
-        }
+    if certs.is_empty() {
+        return Err(ConnectError::Config(format!(
+            "extra_ca_file {} contains no PEM certificate",
+            path.display()
+        )));
     }
-    if roots.is_empty() {
-        return Err(ConnectError::Config(
-            "no trusted roots: enable trust_builtin_roots or set extra_ca_file".into(),
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ConnectError::Config(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+    Ok(certs)
 }
 
 fn open_properties() -> Fields {

@@ -1,15 +1,14 @@
-//! Bounded retries with exponential backoff (the `backoff` crate's schedule).
+//! Bounded retries with exponential backoff ([`crate::backoff`]).
 
 use std::time::Duration;
 
-use backoff::backoff::Backoff as _;
-
 use super::config::RetryOptions;
+use crate::backoff::ExponentialBackoff;
 
 /// Counts attempts and hands out backoff delays for transient failures.
 #[derive(Debug)]
 pub(crate) struct Retrier {
-    backoff: backoff::ExponentialBackoff,
+    backoff: ExponentialBackoff,
     attempts: u32,
     max_retries: u32,
     max_delay: Duration,
@@ -32,12 +31,7 @@ impl Retrier {
             return None;
         }
         self.attempts += 1;
-        Some(
-            self.backoff
-                .next_backoff()
-                .unwrap_or(self.max_delay)
-                .min(self.max_delay),
-        )
+        Some(self.backoff.next_backoff().min(self.max_delay))
     }
 
     /// Retries used so far.

@@ -10,7 +10,6 @@
 //!   announces its idle timeout (240 s, as Event Hubs); a client that did put a token keeps
 //!   its connection past the deadline.
 
-use std::io::BufReader;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -246,8 +246,9 @@ fn code(body: &[u8]) -> Option<u8> {
 
 fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
-    let file = std::fs::File::open(ca_pem).with_context(|| format!("open {}", ca_pem.display()))?;
-    for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+    let certs = CertificateDer::pem_file_iter(ca_pem)
+        .with_context(|| format!("open {}", ca_pem.display()))?;
+    for cert in certs {
         roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -54,6 +54,7 @@ fn realistic() -> StatusEvent {
             version: "0.1.0".into(),
             spooled: 0,
             dropped: 0,
+            publish_failing_seconds: Some(0),
         }),
     }
 }

@@ -501,6 +501,9 @@ fn read_agent(o: &Obj) -> Res<AgentInfo> {
         version: req_str(o, "agent.version")?,
         spooled: as_u64(req(o, "agent.spooled")?, "agent.spooled")?,
         dropped: as_u64(req(o, "agent.dropped")?, "agent.dropped")?,
+        publish_failing_seconds: opt(o, "agent.publish_failing_seconds")
+            .map(|v| as_u64(v, "agent.publish_failing_seconds"))
+            .transpose()?,
     })
 }
 
@@ -651,7 +654,8 @@ mod tests {
             Some(AgentInfo {
                 version: "0.1.0".into(),
                 spooled: 0,
-                dropped: 0
+                dropped: 0,
+                publish_failing_seconds: Some(0),
             })
         );
     }
@@ -782,7 +786,7 @@ mod tests {
     #[test]
     fn wrong_types_are_detected() {
         let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
-        let cases: [(&str, Value, &str); 10] = [
+        let cases: [(&str, Value, &str); 11] = [
             ("/seq", 1.5.into(), "seq"),
             ("/seq", "1".into(), "seq"),
             ("/connector", 7.into(), "connector"),
@@ -792,6 +796,7 @@ mod tests {
             ("/health/cpu", "0.4".into(), "health.cpu"),
             ("/health/service_up", 1.into(), "health.service_up"),
             ("/agent/version", Value::Null, "agent.version"),
+            ("/agent/publish_failing_seconds", "60".into(), "agent.publish_failing_seconds"),
             ("/schema", 1.into(), "schema"),
         ];
         for (pointer, value, field) in cases {
@@ -803,6 +808,35 @@ mod tests {
         }
         assert_eq!(reason(b"[1,2]"), DeadLetterReason::WrongType("(root)"));
         assert_eq!(reason(b"null"), DeadLetterReason::WrongType("(root)"));
+    }
+
+    /// r12 fault 10: how long publishing has been failing is optional (old agents leave it
+    /// out, and that reads as unknown), a count when present, and a dead letter naming the
+    /// field otherwise.
+    #[test]
+    fn agent_publish_failing_seconds_is_optional_and_checked() {
+        let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
+        let body = |v: Value| with(full.clone(), "/agent/publish_failing_seconds", v);
+        let seconds = |body: Vec<u8>| decode(&body).unwrap().agent.unwrap().publish_failing_seconds;
+        assert_eq!(seconds(body(600.into())), Some(600));
+        assert_eq!(seconds(body(0.into())), Some(0));
+        assert_eq!(seconds(body(Value::Null)), None);
+        let mut absent = full.clone();
+        if let Some(a) = absent.pointer_mut("/agent").and_then(Value::as_object_mut) {
+            a.remove("publish_failing_seconds");
+        }
+        assert_eq!(seconds(serde_json::to_vec(&absent).unwrap()), None);
+        assert_eq!(
+            reason(&body(true.into())),
+            DeadLetterReason::WrongType("agent.publish_failing_seconds")
+        );
+        assert_eq!(
+            reason(&body((-5).into())),
+            DeadLetterReason::InvalidValue {
+                field: "agent.publish_failing_seconds",
+                why: "must not be negative"
+            }
+        );
     }
 
     #[test]

@@ -153,6 +153,11 @@ pub struct AgentInfo {
     pub spooled: u64,
     /// Reports the agent dropped since it started (spool full).
     pub dropped: u64,
+    /// Seconds publishing had been failing with a fatal error (refused credentials) when this
+    /// report was made; 0 when publishing works. Absent from agents that predate the field
+    /// (unknown, never 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_failing_seconds: Option<u64>,
 }
 
 /// The series identity of a connector rollup: the `tc_connector` tags.

@@ -49,7 +49,7 @@ pub const MEASUREMENT_PIPELINE: &str = "tc_pipeline";
 /// Tags of `tc_instance`.
 pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scaleset", "instance"];
 /// Every field `tc_instance` can carry (present only when known).
-pub const INSTANCE_FIELDS: [&str; 16] = [
+pub const INSTANCE_FIELDS: [&str; 17] = [
     "call_count",
     "max_calls",
     "planned_calls",
@@ -65,6 +65,7 @@ pub const INSTANCE_FIELDS: [&str; 16] = [
     "cert_expiry_days",
     "agent_spooled",
     "agent_dropped",
+    "agent_publish_failing_seconds",
     "clock_skew_seconds",
 ];
 /// Tags of `tc_connector`.
@@ -379,6 +380,13 @@ pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
         .field_opt("cert_expiry_days", h.cert_expiry_days)
         .field_opt("agent_spooled", ev.agent.as_ref().map(|a| int(a.spooled)))
         .field_opt("agent_dropped", ev.agent.as_ref().map(|a| int(a.dropped)))
+        .field_opt(
+            "agent_publish_failing_seconds",
+            ev.agent
+                .as_ref()
+                .and_then(|a| a.publish_failing_seconds)
+                .map(int),
+        )
 }
 
 /// [`instance_point`] of an event Event Hubs enqueued at `enqueued`, with the field
@@ -641,7 +649,7 @@ mod tests {
             p.to_line(),
             "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
              region=westeurope,scaleset=tc-eu-vmss \
-             agent_dropped=0i,agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
+             agent_dropped=0i,agent_publish_failing_seconds=0i,agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
              disk_free_bytes=53687091200i,max_calls=16i,media_load=71i,mem_total_bytes=17179869184i,\
              mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
              utilization=0.8 1795687200123000000"
@@ -686,11 +694,32 @@ mod tests {
         let p = instance_point(&ev, true);
         assert_eq!(p.get_field("agent_spooled"), Some(&FieldValue::Int(7)));
         assert_eq!(p.get_field("agent_dropped"), Some(&FieldValue::Int(3)));
-        assert!(p.to_line().contains("agent_dropped=3i,agent_spooled=7i,"));
+        assert!(p.to_line().contains("agent_dropped=3i,agent_publish_failing_seconds=0i,agent_spooled=7i,"));
         ev.agent = None;
         let p = instance_point(&ev, true);
         assert_eq!(p.get_field("agent_dropped"), None);
         assert_eq!(p.get_field("agent_spooled"), None);
+    }
+
+    /// r12 fault 10: how long publishing had been failing is stored beside the backlog it
+    /// causes; an agent that does not send it (older versions) leaves it out, not 0.
+    #[test]
+    fn agent_publish_failing_seconds_is_stored_when_sent() {
+        let mut ev = fixture_event("valid_full.json");
+        if let Some(a) = ev.agent.as_mut() {
+            a.publish_failing_seconds = Some(900);
+        }
+        let p = instance_point(&ev, true);
+        assert_eq!(
+            p.get_field("agent_publish_failing_seconds"),
+            Some(&FieldValue::Int(900))
+        );
+        if let Some(a) = ev.agent.as_mut() {
+            a.publish_failing_seconds = None;
+        }
+        let p = instance_point(&ev, true);
+        assert_eq!(p.get_field("agent_publish_failing_seconds"), None);
+        assert_eq!(p.get_field("agent_spooled"), Some(&FieldValue::Int(0)));
     }
 
     /// r12 fault 5: a ratio without a denominator is unknown (left out), never 0.

@@ -58,6 +58,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("agent", "version"),
     ("agent", "spooled"),
     ("agent", "dropped"),
+    ("agent", "publish_failing_seconds"),
 ];
 
 /// Number and string literals serde_json's `Value` cannot hold or that sit on a boundary;

@@ -233,6 +233,7 @@ fn status(inst: &mut Instance, round: u64, time_ms: i64) -> Result<StatusEvent> 
             version: "0.1.0".into(),
             spooled: 0,
             dropped: 0,
+            publish_failing_seconds: Some(0),
         }),
     })
 }

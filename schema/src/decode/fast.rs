@@ -390,6 +390,7 @@ enum AgentField {
     Version,
     Spooled,
     Dropped,
+    PublishFailingSeconds,
     #[serde(other)]
     Unknown,
 }
@@ -404,12 +405,16 @@ impl<'de> Deserialize<'de> for WireAgent {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let (mut version, mut spooled, mut dropped) = (None, None, None);
+                let mut failing = None;
                 while let Some(field) = map.next_key::<AgentField>()? {
                     let m = &mut map;
                     match field {
                         AgentField::Version => put::<_, Text<'de>>(m, &mut version, "version")?,
                         AgentField::Spooled => put(m, &mut spooled, "spooled")?,
                         AgentField::Dropped => put(m, &mut dropped, "dropped")?,
+                        AgentField::PublishFailingSeconds => {
+                            put(m, &mut failing, "publish_failing_seconds")?;
+                        }
                         AgentField::Unknown => {
                             m.next_value::<Skip>()?;
                         }
@@ -419,6 +424,7 @@ impl<'de> Deserialize<'de> for WireAgent {
                     version: need(version, "version")?.0.into_owned(),
                     spooled: need(spooled, "spooled")?,
                     dropped: need(dropped, "dropped")?,
+                    publish_failing_seconds: failing.flatten(),
                 }))
             }
         }
@@ -560,7 +566,7 @@ mod tests {
     }
 
     /// Every field either reading knows, as (parent object, key).
-    const KNOWN: [(Option<&str>, &str); 27] = [
+    const KNOWN: [(Option<&str>, &str); 28] = [
         (None, "schema"),
         (None, "connector"),
         (None, "deployment"),
@@ -588,6 +594,7 @@ mod tests {
         (Some("agent"), "version"),
         (Some("agent"), "spooled"),
         (Some("agent"), "dropped"),
+        (Some("agent"), "publish_failing_seconds"),
     ];
 
     /// Values every field is set to: right and wrong types, integer edge cases, strings
@@ -749,6 +756,7 @@ mod tests {
                 version: "0.1.0".into(),
                 spooled: 0,
                 dropped: 0,
+                publish_failing_seconds: Some(0),
             }),
         }
     }
@@ -1075,6 +1083,8 @@ mod tests {
             (Some("health"), "disk_free_bytes", "-1".into()),
             (Some("agent"), "version", r#""""#.into()),
             (Some("agent"), "spooled", "-2".into()),
+            (Some("agent"), "publish_failing_seconds", r#""60""#.into()),
+            (Some("agent"), "publish_failing_seconds", "1.5".into()),
         ];
         let mut t = Tally::default();
         for (base_name, base) in bases() {

@@ -356,6 +356,7 @@ async fn chaos_sinks_influxdb1_partial_write_dead_letters_only_the_bad_line() ->
                 version: "0.1.0".into(),
                 spooled: 4,
                 dropped: 0,
+                publish_failing_seconds: Some(0),
             });
         }
         bodies.push(encode(&ev));

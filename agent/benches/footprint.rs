@@ -138,6 +138,7 @@ fn sample_body(i: u64) -> Vec<u8> {
             version: "0.1.0".into(),
             spooled: 0,
             dropped: 0,
+            publish_failing_seconds: Some(0),
         }),
     };
     tcpulse_schema::encode(&ev)

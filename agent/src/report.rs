@@ -187,12 +187,14 @@ impl Reporter {
     }
 }
 
-/// `agent` for an event: this version with the spool's backlog and the drops since start.
-pub fn agent_info(spooled: u64, dropped: u64) -> AgentInfo {
+/// `agent` for an event: this version with the spool's backlog, the drops since start and
+/// how long publishing has been failing with a fatal error (seconds, 0 when it works).
+pub fn agent_info(spooled: u64, dropped: u64, publish_failing_seconds: u64) -> AgentInfo {
     AgentInfo {
         version: AGENT_VERSION.to_owned(),
         spooled,
         dropped,
+        publish_failing_seconds: Some(publish_failing_seconds),
     }
 }
 
@@ -260,7 +262,7 @@ mod tests {
         let ev = r.event(
             &due[0],
             Health::default(),
-            agent_info(0, 0),
+            agent_info(0, 0, 0),
             Timestamp::EPOCH,
         );
         assert_eq!(
@@ -285,8 +287,8 @@ mod tests {
             ..Health::default()
         };
         let due = r.due(Ok(calls(7)), Instant::now());
-        let a = r.event(&due[0], health, agent_info(2, 1), Timestamp::EPOCH);
-        let b = r.event(&due[0], health, agent_info(2, 1), Timestamp::EPOCH);
+        let a = r.event(&due[0], health, agent_info(2, 1, 0), Timestamp::EPOCH);
+        let b = r.event(&due[0], health, agent_info(2, 1, 0), Timestamp::EPOCH);
         assert_eq!((a.seq, b.seq, r.next_seq()), (100, 101, 102));
         assert_eq!(
             (a.boot, a.connector.as_str(), a.scaleset.as_str()),
@@ -332,7 +334,7 @@ mod tests {
                 cpu: Some(0.9),
                 ..Health::default()
             },
-            agent_info(0, 0),
+            agent_info(0, 0, 0),
             Timestamp::EPOCH,
         );
         assert_eq!(

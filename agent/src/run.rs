@@ -135,7 +135,7 @@ pub async fn run_with_counters<P: Publisher>(
     let wake = Arc::new(Notify::new());
     let reporter_done = CancellationToken::new();
     let publisher = Arc::new(publisher);
-    let fatal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publish_health = Arc::new(PublishHealth::new());
     let tracker = TaskTracker::new();
     tracker.spawn(report_loop(ReportCtx {
         source,
@@ -148,6 +148,7 @@ pub async fn run_with_counters<P: Publisher>(
         shutdown: shutdown.clone(),
         done: reporter_done.clone(),
         pending: MemoryQueue::default(),
+        publish_health: publish_health.clone(),
     }));
     tracker.spawn(send_loop(SendCtx {
         spool: spool.clone(),
@@ -156,7 +157,7 @@ pub async fn run_with_counters<P: Publisher>(
         cfg: config.publish.clone(),
         wake,
         reporter_done,
-        fatal: fatal.clone(),
+        publish_health: publish_health.clone(),
     }));
     tracker.close();
     tracker.wait().await;
@@ -178,7 +179,7 @@ pub async fn run_with_counters<P: Publisher>(
         events_sent: counters.events_sent.get(),
         spooled_at_exit,
         dropped: counters.spool_dropped.get(),
-        publish_fatal: fatal.load(std::sync::atomic::Ordering::Relaxed),
+        publish_fatal: publish_health.is_failing(),
     };
     tracing::info!(
         events_sent = summary.events_sent,
@@ -206,6 +207,7 @@ struct ReportCtx {
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     done: CancellationToken,
+    publish_health: Arc<PublishHealth>,
 }
 
 async fn report_loop(mut ctx: ReportCtx) {
@@ -244,6 +246,7 @@ async fn report_loop(mut ctx: ReportCtx) {
         let info = agent_info(
             ctx.spool.len() + ctx.pending.len() as u64,
             ctx.counters.spool_dropped.get(),
+            ctx.publish_health.failing_seconds(),
         );
         let now = tcpulse_schema::Timestamp::now();
         let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(due.len());
@@ -345,7 +348,73 @@ struct SendCtx<P> {
     cfg: PublishConfig,
     wake: Arc<Notify>,
     reporter_done: CancellationToken,
-    fatal: Arc<std::sync::atomic::AtomicBool>,
+    publish_health: Arc<PublishHealth>,
+}
+
+/// The sender's fatal-error state, shared with the reporter so that each report says how
+/// long publishing had been failing when it was made (`agent.publish_failing_seconds`).
+///
+/// Monotonic: the streak start is kept as milliseconds since this value was made, plus 1
+/// (0 = publishing works), so a wall-clock step cannot shorten or lengthen a streak.
+#[derive(Debug)]
+pub struct PublishHealth {
+    origin: tokio::time::Instant,
+    failing_since: std::sync::atomic::AtomicU64,
+}
+
+impl PublishHealth {
+    /// Publishing works (no fatal error yet).
+    pub fn new() -> Self {
+        PublishHealth {
+            origin: tokio::time::Instant::now(),
+            failing_since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_mark(&self) -> u64 {
+        let ms = self.origin.elapsed().as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX - 1).saturating_add(1)
+    }
+
+    /// A fatal error: starts a failing streak, or continues the current one (its start is
+    /// kept).
+    pub fn fatal(&self) {
+        let mark = self.now_mark();
+        let _ = self.failing_since.compare_exchange(
+            0,
+            mark,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// A publish succeeded: the streak is over.
+    pub fn recovered(&self) {
+        self.failing_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True while the last publish attempt ended in a fatal error.
+    pub fn is_failing(&self) -> bool {
+        self.failing_since.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
+
+    /// Seconds since the first fatal error of the current streak, rounded up (at least 1
+    /// while failing, so a report made in the streak's first second does not read as
+    /// healthy); 0 while publishing works.
+    pub fn failing_seconds(&self) -> u64 {
+        let since = self.failing_since.load(std::sync::atomic::Ordering::Relaxed);
+        if since == 0 {
+            return 0;
+        }
+        self.now_mark().saturating_sub(since).div_ceil(1000).max(1)
+    }
+}
+
+impl Default for PublishHealth {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn backoff_for(cfg: &PublishConfig) -> ExponentialBackoff {
@@ -491,7 +560,7 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                     .emit(&ctx.counters);
                     fatal_attempts = 0;
                     fatal_backoff.reset();
-                    ctx.fatal.store(false, std::sync::atomic::Ordering::Relaxed);
+                    ctx.publish_health.recovered();
                 }
                 if !remove_sent(&ctx, ids).await {
                     break;
@@ -505,7 +574,7 @@ async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
                     Some(backoff.next_backoff())
                 } else {
                     fatal_attempts = fatal_attempts.saturating_add(1);
-                    ctx.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+                    ctx.publish_health.fatal();
                     Some(fatal_backoff.next_backoff())
                 };
                 PublishFailed {
@@ -694,6 +763,57 @@ mod tests {
         // Slow schedule: 2 failures, then one success per wake-up, not a retry per poll.
         let attempts = p.attempts.load(std::sync::atomic::Ordering::Relaxed);
         assert!(attempts <= 2 + seqs.len() as u64, "attempts {attempts}");
+    }
+
+    /// r12 fault 10: the streak's length in whole seconds, rounded up, from its first fatal
+    /// error (later ones do not restart it); 0 again after a success.
+    #[tokio::test(start_paused = true)]
+    async fn publish_health_counts_from_the_first_fatal_error_of_a_streak() {
+        let h = PublishHealth::new();
+        assert_eq!((h.is_failing(), h.failing_seconds()), (false, 0));
+        h.fatal();
+        assert_eq!((h.is_failing(), h.failing_seconds()), (true, 1));
+        tokio::time::advance(Duration::from_millis(90_500)).await;
+        h.fatal();
+        assert_eq!(h.failing_seconds(), 91);
+        h.recovered();
+        assert_eq!((h.is_failing(), h.failing_seconds()), (false, 0));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        h.fatal();
+        assert_eq!(h.failing_seconds(), 1, "a new streak starts over");
+    }
+
+    /// r12 fault 10: reports made while publishing fails say so; the first ones after
+    /// recovery say it works again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r12_reports_made_while_publishing_fails_carry_how_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("calls");
+        std::fs::write(&src, "2").unwrap();
+        let p = Arc::new(Scripted::default());
+        p.script
+            .lock()
+            .unwrap()
+            .extend((0..2).map(|_| Err(PublishError::fatal("unauthorized"))));
+        let s = run_for(config(dir.path(), &src), p.clone(), 1200).await;
+        assert!(!s.publish_fatal);
+        let failing: Vec<u64> = p
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.agent.as_ref().and_then(|a| a.publish_failing_seconds).unwrap())
+            .collect();
+        let during = failing.iter().filter(|&&f| f > 0).count();
+        assert!(during >= 2, "reports made while failing: {failing:?}");
+        assert_eq!(failing.last(), Some(&0), "healthy again: {failing:?}");
+        // One streak: healthy (the first report, made before the first attempt), failing,
+        // then healthy again; never back to failing.
+        let first_failing = failing.iter().position(|&f| f > 0).unwrap();
+        assert!(failing[first_failing..first_failing + during]
+            .iter()
+            .all(|&f| f > 0));
+        assert!(failing[first_failing + during..].iter().all(|&f| f == 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

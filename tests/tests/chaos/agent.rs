@@ -305,6 +305,22 @@ impl BootTally {
     }
 }
 
+/// `agent.publish_failing_seconds` of each report of `instance`, by seq; an error names
+/// the first report without it.
+fn publish_failing_by_seq(events: &[Value], instance: &str) -> Result<BTreeMap<u64, u64>> {
+    events
+        .iter()
+        .filter(|e| e["instance"] == instance)
+        .map(|e| {
+            let seq = e["seq"].as_u64().context("seq")?;
+            let failing = e["agent"]["publish_failing_seconds"]
+                .as_u64()
+                .with_context(|| format!("report {seq} lacks agent.publish_failing_seconds"))?;
+            Ok((seq, failing))
+        })
+        .collect()
+}
+
 pub(crate) fn field_u64(log: &str, line_has: &str, field: &str) -> Option<u64> {
     log.lines()
         .rev()
@@ -663,6 +679,7 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
     let info = hub.info.clone();
     let right = info.connection_string(Mode::Tls, Policy::Send)?.to_string();
     let agent_key = OTHER_KEY;
+    let started = Instant::now();
     let mut agent = AgentProc::start(
         &tmp.path().join("agent"),
         &tmp.path().join("spool"),
@@ -710,6 +727,17 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
         d.first() == Some(&0) && t.gaps() == 0,
         "reports spooled during the refusal arrive: {d:?}"
     );
+    let failing = publish_failing_by_seq(&events, "wk1")?;
+    let during = failing.values().filter(|&&f| f > 0).count();
+    let longest = failing.values().copied().max().unwrap_or(0);
+    ensure!(
+        during >= 2 && failing.values().last() == Some(&0),
+        "reports made during the refusal say publishing failed, the last ones that it works: {failing:?}"
+    );
+    ensure!(
+        longest <= started.elapsed().as_secs() + 1,
+        "failing for {longest} s, longer than the agent ran: {failing:?}"
+    );
     record(&Row {
         fault: "agent wrong key, then the key restored".into(),
         events_sent: made,
@@ -718,7 +746,7 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
         duplicated: t.duplicates(),
         counted_dropped: t.dropped,
         outcome: format!(
-            "{fatal_lines} fatal ERROR lines (slow retry), resumed {resumed:.1?} after the hub took the key, no restart"
+            "{fatal_lines} fatal ERROR lines (slow retry), resumed {resumed:.1?} after the hub took the key, no restart; {during} reports say publishing failed (up to {longest} s), the last say 0"
         ),
     })?;
     hub.stop(Duration::from_secs(15)).await?;

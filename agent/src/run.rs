@@ -396,14 +396,18 @@ impl PublishHealth {
 
     /// True while the last publish attempt ended in a fatal error.
     pub fn is_failing(&self) -> bool {
-        self.failing_since.load(std::sync::atomic::Ordering::Relaxed) != 0
+        self.failing_since
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
     }
 
     /// Seconds since the first fatal error of the current streak, rounded up (at least 1
     /// while failing, so a report made in the streak's first second does not read as
     /// healthy); 0 while publishing works.
     pub fn failing_seconds(&self) -> u64 {
-        let since = self.failing_since.load(std::sync::atomic::Ordering::Relaxed);
+        let since = self
+            .failing_since
+            .load(std::sync::atomic::Ordering::Relaxed);
         if since == 0 {
             return 0;
         }
@@ -802,7 +806,12 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|e| e.agent.as_ref().and_then(|a| a.publish_failing_seconds).unwrap())
+            .map(|e| {
+                e.agent
+                    .as_ref()
+                    .and_then(|a| a.publish_failing_seconds)
+                    .unwrap()
+            })
             .collect();
         let during = failing.iter().filter(|&&f| f > 0).count();
         assert!(during >= 2, "reports made while failing: {failing:?}");

@@ -796,7 +796,11 @@ mod tests {
             ("/health/cpu", "0.4".into(), "health.cpu"),
             ("/health/service_up", 1.into(), "health.service_up"),
             ("/agent/version", Value::Null, "agent.version"),
-            ("/agent/publish_failing_seconds", "60".into(), "agent.publish_failing_seconds"),
+            (
+                "/agent/publish_failing_seconds",
+                "60".into(),
+                "agent.publish_failing_seconds",
+            ),
             ("/schema", 1.into(), "schema"),
         ];
         for (pointer, value, field) in cases {
@@ -817,7 +821,13 @@ mod tests {
     fn agent_publish_failing_seconds_is_optional_and_checked() {
         let full: Value = serde_json::from_slice(&fixture("valid_full.json")).unwrap();
         let body = |v: Value| with(full.clone(), "/agent/publish_failing_seconds", v);
-        let seconds = |body: Vec<u8>| decode(&body).unwrap().agent.unwrap().publish_failing_seconds;
+        let seconds = |body: Vec<u8>| {
+            decode(&body)
+                .unwrap()
+                .agent
+                .unwrap()
+                .publish_failing_seconds
+        };
         assert_eq!(seconds(body(600.into())), Some(600));
         assert_eq!(seconds(body(0.into())), Some(0));
         assert_eq!(seconds(body(Value::Null)), None);

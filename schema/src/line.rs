@@ -694,7 +694,9 @@ mod tests {
         let p = instance_point(&ev, true);
         assert_eq!(p.get_field("agent_spooled"), Some(&FieldValue::Int(7)));
         assert_eq!(p.get_field("agent_dropped"), Some(&FieldValue::Int(3)));
-        assert!(p.to_line().contains("agent_dropped=3i,agent_publish_failing_seconds=0i,agent_spooled=7i,"));
+        assert!(p
+            .to_line()
+            .contains("agent_dropped=3i,agent_publish_failing_seconds=0i,agent_spooled=7i,"));
         ev.agent = None;
         let p = instance_point(&ev, true);
         assert_eq!(p.get_field("agent_dropped"), None);

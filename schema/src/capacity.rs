@@ -377,7 +377,7 @@ mod tests {
         for n in 1..200 {
             let a = vcpu_quota_advice(n);
             assert!(
-                a.recommended > a.minimum && a.recommended % 10 == 0,
+                a.recommended > a.minimum && a.recommended.is_multiple_of(10),
                 "{n}: {a:?}"
             );
         }

@@ -196,7 +196,7 @@ fn status(inst: &mut Instance, round: u64, time_ms: i64) -> Result<StatusEvent> 
     };
     let jitter = ((inst.idx * 31 + round as usize * 17) % 7) as f64 - 3.0;
     let calls = (16.0 * load * base + jitter).clamp(0.0, 16.0) as u32;
-    let state = if (round + inst.slot as u64) % 997 == 0 {
+    let state = if (round + inst.slot as u64).is_multiple_of(997) {
         State::Maintenance
     } else {
         State::Active

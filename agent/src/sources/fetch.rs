@@ -41,7 +41,7 @@ impl Fetcher {
     /// A client with this timeout per request, trusting `ca_file` (PEM) if given, else the
     /// operating system's trust store (platform verifier). Redirects are not followed (credentials must not travel).
     pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Fetcher, FetcherError> {
-        let mut builder = ureq::Agent::config_builder()
+        let builder = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)

@@ -155,7 +155,7 @@ fn main() {
         }
         busy += started.elapsed();
         done += n;
-        if done % 1_000_000 == 0 || done == total {
+        if done.is_multiple_of(1_000_000) || done == total {
             let (rss, hwm) = rss_kib();
             println!(
                 "{done:>12} {:>12.0} {rss:>10} {hwm:>10}",

@@ -271,7 +271,7 @@ async fn client_consumer_cancelled_receives_lose_nothing() {
             "stalled after {} events",
             got.len()
         );
-        if got.len() % 2 == 0 {
+        if got.len().is_multiple_of(2) {
             tokio::select! {
                 biased;
                 r = c.recv() => got.push(r.unwrap().sequence_number),

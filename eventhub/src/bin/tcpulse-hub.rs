@@ -1,30 +1,41 @@
 //! `tcpulse-hub`: run the embedded Event Hubs-compatible broker. See `--help`.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
+use std::process::ExitCode;
 
 use clap::Parser as _;
-use tcpulse_eventhub::hub::{cli::Args, Hub};
-use tracing_subscriber::EnvFilter;
+use tcpulse_eventhub::cli_support::exit::{self, Failure};
+use tcpulse_eventhub::cli_support::logging::{self, LogTarget};
+use tcpulse_eventhub::hub::{cli::Args, Hub, HubError};
 
 /// mimalloc: every delivery decodes, stamps and re-encodes a message; glibc malloc spent about
 /// a fifth of the hub's CPU there.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The filter when RUST_LOG is not set: fe2o3-amqp logs every refused peer at error level.
+const DEFAULT_FILTER: &str = "info,fe2o3_amqp=off";
+
 #[tokio::main]
-async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,fe2o3_amqp=off")),
-        )
-        .init();
+async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(err) = run(args).await {
-        eprintln!("tcpulse-hub: {err:#}");
-        std::process::exit(2);
+    let filter = logging::filter_from_env().unwrap_or_else(|| DEFAULT_FILTER.to_owned());
+    if let Err(err) = logging::init(args.log.log_format, &filter, LogTarget::Stderr) {
+        return exit::report("tcpulse-hub", Failure::Config, &err.to_string());
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => exit::report("tcpulse-hub", classify(&err), &format!("{err:#}")),
+    }
+}
+
+/// Configuration errors (policies, a given certificate or key) exit 78; the rest exit 1.
+fn classify(err: &anyhow::Error) -> Failure {
+    match err.downcast_ref::<HubError>() {
+        Some(HubError::Config(_) | HubError::Policies { .. } | HubError::TlsLoad { .. }) => {
+            Failure::Config
+        }
+        _ => Failure::Runtime,
     }
 }
 

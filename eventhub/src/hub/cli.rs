@@ -17,7 +17,7 @@ use super::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 /// e.g. Send+Listen) or --policies-file; otherwise keys are generated (and kept in
 /// --data-dir, so a restart keeps them).
 #[derive(Debug, Parser)]
-#[command(name = "tcpulse-hub", version)]
+#[command(name = "tcpulse-hub", version, after_help = crate::cli_support::exit::HELP)]
 pub struct Args {
     /// AMQPS (TLS) listen address; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value_t = config::default_listen())]
@@ -103,6 +103,10 @@ pub struct Args {
     /// fsync every append (survives power loss; slower).
     #[arg(long)]
     pub fsync: bool,
+
+    /// Log format (level from RUST_LOG, default info,fe2o3_amqp=off).
+    #[command(flatten)]
+    pub log: crate::cli_support::logging::LogFormatArg,
 }
 
 impl Args {

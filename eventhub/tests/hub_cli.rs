@@ -1,0 +1,77 @@
+//! The built `tcpulse-hub`: logs without colour codes when stderr is a file, JSON lines with
+//! UTC timestamps under `--log-format json`, and exit 78 for a configuration error.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+
+const HUB: &str = env!("CARGO_BIN_EXE_tcpulse-hub");
+
+/// Starts the hub on a free port with stderr going to a file, waits for its ready line,
+/// stops it and returns what it logged.
+fn log_of_one_start(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(HUB)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("TCPULSE_LOG_FORMAT")
+        .env_remove("TCPULSE_HUB_POLICIES")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with('{'), "ready line: {ready:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn hub_log_to_a_file_has_no_ansi_escapes() {
+    let log = log_of_one_start(&[]);
+    assert!(!log.trim().is_empty(), "the hub logged nothing");
+    assert!(!log.contains("\x1b["), "ANSI escape in:\n{log}");
+}
+
+#[test]
+fn hub_log_format_json_gives_one_object_per_line_with_utc_timestamps() {
+    let log = log_of_one_start(&["--log-format", "json"]);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the hub logged nothing");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            ts.ends_with('Z') && ts.contains('T'),
+            "timestamp {ts:?} in {line}"
+        );
+    }
+}
+
+#[test]
+fn hub_bad_policies_exit_78_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(HUB)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.path())
+        .env("TCPULSE_HUB_POLICIES", "not-a-policy")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("policies"), "{err}");
+}
+
+#[test]
+fn hub_unknown_flag_is_clap_usage_exit_2() {
+    let out = Command::new(HUB).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -954,7 +954,11 @@ impl Config {
 /// to InfluxDB (v2 or v1 API) or a line-protocol file. A partition's checkpoint moves only
 /// past points the store acknowledged.
 #[derive(Debug, clap::Parser)]
-#[command(name = "tcpulse-collector", version)]
+#[command(
+    name = "tcpulse-collector",
+    version,
+    after_help = tcpulse_eventhub::cli_support::exit::HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -1001,8 +1005,11 @@ pub struct RunArgs {
     /// Address for /metrics, /healthz and /readyz (sets `http.listen`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Log JSON lines instead of text (level from RUST_LOG, default info).
-    #[arg(long)]
+    /// Log format (level from RUST_LOG, default info).
+    #[command(flatten)]
+    pub log: tcpulse_eventhub::cli_support::logging::LogFormatArg,
+    /// Same as --log-format json (kept for existing units and scripts).
+    #[arg(long, hide = true)]
     pub log_json: bool,
 }
 

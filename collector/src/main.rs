@@ -1,11 +1,15 @@
 //! `tcpulse-collector run | check-config | demo`: parses the command line, sets up logging and
-//! the shutdown token, and hands over to the library.
+//! the shutdown token, and hands over to the library. Exit codes: 0 clean, 1 runtime failure,
+//! 78 configuration error (clap's usage errors: 2).
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tcpulse_collector::config::{Cli, Command, RunArgs};
+use tcpulse_collector::BuildError;
+use tcpulse_eventhub::cli_support::exit::{self, Failure};
+use tcpulse_eventhub::cli_support::logging::{self, LogFormat, LogTarget};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc: the decode → aggregate → encode path allocates and frees many small strings and
@@ -13,35 +17,48 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const BIN: &str = "tcpulse-collector";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run(args) => init_tracing(args.log_json).and(run(args)),
-        Command::CheckConfig(args) => init_tracing(args.log_json).and(check_config(args)),
+        Command::Run(args) => init_tracing(args).and_then(|()| run(args)),
+        Command::CheckConfig(args) => init_tracing(args).and_then(|()| check_config(args)),
         #[cfg(feature = "demo")]
-        Command::Demo(args) => demo(args),
+        Command::Demo(args) => demo(args).map_err(|e| (Failure::Runtime, e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tcpulse-collector: {err:#}");
-            ExitCode::from(2)
-        }
+        Err((failure, err)) => exit::report(BIN, failure, &format!("{err:#}")),
     }
 }
 
-fn init_tracing(json: bool) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+/// A failure and its class (which picks the exit code).
+type Failed = (Failure, anyhow::Error);
+
+fn init_tracing(args: &RunArgs) -> Result<(), Failed> {
+    let format = if args.log_json {
+        LogFormat::Json
     } else {
-        builder.init();
+        args.log.log_format
+    };
+    let filter = logging::filter_from_env().unwrap_or_else(|| "info".to_owned());
+    logging::init(format, &filter, LogTarget::Stderr).map_err(|e| (Failure::Config, e.into()))
+}
+
+/// Settings, secrets and sink settings are configuration errors; files, directories and the
+/// listener that cannot be opened are runtime failures.
+fn classify(err: &BuildError) -> Failure {
+    match err {
+        BuildError::Config(_)
+        | BuildError::InfluxDbV2(_)
+        | BuildError::InfluxDbV1(_)
+        | BuildError::EventHubSecret(_) => Failure::Config,
+        BuildError::FileSink(_)
+        | BuildError::DeadLetter { .. }
+        | BuildError::CheckpointDir { .. }
+        | BuildError::Metrics(_) => Failure::Runtime,
     }
-    Ok(())
 }
 
 #[cfg(feature = "demo")]
@@ -59,22 +76,28 @@ fn demo(args: &tcpulse_collector::demo::config::DemoArgs) -> anyhow::Result<()> 
     })
 }
 
-fn check_config(args: &RunArgs) -> anyhow::Result<()> {
-    let mut config = args.load()?;
-    for line in tcpulse_collector::check_config(&mut config)? {
+fn check_config(args: &RunArgs) -> Result<(), Failed> {
+    let config_error = |e: anyhow::Error| (Failure::Config, e);
+    let mut config = args.load().map_err(|e| config_error(e.into()))?;
+    let lines = tcpulse_collector::check_config(&mut config).map_err(|e| config_error(e.into()))?;
+    for line in lines {
         println!("{line}");
     }
     println!("config OK");
     Ok(())
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let config = args.load()?;
-    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+fn run(args: &RunArgs) -> Result<(), Failed> {
+    let config = args.load().map_err(|e| (Failure::Config, e.into()))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .context("start the tokio runtime")
+        .map_err(|e| (Failure::Runtime, e))?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let summary = tcpulse_collector::run(config, shutdown).await?;
+        let summary = tcpulse_collector::run(config, shutdown)
+            .await
+            .map_err(|e| (classify(&e), e.into()))?;
         for p in summary.partitions {
             tracing::info!(partition = %p.partition, checkpoint = ?p.checkpoint, events_read = p.events_read, "partition stopped");
         }

@@ -19,7 +19,7 @@ fn fixture(name: &str) -> String {
 }
 
 #[test]
-fn cli_check_config_accepts_the_example_and_rejects_errors_with_exit_2() {
+fn cli_check_config_accepts_the_example_and_rejects_errors_with_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, tcpulse_collector::config::EXAMPLE_CONFIG).unwrap();
@@ -52,7 +52,7 @@ fn cli_check_config_accepts_the_example_and_rejects_errors_with_exit_2() {
         .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("tcpulse-collector: "), "{stderr}");
     assert!(
@@ -67,7 +67,7 @@ fn cli_check_config_accepts_the_example_and_rejects_errors_with_exit_2() {
         .args(["check-config", "-c", bad.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `rollup_intervall`"));
 }
 
@@ -127,7 +127,7 @@ type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
 
 /// r12 (9b): `check-config` validates every secret's presence and shape without connecting:
 /// a garbage or keyless connection string, a missing hub, a v2 token with a pasted `Token `
-/// prefix, a v1 username without a password are refused (exit 2, one line naming the
+/// prefix, a v1 username without a password are refused (exit 78, one line naming the
 /// setting, never the secret); a missing v2 token is a note (VictoriaMetrics needs none).
 #[test]
 fn r12_collector_check_config_refuses_unusable_secrets() {
@@ -201,7 +201,7 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
     for (config, env, needle) in &refused {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (code, said) = check(config, &env);
-        assert_eq!(code, Some(2), "{needle}: {said}");
+        assert_eq!(code, Some(78), "{needle}: {said}");
         assert!(
             said.starts_with("tcpulse-collector: ") && said.contains(needle),
             "{needle}: {said}"
@@ -225,4 +225,74 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
         !said.contains("s3cret-pw") && !said.contains("note:"),
         "{said}"
     );
+}
+
+/// Runs the collector over a one-event file source with stderr going to a file; returns
+/// the exit code and what it logged.
+fn logged_run(extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, fixture("valid_full.json")).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let status = bin()
+        .arg("run")
+        .args(["--source-file", events.to_str().unwrap()])
+        .args(["--points-file", dir.path().join("p.lp").to_str().unwrap()])
+        .args(["--checkpoint-dir", dir.path().join("cp").to_str().unwrap()])
+        .args([
+            "--dead-letter-path",
+            dir.path().join("dl").to_str().unwrap(),
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("TCPULSE_LOG_FORMAT")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .status()
+        .unwrap();
+    (status.code(), std::fs::read_to_string(&log_path).unwrap())
+}
+
+#[test]
+fn cli_log_to_a_file_has_no_ansi_escapes() {
+    let (code, log) = logged_run(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.trim().is_empty(), "the collector logged nothing");
+    assert!(!log.contains("\x1b["), "ANSI escape in:\n{log}");
+}
+
+#[test]
+fn cli_log_format_json_gives_one_object_per_line_with_utc_timestamps() {
+    let (code, log) = logged_run(&["--log-format", "json"]);
+    assert_eq!(code, Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the collector logged nothing");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            ts.ends_with('Z') && ts.contains('T'),
+            "timestamp {ts:?} in {line}"
+        );
+    }
+}
+
+#[test]
+fn cli_bad_run_config_exits_78_and_usage_errors_stay_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[aggregate]\nrollup_intervall = \"10s\"\n").unwrap();
+    let out = bin()
+        .args(["run", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("rollup_intervall"), "{err}");
+    let out = bin()
+        .args(["run", "--log-format", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
 }

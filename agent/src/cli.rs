@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tcpulse_eventhub::cli_support::exit::Failure;
+use tcpulse_eventhub::cli_support::logging::{self, LogError, LogFormat, LogTarget};
 use tokio_util::sync::CancellationToken;
 
 use crate::check_cert::{self, ENV_CERT_PASSWORD};
@@ -18,7 +20,11 @@ use crate::publish::{self, Publisher};
 /// in that order of precedence. The Event Hubs connection string is read only from
 /// TCPULSE_EVENTHUB_CONNECTION_STRING or publish.connection_string_file.
 #[derive(Debug, clap::Parser)]
-#[command(name = "tcpulse-agent", version)]
+#[command(
+    name = "tcpulse-agent",
+    version,
+    after_help = tcpulse_eventhub::cli_support::exit::HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -34,7 +40,8 @@ pub enum Command {
     /// without secrets, and exit.
     CheckConfig(RunArgs),
     /// Check a Teams Connector certificate against Pexip's requirements (PFX, RSA, EKU
-    /// server+client auth, name, intermediates, validity). Exit 0 if it passes, 1 if not.
+    /// server+client auth, name, intermediates, validity). Exit 0 if it passes, 1 if not
+    /// (or if the certificate cannot be read).
     CheckCert(CheckCertArgs),
     /// Install the Windows service (runs `tcpulse-agent service --config FILE` at boot).
     #[cfg(windows)]
@@ -69,7 +76,8 @@ pub struct CheckCertArgs {
     pub fqdn: Option<String>,
 }
 
-/// Why a command could not run (printed once as `tcpulse-agent: {err:#}`, exit 2).
+/// Why a command could not run (printed once as `tcpulse-agent: {err:#}`; exit 78 for a
+/// configuration error, 1 otherwise: see [`CliError::failure`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The configuration is unusable.
@@ -84,40 +92,49 @@ pub enum CliError {
     /// The certificate could not be read.
     #[error(transparent)]
     Cert(#[from] check_cert::CertError),
-    /// Logging or the runtime could not be set up.
+    /// The log filter or the log file is unusable.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The runtime (or, on Windows, the service manager) could not be set up.
     #[error("{0}")]
     Setup(String),
 }
 
-/// Sets up logging to `file` (appending) or stderr, filtered by `level`.
+impl CliError {
+    /// Configuration errors (settings, secrets, the log filter or file, publish and source
+    /// settings) exit 78 so systemd does not restart on them; the rest exit 1.
+    pub fn failure(&self) -> Failure {
+        use crate::sources::BuildError;
+        match self {
+            CliError::Config(_)
+            | CliError::Log(_)
+            | CliError::Publish(
+                publish::SetupError::EventHubs(_) | publish::SetupError::Unavailable(_),
+            )
+            | CliError::Run(crate::run::RunError::Source(BuildError::Invalid { .. })) => {
+                Failure::Config
+            }
+            CliError::Publish(publish::SetupError::File { .. })
+            | CliError::Run(_)
+            | CliError::Cert(_)
+            | CliError::Setup(_) => Failure::Runtime,
+        }
+    }
+}
+
+/// Sets up text logging to `file` (appending) or stderr, filtered by `level`.
 pub fn init_tracing(level: &str, file: Option<&std::path::Path>) -> Result<(), CliError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| CliError::Setup(format!("log level {level:?} is not a valid filter: {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = match file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    CliError::Setup(format!("cannot open log file {}: {e}", path.display()))
-                })?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .try_init()
-        }
-        None => {
-            use std::io::IsTerminal;
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .try_init()
-        }
-    };
-    // Already initialised (tests, service restart in-process): keep the first.
-    drop(result);
+    init_logging(LogFormat::Text, level, file)
+}
+
+/// Sets up logging in `format` to `file` (appending) or stderr, filtered by `level`.
+pub fn init_logging(
+    format: LogFormat,
+    level: &str,
+    file: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    let target = file.map_or(LogTarget::Stderr, LogTarget::File);
+    logging::init(format, level, target)?;
     Ok(())
 }
 
@@ -162,7 +179,7 @@ pub fn run_agent(
 ) -> Result<(), CliError> {
     let config = Config::load(args)?;
     let log_file = config.log_file.clone().or(default_log_file);
-    init_tracing(&config.log_level, log_file.as_deref())?;
+    init_logging(config.log_format, &config.log_level, log_file.as_deref())?;
     let publisher: Box<dyn Publisher> = publish::from_config(&config.publish)?;
     let rt = runtime()?;
     rt.block_on(async move {

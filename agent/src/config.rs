@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
 
 use crate::health::{default_disk_path, HealthConfig};
 use crate::sources::{SourceConfig, SOURCE_TYPES};
@@ -204,7 +205,8 @@ pub struct LogArgs {
         value_name = "FILE"
     )]
     pub file: Option<PathBuf>,
-    /// Log filter (tracing env-filter syntax: info, debug, tcpulse_agent=trace). Default: info.
+    /// Log filter (tracing env-filter syntax: info, debug, tcpulse_agent=trace). Precedence:
+    /// --log-level, TCPULSE_LOG, `[log] level` in the file, then RUST_LOG. Default: info.
     #[arg(
         id = "log_level",
         long = "log-level",
@@ -212,6 +214,16 @@ pub struct LogArgs {
         value_name = "FILTER"
     )]
     pub level: Option<String>,
+    /// Log format: text or json (one JSON object per line). Timestamps are UTC (RFC 3339,
+    /// ending in Z); colour only when logging to a terminal. Default: text.
+    #[arg(
+        id = "log_format",
+        long = "log-format",
+        env = tcpulse_eventhub::cli_support::logging::LOG_FORMAT_ENV,
+        value_enum,
+        value_name = "FORMAT"
+    )]
+    pub format: Option<LogFormat>,
 }
 
 /// The TOML file: one table per `*Args` struct plus `[source]`.
@@ -440,6 +452,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Log filter.
     pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
 }
 
 /// A configuration that cannot be used. Every message is one line saying what to fix.
@@ -764,7 +778,9 @@ impl Config {
             publish,
             log_file: args.log.file.clone().or(file.log.file),
             log_level: nonempty(args.log.level.clone().or(file.log.level))
+                .or_else(logging::filter_from_env)
                 .unwrap_or_else(|| "info".to_owned()),
+            log_format: args.log.format.or(file.log.format).unwrap_or_default(),
         })
     }
 

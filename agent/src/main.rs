@@ -1,5 +1,6 @@
 //! `tcpulse-agent`: thin binary over the `tcpulse_agent` library. Parses the command line,
-//! dispatches, and prints any error once as `tcpulse-agent: {err:#}` with exit code 2.
+//! dispatches, and prints any error once as `tcpulse-agent: {err:#}`: exit 78 for a
+//! configuration error, 1 for a runtime failure (clap's usage errors: 2).
 
 use std::process::ExitCode;
 
@@ -35,8 +36,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tcpulse-agent: {:#}", anyhow::Error::from(err));
-            ExitCode::from(2)
+            let failure = err.failure();
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tcpulse_eventhub::cli_support::exit::report("tcpulse-agent", failure, &message)
         }
     }
 }

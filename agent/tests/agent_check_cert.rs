@@ -485,7 +485,7 @@ fn agent_check_cert_binary_exit_codes_and_report() {
         "{text}"
     );
     let out = run(Path::new("/nonexistent.pfx"));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("tcpulse-agent: cannot read certificate file") && err.lines().count() == 1,

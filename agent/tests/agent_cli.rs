@@ -1,4 +1,4 @@
-//! The built binary: bad configs give one clear line and exit 2; a real run with a file
+//! The built binary: bad configs give one clear line and exit 78; a real run with a file
 //! source and the file publisher reports, and stops cleanly on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures
@@ -34,9 +34,9 @@ fn write_config(dir: &Path, body: &str) -> String {
     path.display().to_string()
 }
 
-fn assert_one_line_exit_2(out: &Output, needle: &str) {
+fn assert_one_line_exit_78(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(78), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
         err.starts_with("tcpulse-agent: ") && err.contains(needle),
@@ -45,24 +45,24 @@ fn assert_one_line_exit_2(out: &Output, needle: &str) {
 }
 
 #[test]
-fn agent_config_missing_connection_string_is_one_line_exit_2() {
+fn agent_config_missing_connection_string_is_one_line_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[source]\ntype = \"simulate\"\n");
     let out = agent(&["run", "--config", &cfg], dir.path());
-    assert_one_line_exit_2(
+    assert_one_line_exit_78(
         &out,
         "no Event Hubs connection string: set TCPULSE_EVENTHUB_CONNECTION_STRING",
     );
     let out = agent(&["check-config", "--config", &cfg], dir.path());
-    assert_one_line_exit_2(&out, "TCPULSE_EVENTHUB_CONNECTION_STRING");
+    assert_one_line_exit_78(&out, "TCPULSE_EVENTHUB_CONNECTION_STRING");
 }
 
 #[test]
-fn agent_config_unknown_source_is_one_line_exit_2() {
+fn agent_config_unknown_source_is_one_line_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[source]\ntype = \"carrier_pigeon\"\n");
     let out = agent(&["check-config", "--config", &cfg], dir.path());
-    assert_one_line_exit_2(&out, "unknown variant `carrier_pigeon`");
+    assert_one_line_exit_78(&out, "unknown variant `carrier_pigeon`");
     let cfg = write_config(dir.path(), "[publish]\nfile = \"out.jsonl\"\n");
     let out = agent(
         &[
@@ -74,18 +74,18 @@ fn agent_config_unknown_source_is_one_line_exit_2() {
         ],
         dir.path(),
     );
-    assert_one_line_exit_2(&out, "unknown source type \"smoke-signals\"; expected one of command, file, http, pexip, simulate");
+    assert_one_line_exit_78(&out, "unknown source type \"smoke-signals\"; expected one of command, file, http, pexip, simulate");
 }
 
 #[test]
-fn agent_config_bad_duration_is_one_line_exit_2() {
+fn agent_config_bad_duration_is_one_line_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
         "[report]\ninterval = \"10 parsecs\"\n[source]\ntype = \"simulate\"\n",
     );
     let out = agent(&["run", "--config", &cfg], dir.path());
-    assert_one_line_exit_2(&out, "interval = \"10 parsecs\"");
+    assert_one_line_exit_78(&out, "interval = \"10 parsecs\"");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 9") && err.contains("parsecs"), "{err}");
 }
@@ -189,7 +189,7 @@ fn agent_run_reports_to_file_and_stops_cleanly_on_sigterm() {
 }
 
 /// r12 (9b): `check-config` refuses connection strings that cannot work — garbage, no key,
-/// a key that is not base64, a placeholder, no hub — naming the part, never the key, exit 2
+/// a key that is not base64, a placeholder, no hub — naming the part, never the key, exit 78
 /// (as for every config error); a valid one passes, with a note for an unusual key length.
 #[test]
 fn r12_agent_check_config_refuses_unusable_connection_strings() {
@@ -235,7 +235,7 @@ fn r12_agent_check_config_refuses_unusable_connection_strings() {
     ];
     for (cs, needle) in &refused {
         let out = check(cs, &[]);
-        assert_one_line_exit_2(&out, needle);
+        assert_one_line_exit_78(&out, needle);
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -275,4 +275,92 @@ fn r12_agent_check_config_refuses_unusable_connection_strings() {
             .contains("note: SharedAccessKey has 30 characters where keys Azure generates have 44"),
         "{stdout}"
     );
+}
+
+/// Runs the agent (file source, file publisher) with stderr going to a file until it has
+/// logged a report, stops it with SIGTERM and returns the exit code and the log.
+#[cfg(unix)]
+fn logged_run(extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("calls"), "{\"call_count\": 1}").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[report]\ninterval = \"200ms\"\npoll_interval = \"100ms\"\n[source]\ntype = \"file\"\npath = {:?}\n[publish]\nfile = {:?}\n",
+            dir.path().join("calls"),
+            dir.path().join("out.jsonl")
+        ),
+    );
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &cfg])
+        .args(extra)
+        .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
+        .env_remove("TCPULSE_LOG")
+        .env_remove("TCPULSE_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("out.jsonl");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() >= 2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    (status.code(), std::fs::read_to_string(&log_path).unwrap())
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_log_to_a_file_has_no_ansi_escapes() {
+    let (code, log) = logged_run(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("tcpulse-agent stopped"), "{log}");
+    assert!(!log.contains("\x1b["), "ANSI escape in:\n{log}");
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_log_format_json_gives_one_object_per_line_with_utc_timestamps() {
+    let (code, log) = logged_run(&["--log-format", "json"]);
+    assert_eq!(code, Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "too little logged: {log}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            ts.ends_with('Z') && ts.contains('T'),
+            "timestamp {ts:?} in {line}"
+        );
+    }
+}
+
+#[test]
+fn agent_bad_log_level_exits_78_and_usage_errors_stay_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[source]\ntype = \"simulate\"\n[publish]\nfile = \"/dev/null\"\n",
+    );
+    let out = agent(
+        &["run", "--config", &cfg, "--log-level", "info,=[bad"],
+        dir.path(),
+    );
+    assert_one_line_exit_78(&out, "log level");
+    let out = agent(
+        &["run", "--config", &cfg, "--log-format", "yaml"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
 }

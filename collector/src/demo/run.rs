@@ -265,6 +265,7 @@ fn agent_config(
         },
         log_file: None,
         log_level: "info".into(),
+        log_format: Default::default(),
     }
 }
 

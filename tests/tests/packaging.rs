@@ -152,7 +152,13 @@ fn place_unit(dir: &Path, name: &str, unit_text: &str, binary: &Path) -> Result<
         unit_text.contains(&packaged),
         "{name}: ExecStart does not start {packaged}"
     );
-    let text = unit_text.replace(&packaged, &format!("ExecStart={} ", binary.display()));
+    let pre = format!(
+        "ExecStartPre=/usr/bin/{} ",
+        name.trim_end_matches(".service")
+    );
+    let text = unit_text
+        .replace(&packaged, &format!("ExecStart={} ", binary.display()))
+        .replace(&pre, &format!("ExecStartPre={} ", binary.display()));
     let path = dir.join(name);
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
@@ -193,6 +199,25 @@ fn packaging_systemd_units_pass_systemd_analyze_verify() -> Result<()> {
                 "{name}: missing `{key}={want}`"
             );
         }
+        // A bad config fails check-config with 78 and is not restarted in a loop.
+        let start = settings
+            .iter()
+            .find(|(k, _)| k == "ExecStart")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let check = start.replacen(" run ", " check-config ", 1);
+        ensure!(
+            settings
+                .iter()
+                .any(|(k, v)| k == "ExecStartPre" && *v == check),
+            "{name}: missing `ExecStartPre={check}`"
+        );
+        ensure!(
+            settings
+                .iter()
+                .any(|(k, v)| k == "RestartPreventExitStatus" && v == "78"),
+            "{name}: missing `RestartPreventExitStatus=78`"
+        );
         for key in ["StateDirectory", "ConfigurationDirectory", "TimeoutStopSec"] {
             ensure!(
                 settings.iter().any(|(k, _)| k == key),
@@ -343,7 +368,7 @@ fn expect_config_err(
     let out = check_config(binary, config, env)?;
     let said = text(&out);
     ensure!(
-        out.status.code() == Some(2) && said.contains(needle),
+        out.status.code() == Some(78) && said.contains(needle),
         "{} check-config {config:?} without secrets should fail naming {needle}: {} {said}",
         binary.display(),
         out.status

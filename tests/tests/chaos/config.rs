@@ -1,7 +1,7 @@
 //! Chaos cases: configuration checks (issue 12, faults 9b and 11), against the real
 //! binaries. `check-config` of the agent and of the collector refuses a connection string
 //! that cannot work (given in `TCPULSE_EVENTHUB_CONNECTION_STRING`, never on the command
-//! line): exit 2, one line naming the part at fault, the secret never echoed.
+//! line): exit 78 (EX_CONFIG), one line naming the part at fault, the secret never echoed.
 //! `tcpulse-agent check-cert` fails a PFX whose RSA key has 1024 bits, naming the size.
 //!
 //! The check-cert case needs the `openssl` CLI (Debian `openssl`).
@@ -88,8 +88,8 @@ fn chaos_config_check_config_refuses_unusable_connection_strings() -> Result<()>
             let out = check_config(bin, config, &cs)?;
             let text = said(&out);
             ensure!(
-                out.status.code() == Some(2),
-                "{bin}, {what}: exit {} (want 2): {text}",
+                out.status.code() == Some(78),
+                "{bin}, {what}: exit {} (want 78): {text}",
                 out.status
             );
             ensure!(
@@ -107,7 +107,7 @@ fn chaos_config_check_config_refuses_unusable_connection_strings() -> Result<()>
     record(&Row {
         fault: "check-config: connection string garbage / without key (9b)".into(),
         outcome: format!(
-            "agent and collector: {refusals} refusals, exit 2, one line naming the part \
+            "agent and collector: {refusals} refusals, exit 78, one line naming the part \
              (\"part 1 has no '='\", \"has SharedAccessKeyName but not SharedAccessKey\"), \
              secret never echoed"
         ),

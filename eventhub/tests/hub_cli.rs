@@ -1,6 +1,8 @@
 //! The built `tcpulse-hub`: logs without colour codes when stderr is a file, JSON lines with
 //! UTC timestamps under `--log-format json`, and exit 78 for a configuration error.
 
+#![allow(clippy::unwrap_used)] // a test binary: a failed step is a failed test
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 

@@ -56,6 +56,22 @@ struct Sent {
     time_ms: i64,
 }
 
+/// How many of `sent` have no `tc_instance_call_count` sample (instance, time) in
+/// VictoriaMetrics at `url`.
+fn missing_in_vm(url: &str, sent: &[Sent]) -> Result<usize> {
+    let have: BTreeSet<(String, i64)> = vm_export(url, "tc_instance_call_count")?
+        .iter()
+        .flat_map(|s| {
+            let inst = s.labels.get("instance").cloned().unwrap_or_default();
+            s.samples.iter().map(move |(t, _)| (inst.clone(), *t))
+        })
+        .collect();
+    Ok(sent
+        .iter()
+        .filter(|e| !have.contains(&(e.instance.clone(), e.time_ms)))
+        .count())
+}
+
 /// `n` events of a phase: instances `<tag>-0..4`, one per second each, ending now.
 fn phase(tag: &str, n: usize) -> Vec<Sent> {
     let end = now_ms() - 1_000;
@@ -666,18 +682,7 @@ async fn chaos_collector_store_down_lag_rises_at_once() -> Result<()> {
         "every event in VictoriaMetrics",
         Duration::from_secs(30),
         || {
-            let series = vm_export(&vm.url(), "tc_instance_call_count")?;
-            let have: BTreeSet<(String, i64)> = series
-                .iter()
-                .flat_map(|s| {
-                    let inst = s.labels.get("instance").cloned().unwrap_or_default();
-                    s.samples.iter().map(move |(t, _)| (inst.clone(), *t))
-                })
-                .collect();
-            missing = sent
-                .iter()
-                .filter(|e| !have.contains(&(e.instance.clone(), e.time_ms)))
-                .count();
+            missing = missing_in_vm(&vm.url(), &sent)?;
             Ok(missing == 0)
         },
     )
@@ -963,18 +968,7 @@ async fn chaos_collector_store_hung() -> Result<()> {
         "every event in VictoriaMetrics",
         Duration::from_secs(40),
         || {
-            let series = vm_export(&vm.url(), "tc_instance_call_count")?;
-            let have: BTreeSet<(String, i64)> = series
-                .iter()
-                .flat_map(|s| {
-                    let inst = s.labels.get("instance").cloned().unwrap_or_default();
-                    s.samples.iter().map(move |(t, _)| (inst.clone(), *t))
-                })
-                .collect();
-            missing = sent
-                .iter()
-                .filter(|e| !have.contains(&(e.instance.clone(), e.time_ms)))
-                .count();
+            missing = missing_in_vm(&vm.url(), &sent)?;
             Ok(missing == 0)
         },
     )

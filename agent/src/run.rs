@@ -664,13 +664,22 @@ mod tests {
     }
 
     async fn run_for(cfg: Config, p: Arc<Scripted>, ms: u64) -> RunSummary {
+        run_counted(cfg, p, ms).await.0
+    }
+
+    /// Runs the agent for `ms`, then cancels it; its summary and counters.
+    async fn run_counted(cfg: Config, p: Arc<Scripted>, ms: u64) -> (RunSummary, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
         let token = CancellationToken::new();
         let t = token.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             t.cancel();
         });
-        run(cfg, p, token).await.unwrap()
+        let s = run_with_counters(cfg, p, token, counters.clone())
+            .await
+            .unwrap();
+        (s, counters)
     }
 
     fn seqs(p: &Scripted) -> Vec<u64> {
@@ -713,16 +722,7 @@ mod tests {
             .lock()
             .unwrap()
             .extend((0..4).map(|_| Err(PublishError::transient("hub away"))));
-        let counters = Arc::new(Counters::default());
-        let token = CancellationToken::new();
-        let t = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            t.cancel();
-        });
-        let s = run_with_counters(config(dir.path(), &src), p.clone(), token, counters.clone())
-            .await
-            .unwrap();
+        let (s, counters) = run_counted(config(dir.path(), &src), p.clone(), 800).await;
         assert_eq!(counters.publish_transient_errors.get(), 4);
         let seqs = seqs(&p);
         assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
@@ -739,16 +739,7 @@ mod tests {
             .lock()
             .unwrap()
             .extend((0..2).map(|_| Err(PublishError::fatal("unauthorized"))));
-        let counters = Arc::new(Counters::default());
-        let token = CancellationToken::new();
-        let t = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            t.cancel();
-        });
-        let s = run_with_counters(config(dir.path(), &src), p.clone(), token, counters.clone())
-            .await
-            .unwrap();
+        let (s, counters) = run_counted(config(dir.path(), &src), p.clone(), 1200).await;
         assert_eq!(counters.publish_fatal_errors.get(), 2);
         assert_eq!(
             counters.publish_recoveries.get(),
@@ -870,16 +861,7 @@ mod tests {
         )
         .unwrap();
         let p = Arc::new(Scripted::default());
-        let counters = Arc::new(Counters::default());
-        let token = CancellationToken::new();
-        let t = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            t.cancel();
-        });
-        run_with_counters(config(dir.path(), &src), p.clone(), token, counters.clone())
-            .await
-            .unwrap();
+        let (_, counters) = run_counted(config(dir.path(), &src), p.clone(), 400).await;
         assert_eq!(counters.spool_quarantined.get(), 1);
         assert!(!seqs(&p).is_empty());
         let moved = std::fs::read_dir(dir.path().join("spool"))
@@ -899,17 +881,8 @@ mod tests {
     async fn failing_source_reports_unknown_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let p = Arc::new(Scripted::default());
-        let counters = Arc::new(Counters::default());
-        let token = CancellationToken::new();
-        let t = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            t.cancel();
-        });
         let cfg = config(dir.path(), &dir.path().join("missing"));
-        run_with_counters(cfg, p.clone(), token, counters.clone())
-            .await
-            .unwrap();
+        let (_, counters) = run_counted(cfg, p.clone(), 300).await;
         let events = p.accepted.lock().unwrap().clone();
         assert!(!events.is_empty());
         assert!(events

@@ -67,7 +67,7 @@ use crate::decode::{DeadLetterFile, DeadLetterLimits};
 use crate::internal_events::{LogOnce, SourceFailed, SourceUnauthorized};
 use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};
-use crate::sinks::retry::{give_up_after, RetryPolicy};
+use crate::sinks::retry::give_up_after;
 use crate::sinks::Sink;
 use crate::source::{AnyProvider, FileSourceProvider};
 
@@ -326,30 +326,7 @@ pub async fn run_built<P: SourceProvider>(
         tracker: tracker.clone(),
         give_up: give_up.clone(),
     };
-    let settings = PipelineSettings {
-        collector: config.name.clone(),
-        max_lines: config.batch.max_lines,
-        max_bytes: config.batch.max_bytes,
-        flush_interval: config.batch.flush_interval,
-        max_in_flight_batches: config.batch.max_in_flight_batches,
-        aggregate: config.aggregate.settings(),
-        idle_after: config.aggregate.idle_after,
-        dedup_max_streams: config.aggregate.dedup_max_streams,
-        dedup_window_events: config.aggregate.dedup_window_events,
-        checkpoint_interval: config.checkpoint.interval,
-        initial_position: config.checkpoint.initial_position.0,
-        on_corrupt: config.checkpoint.on_corrupt.0,
-        on_ahead_of_partition: config.checkpoint.on_ahead_of_partition.0,
-        auth_retry_initial: config.retry.auth_initial,
-        auth_retry_max: config.retry.auth_max,
-        pipeline_interval: config.pipeline_interval,
-        retry: RetryPolicy {
-            initial: config.retry.initial,
-            max: config.retry.max,
-            max_retry_after: config.retry.max_retry_after,
-        },
-        sink_points: false,
-    };
+    let settings = PipelineSettings::from_config(&config);
 
     let mut partitions = None;
     let mut wait = config.retry.initial;

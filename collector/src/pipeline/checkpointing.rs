@@ -29,7 +29,7 @@ impl PartitionLoop<'_> {
         if !force
             && self
                 .last_checkpoint_write
-                .is_some_and(|(at, _)| at.elapsed() < self.settings.checkpoint_interval)
+                .is_some_and(|(at, _)| at.elapsed() < self.settings.checkpoint.interval)
         {
             return;
         }
@@ -42,7 +42,7 @@ impl PartitionLoop<'_> {
             DeadLetterWriteBlocked {
                 partition: self.partition,
                 error: &e.to_string(),
-                retry_in: self.settings.checkpoint_interval,
+                retry_in: self.settings.checkpoint.interval,
             }
             .emit(m, &self.shared.once);
             self.pending_checkpoint = Some((pos, snapshot));

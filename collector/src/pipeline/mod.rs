@@ -68,7 +68,8 @@ pub use batch::{InFlight, Position};
 pub use resume::{judge_checkpoint, CheckpointVerdict};
 
 use crate::aggregate::AggregateSettings;
-use crate::checkpoint::{CheckpointScope, CheckpointStore, StartPosition};
+use crate::checkpoint::{CheckpointScope, CheckpointStore};
+use crate::config::{AggregateConfig, BatchConfig, CheckpointConfig, Config, RetryConfig};
 use crate::decode::DeadLetterFile;
 use crate::internal_events::LogOnce;
 use crate::metrics::Metrics;
@@ -77,47 +78,53 @@ use crate::sinks::Sink;
 use crate::source::SourceProvider;
 use partition::{PartitionLoop, Run};
 
-/// Settings of one partition's pipeline.
+/// Settings of one partition's pipeline: the config's sections as the operator wrote them
+/// ([`PipelineSettings::from_config`]), so a setting added to one of them reaches the
+/// pipeline without being copied here.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// The `collector` tag of `tc_pipeline` points.
+    /// The `collector` tag of `tc_pipeline` points (`name`).
     pub collector: String,
-    /// Lines per batch.
-    pub max_lines: usize,
-    /// Bytes per batch.
-    pub max_bytes: usize,
-    /// Batch age limit.
-    pub flush_interval: Duration,
-    /// Batches held at most.
-    pub max_in_flight_batches: usize,
-    /// Aggregation.
-    pub aggregate: AggregateSettings,
-    /// Watermark follows the wall clock after this long without events.
-    pub idle_after: Duration,
-    /// Dedup window: streams.
-    pub dedup_max_streams: usize,
-    /// Dedup window: sequence numbers per stream.
-    pub dedup_window_events: u64,
-    /// Shortest time between checkpoint writes.
-    pub checkpoint_interval: Duration,
-    /// Start without a checkpoint.
-    pub initial_position: StartPosition,
-    /// Start after a corrupt checkpoint.
-    pub on_corrupt: StartPosition,
-    /// Start when the checkpoint is past the partition's last event
-    /// (`checkpoint.on_ahead_of_partition`).
-    pub on_ahead_of_partition: StartPosition,
-    /// First delay after the service refused the credentials (`retry.auth_initial`).
-    pub auth_retry_initial: Duration,
-    /// Largest delay after refused credentials (`retry.auth_max`).
-    pub auth_retry_max: Duration,
-    /// `tc_pipeline` interval.
+    /// `[batch]`.
+    pub batch: BatchConfig,
+    /// `[aggregate]`.
+    pub aggregate: AggregateConfig,
+    /// `[aggregate]` as the aggregator takes it (milliseconds), derived once.
+    pub aggregator: AggregateSettings,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointConfig,
+    /// `[retry]`.
+    pub retry: RetryConfig,
+    /// `pipeline_interval`: how often the partition writes its `tc_pipeline` point.
     pub pipeline_interval: Duration,
     /// Whether this partition also writes the per-sink `tc_pipeline` points (one
     /// partition per collector does).
     pub sink_points: bool,
+}
+
+impl PipelineSettings {
+    /// The settings `config` gives every partition (none writes the sink points yet).
+    pub fn from_config(config: &Config) -> Self {
+        PipelineSettings {
+            collector: config.name.clone(),
+            batch: config.batch.clone(),
+            aggregate: config.aggregate.clone(),
+            aggregator: config.aggregate.settings(),
+            checkpoint: config.checkpoint.clone(),
+            retry: config.retry.clone(),
+            pipeline_interval: config.pipeline_interval,
+            sink_points: false,
+        }
+    }
+
     /// Store write retries.
-    pub retry: RetryPolicy,
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.retry.initial,
+            max: self.retry.max,
+            max_retry_after: self.retry.max_retry_after,
+        }
+    }
 }
 
 /// What a partition shares with the rest of the collector.

@@ -62,7 +62,10 @@ impl<'a> PartitionLoop<'a> {
             shared,
             partition,
             aggregator,
-            dedup: DedupWindow::new(settings.dedup_max_streams, settings.dedup_window_events),
+            dedup: DedupWindow::new(
+                settings.aggregate.dedup_max_streams,
+                settings.aggregate.dedup_window_events,
+            ),
             builder: Builder::default(),
             in_flight: InFlight::default(),
             points: Vec::new(),
@@ -81,13 +84,13 @@ impl<'a> PartitionLoop<'a> {
 
     /// The open batch can take more lines.
     fn has_room(&self) -> bool {
-        self.builder.lines < self.settings.max_lines
-            && self.builder.buf.len() < self.settings.max_bytes
+        self.builder.lines < self.settings.batch.max_lines
+            && self.builder.buf.len() < self.settings.batch.max_bytes
     }
 
     /// Another batch may be sealed (fewer than `max_in_flight_batches` held).
     fn can_seal(&self) -> bool {
-        self.in_flight.len() < self.settings.max_in_flight_batches
+        self.in_flight.len() < self.settings.batch.max_in_flight_batches
     }
 
     /// A delivery finished: the checkpoint may move to the new low watermark.
@@ -115,7 +118,7 @@ impl<'a> PartitionLoop<'a> {
     pub(super) async fn on_event(&mut self, ev: ReceivedEvent, shutdown: &CancellationToken) {
         let m = self.shared.metrics.clone();
         let admitted =
-            decode_event(&ev).and_then(|e| self.settings.aggregate.admit(e, ev.enqueued_time_ms));
+            decode_event(&ev).and_then(|e| self.settings.aggregator.admit(e, ev.enqueued_time_ms));
         match admitted {
             Err(dead) => {
                 if !self.record_dead_letter(&ev, &dead, shutdown).await {
@@ -177,7 +180,7 @@ impl<'a> PartitionLoop<'a> {
             return true;
         };
         let mut error = first.to_string();
-        let mut backoff = retry_backoff(&self.settings.retry);
+        let mut backoff = retry_backoff(&self.settings.retry_policy());
         loop {
             let wait = backoff.next_backoff();
             DeadLetterWriteBlocked {
@@ -226,7 +229,7 @@ impl<'a> PartitionLoop<'a> {
         let body = Bytes::from(builder.buf);
         let shared = self.shared.clone();
         let partition = self.partition.to_owned();
-        let policy = self.settings.retry;
+        let policy = self.settings.retry_policy();
         let tx = ack_tx.clone();
         self.shared.tracker.spawn(async move {
             let ctx = DeliveryContext {
@@ -297,8 +300,8 @@ impl<'a, P: SourceProvider> Run<'a, P> {
             verify: opened.verify,
             start: opened.start,
             anchor,
-            backoff: retry_backoff(&state.settings.retry),
-            auth_wait: state.settings.auth_retry_initial,
+            backoff: retry_backoff(&state.settings.retry_policy()),
+            auth_wait: state.settings.retry.auth_initial,
             state,
             shutdown,
             ack_tx,
@@ -327,7 +330,7 @@ impl<'a, P: SourceProvider> Run<'a, P> {
                 .state
                 .builder
                 .opened
-                .map(|o| o + self.state.settings.flush_interval)
+                .map(|o| o + self.state.settings.batch.flush_interval)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
@@ -372,8 +375,11 @@ impl<'a, P: SourceProvider> Run<'a, P> {
             (Some(tip), Some(p)) => tip.last_sequence_number <= p.sequence_number,
             _ => true,
         };
-        if pull && caught_up && now.duration_since(self.last_event_at) >= settings.idle_after {
-            let to = Timestamp::now().unix_millis() - duration_ms(settings.idle_after);
+        if pull
+            && caught_up
+            && now.duration_since(self.last_event_at) >= settings.aggregate.idle_after
+        {
+            let to = Timestamp::now().unix_millis() - duration_ms(settings.aggregate.idle_after);
             self.state.aggregator.advance_to(to, &mut self.state.points);
             self.state.flush_points();
         }
@@ -410,9 +416,9 @@ impl<'a, P: SourceProvider> Run<'a, P> {
     async fn on_partition_recreated(&mut self, want: &Anchor, found: &ReceivedEvent) {
         let (settings, shared, partition) =
             (self.state.settings, self.state.shared, self.state.partition);
-        let start = settings.on_ahead_of_partition;
+        let start = settings.checkpoint.on_ahead_of_partition.0;
         report_mismatch(want, found, start, partition, shared);
-        self.state.aggregator = Aggregator::new(settings.aggregate);
+        self.state.aggregator = Aggregator::new(settings.aggregator);
         self.state.last_pulled = None;
         let reopened = reopen(
             self.provider,
@@ -453,10 +459,10 @@ impl<'a, P: SourceProvider> Run<'a, P> {
                     // Hub re-created under us: the newest read position and the state
                     // built from it mean nothing now.
                     self.state.last_pulled = None;
-                    self.state.aggregator = Aggregator::new(settings.aggregate);
+                    self.state.aggregator = Aggregator::new(settings.aggregator);
                 }
                 self.source = opened.source;
-                self.auth_wait = settings.auth_retry_initial;
+                self.auth_wait = settings.retry.auth_initial;
                 shared.once.clear(&format!("source/{partition}/"));
             }
             Err(e) => {

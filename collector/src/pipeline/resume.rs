@@ -40,10 +40,10 @@ pub(super) async fn load(
     shutdown: &CancellationToken,
 ) -> Option<Resume> {
     let m = &shared.metrics;
-    let mut backoff = retry_backoff(&settings.retry);
+    let mut backoff = retry_backoff(&settings.retry_policy());
     let fresh = |start| Resume {
         start,
-        aggregator: Aggregator::new(settings.aggregate),
+        aggregator: Aggregator::new(settings.aggregator),
         checkpointed: None,
         anchor: None,
     };
@@ -62,7 +62,7 @@ pub(super) async fn load(
                     anchor: Some(cp.enqueued_time_ms),
                 };
             }
-            Ok(None) => break fresh(settings.initial_position),
+            Ok(None) => break fresh(settings.checkpoint.initial_position.0),
             Err(e @ CheckpointError::Corrupt { .. }) => {
                 let moved = shared
                     .checkpoints
@@ -74,10 +74,10 @@ pub(super) async fn load(
                     partition,
                     error: &e.to_string(),
                     moved_to: moved.as_deref(),
-                    start: &format!("{:?}", settings.on_corrupt),
+                    start: &format!("{:?}", settings.checkpoint.on_corrupt.0),
                 }
                 .emit(m);
-                break fresh(settings.on_corrupt);
+                break fresh(settings.checkpoint.on_corrupt.0);
             }
             Err(e) => {
                 CheckpointFailed {
@@ -104,12 +104,12 @@ fn restore_state(
     settings: &PipelineSettings,
 ) -> Aggregator {
     match state.map(serde_json::from_value::<Snapshot>) {
-        Some(Ok(snap)) => Aggregator::restore(settings.aggregate, snap),
+        Some(Ok(snap)) => Aggregator::restore(settings.aggregator, snap),
         Some(Err(e)) => {
             tracing::warn!(stage = "checkpoint", error_type = "state", partition = %partition, error = %e, "checkpoint has no usable aggregator state; rollups restart empty");
-            Aggregator::new(settings.aggregate)
+            Aggregator::new(settings.aggregator)
         }
-        None => Aggregator::new(settings.aggregate),
+        None => Aggregator::new(settings.aggregator),
     }
 }
 
@@ -124,8 +124,8 @@ pub(super) async fn open_first<P: SourceProvider>(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Option<Opened<P::Source>> {
-    let mut backoff = retry_backoff(&settings.retry);
-    let mut auth_wait = settings.auth_retry_initial;
+    let mut backoff = retry_backoff(&settings.retry_policy());
+    let mut auth_wait = settings.retry.auth_initial;
     loop {
         match open_checked(
             provider,
@@ -139,7 +139,7 @@ pub(super) async fn open_first<P: SourceProvider>(
         {
             Ok(opened) => {
                 if opened.reset_state {
-                    resume.aggregator = Aggregator::new(settings.aggregate);
+                    resume.aggregator = Aggregator::new(settings.aggregator);
                 }
                 shared.once.clear(&format!("source/{partition}/"));
                 return Some(opened);
@@ -272,7 +272,7 @@ pub(super) async fn reopen<P: SourceProvider>(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Option<P::Source> {
-    let mut auth_wait = settings.auth_retry_initial;
+    let mut auth_wait = settings.retry.auth_initial;
     loop {
         match provider.open(partition, start).await {
             Ok(s) => return Some(s),
@@ -335,7 +335,9 @@ pub(super) async fn open_checked<P: SourceProvider>(
             (StartPosition::AfterSequence(checkpoint - 1), false)
         }
         CheckpointVerdict::Fits => (start, false),
-        CheckpointVerdict::AheadOfPartition { .. } => (settings.on_ahead_of_partition, true),
+        CheckpointVerdict::AheadOfPartition { .. } => {
+            (settings.checkpoint.on_ahead_of_partition.0, true)
+        }
         CheckpointVerdict::BehindRetention { .. } => (StartPosition::Earliest, false),
     };
     let source = provider.open(partition, open_at).await?;
@@ -414,7 +416,7 @@ pub(super) fn source_retry_wait(
 ) -> Duration {
     if e.is_unauthorized() {
         let wait = *auth_wait;
-        *auth_wait = (wait * 2).min(settings.auth_retry_max);
+        *auth_wait = (wait * 2).min(settings.retry.auth_max);
         SourceUnauthorized {
             partition,
             operation,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::checkpoint::FileCheckpointStore;
-use crate::checkpoint::{Checkpoint, CHECKPOINT_VERSION};
+use crate::checkpoint::{Checkpoint, StartPosition, CHECKPOINT_VERSION};
 use crate::decode::DeadLetterLimits;
 use crate::metrics::partition_labels;
 use crate::sinks::WriteError;
@@ -113,30 +113,7 @@ async fn sink_points_carry_the_counted_write_errors_of_every_sink() {
         tracker: tracker.clone(),
         give_up: CancellationToken::new(),
     };
-    let settings = PipelineSettings {
-        collector: "col-test".into(),
-        max_lines: 1000,
-        max_bytes: 1 << 20,
-        flush_interval: Duration::from_millis(20),
-        max_in_flight_batches: 4,
-        aggregate: AggregateSettings::default(),
-        idle_after: Duration::from_secs(3600),
-        dedup_max_streams: 16,
-        dedup_window_events: 16,
-        checkpoint_interval: Duration::from_millis(10),
-        initial_position: StartPosition::Earliest,
-        on_corrupt: StartPosition::Earliest,
-        on_ahead_of_partition: StartPosition::Earliest,
-        auth_retry_initial: Duration::from_millis(50),
-        auth_retry_max: Duration::from_millis(200),
-        pipeline_interval: Duration::from_millis(100),
-        retry: RetryPolicy {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-            max_retry_after: Duration::from_millis(20),
-        },
-        sink_points: true,
-    };
+    let settings = test_settings(true);
     let task = tokio::spawn(run_partition(
         provider,
         "0".into(),
@@ -323,30 +300,7 @@ fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
         tracker: TaskTracker::new(),
         give_up: CancellationToken::new(),
     };
-    let settings = PipelineSettings {
-        collector: "col-test".into(),
-        max_lines: 1000,
-        max_bytes: 1 << 20,
-        flush_interval: Duration::from_millis(20),
-        max_in_flight_batches: 4,
-        aggregate: AggregateSettings::default(),
-        idle_after: Duration::from_secs(3600),
-        dedup_max_streams: 16,
-        dedup_window_events: 16,
-        checkpoint_interval: Duration::from_millis(10),
-        initial_position: StartPosition::Earliest,
-        on_corrupt: StartPosition::Earliest,
-        on_ahead_of_partition: StartPosition::Earliest,
-        auth_retry_initial: Duration::from_millis(50),
-        auth_retry_max: Duration::from_millis(200),
-        pipeline_interval: Duration::from_millis(100),
-        retry: RetryPolicy {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-            max_retry_after: Duration::from_millis(20),
-        },
-        sink_points: false,
-    };
+    let settings = test_settings(false);
     Harness {
         dir,
         metrics,
@@ -581,4 +535,45 @@ fn low_watermark_waits_for_the_oldest_batch_whatever_the_ack_order() {
     assert_eq!(q.len(), 2);
     q.complete(99, true); // unknown id: ignored
     assert_eq!(q.len(), 2);
+}
+
+/// Fast settings for the tests: small timers, the default aggregation.
+fn test_settings(sink_points: bool) -> PipelineSettings {
+    use crate::config::{
+        AggregateConfig, BatchConfig, CheckpointConfig, PositionSpec, RetryConfig,
+    };
+    let aggregate = AggregateConfig {
+        idle_after: Duration::from_secs(3600),
+        dedup_max_streams: 16,
+        dedup_window_events: 16,
+        ..AggregateConfig::default()
+    };
+    PipelineSettings {
+        collector: "col-test".into(),
+        batch: BatchConfig {
+            max_lines: 1000,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(20),
+            max_in_flight_batches: 4,
+        },
+        aggregator: AggregateSettings::default(),
+        aggregate,
+        checkpoint: CheckpointConfig {
+            interval: Duration::from_millis(10),
+            initial_position: PositionSpec(StartPosition::Earliest),
+            on_corrupt: PositionSpec(StartPosition::Earliest),
+            on_ahead_of_partition: PositionSpec(StartPosition::Earliest),
+            ..CheckpointConfig::default()
+        },
+        retry: RetryConfig {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+            max_retry_after: Duration::from_millis(20),
+            auth_initial: Duration::from_millis(50),
+            auth_max: Duration::from_millis(200),
+            ..RetryConfig::default()
+        },
+        pipeline_interval: Duration::from_millis(100),
+        sink_points,
+    }
 }

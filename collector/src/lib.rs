@@ -328,45 +328,8 @@ pub async fn run_built<P: SourceProvider>(
     };
     let settings = PipelineSettings::from_config(&config);
 
-    let mut partitions = None;
-    let mut wait = config.retry.initial;
-    let mut auth_wait = config.retry.auth_initial;
-    while partitions.is_none() && !shutdown.is_cancelled() {
-        match provider.partitions().await {
-            Ok(p) => partitions = Some(p),
-            Err(e) => {
-                // Refused credentials: minutes apart, each retry logged with the cause.
-                let delay = if e.is_unauthorized() {
-                    let d = auth_wait;
-                    auth_wait = (auth_wait * 2).min(config.retry.auth_max);
-                    SourceUnauthorized {
-                        partition: "*",
-                        operation: "partitions",
-                        error: &e.to_string(),
-                        retry_in: d,
-                    }
-                    .emit(&metrics);
-                    d
-                } else {
-                    let d = wait;
-                    wait = (wait * 2).min(config.retry.max);
-                    SourceFailed {
-                        partition: "*",
-                        operation: "partitions",
-                        error: &e.to_string(),
-                    }
-                    .emit(&metrics, &once);
-                    d
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        }
-    }
+    let partitions = list_partitions(provider.as_ref(), &config, &metrics, &once, &shutdown).await;
     let handles: Vec<_> = partitions
-        .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
@@ -402,14 +365,7 @@ pub async fn run_built<P: SourceProvider>(
     metrics.set_ready(false);
     tracker.close();
     tracker.wait().await;
-    for s in &sinks {
-        if let Err(e) = s.flush().await {
-            tracing::error!(stage = "sink", error_type = "flush", sink = s.name(), error = %e, "flush at shutdown failed");
-        }
-    }
-    if let Err(e) = dead_letters.sync() {
-        tracing::error!(stage = "dead_letter", error_type = "io", error = %e, "sync at shutdown failed");
-    }
+    flush_at_shutdown(&sinks, &dead_letters).await;
     server_stop.cancel();
     if let Some(s) = server {
         let _ = s.await;
@@ -418,5 +374,64 @@ pub async fn run_built<P: SourceProvider>(
     tracing::info!("collector stopped");
     RunSummary {
         partitions: summaries,
+    }
+}
+
+/// The source's partitions, retried until the source answers or `shutdown` fires (then
+/// none): refused credentials minutes apart, anything else on `retry.initial`..`retry.max`,
+/// each retry logged with the cause.
+async fn list_partitions<P: SourceProvider>(
+    provider: &P,
+    config: &Config,
+    metrics: &Metrics,
+    once: &LogOnce,
+    shutdown: &CancellationToken,
+) -> Vec<String> {
+    let mut wait = config.retry.initial;
+    let mut auth_wait = config.retry.auth_initial;
+    while !shutdown.is_cancelled() {
+        let e = match provider.partitions().await {
+            Ok(p) => return p,
+            Err(e) => e,
+        };
+        let delay = if e.is_unauthorized() {
+            let d = auth_wait;
+            auth_wait = (auth_wait * 2).min(config.retry.auth_max);
+            SourceUnauthorized {
+                partition: "*",
+                operation: "partitions",
+                error: &e.to_string(),
+                retry_in: d,
+            }
+            .emit(metrics);
+            d
+        } else {
+            let d = wait;
+            wait = (wait * 2).min(config.retry.max);
+            SourceFailed {
+                partition: "*",
+                operation: "partitions",
+                error: &e.to_string(),
+            }
+            .emit(metrics, once);
+            d
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    Vec::new()
+}
+
+/// Flushes every sink and syncs the dead-letter file once every task has finished.
+async fn flush_at_shutdown(sinks: &[Arc<dyn Sink>], dead_letters: &DeadLetterFile) {
+    for s in sinks {
+        if let Err(e) = s.flush().await {
+            tracing::error!(stage = "sink", error_type = "flush", sink = s.name(), error = %e, "flush at shutdown failed");
+        }
+    }
+    if let Err(e) = dead_letters.sync() {
+        tracing::error!(stage = "dead_letter", error_type = "io", error = %e, "sync at shutdown failed");
     }
 }

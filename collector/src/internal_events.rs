@@ -300,7 +300,7 @@ impl SourceFailed<'_> {
 }
 
 /// Appending a rejected batch to the dead-letter file failed. The record stays queued in
-/// the [`crate::decode::DeadLetterFile`] and no checkpoint is written until it is in the
+/// the [`crate::dead_letter::DeadLetterFile`] and no checkpoint is written until it is in the
 /// file (see [`DeadLetterWriteBlocked`]).
 #[derive(Debug)]
 pub struct DeadLetterWriteFailed<'a> {

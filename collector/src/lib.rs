@@ -9,7 +9,7 @@
 //! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
 //! | [`config`] | TOML + environment + flags, validated; secrets only from env or files | connect to anything |
-//! | [`decode`](mod@decode) | schema decode; the dead-letter file (JSONL, capped, rotated) | stop a partition |
+//! | [`dead_letter`] | the dead-letter file: refused events and rejected batches (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
 //! | [`checkpoint`] | [`checkpoint::CheckpointStore`] and the atomic file store; corrupt files reported and moved aside | start a partition from the beginning silently |
@@ -43,7 +43,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
-pub mod decode;
+pub mod dead_letter;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod eventhubs;
@@ -63,7 +63,7 @@ pub use pipeline::PartitionSummary;
 pub use source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider};
 
 use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
-use crate::decode::{DeadLetterFile, DeadLetterLimits};
+use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};
 use crate::internal_events::{LogOnce, SourceFailed, SourceUnauthorized};
 use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};

@@ -70,7 +70,7 @@ pub use resume::{judge_checkpoint, CheckpointVerdict};
 use crate::aggregate::AggregateSettings;
 use crate::checkpoint::{CheckpointScope, CheckpointStore};
 use crate::config::{AggregateConfig, BatchConfig, CheckpointConfig, Config, RetryConfig};
-use crate::decode::DeadLetterFile;
+use crate::dead_letter::DeadLetterFile;
 use crate::internal_events::LogOnce;
 use crate::metrics::Metrics;
 use crate::sinks::retry::RetryPolicy;

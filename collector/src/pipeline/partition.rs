@@ -16,7 +16,6 @@ use super::resume::{open_checked, reopen, report_mismatch, source_retry_wait, An
 use super::{retry_backoff, sleep_or_cancel, PartitionSummary, PipelineSettings, Shared};
 use crate::aggregate::{duration_ms, Aggregator, Snapshot};
 use crate::checkpoint::StartPosition;
-use crate::decode::decode_event;
 use crate::internal_events::{
     ClockSkewObserved, DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped,
     EventDeadLettered,
@@ -117,8 +116,8 @@ impl<'a> PartitionLoop<'a> {
     /// first, the event stays unread (no checkpoint passes it).
     pub(super) async fn on_event(&mut self, ev: ReceivedEvent, shutdown: &CancellationToken) {
         let m = self.shared.metrics.clone();
-        let admitted =
-            decode_event(&ev).and_then(|e| self.settings.aggregator.admit(e, ev.enqueued_time_ms));
+        let admitted = tcpulse_schema::decode(&ev.body)
+            .and_then(|e| self.settings.aggregator.admit(e, ev.enqueued_time_ms));
         match admitted {
             Err(dead) => {
                 if !self.record_dead_letter(&ev, &dead, shutdown).await {

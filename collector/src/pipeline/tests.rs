@@ -1,7 +1,7 @@
 use super::*;
 use crate::checkpoint::FileCheckpointStore;
 use crate::checkpoint::{Checkpoint, StartPosition, CHECKPOINT_VERSION};
-use crate::decode::DeadLetterLimits;
+use crate::dead_letter::DeadLetterLimits;
 use crate::metrics::partition_labels;
 use crate::sinks::WriteError;
 use crate::source::{ChannelProvider, ChannelSource};

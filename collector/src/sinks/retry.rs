@@ -22,7 +22,7 @@ use tcpulse_eventhub::backoff::ExponentialBackoff;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sink, WriteError};
-use crate::decode::DeadLetterFile;
+use crate::dead_letter::DeadLetterFile;
 use crate::internal_events::{
     DeadLetterWriteFailed, LogOnce, SinkBatchRejected, SinkRecovered, SinkRequestFailed,
 };
@@ -371,7 +371,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dl = DeadLetterFile::open(
             dir.path().join("dl.jsonl"),
-            crate::decode::DeadLetterLimits {
+            crate::dead_letter::DeadLetterLimits {
                 max_body_bytes: 1 << 20,
                 max_file_bytes: 1 << 20,
             },
@@ -453,7 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dl = DeadLetterFile::open(
             dir.path().join("dl.jsonl"),
-            crate::decode::DeadLetterLimits {
+            crate::dead_letter::DeadLetterLimits {
                 max_body_bytes: 1 << 20,
                 max_file_bytes: 1 << 20,
             },

@@ -1,9 +1,9 @@
-//! Bytes to events, and the dead-letter file for what cannot be used.
+//! The dead-letter file: what cannot be used, kept for the operator.
 //!
-//! [`decode_event`] applies the schema's rules ([`tcpulse_schema::decode`]); a failure is a
-//! [`DeadLetter`] that the pipeline counts per [`tcpulse_schema::DeadLetterReason::kind`],
-//! logs once per kind and appends to the [`DeadLetterFile`]. Nothing here ever stops a
-//! partition: a dead letter is just another processed event.
+//! An event the schema's rules refuse ([`tcpulse_schema::decode`]) is a [`DeadLetter`] that
+//! the pipeline counts per [`tcpulse_schema::DeadLetterReason::kind`], logs once per kind and
+//! appends here. Nothing here ever stops a partition: a dead letter is just another
+//! processed event.
 //!
 //! The dead-letter file is JSON Lines. An event record:
 //!
@@ -36,14 +36,9 @@ use std::sync::Mutex;
 
 use base64::Engine as _;
 use serde::Serialize;
-use tcpulse_schema::{DeadLetter, StatusEvent, Timestamp};
+use tcpulse_schema::{DeadLetter, Timestamp};
 
 use crate::source::ReceivedEvent;
-
-/// Decodes one received event body with the schema's rules.
-pub fn decode_event(event: &ReceivedEvent) -> Result<StatusEvent, DeadLetter> {
-    tcpulse_schema::decode(&event.body)
-}
 
 /// Size caps of the dead-letter file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,12 +310,12 @@ mod tests {
             ("invalid_negative_count.json", "invalid_value"),
         ];
         for (name, kind) in cases {
-            let err = decode_event(&received(1, fixture(name))).unwrap_err();
+            let err = tcpulse_schema::decode(&fixture(name)).unwrap_err();
             assert_eq!(err.reason.kind(), kind, "{name}");
         }
         let big = Bytes::from(vec![b' '; tcpulse_schema::MAX_BODY_BYTES + 1]);
         assert_eq!(
-            decode_event(&received(1, big)).unwrap_err().reason.kind(),
+            tcpulse_schema::decode(&big).unwrap_err().reason.kind(),
             "oversized"
         );
         for name in [
@@ -329,7 +324,7 @@ mod tests {
             "valid_unknown_fields.json",
             "valid_minor_version.json",
         ] {
-            assert!(decode_event(&received(1, fixture(name))).is_ok(), "{name}");
+            assert!(tcpulse_schema::decode(&fixture(name)).is_ok(), "{name}");
         }
     }
 
@@ -345,7 +340,7 @@ mod tests {
         };
         let file = DeadLetterFile::open(&path, limits).unwrap();
         let ev = received(7, fixture("invalid_json.json"));
-        let dead = decode_event(&ev).unwrap_err();
+        let dead = tcpulse_schema::decode(&ev.body).unwrap_err();
         assert!(file.write_event(&ev, &dead).is_err(), "ENOSPC reported");
         let ev2 = received(8, fixture("invalid_json.json"));
         assert!(file.write_event(&ev2, &dead).is_err());
@@ -379,7 +374,7 @@ mod tests {
         };
         let file = DeadLetterFile::open(&path, limits).unwrap();
         let ev = received(17, fixture("invalid_wrong_type.json"));
-        let dead = decode_event(&ev).unwrap_err();
+        let dead = tcpulse_schema::decode(&ev.body).unwrap_err();
         file.write_event(&ev, &dead).unwrap();
         file.write_batch(
             "2",

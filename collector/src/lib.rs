@@ -7,6 +7,7 @@
 //! | module | job | must not |
 //! | --- | --- | --- |
 //! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
+//! | [`any_source`] | the source a config names ([`any_source::from_config`]): file or Event Hubs behind one provider | be known by `source` or `eventhubs` |
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
 //! | [`config`] | TOML + environment + flags, validated; secrets only from env or files | connect to anything |
 //! | [`dead_letter`] | the dead-letter file: refused events and rejected batches (JSONL, capped, rotated) | stop a partition |
@@ -41,6 +42,7 @@
 //! source ended) and every task, delivery included, has finished.
 
 pub mod aggregate;
+pub mod any_source;
 pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
@@ -69,7 +71,6 @@ use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};
 use crate::sinks::retry::give_up_after;
 use crate::sinks::Sink;
-use crate::source::{AnyProvider, FileSourceProvider};
 
 /// A setup step failed; the variant names the component and the step.
 #[derive(Debug, thiserror::Error)]
@@ -245,51 +246,10 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     })
 }
 
-/// The source a config names.
-pub fn source_from_config(config: &Config) -> Result<AnyProvider, BuildError> {
-    if let Some(f) = &config.source.file {
-        return Ok(AnyProvider::File(FileSourceProvider::new(
-            &f.path,
-            f.partition.clone(),
-        )));
-    }
-    if let Some(eh) = &config.source.eventhub {
-        let secret = config::resolve_secret(
-            Some(&eh.connection_string_env),
-            eh.connection_string_file.as_deref(),
-        )
-        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?
-        .ok_or_else(|| {
-            BuildError::EventHubSecret(format!(
-                "not set: export {} or set `source.eventhub.connection_string_file`",
-                eh.connection_string_env
-            ))
-        })?;
-        let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
-            secret.trim(),
-            eh.event_hub.as_deref(),
-            eh.client.clone(),
-        )
-        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
-        return Ok(AnyProvider::EventHubs(Box::new(
-            eventhubs::EventHubsProvider::new(
-                client,
-                eh.consumer_group.clone(),
-                eh.prefetch,
-                eh.owner_level,
-            ),
-        )));
-    }
-    Err(BuildError::Config(config::ConfigError::Invalid {
-        field: "source",
-        why: "no source configured".into(),
-    }))
-}
-
 /// Runs the collector from `config` until `shutdown` is cancelled (or every source
 /// ended), then finishes in-flight batches, writes checkpoints and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary, BuildError> {
-    let provider = source_from_config(&config)?;
+    let provider = any_source::from_config(&config)?;
     let built = build(config).await?;
     Ok(run_built(built, provider, shutdown).await)
 }

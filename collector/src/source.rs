@@ -12,8 +12,9 @@
 //! - [`ChannelSource`]: events pushed through a bounded tokio channel (tests, benches and
 //!   in-process feeds).
 //!
-//! The Event Hubs consumer adapter (`crate::eventhubs`, on `tcpulse-eventhub::client`) is
-//! the other [`AnyProvider`] variant; nothing else in the crate knows about the transport.
+//! The Event Hubs consumer adapter (`crate::eventhubs`, on `tcpulse-eventhub::client`)
+//! implements the same traits; `crate::any_source` puts the two behind one provider for a
+//! run from config. This module knows neither.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -406,80 +407,6 @@ impl SourceProvider for ChannelProvider {
             .lock()
             .ok()
             .and_then(|b| b.get(partition).copied()))
-    }
-}
-
-/// Every source the collector can run from config.
-#[derive(Debug)]
-pub enum AnyProvider {
-    /// `source.file`.
-    File(FileSourceProvider),
-    /// `source.eventhub`.
-    EventHubs(Box<crate::eventhubs::EventHubsProvider>),
-}
-
-/// The partition source of an [`AnyProvider`].
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one per partition, long-lived: size does not matter
-pub enum AnySource {
-    /// From a file.
-    File(FileSource),
-    /// From an Event Hubs partition.
-    EventHubs(crate::eventhubs::EventHubsPartition),
-}
-
-impl PartitionSource for AnySource {
-    fn partition(&self) -> &str {
-        match self {
-            AnySource::File(s) => s.partition(),
-            AnySource::EventHubs(s) => s.partition(),
-        }
-    }
-
-    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
-        match self {
-            AnySource::File(s) => s.next().await,
-            AnySource::EventHubs(s) => s.next().await,
-        }
-    }
-
-    fn tip(&self) -> Option<PartitionTip> {
-        match self {
-            AnySource::File(s) => s.tip(),
-            AnySource::EventHubs(s) => s.tip(),
-        }
-    }
-}
-
-impl SourceProvider for AnyProvider {
-    type Source = AnySource;
-
-    fn scope(&self) -> crate::checkpoint::CheckpointScope {
-        match self {
-            AnyProvider::File(p) => p.scope(),
-            AnyProvider::EventHubs(p) => p.scope(),
-        }
-    }
-
-    async fn partitions(&self) -> Result<Vec<String>, SourceError> {
-        match self {
-            AnyProvider::File(p) => p.partitions().await,
-            AnyProvider::EventHubs(p) => p.partitions().await,
-        }
-    }
-
-    async fn open(&self, partition: &str, start: StartPosition) -> Result<AnySource, SourceError> {
-        match self {
-            AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
-            AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),
-        }
-    }
-
-    async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
-        match self {
-            AnyProvider::File(p) => p.bounds(partition).await,
-            AnyProvider::EventHubs(p) => p.bounds(partition).await,
-        }
     }
 }
 

@@ -1,0 +1,125 @@
+//! Every source a config can name, behind one provider: the file source (`source.file`)
+//! or the Event Hubs adapter (`source.eventhub`), chosen by [`from_config`]. The only module
+//! that knows both; [`crate::source`] (the seam) and [`crate::eventhubs`] know neither.
+
+use crate::checkpoint::{CheckpointScope, StartPosition};
+use crate::config::{self, Config};
+use crate::eventhubs::{EventHubsPartition, EventHubsProvider};
+use crate::source::{
+    FileSource, FileSourceProvider, PartitionBounds, PartitionSource, PartitionTip, ReceivedEvent,
+    SourceError, SourceProvider,
+};
+use crate::BuildError;
+
+/// The source a config names.
+pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
+    if let Some(f) = &config.source.file {
+        return Ok(AnyProvider::File(FileSourceProvider::new(
+            &f.path,
+            f.partition.clone(),
+        )));
+    }
+    if let Some(eh) = &config.source.eventhub {
+        let secret = config::resolve_secret(
+            Some(&eh.connection_string_env),
+            eh.connection_string_file.as_deref(),
+        )
+        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?
+        .ok_or_else(|| {
+            BuildError::EventHubSecret(format!(
+                "not set: export {} or set `source.eventhub.connection_string_file`",
+                eh.connection_string_env
+            ))
+        })?;
+        let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
+            secret.trim(),
+            eh.event_hub.as_deref(),
+            eh.client.clone(),
+        )
+        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
+        return Ok(AnyProvider::EventHubs(Box::new(EventHubsProvider::new(
+            client,
+            eh.consumer_group.clone(),
+            eh.prefetch,
+            eh.owner_level,
+        ))));
+    }
+    Err(BuildError::Config(config::ConfigError::Invalid {
+        field: "source",
+        why: "no source configured".into(),
+    }))
+}
+
+/// Every source the collector can run from config.
+#[derive(Debug)]
+pub enum AnyProvider {
+    /// `source.file`.
+    File(FileSourceProvider),
+    /// `source.eventhub`.
+    EventHubs(Box<EventHubsProvider>),
+}
+
+/// The partition source of an [`AnyProvider`].
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per partition, long-lived: size does not matter
+pub enum AnySource {
+    /// From a file.
+    File(FileSource),
+    /// From an Event Hubs partition.
+    EventHubs(EventHubsPartition),
+}
+
+impl PartitionSource for AnySource {
+    fn partition(&self) -> &str {
+        match self {
+            AnySource::File(s) => s.partition(),
+            AnySource::EventHubs(s) => s.partition(),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+        match self {
+            AnySource::File(s) => s.next().await,
+            AnySource::EventHubs(s) => s.next().await,
+        }
+    }
+
+    fn tip(&self) -> Option<PartitionTip> {
+        match self {
+            AnySource::File(s) => s.tip(),
+            AnySource::EventHubs(s) => s.tip(),
+        }
+    }
+}
+
+impl SourceProvider for AnyProvider {
+    type Source = AnySource;
+
+    fn scope(&self) -> CheckpointScope {
+        match self {
+            AnyProvider::File(p) => p.scope(),
+            AnyProvider::EventHubs(p) => p.scope(),
+        }
+    }
+
+    async fn partitions(&self) -> Result<Vec<String>, SourceError> {
+        match self {
+            AnyProvider::File(p) => p.partitions().await,
+            AnyProvider::EventHubs(p) => p.partitions().await,
+        }
+    }
+
+    async fn open(&self, partition: &str, start: StartPosition) -> Result<AnySource, SourceError> {
+        match self {
+            AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
+            AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),
+        }
+    }
+
+    async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
+        match self {
+            AnyProvider::File(p) => p.bounds(partition).await,
+            AnyProvider::EventHubs(p) => p.bounds(partition).await,
+        }
+    }
+}

@@ -330,36 +330,66 @@ pub fn check(
     let certs = parse_all(path, &bundle)?;
     let li = leaf_index(&certs);
     let leaf = &certs[li];
-    let mut checks = Vec::new();
-    let mut push = |name, status, detail: String| {
-        checks.push(Check {
+    let days_left = (leaf.validity().not_after.timestamp() - now_unix) as f64 / 86_400.0;
+    let checks = vec![
+        format_check(&bundle),
+        private_key_check(&bundle),
+        key_type_check(leaf, &bundle),
+        eku_check(leaf),
+        name_check(leaf, fqdn),
+        chain_check(&certs, li, now_unix),
+        validity_check(leaf, now_unix),
+    ];
+    Ok(Report {
+        path: path.display().to_string(),
+        subject: leaf.subject().to_string(),
+        issuer: leaf.issuer().to_string(),
+        days_left,
+        checks,
+    })
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+        Check {
             name,
             status,
-            detail,
-        })
-    };
+            detail: detail.into(),
+        }
+    }
+}
 
-    // Format.
+/// A PFX; PEM is refused (the connector's installer takes a PFX).
+fn format_check(bundle: &Bundle) -> Check {
     match bundle.format {
-        Format::Pfx => push("format", Status::Pass, format!("PFX (PKCS#12), {} certificate(s)", certs.len())),
-        Format::Pem => push(
+        Format::Pfx => Check::new(
+            "format",
+            Status::Pass,
+            format!("PFX (PKCS#12), {} certificate(s)", bundle.certs.len()),
+        ),
+        Format::Pem => Check::new(
             "format",
             Status::Fail,
             "PEM; the Teams Connector needs a PFX (PKCS#12) with the private key and intermediates \
-             (convert on the Management Node or with `openssl pkcs12 -export`)"
-                .to_owned(),
+             (convert on the Management Node or with `openssl pkcs12 -export`)",
         ),
     }
+}
+
+/// The private key is in the file.
+fn private_key_check(bundle: &Bundle) -> Check {
     match &bundle.key {
-        Some(k) => push("private key", Status::Pass, format!("present ({k})")),
-        None => push(
+        Some(k) => Check::new("private key", Status::Pass, format!("present ({k})")),
+        None => Check::new(
             "private key",
             Status::Fail,
-            "missing; export the PFX including the private key".to_owned(),
+            "missing; export the PFX including the private key",
         ),
     }
+}
 
-    // Key type.
+/// An RSA key of at least [`MIN_RSA_BITS`] bits.
+fn key_type_check(leaf: &X509Certificate<'_>, bundle: &Bundle) -> Check {
     let spki = leaf.public_key();
     let bits = match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => modulus_bits(rsa.modulus),
@@ -373,69 +403,76 @@ pub fn check(
             .as_deref()
             .is_none_or(|k| k == "rsa" || k == "pkcs8");
     if key_ok && bits < MIN_RSA_BITS {
-        push(
+        return Check::new(
             "key type",
             Status::Fail,
             format!(
                 "RSA {bits} bits is too weak: public CAs have issued no RSA key under {MIN_RSA_BITS} bits since 2013 and clients refuse them; request a new certificate with an RSA key of 2048 bits or more"
             ),
         );
-    } else if key_ok {
-        push("key type", Status::Pass, format!("RSA {bits} bits"));
+    }
+    if key_ok {
+        return Check::new("key type", Status::Pass, format!("RSA {bits} bits"));
+    }
+    let kind = if spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        "EC".to_owned()
+    } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
+        format!(
+            "RSA certificate with a {} private key",
+            bundle.key.as_deref().unwrap_or("?")
+        )
     } else {
-        let kind = if spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            "EC".to_owned()
-        } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
-            format!(
-                "RSA certificate with a {} private key",
-                bundle.key.as_deref().unwrap_or("?")
+        spki.algorithm.algorithm.to_id_string()
+    };
+    Check::new(
+        "key type",
+        Status::Fail,
+        format!("{kind} ({bits} bits); the Teams Connector requires an RSA key"),
+    )
+}
+
+/// Enhanced Key Usage with both server and client authentication.
+fn eku_check(leaf: &X509Certificate<'_>) -> Check {
+    let eku = match leaf.extended_key_usage() {
+        Ok(Some(eku)) => eku.value,
+        Ok(None) => {
+            return Check::new(
+                "EKU",
+                Status::Fail,
+                "no Enhanced Key Usage extension; Pexip requires serverAuth and clientAuth",
             )
-        } else {
-            spki.algorithm.algorithm.to_id_string()
-        };
-        push(
-            "key type",
-            Status::Fail,
-            format!("{kind} ({bits} bits); the Teams Connector requires an RSA key"),
-        );
-    }
-
-    // Enhanced Key Usage.
-    match leaf.extended_key_usage() {
-        Ok(Some(eku)) => {
-            let mut missing = Vec::new();
-            if !eku.value.server_auth {
-                missing.push("serverAuth (server authentication)");
-            }
-            if !eku.value.client_auth {
-                missing.push("clientAuth (client authentication)");
-            }
-            if missing.is_empty() {
-                push("EKU", Status::Pass, "serverAuth and clientAuth".to_owned());
-            } else {
-                push(
-                    "EKU",
-                    Status::Fail,
-                    format!(
-                        "missing {}; request the certificate with both",
-                        missing.join(" and ")
-                    ),
-                );
-            }
         }
-        Ok(None) => push(
-            "EKU",
-            Status::Fail,
-            "no Enhanced Key Usage extension; Pexip requires serverAuth and clientAuth".to_owned(),
-        ),
-        Err(e) => push(
-            "EKU",
-            Status::Fail,
-            format!("unreadable Enhanced Key Usage: {e}"),
-        ),
+        Err(e) => {
+            return Check::new(
+                "EKU",
+                Status::Fail,
+                format!("unreadable Enhanced Key Usage: {e}"),
+            )
+        }
+    };
+    let mut missing = Vec::new();
+    if !eku.server_auth {
+        missing.push("serverAuth (server authentication)");
     }
+    if !eku.client_auth {
+        missing.push("clientAuth (client authentication)");
+    }
+    if missing.is_empty() {
+        return Check::new("EKU", Status::Pass, "serverAuth and clientAuth");
+    }
+    Check::new(
+        "EKU",
+        Status::Fail,
+        format!(
+            "missing {}; request the certificate with both",
+            missing.join(" and ")
+        ),
+    )
+}
 
-    // Name.
+/// The DNS names the certificate is for: its SANs, or without any its subject CN; and
+/// which of the two they are.
+fn leaf_names(leaf: &X509Certificate<'_>) -> (Vec<String>, &'static str) {
     let sans: Vec<String> = match leaf.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -448,118 +485,133 @@ pub fn check(
             .collect(),
         _ => Vec::new(),
     };
-    let cn: Option<String> = leaf
+    if !sans.is_empty() {
+        return (sans, "SAN");
+    }
+    let cn = leaf
         .subject()
         .iter_common_name()
         .next()
         .and_then(|c| c.as_str().ok())
         .map(str::to_owned);
-    let (names, from) = if sans.is_empty() {
-        (cn.iter().cloned().collect::<Vec<_>>(), "CN")
-    } else {
-        (sans, "SAN")
-    };
-    match fqdn {
-        None => push(
+    (cn.into_iter().collect(), "CN")
+}
+
+/// A name matches the connector FQDN (skipped without one).
+fn name_check(leaf: &X509Certificate<'_>, fqdn: Option<&str>) -> Check {
+    let (names, from) = leaf_names(leaf);
+    let Some(fqdn) = fqdn else {
+        return Check::new(
             "name",
             Status::Skip,
             format!("no --fqdn given; {from}: {}", names.join(", ")),
-        ),
-        Some(fqdn) => match names.iter().find(|n| name_matches(n, fqdn)) {
-            Some(n) => push("name", Status::Pass, format!("{fqdn} matches {from} {n}")),
-            None => {
-                let bad: Vec<&String> = names
-                    .iter()
-                    .filter(|n| n.contains('*') && !n.starts_with("*."))
-                    .collect();
-                let note = if bad.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} not valid wildcards under RFC 6125: `*` must be the whole left-most label)",
-                        bad.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
-                };
-                push(
-                    "name",
-                    Status::Fail,
-                    format!("{fqdn} matches no {from} name [{}]{note}", names.join(", ")),
-                );
-            }
-        },
+        );
+    };
+    if let Some(n) = names.iter().find(|n| name_matches(n, fqdn)) {
+        return Check::new("name", Status::Pass, format!("{fqdn} matches {from} {n}"));
     }
+    let bad: Vec<&str> = names
+        .iter()
+        .filter(|n| n.contains('*') && !n.starts_with("*."))
+        .map(String::as_str)
+        .collect();
+    let note = if bad.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} not valid wildcards under RFC 6125: `*` must be the whole left-most label)",
+            bad.join(", ")
+        )
+    };
+    Check::new(
+        "name",
+        Status::Fail,
+        format!("{fqdn} matches no {from} name [{}]{note}", names.join(", ")),
+    )
+}
 
-    // Chain.
+/// The chain from the leaf (index `li`) upwards, as indexes into `certs`: each one issued by
+/// the next, ending at a self-signed certificate or where the bundle has no issuer.
+fn chain_from(certs: &[X509Certificate<'_>], li: usize) -> Vec<usize> {
+    let mut chain = vec![li];
+    let mut cur = li;
+    while let Some(next) =
+        (0..certs.len()).find(|&j| !chain.contains(&j) && issued_by(&certs[cur], &certs[j]))
+    {
+        chain.push(next);
+        cur = next;
+        if is_self_signed(&certs[next]) {
+            break;
+        }
+    }
+    chain
+}
+
+/// Every intermediate is in the bundle and unexpired; a self-signed leaf fails.
+fn chain_check(certs: &[X509Certificate<'_>], li: usize, now_unix: i64) -> Check {
+    let leaf = &certs[li];
     if is_self_signed(leaf) {
-        push(
+        return Check::new(
             "chain",
             Status::Fail,
-            "self-signed; the Teams Connector needs a certificate signed by a public CA".to_owned(),
+            "self-signed; the Teams Connector needs a certificate signed by a public CA",
         );
-    } else {
-        let mut chain = vec![li];
-        let mut cur = li;
-        while let Some(next) =
-            (0..certs.len()).find(|&j| !chain.contains(&j) && issued_by(&certs[cur], &certs[j]))
-        {
-            chain.push(next);
-            cur = next;
-            if is_self_signed(&certs[next]) {
-                break;
-            }
-        }
-        if chain.len() == 1 {
-            push(
-                "chain",
-                Status::Fail,
-                format!("intermediate missing: the issuer \"{}\" is not in the bundle; export the PFX with the whole chain", leaf.issuer()),
-            );
-        } else {
-            let last = &certs[*chain.last().unwrap_or(&li)];
-            let mut d = String::new();
-            for (n, &i) in chain.iter().enumerate().skip(1) {
-                let _ = write!(
-                    d,
-                    "{}{}",
-                    if n == 1 { "issued by " } else { " <- " },
-                    certs[i].subject()
-                );
-            }
-            if !is_self_signed(last) {
-                let _ = write!(
-                    d,
-                    " (root \"{}\" not included, which is fine)",
-                    last.issuer()
-                );
-            }
-            let expired: Vec<String> = chain
-                .iter()
-                .skip(1)
-                .filter(|&&i| certs[i].validity().not_after.timestamp() < now_unix)
-                .map(|&i| certs[i].subject().to_string())
-                .collect();
-            if expired.is_empty() {
-                push("chain", Status::Pass, d);
-            } else {
-                push(
-                    "chain",
-                    Status::Fail,
-                    format!("{d}; expired CA certificate(s): {}", expired.join(", ")),
-                );
-            }
-        }
     }
+    let chain = chain_from(certs, li);
+    if chain.len() == 1 {
+        return Check::new(
+            "chain",
+            Status::Fail,
+            format!("intermediate missing: the issuer \"{}\" is not in the bundle; export the PFX with the whole chain", leaf.issuer()),
+        );
+    }
+    let last = &certs[*chain.last().unwrap_or(&li)];
+    let mut d = String::new();
+    for (n, &i) in chain.iter().enumerate().skip(1) {
+        let _ = write!(
+            d,
+            "{}{}",
+            if n == 1 { "issued by " } else { " <- " },
+            certs[i].subject()
+        );
+    }
+    if !is_self_signed(last) {
+        let _ = write!(
+            d,
+            " (root \"{}\" not included, which is fine)",
+            last.issuer()
+        );
+    }
+    let expired: Vec<String> = chain
+        .iter()
+        .skip(1)
+        .filter(|&&i| certs[i].validity().not_after.timestamp() < now_unix)
+        .map(|&i| certs[i].subject().to_string())
+        .collect();
+    if expired.is_empty() {
+        return Check::new("chain", Status::Pass, d);
+    }
+    Check::new(
+        "chain",
+        Status::Fail,
+        format!("{d}; expired CA certificate(s): {}", expired.join(", ")),
+    )
+}
 
-    // Validity.
+/// Valid now; a warning under [`WARN_DAYS`] days left.
+fn validity_check(leaf: &X509Certificate<'_>, now_unix: i64) -> Check {
     let nb = leaf.validity().not_before.timestamp();
     let na = leaf.validity().not_after.timestamp();
     let days_left = (na - now_unix) as f64 / 86_400.0;
     if now_unix < nb {
-        push(
+        return Check::new(
             "validity",
             Status::Fail,
             format!("not valid before {}", fmt_time(nb)),
         );
-    } else if days_left < 0.0 {
-        push(
+    }
+    if days_left < 0.0 {
+        return Check::new(
             "validity",
             Status::Fail,
             format!(
@@ -568,8 +620,9 @@ pub fn check(
                 -days_left
             ),
         );
-    } else if days_left < WARN_DAYS {
-        push(
+    }
+    if days_left < WARN_DAYS {
+        return Check::new(
             "validity",
             Status::Warn,
             format!(
@@ -577,21 +630,12 @@ pub fn check(
                 fmt_time(na)
             ),
         );
-    } else {
-        push(
-            "validity",
-            Status::Pass,
-            format!("valid until {} ({days_left:.1} days left)", fmt_time(na)),
-        );
     }
-
-    Ok(Report {
-        path: path.display().to_string(),
-        subject: leaf.subject().to_string(),
-        issuer: leaf.issuer().to_string(),
-        days_left,
-        checks,
-    })
+    Check::new(
+        "validity",
+        Status::Pass,
+        format!("valid until {} ({days_left:.1} days left)", fmt_time(na)),
+    )
 }
 
 #[cfg(test)]

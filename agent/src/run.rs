@@ -473,134 +473,195 @@ async fn remove_sent<P>(ctx: &SendCtx<P>, ids: Vec<u64>) -> bool {
 }
 
 async fn send_loop<P: Publisher>(ctx: SendCtx<P>) {
-    let mut backoff = backoff_for(&ctx.cfg);
-    let mut fatal_backoff = fatal_backoff_for(&ctx.cfg);
-    let mut fatal_attempts = 0u32;
-    let mut flush_deadline: Option<Instant> = None;
+    let mut st = SendState::new(&ctx.cfg);
     loop {
-        if ctx.reporter_done.is_cancelled() && flush_deadline.is_none() {
-            flush_deadline = Some(Instant::now() + ctx.cfg.shutdown_flush);
+        if ctx.reporter_done.is_cancelled() && st.flush_deadline.is_none() {
+            st.flush_deadline = Some(Instant::now() + ctx.cfg.shutdown_flush);
         }
-        if flush_deadline.is_some_and(|d| Instant::now() >= d) {
+        if st.flush_deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let spool = ctx.spool.clone();
-        let (max_events, max_bytes) = (ctx.cfg.max_batch_events, ctx.cfg.max_batch_bytes);
-        let peeked = match blocking(move || spool.peek(max_events, max_bytes)).await {
-            Ok(p) => p,
-            Err(e) => {
-                SpoolFailed {
-                    operation: "read",
-                    error: &e,
-                }
-                .emit(&ctx.counters);
-                if flush_deadline.is_some() {
-                    break;
-                }
-                // Retry in a second, or as soon as the reporter wrote to the spool again;
-                // at shutdown, once more within the flush time.
-                tokio::select! {
-                    biased;
-                    _ = ctx.reporter_done.cancelled() => {}
-                    _ = ctx.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
+        let batch = match next_batch(&ctx, st.flush_deadline.is_some()).await {
+            Next::Batch(b) => b,
+            Next::Again => continue,
+            Next::Stop => break,
         };
-        if !peeked.corrupt.is_empty() {
-            let spool = ctx.spool.clone();
-            if let Err(e) = blocking(move || spool.remove(&peeked.corrupt)).await {
-                SpoolFailed {
-                    operation: "remove",
-                    error: &e,
-                }
-                .emit(&ctx.counters);
-            }
-        }
-        let Some(first) = peeked.entries.first() else {
-            if flush_deadline.is_some() {
-                break; // Everything flushed.
-            }
-            tokio::select! {
-                biased;
-                _ = ctx.reporter_done.cancelled() => {}
-                _ = ctx.wake.notified() => {}
-            }
-            continue;
-        };
-        let key = first.partition_key.clone();
-        let batch: Vec<_> = peeked
-            .entries
-            .into_iter()
-            .take_while(|e| e.partition_key == key)
-            .collect();
-        let ids: Vec<u64> = batch.iter().map(|e| e.id).collect();
-        let bodies: Vec<Bytes> = batch.into_iter().map(|e| e.body).collect();
-        let n = bodies.len();
-
-        let mut send = ctx.publisher.send(&key, bodies);
-        let result = match flush_deadline {
-            Some(d) => tokio::time::timeout_at(d, send).await,
-            None => tokio::select! {
-                biased;
-                r = &mut send => Ok(r),
-                _ = ctx.reporter_done.cancelled() => {
-                    // Shutting down mid-send: give it the flush time to finish.
-                    tokio::time::timeout(ctx.cfg.shutdown_flush, send).await
-                }
-            },
-        }
-        .unwrap_or_else(|_| Err(PublishError::transient("shutdown flush time is over")));
-
-        match result {
+        let n = batch.bodies.len();
+        match publish(&ctx, &batch.key, batch.bodies, st.flush_deadline).await {
             Ok(()) => {
-                EventsSent { count: n as u64 }.emit(&ctx.counters);
-                backoff.reset();
-                if fatal_attempts > 0 {
-                    PublishRecovered {
-                        failed_attempts: fatal_attempts,
-                    }
-                    .emit(&ctx.counters);
-                    fatal_attempts = 0;
-                    fatal_backoff.reset();
-                    ctx.publish_health.recovered();
-                }
-                if !remove_sent(&ctx, ids).await {
+                st.sent(&ctx, n);
+                if !remove_sent(&ctx, batch.ids).await {
                     break;
                 }
             }
             Err(error) => {
-                let shutting_down = ctx.reporter_done.is_cancelled();
-                let delay = if shutting_down {
-                    None
-                } else if error.is_transient() {
-                    Some(backoff.next_backoff())
-                } else {
-                    fatal_attempts = fatal_attempts.saturating_add(1);
-                    ctx.publish_health.fatal();
-                    Some(fatal_backoff.next_backoff())
-                };
-                PublishFailed {
-                    error: &error,
-                    events: n,
-                    retry_in: delay,
-                }
-                .emit(&ctx.counters);
-                match delay {
-                    // Shutting down: keep the rest spooled.
-                    None => break,
-                    // Interrupted by shutdown: a transient error gets the flush time, a
-                    // fatal one would only fail again.
-                    Some(d) => {
-                        if pause(&ctx.reporter_done, d).await && !error.is_transient() {
-                            break;
-                        }
-                    }
+                if !st.failed(&ctx, &error, n).await {
+                    break;
                 }
             }
         }
     }
+}
+
+/// The send loop's retry state.
+struct SendState {
+    backoff: ExponentialBackoff,
+    fatal_backoff: ExponentialBackoff,
+    /// Fatal failures since the last send that worked.
+    fatal_attempts: u32,
+    /// Set once shutdown began: sending stops then.
+    flush_deadline: Option<Instant>,
+}
+
+impl SendState {
+    fn new(cfg: &PublishConfig) -> Self {
+        SendState {
+            backoff: backoff_for(cfg),
+            fatal_backoff: fatal_backoff_for(cfg),
+            fatal_attempts: 0,
+            flush_deadline: None,
+        }
+    }
+
+    /// `n` events were accepted: the schedules reset, a fatal streak is over.
+    fn sent<P>(&mut self, ctx: &SendCtx<P>, n: usize) {
+        EventsSent { count: n as u64 }.emit(&ctx.counters);
+        self.backoff.reset();
+        if self.fatal_attempts > 0 {
+            PublishRecovered {
+                failed_attempts: self.fatal_attempts,
+            }
+            .emit(&ctx.counters);
+            self.fatal_attempts = 0;
+            self.fatal_backoff.reset();
+            ctx.publish_health.recovered();
+        }
+    }
+
+    /// A batch of `n` events was refused: reports it and waits on the schedule its kind
+    /// calls for. False when the loop must stop (shutting down).
+    async fn failed<P>(&mut self, ctx: &SendCtx<P>, error: &PublishError, n: usize) -> bool {
+        let delay = if ctx.reporter_done.is_cancelled() {
+            None
+        } else if error.is_transient() {
+            Some(self.backoff.next_backoff())
+        } else {
+            self.fatal_attempts = self.fatal_attempts.saturating_add(1);
+            ctx.publish_health.fatal();
+            Some(self.fatal_backoff.next_backoff())
+        };
+        PublishFailed {
+            error,
+            events: n,
+            retry_in: delay,
+        }
+        .emit(&ctx.counters);
+        match delay {
+            // Shutting down: keep the rest spooled.
+            None => false,
+            // Interrupted by shutdown: a transient error gets the flush time, a fatal one
+            // would only fail again.
+            Some(d) => {
+                let interrupted = pause(&ctx.reporter_done, d).await;
+                !interrupted || error.is_transient()
+            }
+        }
+    }
+}
+
+/// Spooled events with one partition key, oldest first.
+struct Batch {
+    key: String,
+    ids: Vec<u64>,
+    bodies: Vec<Bytes>,
+}
+
+enum Next {
+    Batch(Batch),
+    /// Nothing to send now; look again.
+    Again,
+    /// Shutting down and nothing more can be sent.
+    Stop,
+}
+
+/// The next batch from the spool (corrupt entries removed). With nothing spooled it waits
+/// for the reporter; a failing spool is retried in a second. `flushing`: shutdown began, so
+/// an empty or failing spool ends the loop.
+async fn next_batch<P>(ctx: &SendCtx<P>, flushing: bool) -> Next {
+    let spool = ctx.spool.clone();
+    let (max_events, max_bytes) = (ctx.cfg.max_batch_events, ctx.cfg.max_batch_bytes);
+    let peeked = match blocking(move || spool.peek(max_events, max_bytes)).await {
+        Ok(p) => p,
+        Err(e) => {
+            SpoolFailed {
+                operation: "read",
+                error: &e,
+            }
+            .emit(&ctx.counters);
+            if flushing {
+                return Next::Stop;
+            }
+            // Retry in a second, or as soon as the reporter wrote to the spool again.
+            tokio::select! {
+                biased;
+                _ = ctx.reporter_done.cancelled() => {}
+                _ = ctx.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            return Next::Again;
+        }
+    };
+    if !peeked.corrupt.is_empty() {
+        let spool = ctx.spool.clone();
+        if let Err(e) = blocking(move || spool.remove(&peeked.corrupt)).await {
+            SpoolFailed {
+                operation: "remove",
+                error: &e,
+            }
+            .emit(&ctx.counters);
+        }
+    }
+    let Some(first) = peeked.entries.first() else {
+        if flushing {
+            return Next::Stop; // Everything flushed.
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.reporter_done.cancelled() => {}
+            _ = ctx.wake.notified() => {}
+        }
+        return Next::Again;
+    };
+    let key = first.partition_key.clone();
+    let (ids, bodies) = peeked
+        .entries
+        .into_iter()
+        .take_while(|e| e.partition_key == key)
+        .map(|e| (e.id, e.body))
+        .unzip();
+    Next::Batch(Batch { key, ids, bodies })
+}
+
+/// Sends one batch. Once shutdown began the send gets what is left of the flush time; a
+/// send under way when it begins gets the whole flush time.
+async fn publish<P: Publisher>(
+    ctx: &SendCtx<P>,
+    key: &str,
+    bodies: Vec<Bytes>,
+    flush_deadline: Option<Instant>,
+) -> Result<(), PublishError> {
+    let mut send = ctx.publisher.send(key, bodies);
+    match flush_deadline {
+        Some(d) => tokio::time::timeout_at(d, send).await,
+        None => tokio::select! {
+            biased;
+            r = &mut send => Ok(r),
+            _ = ctx.reporter_done.cancelled() => {
+                tokio::time::timeout(ctx.cfg.shutdown_flush, send).await
+            }
+        },
+    }
+    .unwrap_or_else(|_| Err(PublishError::transient("shutdown flush time is over")))
 }
 
 #[cfg(test)]

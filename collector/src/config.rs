@@ -556,7 +556,8 @@ pub struct HttpConfig {
     /// Serve at all. Default: true.
     #[serde(default = "default_http_enabled")]
     pub enabled: bool,
-    /// Listen address. Default: `127.0.0.1:9273`.
+    /// Listen address. Default: `127.0.0.1:19273` (Prometheus' exporter port range
+    /// 9100–9999 is fully allocated; before, the default was 9273, Telegraf's port).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
 }
@@ -566,7 +567,7 @@ const fn default_http_enabled() -> bool {
 }
 
 fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9273))
+    SocketAddr::from(([127, 0, 0, 1], 19273))
 }
 
 impl Default for HttpConfig {

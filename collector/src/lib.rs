@@ -15,7 +15,7 @@
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
 //! | [`checkpoint`] | [`checkpoint::CheckpointStore`] and the atomic file store; corrupt files reported and moved aside | start a partition from the beginning silently |
 //! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
-//! | [`metrics`] | the Prometheus registry, `/metrics` `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
+//! | [`metrics`] | the Prometheus registry (with `tcpulse_build_info` and the process metrics), `/metrics` (OpenMetrics or text 0.0.4, as the scraper asks) `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
 //! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
 //! | `demo` | (feature `demo`, default) `tcpulse-collector demo`: embedded hub, simulated agents, this collector and a fleet view in one process | be needed by a production build |
 //!

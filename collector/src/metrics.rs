@@ -17,12 +17,17 @@
 //! line: the data went to the dead-letter file); `sink_latency_seconds` the duration of
 //! the most recent write attempt (left out before the first).
 //!
-//! The registry is [`prometheus_client`] (the Prometheus project's own Rust client): it
-//! renders the OpenMetrics text format, which Prometheus, vmagent and Grafana Agent scrape,
-//! and its `Family` gives typed label sets without a global registry.
+//! The registry is [`prometheus_client`] (the Prometheus project's own Rust client) and its
+//! `Family` gives typed label sets without a global registry. `/metrics` answers in
+//! OpenMetrics to scrapers that ask for it and in the Prometheus text format 0.0.4 to
+//! everyone else ([`exposition`]).
+//!
+//! Names follow the Prometheus conventions: base units in the name (`_seconds`, `_bytes`),
+//! counters end in `_total`, every metric has help text. The collector's own metrics:
 //!
 //! | metric | labels | meaning |
 //! | --- | --- | --- |
+//! | `tcpulse_build_info` | version, commit | always 1; the crate version and the git commit built from (`unknown` without git; see `collector/build.rs`) |
 //! | `tcpulse_collector_events_total` | partition | events decoded and new |
 //! | `tcpulse_collector_dead_letters_total` | partition, error_type | dead letters by kind |
 //! | `tcpulse_collector_duplicates_total` | partition | duplicates dropped |
@@ -38,13 +43,21 @@
 //! | `tcpulse_collector_sink_errors_total` | sink, error_type | failed or rejected writes |
 //! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
 //! | `tcpulse_collector_instance_clock_skew_seconds` | connector, instance | sample time − enqueued time of the instance's newest accepted event (positive: its clock runs ahead) |
+//!
+//! And the standard process metrics of every Prometheus client library, read at scrape time
+//! where the platform has them (Linux; see [`process`]): `process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
+//! `process_max_fds`, `process_start_time_seconds`.
+
+pub mod exposition;
+pub mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -57,6 +70,14 @@ use prometheus_client::registry::Registry;
 use tcpulse_schema::line::MEASUREMENT_PIPELINE;
 use tcpulse_schema::{FieldValue, PipelineStats, Point, Timestamp};
 use tokio_util::sync::CancellationToken;
+
+use self::exposition::Format;
+
+/// The crate version, the `version` label of `tcpulse_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit built from (12 hex digits, or `unknown`), the `commit` label of
+/// `tcpulse_build_info`; set by `collector/build.rs`.
+pub const GIT_COMMIT: &str = env!("TCPULSE_GIT_COMMIT");
 
 /// A label set.
 pub type Labels = Vec<(String, String)>;
@@ -149,6 +170,19 @@ impl Metrics {
         let sink_errors = Family::<Labels, Counter>::default();
         let component_errors = Family::<Labels, Counter>::default();
         let instance_clock_skew_seconds = Family::<Labels, FloatGauge>::default();
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version".into(), VERSION.into()),
+                ("commit".into(), GIT_COMMIT.into()),
+            ])
+            .set(1);
+        registry.register(
+            "tcpulse_build_info",
+            "The collector's version and the git commit it was built from; always 1",
+            build_info,
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         let p = "tcpulse_collector";
         registry.register(
             format!("{p}_events"),
@@ -254,6 +288,14 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.render(),
+            Format::Text => exposition::to_text_format(&self.render()),
+        }
     }
 
     /// Records the clock skew of `instance` of `connector` (sample time − enqueued time of
@@ -422,13 +464,12 @@ pub async fn serve(
             "/metrics",
             get({
                 let m = metrics.clone();
-                move || async move {
+                move |headers: HeaderMap| async move {
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let format = Format::negotiate(accept);
                     (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
+                        [(header::CONTENT_TYPE, format.content_type())],
+                        m.render_as(format),
                     )
                 }
             }),
@@ -489,5 +530,28 @@ mod tests {
         assert_eq!(stats.duplicates, 2);
         assert_eq!(stats.lag_seconds, Some(1.5));
         assert_eq!(stats.checkpoint_age_seconds, None);
+    }
+
+    #[test]
+    fn build_info_and_counters_are_named_alike_in_both_formats() {
+        let m = Metrics::new();
+        m.events.get_or_create(&partition_labels("0")).inc();
+        let info =
+            format!("tcpulse_build_info{{version=\"{VERSION}\",commit=\"{GIT_COMMIT}\"}} 1\n");
+        let om = m.render_as(Format::OpenMetrics);
+        let text = m.render_as(Format::Text);
+        for t in [&om, &text] {
+            assert!(t.contains(&info), "{info} not in\n{t}");
+            assert!(t.contains("\ntcpulse_collector_events_total{partition=\"0\"} 1\n"));
+        }
+        assert!(
+            om.contains("# TYPE tcpulse_collector_events counter\n") && om.ends_with("# EOF\n")
+        );
+        assert!(text.contains("# TYPE tcpulse_collector_events_total counter\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(
+            GIT_COMMIT == "unknown" || GIT_COMMIT.len() >= 7,
+            "commit {GIT_COMMIT}"
+        );
     }
 }

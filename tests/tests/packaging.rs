@@ -731,6 +731,25 @@ fn packaging_compose_and_dockerfile_reference_existing_files() -> Result<()> {
         health.contains(&format!(":{port}/healthz")),
         "HEALTHCHECK ({health}) does not ask /healthz on port {port}"
     );
+    // The image exposes that port, compose publishes it on loopback, and the packaged
+    // config listens where the collector does by default.
+    ensure!(
+        df.final_stage
+            .iter()
+            .any(|(i, a)| i == "EXPOSE" && a.split_whitespace().any(|p| p == port)),
+        "collector stage does not EXPOSE {port}"
+    );
+    let published = compose["services"]["collector"]["ports"].to_string();
+    ensure!(
+        published.contains(&format!("\"127.0.0.1:{port}:{port}\"")),
+        "compose publishes {published}, not 127.0.0.1:{port}:{port}"
+    );
+    let default = tcpulse_collector::config::HttpConfig::default().listen;
+    ensure!(
+        toml_string(&packaging().join("config/collector.toml"), "listen")? == default.to_string()
+            && default.port().to_string() == port,
+        "config/collector.toml, container/collector.toml and the default ({default}) disagree on the /metrics port"
+    );
 
     // The hub service's command and policies, run for real on loopback.
     hub_accepts_compose_command(&compose)?;

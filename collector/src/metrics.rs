@@ -145,6 +145,34 @@ pub struct Metrics {
     ready: AtomicBool,
 }
 
+/// Registers `metric` as `tcpulse_collector_<name>` and returns it (the registry keeps a
+/// clone sharing the same values).
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(format!("tcpulse_collector_{name}"), help, metric.clone());
+    metric
+}
+
+/// `tcpulse_build_info{version,commit} 1`.
+fn register_build_info(registry: &mut Registry) {
+    let build_info = Family::<Labels, Gauge>::default();
+    build_info
+        .get_or_create(&vec![
+            ("version".into(), VERSION.into()),
+            ("commit".into(), GIT_COMMIT.into()),
+        ])
+        .set(1);
+    registry.register(
+        "tcpulse_build_info",
+        "The collector's version and the git commit it was built from; always 1",
+        build_info,
+    );
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -155,127 +183,100 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let events = Family::<Labels, Counter>::default();
-        let dead_letters = Family::<Labels, Counter>::default();
-        let duplicates = Family::<Labels, Counter>::default();
-        let lag_events = Family::<Labels, Gauge>::default();
-        let lag_seconds = Family::<Labels, FloatGauge>::default();
-        let retention_lost_events = Family::<Labels, Counter>::default();
-        let checkpoint_age_seconds = Family::<Labels, FloatGauge>::default();
-        let checkpoint_sequence = Family::<Labels, Gauge>::default();
-        let in_flight_batches = Family::<Labels, Gauge>::default();
-        let sink_request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let sink_last_request_seconds = Family::<Labels, FloatGauge>::default();
-        let sink_points = Family::<Labels, Counter>::default();
-        let sink_errors = Family::<Labels, Counter>::default();
-        let component_errors = Family::<Labels, Counter>::default();
-        let instance_clock_skew_seconds = Family::<Labels, FloatGauge>::default();
-        let build_info = Family::<Labels, Gauge>::default();
-        build_info
-            .get_or_create(&vec![
-                ("version".into(), VERSION.into()),
-                ("commit".into(), GIT_COMMIT.into()),
-            ])
-            .set(1);
-        registry.register(
-            "tcpulse_build_info",
-            "The collector's version and the git commit it was built from; always 1",
-            build_info,
-        );
+        register_build_info(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector));
-        let p = "tcpulse_collector";
-        registry.register(
-            format!("{p}_events"),
-            "Events decoded and new",
-            events.clone(),
-        );
-        registry.register(
-            format!("{p}_dead_letters"),
-            "Events that could not be used, by kind",
-            dead_letters.clone(),
-        );
-        registry.register(
-            format!("{p}_duplicates"),
-            "Duplicate events dropped",
-            duplicates.clone(),
-        );
-        registry.register(
-            format!("{p}_lag_events"),
-            "Events enqueued in the partition and not yet read",
-            lag_events.clone(),
-        );
-        registry.register(
-            format!("{p}_lag_seconds"),
-            "Age of the oldest event not yet stored, seconds; 0 when everything enqueued is stored",
-            lag_seconds.clone(),
-        );
-        registry.register(
-            format!("{p}_retention_lost_events"),
-            "Events the hub dropped by retention before they were read",
-            retention_lost_events.clone(),
-        );
-        registry.register(
-            format!("{p}_checkpoint_age_seconds"),
-            "Seconds since the partition checkpoint last advanced",
-            checkpoint_age_seconds.clone(),
-        );
-        registry.register(
-            format!("{p}_checkpoint_sequence"),
-            "Sequence number of the partition checkpoint",
-            checkpoint_sequence.clone(),
-        );
-        registry.register(
-            format!("{p}_in_flight_batches"),
-            "Batches sent to the sinks and not yet acknowledged",
-            in_flight_batches.clone(),
-        );
-        registry.register(
-            format!("{p}_sink_request_duration_seconds"),
-            "Duration of each write request to a store",
-            sink_request_seconds.clone(),
-        );
-        registry.register(
-            format!("{p}_sink_last_request_duration_seconds"),
-            "Duration of the most recent write request to a store",
-            sink_last_request_seconds.clone(),
-        );
-        registry.register(
-            format!("{p}_sink_points"),
-            "Points the store acknowledged",
-            sink_points.clone(),
-        );
-        registry.register(
-            format!("{p}_sink_errors"),
-            "Failed or rejected writes to a store, by error type",
-            sink_errors.clone(),
-        );
-        registry.register(
-            format!("{p}_component_errors"),
-            "Operational errors by stage and error type",
-            component_errors.clone(),
-        );
-        registry.register(
-            format!("{p}_instance_clock_skew_seconds"),
-            "Sample time minus Event Hubs enqueued time of the instance's newest accepted event, seconds; positive when its clock runs ahead",
-            instance_clock_skew_seconds.clone(),
-        );
         Metrics {
+            events: register(
+                &mut registry,
+                "events",
+                "Events decoded and new",
+                Family::<Labels, Counter>::default(),
+            ),
+            dead_letters: register(
+                &mut registry,
+                "dead_letters",
+                "Events that could not be used, by kind",
+                Family::<Labels, Counter>::default(),
+            ),
+            duplicates: register(
+                &mut registry,
+                "duplicates",
+                "Duplicate events dropped",
+                Family::<Labels, Counter>::default(),
+            ),
+            lag_events: register(
+                &mut registry,
+                "lag_events",
+                "Events enqueued in the partition and not yet read",
+                Family::<Labels, Gauge>::default(),
+            ),
+            lag_seconds: register(
+                &mut registry,
+                "lag_seconds",
+                "Age of the oldest event not yet stored, seconds; 0 when everything enqueued is stored",
+                Family::<Labels, FloatGauge>::default(),
+            ),
+            retention_lost_events: register(
+                &mut registry,
+                "retention_lost_events",
+                "Events the hub dropped by retention before they were read",
+                Family::<Labels, Counter>::default(),
+            ),
+            checkpoint_age_seconds: register(
+                &mut registry,
+                "checkpoint_age_seconds",
+                "Seconds since the partition checkpoint last advanced",
+                Family::<Labels, FloatGauge>::default(),
+            ),
+            checkpoint_sequence: register(
+                &mut registry,
+                "checkpoint_sequence",
+                "Sequence number of the partition checkpoint",
+                Family::<Labels, Gauge>::default(),
+            ),
+            in_flight_batches: register(
+                &mut registry,
+                "in_flight_batches",
+                "Batches sent to the sinks and not yet acknowledged",
+                Family::<Labels, Gauge>::default(),
+            ),
+            sink_request_seconds: register(
+                &mut registry,
+                "sink_request_duration_seconds",
+                "Duration of each write request to a store",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            sink_last_request_seconds: register(
+                &mut registry,
+                "sink_last_request_duration_seconds",
+                "Duration of the most recent write request to a store",
+                Family::<Labels, FloatGauge>::default(),
+            ),
+            sink_points: register(
+                &mut registry,
+                "sink_points",
+                "Points the store acknowledged",
+                Family::<Labels, Counter>::default(),
+            ),
+            sink_errors: register(
+                &mut registry,
+                "sink_errors",
+                "Failed or rejected writes to a store, by error type",
+                Family::<Labels, Counter>::default(),
+            ),
+            component_errors: register(
+                &mut registry,
+                "component_errors",
+                "Operational errors by stage and error type",
+                Family::<Labels, Counter>::default(),
+            ),
+            instance_clock_skew_seconds: register(
+                &mut registry,
+                "instance_clock_skew_seconds",
+                "Sample time minus Event Hubs enqueued time of the instance's newest accepted event, seconds; positive when its clock runs ahead",
+                Family::<Labels, FloatGauge>::default(),
+            ),
             registry,
-            events,
-            dead_letters,
-            duplicates,
-            lag_events,
-            lag_seconds,
-            retention_lost_events,
-            checkpoint_age_seconds,
-            checkpoint_sequence,
-            in_flight_batches,
-            instance_clock_skew_seconds,
-            sink_request_seconds,
-            sink_last_request_seconds,
-            sink_points,
-            sink_errors,
-            component_errors,
             sink_error_types: Mutex::new(BTreeMap::new()),
             partition_notes: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),

@@ -16,7 +16,7 @@ use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
     SendOptions, StartPosition, TryAddError,
 };
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 
 fn row(what: &str, events: usize, took: Duration, bytes: usize) {
     let secs = took.as_secs_f64().max(1e-9);

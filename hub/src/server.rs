@@ -26,14 +26,14 @@ use fe2o3_amqp::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::{
     auth::{ConnAuth, Right},
     broker::now_ms,
     links::{self, close_link_with, link_error},
     nodes::{self, Replies},
     selector, write_behind, Shared,
 };
-use crate::{address::Entity, wire};
+use tcpulse_eventhub::{address::Entity, wire};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -171,8 +171,10 @@ async fn serve_connection(
         match tls {
             Some(tls) => {
                 let stream = tls.accept(tcp).await.map_err(|e| {
-                    let why =
-                        crate::client::describe_tls_failure(&e, crate::client::TlsSide::Server);
+                    let why = tcpulse_eventhub::client::describe_tls_failure(
+                        &e,
+                        tcpulse_eventhub::client::TlsSide::Server,
+                    );
                     format!(
                         "TLS handshake failed: {}",
                         why.unwrap_or_else(|| e.to_string())
@@ -468,7 +470,7 @@ async fn route(
     session: &mut ListenerSessionHandle,
     peer: SocketAddr,
 ) {
-    shared.capture(super::Captured::Attach {
+    shared.capture(crate::Captured::Attach {
         peer,
         attach: Box::new(attach.clone()),
     });

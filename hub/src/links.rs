@@ -23,14 +23,14 @@ use fe2o3_amqp::{
     Delivery, Sendable,
 };
 
-use super::{
+use crate::{
     auth::{ConnAuth, Right},
     broker::{EpochGuard, EventHub},
     selector::StartPosition,
     store::Record,
     Shared,
 };
-use crate::wire;
+use tcpulse_eventhub::wire;
 
 /// An AMQP error with all three fields (pyamqp indexes `info`).
 pub(crate) fn link_error(condition: &str, description: impl Into<String>) -> definitions::Error {
@@ -241,7 +241,7 @@ pub(crate) struct Consumer {
 }
 
 /// The first sequence number to deliver for a start position.
-fn first_sequence(log: &super::store::PartitionLog, start: StartPosition) -> i64 {
+fn first_sequence(log: &crate::store::PartitionLog, start: StartPosition) -> i64 {
     let begin = log.info().begin_sequence_number.max(0);
     match start {
         StartPosition::Latest => log.next_sequence_number(),
@@ -265,7 +265,7 @@ fn first_sequence(log: &super::store::PartitionLog, start: StartPosition) -> i64
 
 fn stamp(
     record: &Record,
-    log_info: Option<&super::store::PartitionInfo>,
+    log_info: Option<&crate::store::PartitionInfo>,
 ) -> Result<Message<Body<Value>>, String> {
     let mut msg: Deserializable<Message<Body<Value>>> =
         serde_amqp::from_slice(&record.payload).map_err(|e| e.to_string())?;
@@ -304,7 +304,7 @@ fn stamp(
         );
         dput(
             "runtime_info_retrieval_time_utc",
-            Value::Timestamp(Timestamp::from_milliseconds(super::broker::now_ms())),
+            Value::Timestamp(Timestamp::from_milliseconds(crate::broker::now_ms())),
         );
         msg.delivery_annotations = Some(da);
     }

@@ -3,7 +3,7 @@
 //! Producer: 1 KiB events, batched up to the link's max message size, one partition.
 //! Consumer: the same events from the earliest position. Prints a table.
 //!
-//! `cargo bench -p tcpulse-eventhub --features hub --bench client_throughput`
+//! `cargo bench -p tcpulse-eventhub --bench client_throughput`
 //! (`CLIENT_BENCH_EVENTS` overrides the event count.)
 
 use std::time::{Duration, Instant};

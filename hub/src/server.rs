@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{ConnAuth, Right},
-    broker::now_ms,
+    broker::{now_ms, EventHub},
     links::{self, close_link_with, link_error},
     nodes::{self, Replies},
     selector, write_behind, Shared,
@@ -462,6 +462,8 @@ fn wants_runtime_metric(attach: &Attach) -> bool {
     })
 }
 
+/// Routes one link attach by its address and role: the `$cbs` and `$management` nodes,
+/// producers, consumers; anything else is refused the way the service refuses it.
 async fn route(
     shared: &Arc<Shared>,
     auth: &Arc<ConnAuth>,
@@ -514,151 +516,16 @@ async fn route(
             }
         }
         (Entity::Hub { hub } | Entity::Partition { hub, .. }, Role::Sender) => {
-            let Some(h) = shared.broker.hub(hub).cloned() else {
-                let msg = format!("The messaging entity '{hub}' could not be found.");
-                refuse(
-                    shared,
-                    attach,
-                    session,
-                    link_error(wire::condition::NOT_FOUND, msg),
-                )
-                .await;
-                return;
-            };
-            let partition = match &entity {
-                Entity::Partition { partition, .. } => match h.partition(partition) {
-                    Some((i, _)) => Some(i),
-                    None => {
-                        let msg = format!(
-                            "Partition '{partition}' of '{}' could not be found.",
-                            h.name
-                        );
-                        refuse(
-                            shared,
-                            attach,
-                            session,
-                            link_error(wire::condition::NOT_FOUND, msg),
-                        )
-                        .await;
-                        return;
-                    }
-                },
-                _ => None,
-            };
-            let path = entity.audience_path();
-            // Without Send rights the link is still attached: every delivery on it is then
-            // rejected with amqp:unauthorized-access, which SDKs report clearly (a refused
-            // attach surfaces in the Python SDK only as "unknown-error").
-            let expiry = match auth.check(&path, Right::Send) {
-                Ok(e) => e,
-                Err(denied) => {
-                    tracing::info!(%peer, %path, "producer without Send rights: {}", denied.0);
-                    None
-                }
-            };
-            if let Some(mut r) = accept_receiver(max, attach, session, "producer link").await {
-                // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
-                r.set_credit_mode(CreditMode::Auto(10_000));
-                if let Err(e) = r.set_credit(10_000).await {
-                    tracing::debug!(error = %e, "granting credit failed");
-                }
-                shared.tasks.spawn(links::serve_producer(
-                    Arc::clone(shared),
-                    Arc::clone(auth),
-                    r,
-                    h,
-                    partition,
-                    path,
-                    expiry,
-                ));
-            }
+            route_producer(shared, auth, attach, session, peer, hub, &entity).await;
         }
-        (
-            Entity::ConsumerPartition {
-                hub,
-                consumer_group,
-                partition,
-            },
-            Role::Receiver,
-        ) => {
-            let found = shared.broker.hub(hub).cloned().and_then(|h| {
-                let cg = h.consumer_group(consumer_group)?.to_string();
-                let (idx, _) = h.partition(partition)?;
-                Some((h, cg, idx))
-            });
-            let Some((h, cg, idx)) = found else {
-                let msg = format!("The messaging entity '{address}' could not be found.");
-                refuse(
-                    shared,
-                    attach,
-                    session,
-                    link_error(wire::condition::NOT_FOUND, msg),
-                )
-                .await;
-                return;
-            };
-            let path = entity.audience_path();
-            let expiry = match auth.check(&path, Right::Listen) {
-                Ok(e) => e,
-                Err(denied) => {
-                    tracing::info!(%peer, %path, "consumer refused: {}", denied.0);
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::UNAUTHORIZED, denied.0),
-                    )
-                    .await;
-                    return;
+        (Entity::ConsumerPartition { .. }, Role::Receiver) => {
+            match consumer_for(shared, auth, &attach, &entity, &address, peer) {
+                Err(error) => refuse(shared, attach, session, error).await,
+                Ok(consumer) => {
+                    if let Some(s) = accept_sender(max, attach, session, "consumer link").await {
+                        shared.tasks.spawn(links::serve_consumer(consumer, s));
+                    }
                 }
-            };
-            let start = match selector_of(&attach) {
-                Ok(s) => s,
-                Err(why) => {
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::ARGUMENT_ERROR, why),
-                    )
-                    .await;
-                    return;
-                }
-            };
-            let guard = match shared
-                .broker
-                .epochs
-                .register(&h.name, &cg, idx, epoch_of(&attach))
-            {
-                Ok(g) => g,
-                Err(stolen) => {
-                    tracing::info!(%peer, %path, "consumer refused by epoch rules");
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::LINK_STOLEN, stolen.0),
-                    )
-                    .await;
-                    return;
-                }
-            };
-            let runtime_metric = wants_runtime_metric(&attach);
-            if let Some(s) = accept_sender(max, attach, session, "consumer link").await {
-                shared.tasks.spawn(links::serve_consumer(
-                    links::Consumer {
-                        shared: Arc::clone(shared),
-                        auth: Arc::clone(auth),
-                        hub: h,
-                        partition: idx,
-                        path,
-                        start,
-                        guard,
-                        expiry,
-                        runtime_metric,
-                    },
-                    s,
-                ));
             }
         }
         _ => {
@@ -672,6 +539,133 @@ async fn route(
             .await;
         }
     }
+}
+
+/// A producer link to `hub` (`entity` is the hub or one of its partitions): refused when
+/// either does not exist, otherwise accepted with credit and served.
+async fn route_producer(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    peer: SocketAddr,
+    hub: &str,
+    entity: &Entity,
+) {
+    let (h, partition) = match producer_target(shared, hub, entity) {
+        Ok(target) => target,
+        Err(error) => return refuse(shared, attach, session, error).await,
+    };
+    let path = entity.audience_path();
+    // Without Send rights the link is still attached: every delivery on it is then
+    // rejected with amqp:unauthorized-access, which SDKs report clearly (a refused
+    // attach surfaces in the Python SDK only as "unknown-error").
+    let expiry = match auth.check(&path, Right::Send) {
+        Ok(e) => e,
+        Err(denied) => {
+            tracing::info!(%peer, %path, "producer without Send rights: {}", denied.0);
+            None
+        }
+    };
+    let max = shared.config.max_message_bytes;
+    if let Some(mut r) = accept_receiver(max, attach, session, "producer link").await {
+        // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
+        r.set_credit_mode(CreditMode::Auto(10_000));
+        if let Err(e) = r.set_credit(10_000).await {
+            tracing::debug!(error = %e, "granting credit failed");
+        }
+        shared.tasks.spawn(links::serve_producer(
+            Arc::clone(shared),
+            Arc::clone(auth),
+            r,
+            h,
+            partition,
+            path,
+            expiry,
+        ));
+    }
+}
+
+/// The hub a producer sends to and, for a partition address, the partition's index; `Err`
+/// is the not-found error to refuse the link with.
+fn producer_target(
+    shared: &Shared,
+    hub: &str,
+    entity: &Entity,
+) -> Result<(Arc<EventHub>, Option<usize>), definitions::Error> {
+    let Some(h) = shared.broker.hub(hub).cloned() else {
+        let msg = format!("The messaging entity '{hub}' could not be found.");
+        return Err(link_error(wire::condition::NOT_FOUND, msg));
+    };
+    let partition = match entity {
+        Entity::Partition { partition, .. } => match h.partition(partition) {
+            Some((i, _)) => Some(i),
+            None => {
+                let msg = format!(
+                    "Partition '{partition}' of '{}' could not be found.",
+                    h.name
+                );
+                return Err(link_error(wire::condition::NOT_FOUND, msg));
+            }
+        },
+        _ => None,
+    };
+    Ok((h, partition))
+}
+
+/// Checks a consumer link's attach in the service's order (the entity exists, Listen
+/// rights, the selector filter, the epoch rules) and registers its epoch. `Err` is the
+/// error to refuse the link with.
+fn consumer_for(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
+    attach: &Attach,
+    entity: &Entity,
+    address: &str,
+    peer: SocketAddr,
+) -> Result<links::Consumer, definitions::Error> {
+    let found = match entity {
+        Entity::ConsumerPartition {
+            hub,
+            consumer_group,
+            partition,
+        } => shared.broker.hub(hub).cloned().and_then(|h| {
+            let cg = h.consumer_group(consumer_group)?.to_string();
+            let (idx, _) = h.partition(partition)?;
+            Some((h, cg, idx))
+        }),
+        _ => None,
+    };
+    let Some((h, cg, idx)) = found else {
+        let msg = format!("The messaging entity '{address}' could not be found.");
+        return Err(link_error(wire::condition::NOT_FOUND, msg));
+    };
+    let path = entity.audience_path();
+    let expiry = auth.check(&path, Right::Listen).map_err(|denied| {
+        tracing::info!(%peer, %path, "consumer refused: {}", denied.0);
+        link_error(wire::condition::UNAUTHORIZED, denied.0)
+    })?;
+    let start =
+        selector_of(attach).map_err(|why| link_error(wire::condition::ARGUMENT_ERROR, why))?;
+    let guard = shared
+        .broker
+        .epochs
+        .register(&h.name, &cg, idx, epoch_of(attach))
+        .map_err(|stolen| {
+            tracing::info!(%peer, %path, "consumer refused by epoch rules");
+            link_error(wire::condition::LINK_STOLEN, stolen.0)
+        })?;
+    Ok(links::Consumer {
+        shared: Arc::clone(shared),
+        auth: Arc::clone(auth),
+        hub: h,
+        partition: idx,
+        path,
+        start,
+        guard,
+        expiry,
+        runtime_metric: wants_runtime_metric(attach),
+    })
 }
 
 /// Applies retention to every partition once a minute.

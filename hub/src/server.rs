@@ -146,14 +146,15 @@ impl SaslAcceptor for HubSasl {
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
+/// The TLS handshake (when `tls` is set), SASL and the AMQP open of one connection; `Err`
+/// says why it was refused. `kill` cuts the socket (see `write_behind`).
+async fn open_connection(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
     tcp: TcpStream,
-    peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let auth = Arc::new(ConnAuth::default());
-    let kill = CancellationToken::new();
+    kill: CancellationToken,
+) -> Result<ListenerConnectionHandle, String> {
     // Validated to fit: HubConfig::validate.
     let idle_ms = u32::try_from(shared.config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let acceptor = ConnectionAcceptor::builder()
@@ -163,34 +164,46 @@ async fn serve_connection(
         .idle_time_out(idle_ms)
         .properties(hub_properties())
         .sasl_acceptor(HubSasl {
-            shared: Arc::clone(&shared),
-            auth: Arc::clone(&auth),
+            shared: Arc::clone(shared),
+            auth: Arc::clone(auth),
         })
         .build();
-    let handshake = async {
-        match tls {
-            Some(tls) => {
-                let stream = tls.accept(tcp).await.map_err(|e| {
-                    let why = tcpulse_eventhub::client::describe_tls_failure(
-                        &e,
-                        tcpulse_eventhub::client::TlsSide::Server,
-                    );
-                    format!(
-                        "TLS handshake failed: {}",
-                        why.unwrap_or_else(|| e.to_string())
-                    )
-                })?;
-                acceptor
-                    .accept(write_behind::coalesce(stream, kill.clone()))
-                    .await
-                    .map_err(|e| format!("AMQP open failed: {e}"))
-            }
-            None => acceptor
-                .accept(write_behind::coalesce(tcp, kill.clone()))
+    match tls {
+        Some(tls) => {
+            let stream = tls.accept(tcp).await.map_err(|e| {
+                let why = tcpulse_eventhub::client::describe_tls_failure(
+                    &e,
+                    tcpulse_eventhub::client::TlsSide::Server,
+                );
+                format!(
+                    "TLS handshake failed: {}",
+                    why.unwrap_or_else(|| e.to_string())
+                )
+            })?;
+            acceptor
+                .accept(write_behind::coalesce(stream, kill))
                 .await
-                .map_err(|e| format!("AMQP open failed: {e}")),
+                .map_err(|e| format!("AMQP open failed: {e}"))
         }
-    };
+        None => acceptor
+            .accept(write_behind::coalesce(tcp, kill))
+            .await
+            .map_err(|e| format!("AMQP open failed: {e}")),
+    }
+}
+
+/// Serves one accepted TCP connection: the handshake (within `HANDSHAKE_TIMEOUT`), then its
+/// sessions until the peer closes, the hub stops, or no valid token arrived within
+/// `auth_timeout`.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let auth = Arc::new(ConnAuth::default());
+    let kill = CancellationToken::new();
+    let handshake = open_connection(&shared, &auth, tcp, tls, kill.clone());
     let mut conn = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {

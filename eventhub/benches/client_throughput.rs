@@ -3,7 +3,7 @@
 //! Producer: 1 KiB events, batched up to the link's max message size, one partition.
 //! Consumer: the same events from the earliest position. Prints a table.
 //!
-//! `cargo bench -p tcpulse-eventhub --features hub --bench client_throughput`
+//! `cargo bench -p tcpulse-eventhub --bench client_throughput`
 //! (`CLIENT_BENCH_EVENTS` overrides the event count.)
 
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
     SendOptions, StartPosition, TryAddError,
 };
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 
 fn row(what: &str, events: usize, took: Duration, bytes: usize) {
     let secs = took.as_secs_f64().max(1e-9);

@@ -8,19 +8,24 @@
 //!
 //! - [`address`]: entity addresses (`<hub>`, `<hub>/Partitions/<id>`,
 //!   `<hub>/ConsumerGroups/<cg>/Partitions/<id>`, `$cbs`, `$management`), parsed the way the
-//!   service does (URL or bare form, case-insensitive keywords). Shared by client and hub.
+//!   service does (URL or bare form, case-insensitive keywords). Shared by the client and
+//!   the `tcpulse-hub` crate.
 //! - [`sas`]: shared access signatures: signing like the Azure SDKs, parsing and verifying
 //!   like the service. Never logs a key or a signature.
 //! - [`connection_string`]: `Endpoint=sb://…;SharedAccessKeyName=…` strings: parsing and
 //!   formatting; errors name the part that is wrong and never echo a key.
 //! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
+//! - [`backoff`]: capped exponential backoff with jitter for reconnects and retries.
+//! - [`tls`]: the process's one TLS crypto provider (aws-lc-rs; ring is banned).
 //! - [`client`]: the Event Hubs client (producer, consumer, management; TLS, SAS/CBS with
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
-//!   `Bytes` bodies; knows nothing of tcpulse events and never needs the `hub` feature.
+//!   `Bytes` bodies; knows nothing of tcpulse events.
 //! - `cli_support` (cargo feature `cli`): the log set-up (`--log-format`, `RUST_LOG`, ANSI
 //!   only on a terminal, UTC timestamps) and the exit codes the three binaries share.
-//! - `hub` (cargo feature `hub`): an in-process Event Hubs-compatible broker that the official
-//!   SDKs accept. It must never be compiled into the agent.
+//!
+//! The Event Hubs-compatible broker the tests and the demo run is the `tcpulse-hub` crate,
+//! built on this one; this crate never depends on it (its tests and bench do, as a
+//! dev-dependency), so the agent never compiles it.
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod address;
@@ -32,6 +37,3 @@ pub mod connection_string;
 pub mod sas;
 pub mod tls;
 pub mod wire;
-
-#[cfg(feature = "hub")]
-pub mod hub;

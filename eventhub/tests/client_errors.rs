@@ -1,7 +1,5 @@
 //! Fatal versus transient failures, and epoch steals, against the in-process hub over TLS.
 
-#![cfg(feature = "hub")]
-
 mod client_support;
 
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use tcpulse_eventhub::client::{
 };
 
 /// Retries that would take seconds if they happened.
-fn slow_retries(hub: &tcpulse_eventhub::hub::Hub) -> ClientOptions {
+fn slow_retries(hub: &tcpulse_hub::Hub) -> ClientOptions {
     ClientOptions {
         retry: RetryOptions {
             max_retries: 5,

@@ -1,8 +1,6 @@
 //! Long-running behaviour against the in-process hub over TLS: token refresh on a live
 //! connection, and reconnect-and-resume across a hub restart.
 
-#![cfg(feature = "hub")]
-
 mod client_support;
 
 use std::time::Duration;

@@ -1,7 +1,5 @@
 //! Management and consumer start positions against the in-process hub over TLS.
 
-#![cfg(feature = "hub")]
-
 mod client_support;
 
 use std::time::Duration;

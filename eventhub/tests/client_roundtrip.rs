@@ -1,7 +1,5 @@
 //! Producer → consumer round trips against the in-process hub over TLS.
 
-#![cfg(feature = "hub")]
-
 mod client_support;
 
 use std::time::{Duration, SystemTime};

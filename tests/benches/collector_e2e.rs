@@ -77,7 +77,7 @@ use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, EventBatch, EventData, ManagementClient, Producer,
     TryAddError,
 };
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
 use tcpulse_tests::collector::{
     metric_by_partition, workspace_binary, CollectorOptions, CollectorProcess,

@@ -12,7 +12,7 @@
 //! - `in-process` (default): the hub runs in this process on its own tokio runtime (2 worker
 //!   threads), sharing both CPUs with whichever client runs.
 //! - `pinned`: the `tcpulse-hub` binary (build it first: `cargo build --release -p
-//!   tcpulse-eventhub --features hub --bins`) runs pinned to CPU 0, and this process and the
+//!   tcpulse-hub --bins`) runs pinned to CPU 0, and this process and the
 //!   Python SDK it starts are pinned to CPU 1. The hub then stands where Azure stands, on
 //!   its own CPU, and each client has one CPU of its own: the client is measured, not the
 //!   client and the hub competing for the same two CPUs. Needs at least 2 CPUs.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How a client reaches the hub.

@@ -20,7 +20,7 @@ use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
     ReceivedEvent, SendOptions, StartPosition,
 };
-use tcpulse_eventhub::hub::{Captured, Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Captured, Hub, HubConfig, HubSpec};
 use tcpulse_tests::hub::{init_tracing, HubInfo, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 

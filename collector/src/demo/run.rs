@@ -17,7 +17,7 @@ use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
 use tcpulse_agent::sources::simulate::SimulateConfig;
 use tcpulse_agent::sources::SourceConfig;
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubError};
+use tcpulse_hub::{Hub, HubConfig, HubError};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{DemoConfigError, DemoPlan};

@@ -8,7 +8,7 @@ use tcpulse_eventhub::client::{
     ClientConfig, ClientOptions, Consumer, ConsumerOptions, ReceivedEvent, RetryOptions,
     StartPosition,
 };
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 
 /// The hub name every test uses.
 pub const HUB: &str = "tcpulse";

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, EventData, Producer, SendOptions};
-use tcpulse_eventhub::hub::{Hub, HubConfig, HubSpec};
+use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::Timestamp;
 use tcpulse_tests::chaos::{record, Row, Tmpfs};
 use tcpulse_tests::collector::{metric_by_partition, CollectorOptions, CollectorProcess};

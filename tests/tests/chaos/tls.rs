@@ -6,7 +6,7 @@
 //! the outcome.
 //!
 //! Needs the `openssl` CLI (Debian `openssl`); the hub case needs `tcpulse-hub` built
-//! (`cargo build -p tcpulse-eventhub --features hub --bin tcpulse-hub`).
+//! (`cargo build -p tcpulse-hub --bin tcpulse-hub`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures
 

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use super::config::{self, HubConfig, HubSpec, POLICIES_ENV};
+use crate::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 
 /// An Event Hubs-compatible AMQP 1.0 broker for development, tests and demos.
 ///
@@ -17,7 +17,7 @@ use super::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 /// e.g. Send+Listen) or --policies-file; otherwise keys are generated (and kept in
 /// --data-dir, so a restart keeps them).
 #[derive(Debug, Parser)]
-#[command(name = "tcpulse-hub", version, after_help = crate::cli_support::exit::HELP)]
+#[command(name = "tcpulse-hub", version, after_help = tcpulse_eventhub::cli_support::exit::HELP)]
 pub struct Args {
     /// AMQPS (TLS) listen address; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value_t = config::default_listen())]
@@ -106,7 +106,7 @@ pub struct Args {
 
     /// Log format (level from RUST_LOG, default info,fe2o3_amqp=off).
     #[command(flatten)]
-    pub log: crate::cli_support::logging::LogFormatArg,
+    pub log: tcpulse_eventhub::cli_support::logging::LogFormatArg,
 }
 
 impl Args {

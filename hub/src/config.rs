@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use super::{auth, store::StoreConfig, HubError};
+use crate::{auth, store::StoreConfig, HubError};
 
 /// Environment variable holding shared access policies (`NAME:RIGHTS:KEY;…`).
 pub const POLICIES_ENV: &str = "TCPULSE_HUB_POLICIES";
@@ -72,7 +72,7 @@ pub const fn default_partitions() -> u32 {
 pub const DEFAULT_HUB: &str = "tcpulse";
 /// Default largest message accepted (1 MiB, as Event Hubs Standard).
 pub const fn default_max_message_bytes() -> u64 {
-    crate::wire::DEFAULT_MAX_MESSAGE_SIZE
+    tcpulse_eventhub::wire::DEFAULT_MAX_MESSAGE_SIZE
 }
 /// Default AMQP max frame size offered.
 pub const fn default_max_frame_bytes() -> u32 {
@@ -88,7 +88,7 @@ pub const fn default_retention_age() -> Duration {
 }
 /// Default retention by size, per partition: 1 GiB.
 pub const fn default_retention_bytes() -> u64 {
-    super::store::DEFAULT_MAX_BYTES
+    crate::store::DEFAULT_MAX_BYTES
 }
 /// Default memory budget for event bodies, whole hub: 256 MiB.
 pub const fn default_memory_budget_bytes() -> u64 {
@@ -165,7 +165,7 @@ pub struct HubConfig {
     /// fsync each append (survives power loss, slower). Default off: a process crash keeps
     /// everything the OS has.
     pub fsync: bool,
-    /// Keep a copy of every link attach and CBS request (see [`super::Hub::captured`]), to
+    /// Keep a copy of every link attach and CBS request (see [`crate::Hub::captured`]), to
     /// compare clients on the wire. Off by default; for tests.
     pub capture: bool,
 }

@@ -26,14 +26,14 @@ use fe2o3_amqp::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::{
     auth::{ConnAuth, Right},
-    broker::now_ms,
+    broker::{now_ms, EventHub},
     links::{self, close_link_with, link_error},
     nodes::{self, Replies},
     selector, write_behind, Shared,
 };
-use crate::{address::Entity, wire};
+use tcpulse_eventhub::{address::Entity, wire};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -146,14 +146,15 @@ impl SaslAcceptor for HubSasl {
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
+/// The TLS handshake (when `tls` is set), SASL and the AMQP open of one connection; `Err`
+/// says why it was refused. `kill` cuts the socket (see `write_behind`).
+async fn open_connection(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
     tcp: TcpStream,
-    peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let auth = Arc::new(ConnAuth::default());
-    let kill = CancellationToken::new();
+    kill: CancellationToken,
+) -> Result<ListenerConnectionHandle, String> {
     // Validated to fit: HubConfig::validate.
     let idle_ms = u32::try_from(shared.config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let acceptor = ConnectionAcceptor::builder()
@@ -163,32 +164,46 @@ async fn serve_connection(
         .idle_time_out(idle_ms)
         .properties(hub_properties())
         .sasl_acceptor(HubSasl {
-            shared: Arc::clone(&shared),
-            auth: Arc::clone(&auth),
+            shared: Arc::clone(shared),
+            auth: Arc::clone(auth),
         })
         .build();
-    let handshake = async {
-        match tls {
-            Some(tls) => {
-                let stream = tls.accept(tcp).await.map_err(|e| {
-                    let why =
-                        crate::client::describe_tls_failure(&e, crate::client::TlsSide::Server);
-                    format!(
-                        "TLS handshake failed: {}",
-                        why.unwrap_or_else(|| e.to_string())
-                    )
-                })?;
-                acceptor
-                    .accept(write_behind::coalesce(stream, kill.clone()))
-                    .await
-                    .map_err(|e| format!("AMQP open failed: {e}"))
-            }
-            None => acceptor
-                .accept(write_behind::coalesce(tcp, kill.clone()))
+    match tls {
+        Some(tls) => {
+            let stream = tls.accept(tcp).await.map_err(|e| {
+                let why = tcpulse_eventhub::client::describe_tls_failure(
+                    &e,
+                    tcpulse_eventhub::client::TlsSide::Server,
+                );
+                format!(
+                    "TLS handshake failed: {}",
+                    why.unwrap_or_else(|| e.to_string())
+                )
+            })?;
+            acceptor
+                .accept(write_behind::coalesce(stream, kill))
                 .await
-                .map_err(|e| format!("AMQP open failed: {e}")),
+                .map_err(|e| format!("AMQP open failed: {e}"))
         }
-    };
+        None => acceptor
+            .accept(write_behind::coalesce(tcp, kill))
+            .await
+            .map_err(|e| format!("AMQP open failed: {e}")),
+    }
+}
+
+/// Serves one accepted TCP connection: the handshake (within `HANDSHAKE_TIMEOUT`), then its
+/// sessions until the peer closes, the hub stops, or no valid token arrived within
+/// `auth_timeout`.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let auth = Arc::new(ConnAuth::default());
+    let kill = CancellationToken::new();
+    let handshake = open_connection(&shared, &auth, tcp, tls, kill.clone());
     let mut conn = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
@@ -460,6 +475,8 @@ fn wants_runtime_metric(attach: &Attach) -> bool {
     })
 }
 
+/// Routes one link attach by its address and role: the `$cbs` and `$management` nodes,
+/// producers, consumers; anything else is refused the way the service refuses it.
 async fn route(
     shared: &Arc<Shared>,
     auth: &Arc<ConnAuth>,
@@ -468,7 +485,7 @@ async fn route(
     session: &mut ListenerSessionHandle,
     peer: SocketAddr,
 ) {
-    shared.capture(super::Captured::Attach {
+    shared.capture(crate::Captured::Attach {
         peer,
         attach: Box::new(attach.clone()),
     });
@@ -512,151 +529,16 @@ async fn route(
             }
         }
         (Entity::Hub { hub } | Entity::Partition { hub, .. }, Role::Sender) => {
-            let Some(h) = shared.broker.hub(hub).cloned() else {
-                let msg = format!("The messaging entity '{hub}' could not be found.");
-                refuse(
-                    shared,
-                    attach,
-                    session,
-                    link_error(wire::condition::NOT_FOUND, msg),
-                )
-                .await;
-                return;
-            };
-            let partition = match &entity {
-                Entity::Partition { partition, .. } => match h.partition(partition) {
-                    Some((i, _)) => Some(i),
-                    None => {
-                        let msg = format!(
-                            "Partition '{partition}' of '{}' could not be found.",
-                            h.name
-                        );
-                        refuse(
-                            shared,
-                            attach,
-                            session,
-                            link_error(wire::condition::NOT_FOUND, msg),
-                        )
-                        .await;
-                        return;
-                    }
-                },
-                _ => None,
-            };
-            let path = entity.audience_path();
-            // Without Send rights the link is still attached: every delivery on it is then
-            // rejected with amqp:unauthorized-access, which SDKs report clearly (a refused
-            // attach surfaces in the Python SDK only as "unknown-error").
-            let expiry = match auth.check(&path, Right::Send) {
-                Ok(e) => e,
-                Err(denied) => {
-                    tracing::info!(%peer, %path, "producer without Send rights: {}", denied.0);
-                    None
-                }
-            };
-            if let Some(mut r) = accept_receiver(max, attach, session, "producer link").await {
-                // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
-                r.set_credit_mode(CreditMode::Auto(10_000));
-                if let Err(e) = r.set_credit(10_000).await {
-                    tracing::debug!(error = %e, "granting credit failed");
-                }
-                shared.tasks.spawn(links::serve_producer(
-                    Arc::clone(shared),
-                    Arc::clone(auth),
-                    r,
-                    h,
-                    partition,
-                    path,
-                    expiry,
-                ));
-            }
+            route_producer(shared, auth, attach, session, peer, hub, &entity).await;
         }
-        (
-            Entity::ConsumerPartition {
-                hub,
-                consumer_group,
-                partition,
-            },
-            Role::Receiver,
-        ) => {
-            let found = shared.broker.hub(hub).cloned().and_then(|h| {
-                let cg = h.consumer_group(consumer_group)?.to_string();
-                let (idx, _) = h.partition(partition)?;
-                Some((h, cg, idx))
-            });
-            let Some((h, cg, idx)) = found else {
-                let msg = format!("The messaging entity '{address}' could not be found.");
-                refuse(
-                    shared,
-                    attach,
-                    session,
-                    link_error(wire::condition::NOT_FOUND, msg),
-                )
-                .await;
-                return;
-            };
-            let path = entity.audience_path();
-            let expiry = match auth.check(&path, Right::Listen) {
-                Ok(e) => e,
-                Err(denied) => {
-                    tracing::info!(%peer, %path, "consumer refused: {}", denied.0);
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::UNAUTHORIZED, denied.0),
-                    )
-                    .await;
-                    return;
+        (Entity::ConsumerPartition { .. }, Role::Receiver) => {
+            match consumer_for(shared, auth, &attach, &entity, &address, peer) {
+                Err(error) => refuse(shared, attach, session, error).await,
+                Ok(consumer) => {
+                    if let Some(s) = accept_sender(max, attach, session, "consumer link").await {
+                        shared.tasks.spawn(links::serve_consumer(consumer, s));
+                    }
                 }
-            };
-            let start = match selector_of(&attach) {
-                Ok(s) => s,
-                Err(why) => {
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::ARGUMENT_ERROR, why),
-                    )
-                    .await;
-                    return;
-                }
-            };
-            let guard = match shared
-                .broker
-                .epochs
-                .register(&h.name, &cg, idx, epoch_of(&attach))
-            {
-                Ok(g) => g,
-                Err(stolen) => {
-                    tracing::info!(%peer, %path, "consumer refused by epoch rules");
-                    refuse(
-                        shared,
-                        attach,
-                        session,
-                        link_error(wire::condition::LINK_STOLEN, stolen.0),
-                    )
-                    .await;
-                    return;
-                }
-            };
-            let runtime_metric = wants_runtime_metric(&attach);
-            if let Some(s) = accept_sender(max, attach, session, "consumer link").await {
-                shared.tasks.spawn(links::serve_consumer(
-                    links::Consumer {
-                        shared: Arc::clone(shared),
-                        auth: Arc::clone(auth),
-                        hub: h,
-                        partition: idx,
-                        path,
-                        start,
-                        guard,
-                        expiry,
-                        runtime_metric,
-                    },
-                    s,
-                ));
             }
         }
         _ => {
@@ -670,6 +552,133 @@ async fn route(
             .await;
         }
     }
+}
+
+/// A producer link to `hub` (`entity` is the hub or one of its partitions): refused when
+/// either does not exist, otherwise accepted with credit and served.
+async fn route_producer(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    peer: SocketAddr,
+    hub: &str,
+    entity: &Entity,
+) {
+    let (h, partition) = match producer_target(shared, hub, entity) {
+        Ok(target) => target,
+        Err(error) => return refuse(shared, attach, session, error).await,
+    };
+    let path = entity.audience_path();
+    // Without Send rights the link is still attached: every delivery on it is then
+    // rejected with amqp:unauthorized-access, which SDKs report clearly (a refused
+    // attach surfaces in the Python SDK only as "unknown-error").
+    let expiry = match auth.check(&path, Right::Send) {
+        Ok(e) => e,
+        Err(denied) => {
+            tracing::info!(%peer, %path, "producer without Send rights: {}", denied.0);
+            None
+        }
+    };
+    let max = shared.config.max_message_bytes;
+    if let Some(mut r) = accept_receiver(max, attach, session, "producer link").await {
+        // pyamqp assumes 10000 credit at once; grant it so early transfers fit.
+        r.set_credit_mode(CreditMode::Auto(10_000));
+        if let Err(e) = r.set_credit(10_000).await {
+            tracing::debug!(error = %e, "granting credit failed");
+        }
+        shared.tasks.spawn(links::serve_producer(
+            Arc::clone(shared),
+            Arc::clone(auth),
+            r,
+            h,
+            partition,
+            path,
+            expiry,
+        ));
+    }
+}
+
+/// The hub a producer sends to and, for a partition address, the partition's index; `Err`
+/// is the not-found error to refuse the link with.
+fn producer_target(
+    shared: &Shared,
+    hub: &str,
+    entity: &Entity,
+) -> Result<(Arc<EventHub>, Option<usize>), definitions::Error> {
+    let Some(h) = shared.broker.hub(hub).cloned() else {
+        let msg = format!("The messaging entity '{hub}' could not be found.");
+        return Err(link_error(wire::condition::NOT_FOUND, msg));
+    };
+    let partition = match entity {
+        Entity::Partition { partition, .. } => match h.partition(partition) {
+            Some((i, _)) => Some(i),
+            None => {
+                let msg = format!(
+                    "Partition '{partition}' of '{}' could not be found.",
+                    h.name
+                );
+                return Err(link_error(wire::condition::NOT_FOUND, msg));
+            }
+        },
+        _ => None,
+    };
+    Ok((h, partition))
+}
+
+/// Checks a consumer link's attach in the service's order (the entity exists, Listen
+/// rights, the selector filter, the epoch rules) and registers its epoch. `Err` is the
+/// error to refuse the link with.
+fn consumer_for(
+    shared: &Arc<Shared>,
+    auth: &Arc<ConnAuth>,
+    attach: &Attach,
+    entity: &Entity,
+    address: &str,
+    peer: SocketAddr,
+) -> Result<links::Consumer, definitions::Error> {
+    let found = match entity {
+        Entity::ConsumerPartition {
+            hub,
+            consumer_group,
+            partition,
+        } => shared.broker.hub(hub).cloned().and_then(|h| {
+            let cg = h.consumer_group(consumer_group)?.to_string();
+            let (idx, _) = h.partition(partition)?;
+            Some((h, cg, idx))
+        }),
+        _ => None,
+    };
+    let Some((h, cg, idx)) = found else {
+        let msg = format!("The messaging entity '{address}' could not be found.");
+        return Err(link_error(wire::condition::NOT_FOUND, msg));
+    };
+    let path = entity.audience_path();
+    let expiry = auth.check(&path, Right::Listen).map_err(|denied| {
+        tracing::info!(%peer, %path, "consumer refused: {}", denied.0);
+        link_error(wire::condition::UNAUTHORIZED, denied.0)
+    })?;
+    let start =
+        selector_of(attach).map_err(|why| link_error(wire::condition::ARGUMENT_ERROR, why))?;
+    let guard = shared
+        .broker
+        .epochs
+        .register(&h.name, &cg, idx, epoch_of(attach))
+        .map_err(|stolen| {
+            tracing::info!(%peer, %path, "consumer refused by epoch rules");
+            link_error(wire::condition::LINK_STOLEN, stolen.0)
+        })?;
+    Ok(links::Consumer {
+        shared: Arc::clone(shared),
+        auth: Arc::clone(auth),
+        hub: h,
+        partition: idx,
+        path,
+        start,
+        guard,
+        expiry,
+        runtime_metric: wants_runtime_metric(attach),
+    })
 }
 
 /// Applies retention to every partition once a minute.

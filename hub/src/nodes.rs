@@ -21,13 +21,13 @@ use fe2o3_amqp::{
 };
 use tokio::sync::{mpsc, Mutex};
 
-use super::{
+use crate::{
     auth::{ConnAuth, Right},
     broker::EventHub,
     links::{close_link_with, link_error},
     Shared,
 };
-use crate::{address::Entity, wire};
+use tcpulse_eventhub::{address::Entity, wire};
 
 /// A reply route: an outgoing node link of this session.
 #[derive(Debug)]
@@ -133,7 +133,7 @@ pub(crate) async fn serve_request_link(
         }
         let request = delivery.into_message();
         if node == Entity::Cbs {
-            shared.capture(super::Captured::CbsRequest {
+            shared.capture(crate::Captured::CbsRequest {
                 peer,
                 message: Box::new(request.clone()),
             });

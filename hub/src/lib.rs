@@ -18,8 +18,16 @@
 //! - `links`: producer (incoming) and consumer (outgoing) links.
 //! - `write_behind`: coalesces the frames a connection writes into few socket writes.
 //!
+//! Built on `tcpulse-eventhub`, which it shares with the client: entity addresses
+//! (`tcpulse_eventhub::address`), SAS verification (`sas`), connection strings
+//! (`connection_string`), wire constants (`wire`), TLS failure hints (`client::describe_tls_failure`)
+//! and, through its `cli` feature, the log set-up and exit codes of the binaries. The
+//! `tcpulse-hub` binary (`src/bin/tcpulse-hub.rs`) only parses [`cli::Args`], logs, and runs
+//! [`Hub`] until SIGINT or SIGTERM.
+//!
 //! Failures stay at their level: a bad connection is logged and closed in its own task, and
 //! never reaches the accept loop or another connection.
+#![deny(missing_docs, missing_debug_implementations)]
 
 pub mod auth;
 pub mod broker;
@@ -41,7 +49,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::{HubConfig, HubSpec};
 
-use crate::connection_string::{ConnectionString, Credential};
+use tcpulse_eventhub::connection_string::{ConnectionString, Credential};
 
 /// A setup step of the hub failed.
 #[derive(Debug, thiserror::Error)]

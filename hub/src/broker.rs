@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{
+use crate::{
     store::{PartitionLog, StoreConfig},
     HubError, HubSpec,
 };

@@ -22,9 +22,9 @@ use std::{
 use base64::Engine as _;
 use rand::RngCore;
 
-use crate::sas::{self, SasToken};
+use tcpulse_eventhub::sas::{self, SasToken};
 
-use super::HubError;
+use crate::HubError;
 
 /// What a policy allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

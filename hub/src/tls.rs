@@ -19,7 +19,7 @@ use tokio_rustls::rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
 };
 
-use super::HubError;
+use crate::HubError;
 
 /// A loaded TLS identity.
 pub struct TlsIdentity {

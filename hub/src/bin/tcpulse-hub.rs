@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcpulse_eventhub::cli_support::exit::{self, Failure};
 use tcpulse_eventhub::cli_support::logging::{self, LogTarget};
-use tcpulse_eventhub::hub::{cli::Args, Hub, HubError};
+use tcpulse_hub::{cli::Args, Hub, HubError};
 
 /// mimalloc: every delivery decodes, stamps and re-encodes a message; glibc malloc spent about
 /// a fifth of the hub's CPU there.

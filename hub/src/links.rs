@@ -23,14 +23,15 @@ use fe2o3_amqp::{
     Delivery, Sendable,
 };
 
-use super::{
+use crate::{
     auth::{ConnAuth, Right},
-    broker::{EpochGuard, EventHub},
+    broker::{EpochGuard, EventHub, Stolen},
     selector::StartPosition,
     store::Record,
     Shared,
 };
-use crate::wire;
+use tcpulse_eventhub::wire;
+use tokio::sync::watch;
 
 /// An AMQP error with all three fields (pyamqp indexes `info`).
 pub(crate) fn link_error(condition: &str, description: impl Into<String>) -> definitions::Error {
@@ -241,7 +242,7 @@ pub(crate) struct Consumer {
 }
 
 /// The first sequence number to deliver for a start position.
-fn first_sequence(log: &super::store::PartitionLog, start: StartPosition) -> i64 {
+fn first_sequence(log: &crate::store::PartitionLog, start: StartPosition) -> i64 {
     let begin = log.info().begin_sequence_number.max(0);
     match start {
         StartPosition::Latest => log.next_sequence_number(),
@@ -265,7 +266,7 @@ fn first_sequence(log: &super::store::PartitionLog, start: StartPosition) -> i64
 
 fn stamp(
     record: &Record,
-    log_info: Option<&super::store::PartitionInfo>,
+    log_info: Option<&crate::store::PartitionInfo>,
 ) -> Result<Message<Body<Value>>, String> {
     let mut msg: Deserializable<Message<Body<Value>>> =
         serde_amqp::from_slice(&record.payload).map_err(|e| e.to_string())?;
@@ -304,7 +305,7 @@ fn stamp(
         );
         dput(
             "runtime_info_retrieval_time_utc",
-            Value::Timestamp(Timestamp::from_milliseconds(super::broker::now_ms())),
+            Value::Timestamp(Timestamp::from_milliseconds(crate::broker::now_ms())),
         );
         msg.delivery_annotations = Some(da);
     }
@@ -348,25 +349,8 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
     tracing::debug!(%path, ?start, next, "consumer attached");
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
-    let mut kicked_rx = guard.kicked.clone();
-    let kicked = async move {
-        // A closed channel (the registry is gone) never fires.
-        match kicked_rx.changed().await {
-            Ok(()) => kicked_rx
-                .borrow()
-                .as_ref()
-                .map(|s| s.0.clone())
-                .unwrap_or_default(),
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let kicked = until_stolen(guard.kicked.clone());
     tokio::pin!(kicked);
-    // No expiry: a deadline a year out, so one timer serves both cases.
-    let deadline = |e: Option<Instant>| {
-        e.map(Into::into).unwrap_or_else(|| {
-            tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
-        })
-    };
     let expires = tokio::time::sleep_until(deadline(expiry));
     tokio::pin!(expires);
     let stop = 'outer: loop {
@@ -431,6 +415,34 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
             }
         }
     };
+    end_consumer(sender, stop, &path).await;
+    drop(guard);
+}
+
+/// Resolves with the thief's message once a higher epoch steals the link; a closed channel
+/// (the registry is gone) never fires.
+async fn until_stolen(mut rx: watch::Receiver<Option<Stolen>>) -> String {
+    match rx.changed().await {
+        Ok(()) => rx
+            .borrow()
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// When the token behind a link expires. No expiry: a deadline a year out, so one timer
+/// serves both cases.
+fn deadline(expiry: Option<Instant>) -> tokio::time::Instant {
+    expiry.map(Into::into).unwrap_or_else(|| {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+    })
+}
+
+/// Ends a consumer link the way `stop` says: detached with the matching condition, or
+/// closed when the client went away.
+async fn end_consumer(sender: Sender, stop: Stop, path: &str) {
     match stop {
         Stop::Shutdown => {
             close_link_with(
@@ -455,5 +467,4 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
             let _ = sender.close().await;
         }
     }
-    drop(guard);
 }

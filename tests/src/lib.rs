@@ -12,6 +12,11 @@
 //! - [`stores`]: time-series stores for the collector tests: a VictoriaMetrics that can be
 //!   stopped and restarted on the same port and data, and readers for VictoriaMetrics
 //!   exports and InfluxDB 1.x queries.
+//! - [`dashboards`]: the shipped `dashboards/` as the tests read them, and the engines the
+//!   dashboard tests compute expectations with (a fleet simulator, InfluxQL parts, Grafana
+//!   math).
+//! - [`alerting`]: the shipped Prometheus rules with a short `for`, and Alertmanager's
+//!   active alerts.
 //! - [`chaos`]: the chaos suite's summary rows and a tmpfs for disk-full cases.
 //! - [`client`]: our Event Hubs client against a test hub: its config per policy,
 //!   publishing to chosen partitions, reading everything back from earliest.
@@ -28,9 +33,11 @@
 //! skipped silently.
 
 pub mod agent;
+pub mod alerting;
 pub mod chaos;
 pub mod client;
 pub mod collector;
+pub mod dashboards;
 pub mod faults;
 pub mod hub;
 pub mod process;

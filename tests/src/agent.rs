@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::hub::HubInfo;
+use crate::hub::{HubInfo, Mode, Policy};
 use crate::process::{workspace_binary, ChildProcess};
+
+/// The region every test agent reports.
+pub const REGION: &str = "westeurope";
 
 /// A well-formed key that no hub here knows.
 pub const OTHER_KEY: &str = "q2VxTmV2ZXJVc2VkS2V5Rm9yVGNwdWxzZUNoYW9zMDA=";
@@ -50,6 +53,31 @@ pub struct AgentOptions {
     pub publish: String,
 }
 
+impl AgentOptions {
+    /// An instance of `connector` (scale set `<connector>-vmss`) in [`REGION`] reporting
+    /// every second, its file polled every 200 ms, spooling in `spool_dir`.
+    pub fn every_second(
+        connector: &str,
+        deployment: &str,
+        instance: &str,
+        calls: u32,
+        spool_dir: PathBuf,
+    ) -> AgentOptions {
+        AgentOptions {
+            connector: connector.into(),
+            deployment: Some(deployment.into()),
+            region: REGION.into(),
+            scaleset: format!("{connector}-vmss"),
+            instance: instance.into(),
+            calls,
+            interval: "1s".into(),
+            poll_interval: "200ms".into(),
+            spool_dir,
+            publish: String::new(),
+        }
+    }
+}
+
 /// A running `tcpulse-agent run` with its files in one directory; each run's log is
 /// `agent-<run>.log` there.
 #[derive(Debug)]
@@ -68,6 +96,23 @@ impl AgentProcess {
     /// and starts the agent as run 0.
     pub fn start(dir: &Path, opts: &AgentOptions, target: Target<'_>) -> Result<AgentProcess> {
         AgentProcess::start_as_run(dir, opts, target, 0)
+    }
+
+    /// An [`AgentOptions::every_second`] instance in `dir/<instance>` publishing to `info`'s
+    /// hub over TLS with the Send policy.
+    pub fn start_on_hub(
+        dir: &Path,
+        info: &HubInfo,
+        connector: &str,
+        deployment: &str,
+        instance: &str,
+        calls: u32,
+    ) -> Result<AgentProcess> {
+        let d = dir.join(instance);
+        let opts =
+            AgentOptions::every_second(connector, deployment, instance, calls, d.join("spool"));
+        let cs = info.connection_string(Mode::Tls, Policy::Send)?.to_string();
+        AgentProcess::start(&d, &opts, Target::Hub(info, cs))
     }
 
     /// As [`start`](Self::start), its log numbered `run` (a new process on a directory an

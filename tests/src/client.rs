@@ -1,10 +1,12 @@
 //! Our Event Hubs client against a test hub: its config for a policy over TLS, publishing
-//! events to chosen partitions, and reading every event back from earliest.
+//! events to chosen partitions, and reading every event (and status event) back from
+//! earliest.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
 use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
     ReceivedEvent, StartPosition, TryAddError,
@@ -112,4 +114,74 @@ pub async fn read_all(info: &HubInfo, idle: Duration, max: Duration) -> Result<V
         c.close().await;
     }
     Ok(out)
+}
+
+/// A status event read back from the hub: its routing and its JSON body.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The partition it was in.
+    pub partition: String,
+    /// Its sequence number there.
+    pub sequence_number: i64,
+    /// When the hub enqueued it, ms since the epoch.
+    pub enqueued_ms: i64,
+    /// The body.
+    pub body: Value,
+}
+
+impl Status {
+    /// `instance`.
+    pub fn instance(&self) -> &str {
+        self.body["instance"].as_str().unwrap_or_default()
+    }
+    /// `connector`.
+    pub fn connector(&self) -> &str {
+        self.body["connector"].as_str().unwrap_or_default()
+    }
+    /// `boot`.
+    pub fn boot(&self) -> &str {
+        self.body["boot"].as_str().unwrap_or_default()
+    }
+    /// `seq` (`u64::MAX` if absent).
+    pub fn seq(&self) -> u64 {
+        self.body["seq"].as_u64().unwrap_or(u64::MAX)
+    }
+    /// `calls.call_count` (-1 if absent).
+    pub fn calls(&self) -> i64 {
+        self.body["calls"]["call_count"].as_i64().unwrap_or(-1)
+    }
+    /// `time` in ms since the epoch (-1 if absent or not RFC 3339).
+    pub fn time_ms(&self) -> i64 {
+        let t = self.body["time"].as_str().unwrap_or_default();
+        tcpulse_schema::Timestamp::parse_rfc3339(t)
+            .map(|t| t.unix_millis())
+            .unwrap_or(-1)
+    }
+}
+
+/// The events as status events; an error if a body is not JSON.
+pub fn statuses(events: &[ReceivedEvent]) -> Result<Vec<Status>> {
+    events
+        .iter()
+        .map(|e| {
+            Ok(Status {
+                partition: e.partition_id.clone(),
+                sequence_number: e.sequence_number,
+                enqueued_ms: unix_ms(e.enqueued_time),
+                body: serde_json::from_slice(&e.body).context("event body is not JSON")?,
+            })
+        })
+        .collect()
+}
+
+/// `t` in ms since the epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Now, in ms since the epoch.
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
 }

@@ -30,6 +30,18 @@ pub fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The largest sample of a Prometheus metric `name` (any labels); None when absent.
+pub fn metric_max(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+}
+
 /// The config keys a test sets; every duration in humantime form (`"2s"`). A key that is
 /// `None` is left out of the file, so the collector uses its own default.
 #[derive(Debug, Clone)]

@@ -153,6 +153,14 @@ pub fn vm_export(url: &str, selector: &str) -> Result<Vec<Series>> {
     vm_export_form(url, &[("match[]", selector)])
 }
 
+/// The newest sample of the series matching `selector`: `(ms, value)`.
+pub fn vm_latest(url: &str, selector: &str) -> Result<Option<(i64, f64)>> {
+    Ok(vm_export(url, selector)?
+        .into_iter()
+        .filter_map(|s| s.samples.last().copied())
+        .max_by_key(|s| s.0))
+}
+
 /// As [`vm_export`], up to `end_s` (Unix seconds) instead of now: `/api/v1/export` stops
 /// at now by default, and the points of a clock running fast are stamped ahead of it.
 pub fn vm_export_until(url: &str, selector: &str, end_s: i64) -> Result<Vec<Series>> {

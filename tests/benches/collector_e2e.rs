@@ -79,10 +79,9 @@ use tcpulse_eventhub::client::{
 };
 use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
-use tcpulse_tests::collector::{
-    metric_by_partition, workspace_binary, CollectorOptions, CollectorProcess,
-};
+use tcpulse_tests::collector::{metric_by_partition, CollectorOptions, CollectorProcess};
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
+use tcpulse_tests::process::workspace_binary;
 use tcpulse_tests::python::run_script;
 use tcpulse_tests::services::{self, get};
 

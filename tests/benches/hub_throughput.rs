@@ -23,7 +23,6 @@
 //! carries the hub's work, in `pinned` only the client's).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -37,10 +36,9 @@ use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Sendable, Session};
 use fe2o3_amqp_ext::filters::SelectorFilter;
 use serde_json::json;
+use tcpulse_tests::client::tls_connector;
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
 
 /// The in-process hub allocates as the `tcpulse-hub` binary does.
 #[global_allocator]
@@ -439,22 +437,6 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
         send_cpu_s,
         recv_cpu_s,
     })
-}
-
-fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_pem)
-        .with_context(|| format!("open {}", ca_pem.display()))?;
-    for cert in certs {
-        roots.add(cert?)?;
-    }
-    // The provider by name: the workspace's one provider, aws-lc-rs.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 async fn connect(

@@ -7,25 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use crate::hub::{HubInfo, Mode, Policy};
+use crate::process::{tail, workspace_binary, ChildProcess};
 use crate::services::{free_port, get};
-
-/// Path of a workspace binary next to the running test executable (scripts/test builds
-/// them).
-pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let p = crate::python::profile_dir()?.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    ensure!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --all-features --bins` (scripts/test does; add --release for a bench)",
-        p.display()
-    );
-    Ok(p)
-}
 
 /// Every sample of a collector metric labelled only by partition: `name{partition="p"} v`,
 /// read from `/metrics` text, by partition.
@@ -39,6 +28,18 @@ pub fn metric_by_partition(text: &str, name: &str) -> BTreeMap<String, f64> {
             Some((p.to_string(), v))
         })
         .collect()
+}
+
+/// The largest sample of a Prometheus metric `name` (any labels); None when absent.
+pub fn metric_max(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
 }
 
 /// The config keys a test sets; every duration in humantime form (`"2s"`). A key that is
@@ -61,6 +62,8 @@ pub struct CollectorOptions {
     pub checkpoint_interval: Option<String>,
     /// `batch.flush_interval`.
     pub flush_interval: Option<String>,
+    /// `batch.max_lines`.
+    pub batch_max_lines: Option<usize>,
     /// `retry.initial`.
     pub retry_initial: Option<String>,
     /// `retry.max`.
@@ -82,6 +85,7 @@ impl Default for CollectorOptions {
             idle_after: d("5s"),
             checkpoint_interval: d("1s"),
             flush_interval: d("300ms"),
+            batch_max_lines: None,
             retry_initial: d("200ms"),
             retry_max: d("1s"),
             sinks: String::new(),
@@ -101,6 +105,7 @@ impl CollectorOptions {
             idle_after: None,
             checkpoint_interval: None,
             flush_interval: None,
+            batch_max_lines: None,
             retry_initial: None,
             retry_max: None,
             sinks: String::new(),
@@ -144,12 +149,15 @@ pub fn checkpoint_files(dir: &Path) -> BTreeMap<String, i64> {
 }
 
 /// A running `tcpulse-collector run --config <dir>/collector.toml`; SIGKILLed on drop.
+/// Restartable on the same config; run 0 logs to `collector.log`, run n to
+/// `collector-<n>.log`.
 #[derive(Debug)]
 pub struct CollectorProcess {
-    child: Option<Child>,
+    proc: ChildProcess,
     dir: PathBuf,
     config: PathBuf,
     metrics_port: u16,
+    run: usize,
 }
 
 impl CollectorProcess {
@@ -163,6 +171,10 @@ impl CollectorProcess {
         let metrics_port = free_port()?;
         let config = dir.join("collector.toml");
         let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let max_lines = opts
+            .batch_max_lines
+            .map(|n| format!("max_lines = {n}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
@@ -175,7 +187,7 @@ extra_ca_file = {ca}
 dir = {ckpt}
 {ci}[aggregate]
 {ri}{sa}{la}{ia}[batch]
-{fi}[retry]
+{fi}{max_lines}[retry]
 {rin}{rmax}[dead_letter]
 path = {dl}
 [http]
@@ -199,25 +211,22 @@ listen = "127.0.0.1:{metrics_port}"
                 sinks = opts.sinks,
             ),
         )?;
-        let log = std::fs::File::create(dir.join("collector.log"))?;
-        let child = Command::new(workspace_binary("tcpulse-collector")?)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("spawn tcpulse-collector")?;
         Ok(CollectorProcess {
-            child: Some(child),
+            proc: launch(dir, &config, 0)?,
             dir: dir.to_path_buf(),
             config,
             metrics_port,
+            run: 0,
         })
+    }
+
+    /// Starts the next run on the same config, checkpoints and `/metrics` port (a live run
+    /// is killed first).
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill()?;
+        self.run += 1;
+        self.proc = launch(&self.dir, &self.config, self.run)?;
+        Ok(())
     }
 
     /// The config file written.
@@ -225,21 +234,22 @@ listen = "127.0.0.1:{metrics_port}"
         &self.config
     }
 
-    /// The collector's log so far.
+    /// The collector's log so far: every run's, oldest first.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+        (0..=self.run)
+            .map(|r| std::fs::read_to_string(log_path(&self.dir, r)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
     }
 
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail(&self.log(), n)
     }
 
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.pid()
     }
 
     /// Its checkpoint files: partition → sequence number.
@@ -247,16 +257,10 @@ listen = "127.0.0.1:{metrics_port}"
         checkpoint_files(&self.dir.join("ckpt"))
     }
 
-    /// Fails with the log if the process has exited.
+    /// Fails with the log if the process has exited, or was stopped.
     pub fn ensure_running(&mut self) -> Result<()> {
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| anyhow!("collector not running"))?;
-        if let Some(status) = child.try_wait()? {
-            bail!("tcpulse-collector exited ({status}); log:\n{}", self.log());
-        }
-        Ok(())
+        ensure!(self.proc.is_started(), "collector not running");
+        self.proc.ensure_running()
     }
 
     /// The `/metrics` exposition.
@@ -266,35 +270,37 @@ listen = "127.0.0.1:{metrics_port}"
         Ok(body)
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; Ok if it exited on its own with success.
+    /// SIGTERM, then SIGKILL after `grace`; Ok if it exited with success (or was not
+    /// running).
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        if !self.proc.is_started() {
             return Ok(());
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                ensure!(status.success(), "collector exited with {status}");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("collector did not stop within {grace:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        let status = self.proc.stop(grace)?;
+        ensure!(status.success(), "collector exited with {status}");
+        Ok(())
+    }
+
+    /// SIGKILL (a crash).
+    pub fn kill(&mut self) -> Result<()> {
+        self.proc.kill()
     }
 }
 
-impl Drop for CollectorProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+fn log_path(dir: &Path, run: usize) -> PathBuf {
+    match run {
+        0 => dir.join("collector.log"),
+        n => dir.join(format!("collector-{n}.log")),
     }
+}
+
+fn launch(dir: &Path, config: &Path, run: usize) -> Result<ChildProcess> {
+    let mut cmd = Command::new(workspace_binary("tcpulse-collector")?);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    ChildProcess::spawn("tcpulse-collector", cmd, log_path(dir, run))
 }

@@ -303,15 +303,7 @@ pub fn init_tracing() {
 
 /// Path of the `tcpulse-hub` binary next to the running test executable.
 pub fn hub_binary() -> Result<PathBuf> {
-    let path =
-        crate::python::profile_dir()?.join(format!("tcpulse-hub{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
-        bail!(
-            "{} is missing: run scripts/test (it builds the binaries) or `cargo build --workspace --all-features --bins`",
-            path.display()
-        );
-    }
-    Ok(path)
+    crate::process::workspace_binary("tcpulse-hub")
 }
 
 /// The `tcpulse-hub` binary in a child process; killed on drop; restartable on the same

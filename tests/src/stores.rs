@@ -150,11 +150,30 @@ pub struct Series {
 /// Every sample of the series matching `selector` (e.g. `{__name__=~"tc_.*"}`), after a
 /// forced flush so new series are visible.
 pub fn vm_export(url: &str, selector: &str) -> Result<Vec<Series>> {
+    vm_export_form(url, &[("match[]", selector)])
+}
+
+/// The newest sample of the series matching `selector`: `(ms, value)`.
+pub fn vm_latest(url: &str, selector: &str) -> Result<Option<(i64, f64)>> {
+    Ok(vm_export(url, selector)?
+        .into_iter()
+        .filter_map(|s| s.samples.last().copied())
+        .max_by_key(|s| s.0))
+}
+
+/// As [`vm_export`], up to `end_s` (Unix seconds) instead of now: `/api/v1/export` stops
+/// at now by default, and the points of a clock running fast are stamped ahead of it.
+pub fn vm_export_until(url: &str, selector: &str, end_s: i64) -> Result<Vec<Series>> {
+    let end = end_s.to_string();
+    vm_export_form(url, &[("match[]", selector), ("start", "0"), ("end", &end)])
+}
+
+fn vm_export_form(url: &str, form: &[(&str, &str)]) -> Result<Vec<Series>> {
     let (status, body) = get(&format!("{url}/internal/force_flush"))?;
     if status != 200 {
         bail!("force_flush: {status} {body}");
     }
-    let (status, body) = post_form(&format!("{url}/api/v1/export"), &[("match[]", selector)])?;
+    let (status, body) = post_form(&format!("{url}/api/v1/export"), form)?;
     if status != 200 {
         bail!("export: {status} {body}");
     }

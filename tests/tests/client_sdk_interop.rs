@@ -17,27 +17,15 @@ use anyhow::{anyhow, ensure, Result};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value as AmqpValue};
 use serde_json::{json, Value};
 use tcpulse_eventhub::client::{
-    BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
-    ReceivedEvent, SendOptions, StartPosition,
+    BatchOptions, Consumer, ConsumerOptions, EventData, Producer, ReceivedEvent, SendOptions,
+    StartPosition,
 };
 use tcpulse_hub::{Captured, Hub, HubConfig, HubSpec};
+use tcpulse_tests::client::client_config;
 use tcpulse_tests::hub::{init_tracing, HubInfo, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn config(info: &HubInfo, policy: Policy) -> Result<ClientConfig> {
-    Ok(ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, policy)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            connect_timeout_secs: 10,
-            operation_timeout_secs: 10,
-            ..Default::default()
-        },
-    )?)
-}
 
 /// Every event of `partition` from earliest until it is quiet for 1.5 s.
 async fn our_read(info: &HubInfo, partition: &str) -> Result<Vec<ReceivedEvent>> {
@@ -45,7 +33,7 @@ async fn our_read(info: &HubInfo, partition: &str) -> Result<Vec<ReceivedEvent>>
     opts.start = StartPosition::Earliest;
     let mut c = tokio::time::timeout(
         Duration::from_secs(20),
-        Consumer::connect(config(info, Policy::Listen)?, opts),
+        Consumer::connect(client_config(info, Policy::Listen)?, opts),
     )
     .await
     .map_err(|_| anyhow!("connect timed out"))??;
@@ -258,7 +246,7 @@ async fn client_producer_events_reach_the_python_sdk() -> Result<()> {
     let info = hub.info.clone();
     let mut p = tokio::time::timeout(
         Duration::from_secs(20),
-        Producer::connect(config(&info, Policy::Send)?),
+        Producer::connect(client_config(&info, Policy::Send)?),
     )
     .await
     .map_err(|_| anyhow!("producer connect timed out"))??;
@@ -507,7 +495,7 @@ async fn client_wire_put_token_and_attaches_match_the_python_sdk() -> Result<()>
     let sdk_caps = hub.captured();
 
     // Ours: the same two operations.
-    let mut p = Producer::connect(config(&info, Policy::Send)?).await?;
+    let mut p = Producer::connect(client_config(&info, Policy::Send)?).await?;
     p.send(
         EventData::new(&b"rs"[..]),
         SendOptions {
@@ -519,7 +507,7 @@ async fn client_wire_put_token_and_attaches_match_the_python_sdk() -> Result<()>
     p.close().await;
     let mut opts = ConsumerOptions::new("0");
     opts.start = StartPosition::Earliest;
-    let mut c = Consumer::connect(config(&info, Policy::Listen)?, opts).await?;
+    let mut c = Consumer::connect(client_config(&info, Policy::Listen)?, opts).await?;
     let _ = tokio::time::timeout(Duration::from_secs(3), c.recv()).await;
     c.close().await;
     let all = hub.captured();

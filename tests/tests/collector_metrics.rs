@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use tcpulse_tests::collector::workspace_binary;
+use tcpulse_tests::process::workspace_binary;
 use tcpulse_tests::services::{self, free_port};
 
 /// The `Accept` header Prometheus 2.x scrapes with.

@@ -7,7 +7,8 @@
 //!   excess-property check, so a misspelled field fails, not only a wrong type. What the
 //!   schema cannot see: panel `options` and `fieldConfig.defaults.custom` (plugin-specific,
 //!   typed as open records) and query `targets` (open records too), so a misspelled panel
-//!   option or InfluxQL target field still passes; `dashboards.rs` checks the targets.
+//!   option or InfluxQL target field still passes; `dashboards_json.rs` and
+//!   `dashboards_influxql.rs` check the targets.
 //! - Import: each dashboard carries `__inputs` (one `DS_INFLUXDB` data source input, the
 //!   shape Grafana's "Export for sharing externally" writes). Grafana's import replaces every
 //!   `${DS_INFLUXDB}` with the uid picked in its form and drops `__inputs`; the test does the

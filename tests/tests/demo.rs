@@ -5,22 +5,11 @@
 //! Needs the binary with the default features: `cargo build -p tcpulse-collector --bins`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-
-fn collector_binary() -> Result<PathBuf> {
-    let path = tcpulse_tests::python::profile_dir()?
-        .join(format!("tcpulse-collector{}", std::env::consts::EXE_SUFFIX));
-    ensure!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p tcpulse-collector --bins`",
-        path.display()
-    );
-    Ok(path)
-}
+use tcpulse_tests::process::workspace_binary;
 
 /// Measurement, tags and fields of one line-protocol line.
 type Parts<'a> = (
@@ -46,7 +35,7 @@ fn split_line(line: &str) -> Option<Parts<'_>> {
 
 #[test]
 fn demo_runs_noninteractively_and_writes_points_for_every_instance() -> Result<()> {
-    let bin = collector_binary()?;
+    let bin = workspace_binary("tcpulse-collector")?;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let mut child = Command::new(&bin)

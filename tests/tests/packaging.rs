@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
+use tcpulse_tests::process::workspace_binary;
 use tcpulse_tests::services;
 
 const UNITS: [&str; 2] = ["tcpulse-agent", "tcpulse-collector"];
@@ -71,17 +72,6 @@ fn tool(name: &str, install: &str) -> Result<PathBuf> {
 
 fn systemd_analyze() -> Result<PathBuf> {
     tool("systemd-analyze", "apt-get install -y systemd")
-}
-
-/// A workspace binary built next to this test (scripts/test builds them all).
-fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let path = tcpulse_tests::python::profile_dir()?.join(name);
-    ensure!(
-        path.is_file(),
-        "{} is missing: run scripts/test (it builds the binaries) or `cargo build --workspace --all-features --bins`",
-        path.display()
-    );
-    Ok(path)
 }
 
 fn run(cmd: &mut Command) -> Result<Output> {

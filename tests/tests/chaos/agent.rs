@@ -5,268 +5,64 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test fixtures
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
-use tcpulse_eventhub::client::{
-    ClientConfig, ClientOptions, Consumer, ConsumerOptions, StartPosition,
-};
+use tcpulse_tests::agent::{AgentOptions, AgentProcess, Target, OTHER_KEY};
 use tcpulse_tests::chaos::{record, Row, Tmpfs};
+use tcpulse_tests::client;
 use tcpulse_tests::hub::{with_key, HubInfo, HubOptions, HubProcess, Mode, Policy};
-use tcpulse_tests::python::profile_dir;
+use tcpulse_tests::wait::wait_for;
 
 const CONNECTOR: &str = "tc-chaos.example.com";
-/// A well-formed key that no hub here knows.
-const OTHER_KEY: &str = "q2VxTmV2ZXJVc2VkS2V5Rm9yVGNwdWxzZUNoYW9zMDA=";
 
-/// Where the agent publishes.
-pub(crate) enum Target<'a> {
-    /// The hub over TLS with this connection string.
-    Hub(&'a HubInfo, String),
-    /// Event Hubs on a loopback port where nothing listens (every send fails, transient).
-    Unreachable,
-    /// JSON lines in this file.
-    File(PathBuf),
+/// One `tcpulse-agent run` of the chaos connector, reporting every 200 ms from `dir`, its
+/// log `agent-<run>.log` there.
+pub(crate) fn start_agent(
+    dir: &Path,
+    spool: &Path,
+    instance: &str,
+    target: Target<'_>,
+    run: usize,
+) -> Result<AgentProcess> {
+    let opts = AgentOptions {
+        connector: CONNECTOR.into(),
+        deployment: None,
+        region: "westeurope".into(),
+        scaleset: "vmss".into(),
+        instance: instance.into(),
+        calls: 3,
+        interval: "200ms".into(),
+        poll_interval: "100ms".into(),
+        spool_dir: spool.to_path_buf(),
+        publish:
+            "fatal_retry_initial = \"1s\"\nfatal_retry_max = \"2s\"\nshutdown_flush = \"5s\"\n"
+                .into(),
+    };
+    AgentProcess::start_as_run(dir, &opts, target, run)
 }
 
-/// One `tcpulse-agent run`, its stdout+stderr in `log`; SIGKILLed on drop.
-pub(crate) struct AgentProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
+/// How long a SIGTERMed agent may take to flush and exit.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(20);
 
-impl AgentProc {
-    pub(crate) fn start(
-        dir: &Path,
-        spool: &Path,
-        instance: &str,
-        target: Target<'_>,
-        run: usize,
-    ) -> Result<AgentProc> {
-        std::fs::create_dir_all(dir)?;
-        let calls = dir.join("calls");
-        std::fs::write(&calls, "3\n")?;
-        let config = dir.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[source]\ntype = \"file\"\npath = {:?}\n[health]\nenabled = false\n\
-                 [publish]\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n\
-                 fatal_retry_initial = \"1s\"\nfatal_retry_max = \"2s\"\nshutdown_flush = \"5s\"\n",
-                calls.display().to_string()
-            ),
-        )?;
-        let bin = profile_dir()?.join(format!("tcpulse-agent{}", std::env::consts::EXE_SUFFIX));
-        ensure!(
-            bin.is_file(),
-            "{} is missing: cargo build -p tcpulse-agent",
-            bin.display()
-        );
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--connector",
-                CONNECTOR,
-                "--region",
-                "westeurope",
-                "--scaleset",
-                "vmss",
-            ])
-            .args([
-                "--instance",
-                instance,
-                "--interval",
-                "200ms",
-                "--poll-interval",
-                "100ms",
-            ])
-            .arg("--spool-dir")
-            .arg(spool)
-            .env_remove("TCPULSE_EVENTHUB_CONNECTION_STRING")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        let cs_file = dir.join("send.cs");
-        match target {
-            Target::Hub(info, cs) => {
-                std::fs::write(&cs_file, cs)?;
-                cmd.arg("--connection-string-file")
-                    .arg(&cs_file)
-                    .arg("--eventhub-ca-file")
-                    .arg(&info.ca_pem);
-            }
-            Target::Unreachable => {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port();
-                std::fs::write(
-                    &cs_file,
-                    format!(
-                        "Endpoint=sb://chaos.servicebus.windows.net/;SharedAccessKeyName=send;\
-                         SharedAccessKey={OTHER_KEY};EntityPath=tcpulse"
-                    ),
-                )?;
-                cmd.arg("--connection-string-file")
-                    .arg(&cs_file)
-                    .arg("--eventhub-endpoint")
-                    .arg(format!("127.0.0.1:{port}"));
-            }
-            Target::File(p) => {
-                cmd.arg("--publish-file").arg(p);
-            }
-        }
-        let log = dir.join(format!("agent-{run}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .context("spawn tcpulse-agent")?;
-        Ok(AgentProc {
-            child: Some(child),
-            log,
-        })
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(crate) fn ensure_running(&mut self) -> Result<()> {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                bail!("agent exited ({status}); log:\n{}", self.log());
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then the exit status (SIGKILL and an error after 20 s).
-    pub(crate) async fn stop(&mut self) -> Result<ExitStatus> {
-        let mut c = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("agent not running"))?;
-        Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()?;
-        let t = Instant::now();
-        loop {
-            if let Some(s) = c.try_wait()? {
-                return Ok(s);
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                let _ = c.kill();
-                let _ = c.wait();
-                bail!(
-                    "agent did not stop within 20 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits for the process to exit by itself (bounded).
-    async fn wait_exit(&mut self, max: Duration) -> Result<ExitStatus> {
-        let c = self
-            .child
-            .as_mut()
-            .ok_or_else(|| anyhow!("agent not running"))?;
-        let t = Instant::now();
-        loop {
-            if let Some(s) = c.try_wait()? {
-                self.child = None;
-                return Ok(s);
-            }
-            if t.elapsed() > max {
-                bail!("agent still running after {max:?}; log:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn sigkill(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Polls `cond` every 100 ms until it holds, or fails after `timeout` naming `what`.
-async fn wait_for(
+/// [`wait_for`] over a plain predicate.
+async fn wait_until(
     what: &str,
     timeout: Duration,
     mut cond: impl FnMut() -> bool,
 ) -> Result<Duration> {
-    let t = Instant::now();
-    while !cond() {
-        if t.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(t.elapsed())
-}
-
-fn listen_config(info: &HubInfo) -> Result<ClientConfig> {
-    Ok(ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, Policy::Listen)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            connect_timeout_secs: 10,
-            operation_timeout_secs: 10,
-            ..Default::default()
-        },
-    )?)
+    wait_for(what, timeout, || Ok(cond())).await
 }
 
 /// Every status body of every partition, from earliest, until each is quiet for `idle`.
 pub(crate) async fn read_all(info: &HubInfo, idle: Duration) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    for p in info.partition_ids() {
-        let mut opts = ConsumerOptions::new(p.clone());
-        opts.start = StartPosition::Earliest;
-        let mut c = tokio::time::timeout(
-            Duration::from_secs(20),
-            Consumer::connect(listen_config(info)?, opts),
-        )
-        .await
-        .map_err(|_| anyhow!("consumer connect to partition {p} timed out"))??;
-        loop {
-            ensure!(
-                Instant::now() < deadline,
-                "reading the hub back took over 60 s"
-            );
-            match tokio::time::timeout(idle, c.recv()).await {
-                Ok(ev) => {
-                    let ev = ev.with_context(|| format!("recv on partition {p}"))?;
-                    out.push(serde_json::from_slice(&ev.body).context("body is not JSON")?);
-                }
-                Err(_) => break,
-            }
-        }
-        c.close().await;
-    }
-    Ok(out)
+    client::read_all(info, idle, Duration::from_secs(60))
+        .await?
+        .iter()
+        .map(|ev| serde_json::from_slice(&ev.body).context("body is not JSON"))
+        .collect()
 }
 
 /// Per boot: the seqs received (with repeats), and the highest `agent.dropped` reported.
@@ -349,8 +145,8 @@ async fn chaos_agent_disk_full() -> Result<()> {
     let fs = Tmpfs::mount(16 << 20)?;
     let spool = fs.path().join("spool");
     let cs = info.connection_string(Mode::Tls, Policy::Send)?.to_string();
-    let mut agent = AgentProc::start(tmp.path(), &spool, "df1", Target::Hub(&info, cs), 0)?;
-    wait_for("the agent to connect", Duration::from_secs(20), || {
+    let mut agent = start_agent(tmp.path(), &spool, "df1", Target::Hub(&info, cs), 0)?;
+    wait_until("the agent to connect", Duration::from_secs(20), || {
         agent.log().contains("event hubs connection open")
     })
     .await?;
@@ -359,7 +155,7 @@ async fn chaos_agent_disk_full() -> Result<()> {
     // The hub goes away (the spool must grow), and the disk fills up.
     hub.stop(Duration::from_secs(15)).await?;
     let filled = fs.fill("filler")?;
-    wait_for(
+    wait_until(
         "the agent to log the failing append",
         Duration::from_secs(25),
         || agent.log().contains("spool append failed"),
@@ -373,14 +169,14 @@ async fn chaos_agent_disk_full() -> Result<()> {
     agent.ensure_running()?;
     fs.free("filler")?;
     let freed = Instant::now();
-    wait_for("the spool to recover", Duration::from_secs(20), || {
+    wait_until("the spool to recover", Duration::from_secs(20), || {
         agent.log().contains("spool writable again")
     })
     .await
     .with_context(|| format!("log:\n{}", agent.log()))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     agent.ensure_running()?;
-    let status = agent.stop().await?;
+    let status = agent.stop(STOP_GRACE)?;
     let log = agent.log();
     let since_free = freed.elapsed();
     ensure!(status.success(), "agent exit {status}; log:\n{log}");
@@ -445,8 +241,8 @@ async fn chaos_agent_starts_on_a_full_disk() -> Result<()> {
     fs.fill("filler")?;
     let out = tmp.path().join("events.jsonl");
     let spool = fs.path().join("spool");
-    let mut agent = AgentProc::start(tmp.path(), &spool, "fd1", Target::File(out.clone()), 0)?;
-    wait_for("the failing append", Duration::from_secs(15), || {
+    let mut agent = start_agent(tmp.path(), &spool, "fd1", Target::File(out.clone()), 0)?;
+    wait_until("the failing append", Duration::from_secs(15), || {
         agent.log().contains("spool append failed")
     })
     .await
@@ -455,12 +251,12 @@ async fn chaos_agent_starts_on_a_full_disk() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     agent.ensure_running()?;
     fs.free("filler")?;
-    wait_for("the spool to recover", Duration::from_secs(15), || {
+    wait_until("the spool to recover", Duration::from_secs(15), || {
         agent.log().contains("spool writable again")
     })
     .await
     .with_context(|| agent.log())?;
-    let status = agent.stop().await?;
+    let status = agent.stop(STOP_GRACE)?;
     let log = agent.log();
     ensure!(status.success(), "exit {status}; log:\n{log}");
     let seqs: BTreeSet<u64> = std::fs::read_to_string(&out)?
@@ -521,9 +317,9 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let spool = tmp.path().join("spool");
         // A backlog: Event Hubs unreachable, so every report stays spooled.
-        let mut a = AgentProc::start(tmp.path(), &spool, "cs1", Target::Unreachable, 0)?;
+        let mut a = start_agent(tmp.path(), &spool, "cs1", Target::Unreachable, 0)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        a.stop().await?;
+        a.stop(STOP_GRACE)?;
         let backlog = field_u64(&a.log(), "tcpulse-agent stopped", "spooled")
             .ok_or_else(|| anyhow!("no stop line; log:\n{}", a.log()))?;
         ensure!(backlog >= 3, "{how}: backlog {backlog}");
@@ -531,19 +327,17 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
         damage(&file, how)?;
 
         let out = tmp.path().join("events.jsonl");
-        let mut b = AgentProc::start(tmp.path(), &spool, "cs1", Target::File(out.clone()), 1)?;
-        let started = wait_for("the agent to start", Duration::from_secs(10), || {
+        let mut b = start_agent(tmp.path(), &spool, "cs1", Target::File(out.clone()), 1)?;
+        let started = wait_until("the agent to start", Duration::from_secs(10), || {
             b.log().contains("tcpulse-agent started")
-                || b.child
-                    .as_mut()
-                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                || matches!(b.process().try_wait(), Ok(Some(_)))
         })
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let log_b = b.log();
-        let status = match b.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(s))) => s,
-            _ => b.stop().await?,
+        let status = match b.process().try_wait() {
+            Ok(Some(s)) => s,
+            _ => b.stop(STOP_GRACE)?,
         };
         ensure!(
             started.is_ok() && status.success(),
@@ -574,13 +368,13 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
             );
         }
         // The second start works and moves nothing.
-        let mut c = AgentProc::start(tmp.path(), &spool, "cs1", Target::File(out.clone()), 2)?;
-        wait_for("the second start", Duration::from_secs(10), || {
+        let mut c = start_agent(tmp.path(), &spool, "cs1", Target::File(out.clone()), 2)?;
+        wait_until("the second start", Duration::from_secs(10), || {
             c.log().contains("tcpulse-agent started")
         })
         .await
         .with_context(|| format!("{how}: {}", c.log()))?;
-        let status2 = c.stop().await?;
+        let status2 = c.stop(STOP_GRACE)?;
         ensure!(
             status2.success(),
             "{how}: second start exit {status2}; log:\n{}",
@@ -618,19 +412,18 @@ async fn chaos_agent_corrupt_spool() -> Result<()> {
     // runtime start-up failure, not a configuration error: systemd may restart it).
     let tmp = tempfile::tempdir()?;
     let spool = tmp.path().join("spool");
-    let mut first = AgentProc::start(&tmp.path().join("a"), &spool, "lk1", Target::Unreachable, 0)?;
-    wait_for("the first agent", Duration::from_secs(10), || {
+    let mut first = start_agent(&tmp.path().join("a"), &spool, "lk1", Target::Unreachable, 0)?;
+    wait_until("the first agent", Duration::from_secs(10), || {
         first.log().contains("tcpulse-agent started")
     })
     .await?;
-    let mut second =
-        AgentProc::start(&tmp.path().join("b"), &spool, "lk2", Target::Unreachable, 0)?;
-    let st = second.wait_exit(Duration::from_secs(10)).await?;
+    let mut second = start_agent(&tmp.path().join("b"), &spool, "lk2", Target::Unreachable, 0)?;
+    let st = second.process().wait_exit(Duration::from_secs(10))?;
     let log2 = second.log();
     ensure!(st.code() == Some(1), "second agent exit {st}; log:\n{log2}");
     ensure!(log2.contains("another tcpulse-agent"), "{log2}");
     first.ensure_running()?;
-    first.stop().await?;
+    first.stop(STOP_GRACE)?;
     ensure!(
         std::fs::read_dir(&spool)?.count() == 1,
         "the locked spool was moved aside"
@@ -681,14 +474,14 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
     let right = info.connection_string(Mode::Tls, Policy::Send)?.to_string();
     let agent_key = OTHER_KEY;
     let started = Instant::now();
-    let mut agent = AgentProc::start(
+    let mut agent = start_agent(
         &tmp.path().join("agent"),
         &tmp.path().join("spool"),
         "wk1",
         Target::Hub(&info, with_key(&right, agent_key)),
         0,
     )?;
-    wait_for("two fatal attempts", Duration::from_secs(20), || {
+    wait_until("two fatal attempts", Duration::from_secs(20), || {
         agent
             .log()
             .matches("sending paused, reports keep being spooled")
@@ -702,13 +495,13 @@ async fn chaos_agent_wrong_key_then_right_key() -> Result<()> {
     // The operator restores the key the agent has (rotation done): the hub accepts it.
     set_send_key(&data.join("policies"), agent_key)?;
     hub.restart().await?;
-    let resumed = wait_for("sending to resume", Duration::from_secs(20), || {
+    let resumed = wait_until("sending to resume", Duration::from_secs(20), || {
         agent.log().contains("publishing works again")
     })
     .await
     .with_context(|| format!("log:\n{}", agent.log()))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = agent.stop().await?;
+    let status = agent.stop(STOP_GRACE)?;
     let log = agent.log();
     ensure!(status.success(), "exit {status}");
     let fatal_lines = log
@@ -770,16 +563,16 @@ async fn chaos_agent_sigkill_during_hub_outage() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let spool = tmp.path().join("spool");
     let cs = info.connection_string(Mode::Tls, Policy::Send)?.to_string();
-    let mut a = AgentProc::start(tmp.path(), &spool, "sk1", Target::Hub(&info, cs.clone()), 0)?;
+    let mut a = start_agent(tmp.path(), &spool, "sk1", Target::Hub(&info, cs.clone()), 0)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     hub.stop(Duration::from_secs(15)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    a.sigkill()?;
-    let mut b = AgentProc::start(tmp.path(), &spool, "sk1", Target::Hub(&info, cs), 1)?;
+    a.kill()?;
+    let mut b = start_agent(tmp.path(), &spool, "sk1", Target::Hub(&info, cs), 1)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     hub.restart().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = b.stop().await?;
+    let status = b.stop(STOP_GRACE)?;
     ensure!(status.success(), "exit {status}; log:\n{}", b.log());
     let events = read_all(&hub.info, Duration::from_secs(2)).await?;
     let per = tally(&events, "sk1");

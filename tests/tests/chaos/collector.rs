@@ -9,44 +9,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use tcpulse_eventhub::client::{ClientConfig, ClientOptions, EventData, Producer, SendOptions};
+use tcpulse_eventhub::client::{EventData, Producer, SendOptions};
 use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::Timestamp;
 use tcpulse_tests::chaos::{record, Row, Tmpfs};
+use tcpulse_tests::client::client_config;
 use tcpulse_tests::collector::{metric_by_partition, CollectorOptions, CollectorProcess};
-use tcpulse_tests::hub::{with_key, HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
+use tcpulse_tests::hub::{with_key, HubInfo, HubOptions, HubProcess, Policy, TestHub};
 use tcpulse_tests::stores::{vm_export, RestartableVictoriaMetrics};
+use tcpulse_tests::wait::wait_for;
 
 // ---- helpers ---------------------------------------------------------------------------
 
 fn now_ms() -> i64 {
     Timestamp::now().unix_millis()
-}
-
-/// Polls `cond` every 100 ms until it holds or `timeout` passes.
-pub(crate) async fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<Duration> {
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match cond() {
-            Ok(true) => return Ok(start.elapsed()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "timed out after {timeout:?} waiting for {what}{}",
-                last_err
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// One status event the test sends: instance `instance`, sample time `time_ms`.
@@ -103,19 +79,6 @@ fn body(s: &Sent, seq: usize) -> String {
         "calls": {"call_count": 3, "max_calls": 16, "planned_calls": 15, "media_load": 20}
     })
     .to_string()
-}
-
-fn client_config(info: &HubInfo, policy: Policy) -> Result<ClientConfig> {
-    Ok(ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, policy)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            connect_timeout_secs: 10,
-            operation_timeout_secs: 10,
-            ..Default::default()
-        },
-    )?)
 }
 
 /// Sends `bodies` to partition 0, in order.

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
 use tcpulse_tests::chaos::{record, Row};
-use tcpulse_tests::collector::workspace_binary;
+use tcpulse_tests::process::workspace_binary;
 
 const ENV_CS: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
 const EP: &str = "Endpoint=sb://ns.servicebus.windows.net/";

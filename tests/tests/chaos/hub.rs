@@ -10,7 +10,6 @@
 //!   announces its idle timeout (240 s, as Event Hubs); a client that did put a token keeps
 //!   its connection past the deadline.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -23,11 +22,11 @@ use tcpulse_eventhub::client::{
     StartPosition, TryAddError,
 };
 use tcpulse_tests::chaos::{record, Row};
+use tcpulse_tests::client::tls_connector;
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -242,21 +241,6 @@ async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
 /// The performative code of a frame body (`0x00 0x53 <code>`), if any.
 fn code(body: &[u8]) -> Option<u8> {
     (body.len() > 2 && body[0] == 0 && body[1] == 0x53).then(|| body[2])
-}
-
-fn tls_connector(ca_pem: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_pem)
-        .with_context(|| format!("open {}", ca_pem.display()))?;
-    for cert in certs {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// TLS, SASL ANONYMOUS (as the SDKs), AMQP Open; returns the stream and the hub's Open.

@@ -14,8 +14,10 @@ use tcpulse_tests::collector::{CollectorOptions, CollectorProcess};
 use tcpulse_tests::hub::{HubOptions, HubProcess, Mode, Policy};
 use tcpulse_tests::stores::{vm_export, RestartableVictoriaMetrics};
 
-use crate::agent::{field_u64, read_all, tally, AgentProc, Target};
-use crate::collector::wait_for;
+use tcpulse_tests::agent::Target;
+use tcpulse_tests::wait::wait_for;
+
+use crate::agent::{field_u64, read_all, start_agent, tally, STOP_GRACE};
 
 const INSTANCES: [&str; 2] = ["restart-0", "restart-1"];
 
@@ -55,7 +57,7 @@ async fn chaos_restart_hub_sigkill_mid_run() -> Result<()> {
     for inst in INSTANCES {
         let dir = tmp.path().join(inst);
         let spool = dir.join("spool");
-        agents.push(AgentProc::start(
+        agents.push(start_agent(
             &dir,
             &spool,
             inst,
@@ -102,7 +104,7 @@ async fn chaos_restart_hub_sigkill_mid_run() -> Result<()> {
         a.ensure_running()?;
     }
     for a in &mut agents {
-        let status = a.stop().await?;
+        let status = a.stop(STOP_GRACE)?;
         let log = a.log();
         ensure!(status.success(), "agent exit {status}; log:\n{log}");
         let left = field_u64(&log, "tcpulse-agent stopped", "spooled");

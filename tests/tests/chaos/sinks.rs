@@ -16,15 +16,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use tcpulse_eventhub::client::{BatchOptions, ClientConfig, ClientOptions, EventData, Producer};
+use anyhow::{ensure, Context, Result};
 use tcpulse_schema::line::{stored_tag_value, BACKSLASH_STAND_IN};
 use tcpulse_schema::{encode, AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
 use tcpulse_tests::chaos::{record, Row};
+use tcpulse_tests::client;
 use tcpulse_tests::collector::{CollectorOptions, CollectorProcess};
-use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
+use tcpulse_tests::hub::{HubInfo, HubOptions, TestHub};
 use tcpulse_tests::services::{self, post, post_form, Service};
 use tcpulse_tests::stores::{influx_query, influx_rows, vm_export};
+use tcpulse_tests::wait::{poll_until, Poll};
 
 const DB: &str = "tcpulse";
 
@@ -53,34 +54,10 @@ fn event(connector: &str, deployment: &str, instance: &str, t_ms: i64) -> Result
     })
 }
 
-/// Publishes `bodies` to partition 0 in one batch, over TLS with the Send policy.
+/// Publishes `bodies` to partition 0, over TLS with the Send policy.
 async fn publish(info: &HubInfo, bodies: &[Vec<u8>]) -> Result<()> {
-    let config = ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, Policy::Send)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            connect_timeout_secs: 10,
-            operation_timeout_secs: 10,
-            ..Default::default()
-        },
-    )?;
-    let mut producer = Producer::connect(config).await?;
-    let mut batch = producer.create_batch(BatchOptions {
-        partition_id: Some("0".into()),
-        ..Default::default()
-    })?;
-    for body in bodies {
-        let ev = EventData::new(body.clone())
-            .with_content_type("application/json")
-            .with_property("schema", tcpulse_schema::SCHEMA_V1);
-        if let Err(e) = batch.try_add(ev) {
-            bail!("event not added to the batch: {e}");
-        }
-    }
-    producer.send_batch(&batch).await?;
-    producer.close().await;
-    Ok(())
+    let events: Vec<(&str, Vec<u8>)> = bodies.iter().map(|b| ("0", b.clone())).collect();
+    client::publish(info, &events).await
 }
 
 /// VictoriaMetrics (v2 sink) and InfluxDB 1.6 (v1 sink, database [`DB`] created).
@@ -135,24 +112,6 @@ fn influx_deployments(influx: &Service, connector: &str) -> Result<BTreeMap<Stri
             (get("instance"), get("deployment"))
         })
         .collect())
-}
-
-/// Polls `cond` every 100 ms until it holds or `limit` passes.
-async fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if cond()? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Lines of the collector's dead-letter file: (kind, lines) of each record.
@@ -248,9 +207,10 @@ async fn chaos_sinks_awkward_tag_values_read_back_equal() -> Result<()> {
     )?;
 
     let mut seen = (BTreeMap::new(), BTreeMap::new());
-    let waited = wait_for(
+    let waited = poll_until(
         "every instance in both stores",
         Duration::from_secs(20),
+        Poll::STRICT,
         || {
             collector.ensure_running()?;
             seen = (
@@ -375,9 +335,10 @@ async fn chaos_sinks_influxdb1_partial_write_dead_letters_only_the_bad_line() ->
     let mut dead = Vec::new();
     // Both sinks are waited for: VictoriaMetrics may index the points a little after the
     // InfluxDB write is acknowledged, and under load that gap is seconds.
-    let waited = wait_for(
+    let waited = poll_until(
         "29 instances in InfluxDB, 30 in VictoriaMetrics and a sink dead letter",
         Duration::from_secs(30),
+        Poll::STRICT,
         || {
             collector.ensure_running()?;
             in_influx = influx_deployments(&influx, connector)?;

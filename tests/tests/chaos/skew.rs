@@ -17,13 +17,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use tcpulse_eventhub::client::{BatchOptions, ClientConfig, ClientOptions, EventData, Producer};
+use tcpulse_eventhub::client::{BatchOptions, EventData, Producer};
 use tcpulse_tests::chaos::{record, Row};
+use tcpulse_tests::client::client_config;
 use tcpulse_tests::collector::{CollectorOptions, CollectorProcess};
-use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
+use tcpulse_tests::hub::{HubInfo, HubOptions, Policy, TestHub};
 use tcpulse_tests::services;
-use tcpulse_tests::services::{get, post_form};
-use tcpulse_tests::stores::Series;
+use tcpulse_tests::stores::{vm_export_until, Series};
 
 const CONNECTOR: &str = "skew.example.com";
 const ABSURD: &str = "absurd.example.com";
@@ -72,17 +72,7 @@ fn calls(n: u64) -> Value {
 }
 
 async fn producer(info: &HubInfo) -> Result<Producer> {
-    let config = ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, Policy::Send)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            connect_timeout_secs: 10,
-            operation_timeout_secs: 10,
-            ..Default::default()
-        },
-    )?;
-    Ok(Producer::connect(config).await?)
+    Ok(Producer::connect(client_config(info, Policy::Send)?).await?)
 }
 
 async fn send(producer: &mut Producer, bodies: Vec<Vec<u8>>) -> Result<()> {
@@ -152,47 +142,10 @@ fn absurd(now: i64) -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
     ]
 }
 
-/// Every `tc_*` sample up to an hour ahead (`/api/v1/export` stops at now by default,
-/// and the points of a clock running 50 s fast are stamped ahead of it).
+/// Every `tc_*` sample up to an hour ahead (the points of a clock running 50 s fast are
+/// stamped ahead of now).
 fn export_all(url: &str) -> Result<Vec<Series>> {
-    let (status, body) = get(&format!("{url}/internal/force_flush"))?;
-    ensure!(status == 200, "force_flush: {status} {body}");
-    let end = (now_ms() / 1000 + 3600).to_string();
-    let (status, body) = post_form(
-        &format!("{url}/api/v1/export"),
-        &[
-            ("match[]", r#"{__name__=~"tc_.*"}"#),
-            ("start", "0"),
-            ("end", &end),
-        ],
-    )?;
-    ensure!(status == 200, "export: {status} {body}");
-    let mut out = Vec::new();
-    for line in body.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
-        let labels = v["metric"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let ts = v["timestamps"].as_array().cloned().unwrap_or_default();
-        let vals = v["values"].as_array().cloned().unwrap_or_default();
-        let samples = ts
-            .iter()
-            .zip(vals.iter())
-            .map(|(t, v)| {
-                (
-                    t.as_i64().unwrap_or_default(),
-                    v.as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        out.push(Series { labels, samples });
-    }
-    Ok(out)
+    vm_export_until(url, r#"{__name__=~"tc_.*"}"#, now_ms() / 1000 + 3600)
 }
 
 fn series_of<'a>(all: &'a [Series], name: &str, instance: &str) -> Option<&'a Series> {

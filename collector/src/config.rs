@@ -4,7 +4,9 @@
 //! The structs are the documentation: every field says its meaning, unit and default.
 //! Secrets (the Event Hubs connection string, store tokens and passwords) are read only
 //! from an environment variable or a file named in the config, never from the config
-//! itself or a flag, so they never show in `ps`, shell history or `--help`.
+//! itself or a flag, so they never show in `ps`, shell history or `--help`. A configured
+//! secret file wins over the variable, with one WARN when both are set
+//! ([`tcpulse_eventhub::cli_support::secret`], the rule all binaries share).
 //!
 //! Environment overrides (for containers):
 //!
@@ -40,6 +42,13 @@ use crate::checkpoint::StartPosition;
 use crate::sinks::file::config::FileSinkConfig;
 use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
 use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+
+/// What the Event Hubs connection string is called in messages.
+pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
+/// What the InfluxDB v2 token is called in messages.
+pub const V2_TOKEN: &str = "InfluxDB v2 token";
+/// What the InfluxDB v1 password is called in messages.
+pub const V1_PASSWORD: &str = "InfluxDB v1 password";
 
 /// The minimal example config, tested to parse and validate.
 pub const EXAMPLE_CONFIG: &str = r#"name = "collector-1"
@@ -134,7 +143,8 @@ pub struct EventHubSourceConfig {
     /// Default: `TCPULSE_EVENTHUB_CONNECTION_STRING`.
     #[serde(default = "default_connection_string_env")]
     pub connection_string_env: String,
-    /// File holding the connection string; takes precedence over the variable.
+    /// File holding the connection string (first line); a configured file wins over the
+    /// variable (one WARN when both are set). Default: none.
     #[serde(default)]
     pub connection_string_file: Option<PathBuf>,
     /// Consumer group. Default: `$Default`.
@@ -611,66 +621,37 @@ pub enum ConfigError {
     Env(String),
 }
 
-/// Why a secret could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// The file could not be read.
-    #[error("cannot read secret file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is empty.
-    #[error("secret file {0} is empty")]
-    Empty(PathBuf),
-}
-
-/// A secret from `file` (its first line, trimmed) or else the environment variable `env`
-/// (if set and non-empty); `None` when neither is given.
-pub fn resolve_secret(
-    env: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<String>, SecretError> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let first = text.lines().next().unwrap_or("").trim().to_owned();
-        if first.is_empty() {
-            return Err(SecretError::Empty(path.to_owned()));
-        }
-        return Ok(Some(first));
-    }
-    Ok(env
-        .and_then(|name| std::env::var(name).ok())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty()))
-}
+pub use tcpulse_eventhub::cli_support::secret::SecretError;
+use tcpulse_eventhub::cli_support::secret::{self, Loaded};
 
 // ---- Secret checks (check-config) ---------------------------------------------------
 
-/// Where a secret comes from, for messages (never its value): `file F` or `$VAR`.
-fn secret_origin(env: &str, file: Option<&Path>) -> String {
-    match file {
-        Some(f) => format!("file {}", f.display()),
-        None => format!("${env}"),
-    }
-}
-
-/// Reads a secret for a check, turning a read failure into a config error of `field`.
+/// Reads a secret for a check (see [`secret`] for the rule), turning a read failure into a
+/// config error of `field`.
 fn read_secret(
     field: &'static str,
+    what: &str,
     env: &str,
     file: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    resolve_secret(Some(env), file).map_err(|e| ConfigError::Invalid {
+) -> Result<Option<Loaded>, ConfigError> {
+    secret::load(what, Some(env), file).map_err(|e| ConfigError::Invalid {
         field,
         why: e.to_string(),
     })
+}
+
+/// Loads a secret for a run (see [`secret`] for the rule) and logs a file/variable
+/// conflict as one WARN.
+pub fn load_secret(
+    what: &str,
+    env: &str,
+    file: Option<&Path>,
+) -> Result<Option<String>, SecretError> {
+    let loaded = secret::load(what, Some(env), file)?;
+    if let Some(conflict) = loaded.as_ref().and_then(Loaded::conflict) {
+        conflict.log();
+    }
+    Ok(loaded.map(Loaded::into_value))
 }
 
 /// Shape of an HTTP credential (token or password): not an example placeholder, no
@@ -700,11 +681,11 @@ impl EventHubSourceConfig {
     /// Checks the connection string `value` as the consumer will use it, without
     /// connecting: every part's shape, the hub (`EntityPath` or `event_hub`) and the
     /// client options. Returns remarks that do not stop the collector.
-    pub fn check_connection_string(&self, value: &str) -> Result<Vec<String>, ConfigError> {
-        let origin = secret_origin(
-            &self.connection_string_env,
-            self.connection_string_file.as_deref(),
-        );
+    pub fn check_connection_string(
+        &self,
+        value: &str,
+        origin: &secret::Origin,
+    ) -> Result<Vec<String>, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
             field: "source.eventhub",
             why: format!("the connection string from {origin} cannot be used: {e}"),
@@ -725,9 +706,11 @@ impl EventHubSourceConfig {
         Ok(parsed.notes())
     }
 
-    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
-        let value = read_secret(
+    /// Loads the connection string (see [`secret`] for the rule); an error when there is none.
+    pub fn connection_string(&self) -> Result<Loaded, ConfigError> {
+        read_secret(
             "source.eventhub.connection_string_file",
+            EVENTHUB_SECRET,
             &self.connection_string_env,
             self.connection_string_file.as_deref(),
         )?
@@ -737,18 +720,28 @@ impl EventHubSourceConfig {
                 "no connection string: export {} or set `source.eventhub.connection_string_file`",
                 self.connection_string_env
             ),
-        })?;
-        self.check_connection_string(&value)
+        })
+    }
+
+    /// Loads and checks the connection string; logs a file/variable conflict.
+    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
+        let value = self.connection_string()?;
+        if let Some(conflict) = value.conflict() {
+            conflict.log();
+        }
+        self.check_connection_string(value.expose(), value.origin())
     }
 }
 
 impl InfluxDbV2SinkConfig {
+    /// Checks the token's shape (its `build`, which `check-config` runs too, logs a conflict).
     fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
         let file = self.token_file.as_deref();
-        let origin = secret_origin(&self.token_env, file);
-        match read_secret("sinks.influxdb_v2.token_file", &self.token_env, file)? {
+        let field = "sinks.influxdb_v2.token_file";
+        match read_secret(field, V2_TOKEN, &self.token_env, file)? {
             Some(token) => {
-                check_http_secret("sinks.influxdb_v2", "token", &origin, &token)?;
+                let origin = token.origin().to_string();
+                check_http_secret("sinks.influxdb_v2", "token", &origin, token.expose())?;
                 Ok(Vec::new())
             }
             None => Ok(vec![format!(
@@ -760,14 +753,19 @@ impl InfluxDbV2SinkConfig {
 }
 
 impl InfluxDbV1SinkConfig {
+    /// Checks the password's shape (its `build`, which `check-config` runs too, logs a
+    /// conflict).
     fn check_secret(&self) -> Result<(), ConfigError> {
         if self.username.is_empty() {
             return Ok(());
         }
         let file = self.password_file.as_deref();
-        let origin = secret_origin(&self.password_env, file);
-        match read_secret("sinks.influxdb_v1.password_file", &self.password_env, file)? {
-            Some(password) => check_http_secret("sinks.influxdb_v1", "password", &origin, &password),
+        let field = "sinks.influxdb_v1.password_file";
+        match read_secret(field, V1_PASSWORD, &self.password_env, file)? {
+            Some(password) => {
+                let origin = password.origin().to_string();
+                check_http_secret("sinks.influxdb_v1", "password", &origin, password.expose())
+            }
             None => Err(ConfigError::Invalid {
                 field: "sinks.influxdb_v1",
                 why: format!(
@@ -957,7 +955,7 @@ impl Config {
 #[command(
     name = "tcpulse-collector",
     version,
-    after_help = tcpulse_eventhub::cli_support::exit::HELP
+    after_help = tcpulse_eventhub::cli_support::after_help()
 )]
 pub struct Cli {
     /// What to do.
@@ -1200,30 +1198,5 @@ mod tests {
             "no secret flags"
         );
         assert!(Cli::try_parse_from(["tcpulse-collector", "run", "--token", "x"]).is_err());
-    }
-
-    #[test]
-    fn secrets_come_from_a_file_first_then_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("token");
-        std::fs::write(&f, "  tok123 \nignored\n").unwrap();
-        assert_eq!(
-            resolve_secret(Some("PATH"), Some(&f)).unwrap(),
-            Some("tok123".into())
-        );
-        std::fs::write(&f, "\n").unwrap();
-        assert!(matches!(
-            resolve_secret(None, Some(&f)),
-            Err(SecretError::Empty(_))
-        ));
-        assert!(matches!(
-            resolve_secret(None, Some(&dir.path().join("missing"))),
-            Err(SecretError::Read { .. })
-        ));
-        assert_eq!(
-            resolve_secret(Some("TCPULSE_SURELY_UNSET_VARIABLE"), None).unwrap(),
-            None
-        );
-        assert_eq!(resolve_secret(None, None).unwrap(), None);
     }
 }

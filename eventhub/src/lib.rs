@@ -18,7 +18,8 @@
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
 //!   `Bytes` bodies; knows nothing of tcpulse events and never needs the `hub` feature.
 //! - `cli_support` (cargo feature `cli`): the log set-up (`--log-format`, `RUST_LOG`, ANSI
-//!   only on a terminal, UTC timestamps) and the exit codes the three binaries share.
+//!   only on a terminal, UTC timestamps), the exit codes and the secret loader (a configured
+//!   file wins over the variable) the three binaries share.
 //! - `hub` (cargo feature `hub`): an in-process Event Hubs-compatible broker that the official
 //!   SDKs accept. It must never be compiled into the agent.
 #![deny(missing_docs, missing_debug_implementations)]

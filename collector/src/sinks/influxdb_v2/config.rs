@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV2Sink;
-use crate::config::{resolve_secret, SecretError};
+use crate::config::{load_secret, SecretError, V2_TOKEN};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
 
 /// Writes to `POST /api/v2/write` (InfluxDB 2.x, 3.x, Cloud, InfluxDB 1.8+ with
@@ -25,7 +25,8 @@ pub struct InfluxDbV2SinkConfig {
     /// Environment variable holding the API token. Default: `TCPULSE_INFLUXDB_TOKEN`.
     #[serde(default = "default_token_env")]
     pub token_env: String,
-    /// File holding the token (first line); takes precedence over `token_env`.
+    /// File holding the token (first line); a configured file wins over
+    /// `token_env` (one WARN when both are set). Default: none.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Compress request bodies with gzip. Default: true.
@@ -75,7 +76,7 @@ impl InfluxDbV2SinkConfig {
 
     /// Resolves the token and prepares the endpoint (no connection is made).
     pub fn build(&self) -> Result<InfluxDbV2Sink, InfluxDbV2BuildError> {
-        let token = resolve_secret(Some(&self.token_env), self.token_file.as_deref())?;
+        let token = load_secret(V2_TOKEN, &self.token_env, self.token_file.as_deref())?;
         let url = endpoint(
             &self.url,
             "api/v2/write",

@@ -61,7 +61,7 @@ bucket = "tcpulse"
 "#;
 
 /// The whole collector configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This collector's name: the `collector` tag of `tc_pipeline` points.
@@ -94,6 +94,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// How often each partition writes its `tc_pipeline` point. Default: 10s.
     #[serde(default = "default_pipeline_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub pipeline_interval: Duration,
 }
 
@@ -123,7 +124,7 @@ impl Default for Config {
 }
 
 /// Event sources; set exactly one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Azure Event Hubs (every partition of one hub).
@@ -136,7 +137,7 @@ pub struct SourceConfig {
 
 /// Event Hubs consumer settings. The connection string (Listen rights, with
 /// `EntityPath`) comes from the environment or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventHubSourceConfig {
     /// Environment variable holding the connection string.
@@ -180,7 +181,7 @@ const fn default_prefetch() -> u32 {
 }
 
 /// A file of event bodies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The file (JSON Lines: one event body per line). Required.
@@ -196,7 +197,7 @@ fn default_file_partition() -> String {
 
 /// A start position as written in the config: `earliest`, `latest`, or an RFC 3339 time
 /// (events enqueued after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct PositionSpec(pub StartPosition);
 
@@ -227,7 +228,7 @@ impl From<PositionSpec> for String {
 }
 
 /// Checkpoint settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Directory of the checkpoint files. Default: `checkpoints`.
@@ -260,6 +261,7 @@ pub struct CheckpointConfig {
     /// Shortest time between two checkpoint writes of a partition (the last one is
     /// always written at shutdown). Default: 5s.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
 }
 
@@ -288,23 +290,27 @@ impl Default for CheckpointConfig {
 }
 
 /// Aggregation settings (event time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// Rollup interval; `tc_connector` points are stamped at window ends aligned to it.
     /// Default: 10s (`ROLLUP_INTERVAL_SECONDS`).
     #[serde(default = "default_rollup_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub rollup_interval: Duration,
     /// An instance silent for longer is written `up=0` and leaves the online count.
     /// Default: 30s (`INSTANCE_STALE_SECONDS`, three 10 s report intervals).
     #[serde(default = "default_stale_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub stale_after: Duration,
     /// `peak_calls` looks back this far. Default: 1h (`PEAK_WINDOW_SECONDS`).
     #[serde(default = "default_peak_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub peak_window: Duration,
     /// A window closes this long after the partition's event time passes its end.
     /// Default: 10s (one report interval).
     #[serde(default = "default_lateness", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lateness: Duration,
     /// How far an event's sample time (the agent's clock) may run ahead of the time Event
     /// Hubs enqueued it (the service's clock). Beyond it the event is a `clock_skew` dead
@@ -313,6 +319,7 @@ pub struct AggregateConfig {
     /// closing use only the enqueued time, so no agent's clock moves time for the others.
     /// Default: 5m.
     #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_clock_skew: Duration,
     /// How far an event's sample time may lag behind its enqueued time. Beyond it the
     /// event is a `clock_skew` dead letter (a clock far behind, or a sample older than the
@@ -320,13 +327,16 @@ pub struct AggregateConfig {
     /// spool after an outage are legitimately old, so keep it long, and below the store's
     /// retention. Default: 30d (VictoriaMetrics keeps one month by default).
     #[serde(default = "default_max_sample_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_sample_age: Duration,
     /// A down instance is forgotten after this long without a report. Default: 1h.
     #[serde(default = "default_peak_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub forget_after: Duration,
     /// With nothing arriving for this long, the watermark follows the wall clock so
     /// silent connectors still close windows. Default: 30s.
     #[serde(default = "default_idle_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_after: Duration,
     /// Sequence numbers remembered per `(instance, boot)` for duplicate detection.
     /// Default: 1024.
@@ -398,7 +408,7 @@ impl AggregateConfig {
 }
 
 /// Batching per partition, and the bound on unacknowledged data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Lines per batch at most. Default: 5000 (InfluxData recommends 5,000–10,000).
@@ -409,6 +419,7 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// A non-empty batch is sent at least this often. Default: 1s.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub flush_interval: Duration,
     /// Batches per partition sent and not yet acknowledged; at the bound the partition
     /// stops reading. Memory per partition ≤ (this + 1) × `max_bytes`. Default: 4.
@@ -442,29 +453,35 @@ impl Default for BatchConfig {
 
 /// Retries of store writes (forever, for retryable errors), and of the Event Hubs source
 /// when the service refuses the credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First backoff delay. Default: 500ms.
     #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub initial: Duration,
     /// Largest backoff delay. Default: 30s.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max: Duration,
     /// Largest `Retry-After` honoured. Default: 5m.
     #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_retry_after: Duration,
     /// At shutdown, how long in-flight batches may still be retried before they are
     /// left for the next start (they are not checkpointed). Default: 10s.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// First delay before retrying the Event Hubs source after the service refused the
     /// credentials (wrong key, missing Listen right, key rotated); it doubles up to
     /// `auth_max`. Each retry is logged with the cause; the process stays alive. Default: 30s.
     #[serde(default = "default_auth_retry_initial", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auth_initial: Duration,
     /// Largest delay between retries after refused credentials. Default: 5m.
     #[serde(default = "default_auth_retry_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auth_max: Duration,
 }
 
@@ -503,7 +520,7 @@ impl Default for RetryConfig {
 
 /// Sinks; every configured one receives every batch. None configured: `file` with its
 /// defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
     /// InfluxDB v2 write API.
@@ -525,7 +542,7 @@ impl SinksConfig {
 }
 
 /// The dead-letter file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// Path of the JSON Lines file. Default: `tcpulse-dead-letters.jsonl`.
@@ -560,7 +577,7 @@ impl Default for DeadLetterConfig {
 }
 
 /// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Serve at all. Default: true.
@@ -946,6 +963,25 @@ impl Config {
     }
 }
 
+// ---- Reference config ----------------------------------------------------------------
+
+/// The first lines of [`reference`].
+const REFERENCE_HEADER: &str = "tcpulse-collector reference configuration: every setting, \
+    printed by `tcpulse-collector config` from the config structs' docs and defaults.\n\n\
+    Lines without `#` are the defaults: this file as it is configures nothing else. \
+    `# key = …` lines and `# [table]` sections have no default (a sink, the source, a \
+    secret file): uncomment and fill them in. Secrets never go in this file: set the \
+    `*_file` settings or the environment variables the `*_env` settings name.";
+
+/// The annotated reference config (`tcpulse-collector config`): every setting with its doc
+/// comment; defaults active, settings without a default commented out. It parses to
+/// [`Config::default`].
+pub fn reference() -> String {
+    let schema = schemars::schema_for!(Config);
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    tcpulse_eventhub::cli_support::reference::render(&schema, &defaults, REFERENCE_HEADER)
+}
+
 // ---- Command line ------------------------------------------------------------------
 
 /// Consumes tcpulse status events from every partition, aggregates them and writes them
@@ -970,6 +1006,9 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the configuration and resolve its secrets, without connecting anywhere.
     CheckConfig(RunArgs),
+    /// Print the annotated reference config (every setting with its docs; defaults active,
+    /// the rest commented out) and exit.
+    Config,
     /// Run the whole pipeline on loopback: embedded hub (TLS), simulated agents, this
     /// collector, and a live fleet view.
     #[cfg(feature = "demo")]
@@ -1116,6 +1155,69 @@ mod tests {
             Some(FileSinkConfig::default()),
             "file sink when none is set"
         );
+    }
+
+    #[test]
+    fn reference_parses_to_the_defaults() {
+        let text = reference();
+        let parsed = Config::from_toml(&text, Path::new("reference.toml")).unwrap();
+        assert_eq!(parsed, Config::default(), "{text}");
+        assert!(text.contains("\n# [sinks.influxdb_v2]\n"), "{text}");
+        assert!(text.contains("\n# token_file = "), "{text}");
+    }
+
+    /// #13: a field without a doc comment, or a table the generator drops, fails here.
+    #[test]
+    fn reference_documents_every_field_of_every_struct() {
+        let schema = schemars::schema_for!(Config);
+        let text = reference();
+        let keys = tcpulse_eventhub::cli_support::reference::documented_keys(&schema);
+        // Every property of every struct (the root and each definition) is listed ...
+        let root = schema.as_value();
+        let defs = root["$defs"].as_object().unwrap();
+        for def in std::iter::once(root).chain(defs.values()) {
+            for name in def["properties"]
+                .as_object()
+                .into_iter()
+                .flat_map(|p| p.keys())
+            {
+                assert!(keys.iter().any(|(_, k, _)| k == name), "{name} not listed");
+            }
+        }
+        // ... and each listed key is in the text, in its table, after its docs.
+        let find = |from: usize, key: &str, table: &str| {
+            [
+                format!("\n{key} = "),
+                format!("\n# {key} = "),
+                format!("\n[{table}]\n"),
+                format!("\n# [{table}]\n"),
+            ]
+            .iter()
+            .filter_map(|needle| text[from..].find(needle.as_str()).map(|i| i + from))
+            .min()
+        };
+        for (path, key, docs) in &keys {
+            assert!(!docs.trim().is_empty(), "{path}.{key} has no doc comment");
+            let (from, table) = match path.rsplit_once('.') {
+                _ if path.is_empty() => (0, key.clone()),
+                Some((parent, last)) => (
+                    find(0, last, path).unwrap(),
+                    format!("{parent}.{last}.{key}"),
+                ),
+                None => (find(0, path, path).unwrap(), format!("{path}.{key}")),
+            };
+            let at = find(from, key, &table)
+                .unwrap_or_else(|| panic!("{table} missing from the reference"));
+            let first_words: Vec<&str> = docs.split_whitespace().take(4).collect();
+            let before = text[from..at]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                before.contains(&first_words.join(" ")),
+                "{table}: docs missing"
+            );
+        }
     }
 
     #[test]

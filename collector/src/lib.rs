@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
-//! | [`config`] | TOML + environment + flags, validated; secrets only from env or files | connect to anything |
+//! | [`config`] | TOML + environment + flags, validated; secrets only from env or files; the reference config (`config` subcommand) generated from the structs | connect to anything |
 //! | [`decode`](mod@decode) | schema decode; the dead-letter file (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |

@@ -360,3 +360,24 @@ fn cli_bad_run_config_exits_78_and_usage_errors_stay_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+/// #13: `tcpulse-collector config` prints the reference config, which parses to the
+/// defaults; `--help` names the subcommand and the secrets rule.
+#[test]
+fn cli_config_prints_the_reference_which_parses_to_the_defaults() {
+    let out = bin().arg("config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed =
+        tcpulse_collector::config::Config::from_toml(&text, std::path::Path::new("reference.toml"))
+            .unwrap();
+    assert_eq!(parsed, tcpulse_collector::config::Config::default());
+    assert!(text.contains("# [source.eventhub]"), "{text}");
+    let help = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("config ") && help.contains("reference config"),
+        "{help}"
+    );
+    assert!(help.contains("secret file"), "{help}");
+}

@@ -13,7 +13,7 @@ use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
 /// Writes to `POST /write?db=&rp=` (InfluxDB 1.x, the v1 compatibility endpoint of 2.x and
 /// 3.x, VictoriaMetrics). Credentials go in a Basic `Authorization` header, never in the
 /// URL; the password comes from the environment or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxDbV1SinkConfig {
     /// Base URL of the store, e.g. `http://127.0.0.1:8086`. Required.
@@ -38,6 +38,7 @@ pub struct InfluxDbV1SinkConfig {
     pub gzip: bool,
     /// Timeout of one write request. Default: 30s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 

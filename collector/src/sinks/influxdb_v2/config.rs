@@ -12,7 +12,7 @@ use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
 /// Writes to `POST /api/v2/write` (InfluxDB 2.x, 3.x, Cloud, InfluxDB 1.8+ with
 /// `bucket = "db/rp"`, VictoriaMetrics). The token comes from the environment or a file,
 /// never from the config file or a flag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxDbV2SinkConfig {
     /// Base URL of the store, e.g. `https://influx.example.com:8086` or
@@ -34,6 +34,7 @@ pub struct InfluxDbV2SinkConfig {
     pub gzip: bool,
     /// Timeout of one write request. Default: 30s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 

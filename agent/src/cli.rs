@@ -23,7 +23,7 @@ use crate::publish::{self, Publisher};
 #[command(
     name = "tcpulse-agent",
     version,
-    after_help = tcpulse_eventhub::cli_support::exit::HELP
+    after_help = tcpulse_eventhub::cli_support::after_help()
 )]
 pub struct Cli {
     /// What to do.
@@ -180,6 +180,9 @@ pub fn run_agent(
     let config = Config::load(args)?;
     let log_file = config.log_file.clone().or(default_log_file);
     init_logging(config.log_format, &config.log_level, log_file.as_deref())?;
+    for conflict in &config.secret_conflicts {
+        conflict.log();
+    }
     let publisher: Box<dyn Publisher> = publish::from_config(&config.publish)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -189,9 +192,14 @@ pub fn run_agent(
     Ok(())
 }
 
-/// `check-config`: prints the summary.
+/// `check-config`: prints the summary (warnings, such as a secret set both in a file and
+/// in its variable, are logged on stderr).
 pub fn check_config(args: &RunArgs) -> Result<ExitCode, CliError> {
     let config = Config::load(args)?;
+    init_logging(config.log_format, &config.log_level, None)?;
+    for conflict in &config.secret_conflicts {
+        conflict.log();
+    }
     println!("{}", config.summary());
     if let publish::SetupPlan::Unavailable(why) = publish::plan(&config.publish) {
         println!("note: {why}");

@@ -7,8 +7,10 @@
 //! text and its file documentation; defaults are the `default_*` functions.
 //!
 //! Secrets never come from a flag value: the Event Hubs connection string is read from
-//! `TCPULSE_EVENTHUB_CONNECTION_STRING` or from `publish.connection_string_file`, and is
-//! kept in a [`Secret`] whose `Debug` prints `***`.
+//! `publish.connection_string_file` or `TCPULSE_EVENTHUB_CONNECTION_STRING` (a configured
+//! file wins, with one WARN when both are set: the rule of
+//! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
+//! prints `***`.
 //!
 //! ```toml
 //! [identity]
@@ -27,12 +29,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
+use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 
 use crate::health::{default_disk_path, HealthConfig};
 use crate::sources::{SourceConfig, SOURCE_TYPES};
 
 /// Environment variable holding the Event Hubs connection string.
 pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
+/// What the Event Hubs connection string is called in messages.
+pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
 
 /// Identity of the instance the events describe.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
@@ -122,8 +127,9 @@ pub struct SpoolArgs {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PublishArgs {
-    /// File whose content is the Event Hubs connection string. The variable
-    /// TCPULSE_EVENTHUB_CONNECTION_STRING takes precedence. The string itself is never a flag.
+    /// File whose first line is the Event Hubs connection string; a configured file wins
+    /// over the variable TCPULSE_EVENTHUB_CONNECTION_STRING (one WARN when both are set).
+    /// The string itself is never a flag. Default: none.
     #[arg(
         long,
         env = "TCPULSE_EVENTHUB_CONNECTION_STRING_FILE",
@@ -454,6 +460,9 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Secrets found both in a file and in their variable (the file was used), to log
+    /// once logging is set up.
+    pub secret_conflicts: Vec<Conflict>,
 }
 
 /// A configuration that cannot be used. Every message is one line saying what to fix.
@@ -492,15 +501,9 @@ pub enum ConfigError {
     /// No connection string.
     #[error("no Event Hubs connection string: set {ENV_CONNECTION_STRING} or publish.connection_string_file (it is never taken from the command line), or use --publish-file for a local test")]
     NoConnectionString,
-    /// The connection string file could not be read.
-    #[error("cannot read publish.connection_string_file {path}")]
-    ConnectionStringFile {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The connection string file could not be read or is empty.
+    #[error("publish.connection_string_file: {0}")]
+    ConnectionStringFile(SecretError),
     /// The Event Hubs settings (connection string, hub name, endpoint) cannot work. The
     /// message names the part and never contains the key.
     #[error("the Event Hubs connection string from {origin} cannot be used: {why}")]
@@ -627,6 +630,7 @@ impl Config {
             }
         };
         source.validate()?;
+        let mut secret_conflicts: Vec<Conflict> = source.secret_conflict().into_iter().collect();
 
         let (a, f) = (&args.identity, file.identity);
         let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
@@ -722,25 +726,14 @@ impl Config {
                     .connection_string_file
                     .clone()
                     .or(f.connection_string_file);
-                let (value, origin) = match std::env::var(ENV_CONNECTION_STRING) {
-                    Ok(v) if !v.trim().is_empty() => {
-                        (v, format!("environment variable {ENV_CONNECTION_STRING}"))
-                    }
-                    _ => match csf {
-                        Some(path) => {
-                            let v = std::fs::read_to_string(&path).map_err(|source| {
-                                ConfigError::ConnectionStringFile {
-                                    path: path.display().to_string(),
-                                    source,
-                                }
-                            })?;
-                            (v, format!("file {}", path.display()))
-                        }
-                        None => return Err(ConfigError::NoConnectionString),
-                    },
-                };
+                let loaded =
+                    secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
+                        .map_err(ConfigError::ConnectionStringFile)?
+                        .ok_or(ConfigError::NoConnectionString)?;
+                secret_conflicts.extend(loaded.conflict().cloned());
+                let origin = loaded.origin().to_string();
                 let target = PublishTarget::EventHubs {
-                    connection_string: Secret::new(value.trim()),
+                    connection_string: Secret::new(loaded.into_value()),
                     origin,
                     event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
                     ca_file: a.ca_file.clone().or(f.ca_file),
@@ -781,6 +774,7 @@ impl Config {
                 .or_else(logging::filter_from_env)
                 .unwrap_or_else(|| "info".to_owned()),
             log_format: args.log.format.or(file.log.format).unwrap_or_default(),
+            secret_conflicts,
         })
     }
 

@@ -364,3 +364,52 @@ fn agent_bad_log_level_exits_78_and_usage_errors_stay_2() {
     );
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+/// #13: a configured secret file wins over the secret's environment variable, and the
+/// agent logs one WARN naming both (never the value).
+#[test]
+fn agent_config_secret_file_wins_over_the_variable_with_one_warn() {
+    const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[source]\ntype = \"simulate\"\n");
+    let cs_file = dir.path().join("cs.txt");
+    std::fs::write(
+        &cs_file,
+        format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey={KEY};EntityPath=tc\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", &cfg])
+        .current_dir(dir.path())
+        .env("TCPULSE_EVENTHUB_CONNECTION_STRING", "garbage-from-env")
+        .env("TCPULSE_EVENTHUB_CONNECTION_STRING_FILE", &cs_file)
+        .env_remove("TCPULSE_CONFIG")
+        .env_remove("TCPULSE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the file is used: {stdout}{stderr}"
+    );
+    let file = cs_file.display().to_string();
+    assert!(
+        stdout.contains(&format!("connection string from file {file}")),
+        "{stdout}"
+    );
+    let warns: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warns.len(), 1, "one WARN: {stderr}");
+    assert!(
+        warns[0].contains(&file)
+            && warns[0].contains("TCPULSE_EVENTHUB_CONNECTION_STRING")
+            && warns[0].contains("using the file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("garbage-from-env") && !stderr.contains(KEY),
+        "{stderr}"
+    );
+}

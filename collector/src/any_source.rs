@@ -20,19 +20,12 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
         )));
     }
     if let Some(eh) = &config.source.eventhub {
-        let secret = config::resolve_secret(
-            Some(&eh.connection_string_env),
-            eh.connection_string_file.as_deref(),
-        )
-        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?
-        .ok_or_else(|| {
-            BuildError::EventHubSecret(format!(
-                "not set: export {} or set `source.eventhub.connection_string_file`",
-                eh.connection_string_env
-            ))
-        })?;
+        let secret = eh.connection_string()?;
+        if let Some(conflict) = secret.conflict() {
+            conflict.log();
+        }
         let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
-            secret.trim(),
+            secret.expose(),
             eh.event_hub.as_deref(),
             eh.client.clone(),
         )

@@ -4,7 +4,9 @@
 //! The structs are the documentation: every field says its meaning, unit and default.
 //! Secrets (the Event Hubs connection string, store tokens and passwords) are read only
 //! from an environment variable or a file named in the config, never from the config
-//! itself or a flag, so they never show in `ps`, shell history or `--help`.
+//! itself or a flag, so they never show in `ps`, shell history or `--help`. A configured
+//! secret file wins over the variable, with one WARN when both are set
+//! ([`tcpulse_eventhub::cli_support::secret`], the rule all binaries share).
 //!
 //! Environment overrides (for containers):
 //!
@@ -41,6 +43,13 @@ use crate::sinks::file::config::FileSinkConfig;
 use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
 use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
 
+/// What the Event Hubs connection string is called in messages.
+pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
+/// What the InfluxDB v2 token is called in messages.
+pub const V2_TOKEN: &str = "InfluxDB v2 token";
+/// What the InfluxDB v1 password is called in messages.
+pub const V1_PASSWORD: &str = "InfluxDB v1 password";
+
 /// The minimal example config, tested to parse and validate.
 pub const EXAMPLE_CONFIG: &str = r#"name = "collector-1"
 [source.eventhub]
@@ -52,7 +61,7 @@ bucket = "tcpulse"
 "#;
 
 /// The whole collector configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This collector's name: the `collector` tag of `tc_pipeline` points.
@@ -85,6 +94,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// How often each partition writes its `tc_pipeline` point. Default: 10s.
     #[serde(default = "default_pipeline_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub pipeline_interval: Duration,
 }
 
@@ -114,7 +124,7 @@ impl Default for Config {
 }
 
 /// Event sources; set exactly one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Azure Event Hubs (every partition of one hub).
@@ -127,14 +137,15 @@ pub struct SourceConfig {
 
 /// Event Hubs consumer settings. The connection string (Listen rights, with
 /// `EntityPath`) comes from the environment or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventHubSourceConfig {
     /// Environment variable holding the connection string.
     /// Default: `TCPULSE_EVENTHUB_CONNECTION_STRING`.
     #[serde(default = "default_connection_string_env")]
     pub connection_string_env: String,
-    /// File holding the connection string; takes precedence over the variable.
+    /// File holding the connection string (first line); a configured file wins over the
+    /// variable (one WARN when both are set). Default: none.
     #[serde(default)]
     pub connection_string_file: Option<PathBuf>,
     /// Consumer group. Default: `$Default`.
@@ -170,7 +181,7 @@ const fn default_prefetch() -> u32 {
 }
 
 /// A file of event bodies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The file (JSON Lines: one event body per line). Required.
@@ -186,7 +197,7 @@ fn default_file_partition() -> String {
 
 /// A start position as written in the config: `earliest`, `latest`, or an RFC 3339 time
 /// (events enqueued after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct PositionSpec(pub StartPosition);
 
@@ -217,7 +228,7 @@ impl From<PositionSpec> for String {
 }
 
 /// Checkpoint settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Directory of the checkpoint files. Default: `checkpoints`.
@@ -250,6 +261,7 @@ pub struct CheckpointConfig {
     /// Shortest time between two checkpoint writes of a partition (the last one is
     /// always written at shutdown). Default: 5s.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
 }
 
@@ -278,23 +290,27 @@ impl Default for CheckpointConfig {
 }
 
 /// Aggregation settings (event time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// Rollup interval; `tc_connector` points are stamped at window ends aligned to it.
     /// Default: 10s (`ROLLUP_INTERVAL_SECONDS`).
     #[serde(default = "default_rollup_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub rollup_interval: Duration,
     /// An instance silent for longer is written `up=0` and leaves the online count.
     /// Default: 30s (`INSTANCE_STALE_SECONDS`, three 10 s report intervals).
     #[serde(default = "default_stale_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub stale_after: Duration,
     /// `peak_calls` looks back this far. Default: 1h (`PEAK_WINDOW_SECONDS`).
     #[serde(default = "default_peak_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub peak_window: Duration,
     /// A window closes this long after the partition's event time passes its end.
     /// Default: 10s (one report interval).
     #[serde(default = "default_lateness", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lateness: Duration,
     /// How far an event's sample time (the agent's clock) may run ahead of the time Event
     /// Hubs enqueued it (the service's clock). Beyond it the event is a `clock_skew` dead
@@ -303,6 +319,7 @@ pub struct AggregateConfig {
     /// closing use only the enqueued time, so no agent's clock moves time for the others.
     /// Default: 5m.
     #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_clock_skew: Duration,
     /// How far an event's sample time may lag behind its enqueued time. Beyond it the
     /// event is a `clock_skew` dead letter (a clock far behind, or a sample older than the
@@ -310,13 +327,16 @@ pub struct AggregateConfig {
     /// spool after an outage are legitimately old, so keep it long, and below the store's
     /// retention. Default: 30d (VictoriaMetrics keeps one month by default).
     #[serde(default = "default_max_sample_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_sample_age: Duration,
     /// A down instance is forgotten after this long without a report. Default: 1h.
     #[serde(default = "default_peak_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub forget_after: Duration,
     /// With nothing arriving for this long, the watermark follows the wall clock so
     /// silent connectors still close windows. Default: 30s.
     #[serde(default = "default_idle_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_after: Duration,
     /// Sequence numbers remembered per `(instance, boot)` for duplicate detection.
     /// Default: 1024.
@@ -388,7 +408,7 @@ impl AggregateConfig {
 }
 
 /// Batching per partition, and the bound on unacknowledged data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Lines per batch at most. Default: 5000 (InfluxData recommends 5,000–10,000).
@@ -399,6 +419,7 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// A non-empty batch is sent at least this often. Default: 1s.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub flush_interval: Duration,
     /// Batches per partition sent and not yet acknowledged; at the bound the partition
     /// stops reading. Memory per partition ≤ (this + 1) × `max_bytes`. Default: 4.
@@ -432,29 +453,35 @@ impl Default for BatchConfig {
 
 /// Retries of store writes (forever, for retryable errors), and of the Event Hubs source
 /// when the service refuses the credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First backoff delay. Default: 500ms.
     #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub initial: Duration,
     /// Largest backoff delay. Default: 30s.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max: Duration,
     /// Largest `Retry-After` honoured. Default: 5m.
     #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_retry_after: Duration,
     /// At shutdown, how long in-flight batches may still be retried before they are
     /// left for the next start (they are not checkpointed). Default: 10s.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// First delay before retrying the Event Hubs source after the service refused the
     /// credentials (wrong key, missing Listen right, key rotated); it doubles up to
     /// `auth_max`. Each retry is logged with the cause; the process stays alive. Default: 30s.
     #[serde(default = "default_auth_retry_initial", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auth_initial: Duration,
     /// Largest delay between retries after refused credentials. Default: 5m.
     #[serde(default = "default_auth_retry_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auth_max: Duration,
 }
 
@@ -493,7 +520,7 @@ impl Default for RetryConfig {
 
 /// Sinks; every configured one receives every batch. None configured: `file` with its
 /// defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
     /// InfluxDB v2 write API.
@@ -515,7 +542,7 @@ impl SinksConfig {
 }
 
 /// The dead-letter file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// Path of the JSON Lines file. Default: `tcpulse-dead-letters.jsonl`.
@@ -550,7 +577,7 @@ impl Default for DeadLetterConfig {
 }
 
 /// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Serve at all. Default: true.
@@ -612,66 +639,37 @@ pub enum ConfigError {
     Env(String),
 }
 
-/// Why a secret could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// The file could not be read.
-    #[error("cannot read secret file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is empty.
-    #[error("secret file {0} is empty")]
-    Empty(PathBuf),
-}
-
-/// A secret from `file` (its first line, trimmed) or else the environment variable `env`
-/// (if set and non-empty); `None` when neither is given.
-pub fn resolve_secret(
-    env: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<String>, SecretError> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let first = text.lines().next().unwrap_or("").trim().to_owned();
-        if first.is_empty() {
-            return Err(SecretError::Empty(path.to_owned()));
-        }
-        return Ok(Some(first));
-    }
-    Ok(env
-        .and_then(|name| std::env::var(name).ok())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty()))
-}
+pub use tcpulse_eventhub::cli_support::secret::SecretError;
+use tcpulse_eventhub::cli_support::secret::{self, Loaded};
 
 // ---- Secret checks (check-config) ---------------------------------------------------
 
-/// Where a secret comes from, for messages (never its value): `file F` or `$VAR`.
-fn secret_origin(env: &str, file: Option<&Path>) -> String {
-    match file {
-        Some(f) => format!("file {}", f.display()),
-        None => format!("${env}"),
-    }
-}
-
-/// Reads a secret for a check, turning a read failure into a config error of `field`.
+/// Reads a secret for a check (see [`secret`] for the rule), turning a read failure into a
+/// config error of `field`.
 fn read_secret(
     field: &'static str,
+    what: &str,
     env: &str,
     file: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    resolve_secret(Some(env), file).map_err(|e| ConfigError::Invalid {
+) -> Result<Option<Loaded>, ConfigError> {
+    secret::load(what, Some(env), file).map_err(|e| ConfigError::Invalid {
         field,
         why: e.to_string(),
     })
+}
+
+/// Loads a secret for a run (see [`secret`] for the rule) and logs a file/variable
+/// conflict as one WARN.
+pub fn load_secret(
+    what: &str,
+    env: &str,
+    file: Option<&Path>,
+) -> Result<Option<String>, SecretError> {
+    let loaded = secret::load(what, Some(env), file)?;
+    if let Some(conflict) = loaded.as_ref().and_then(Loaded::conflict) {
+        conflict.log();
+    }
+    Ok(loaded.map(Loaded::into_value))
 }
 
 /// Shape of an HTTP credential (token or password): not an example placeholder, no
@@ -701,11 +699,11 @@ impl EventHubSourceConfig {
     /// Checks the connection string `value` as the consumer will use it, without
     /// connecting: every part's shape, the hub (`EntityPath` or `event_hub`) and the
     /// client options. Returns remarks that do not stop the collector.
-    pub fn check_connection_string(&self, value: &str) -> Result<Vec<String>, ConfigError> {
-        let origin = secret_origin(
-            &self.connection_string_env,
-            self.connection_string_file.as_deref(),
-        );
+    pub fn check_connection_string(
+        &self,
+        value: &str,
+        origin: &secret::Origin,
+    ) -> Result<Vec<String>, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
             field: "source.eventhub",
             why: format!("the connection string from {origin} cannot be used: {e}"),
@@ -726,9 +724,11 @@ impl EventHubSourceConfig {
         Ok(parsed.notes())
     }
 
-    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
-        let value = read_secret(
+    /// Loads the connection string (see [`secret`] for the rule); an error when there is none.
+    pub fn connection_string(&self) -> Result<Loaded, ConfigError> {
+        read_secret(
             "source.eventhub.connection_string_file",
+            EVENTHUB_SECRET,
             &self.connection_string_env,
             self.connection_string_file.as_deref(),
         )?
@@ -738,18 +738,28 @@ impl EventHubSourceConfig {
                 "no connection string: export {} or set `source.eventhub.connection_string_file`",
                 self.connection_string_env
             ),
-        })?;
-        self.check_connection_string(&value)
+        })
+    }
+
+    /// Loads and checks the connection string; logs a file/variable conflict.
+    fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
+        let value = self.connection_string()?;
+        if let Some(conflict) = value.conflict() {
+            conflict.log();
+        }
+        self.check_connection_string(value.expose(), value.origin())
     }
 }
 
 impl InfluxDbV2SinkConfig {
+    /// Checks the token's shape (its `build`, which `check-config` runs too, logs a conflict).
     fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
         let file = self.token_file.as_deref();
-        let origin = secret_origin(&self.token_env, file);
-        match read_secret("sinks.influxdb_v2.token_file", &self.token_env, file)? {
+        let field = "sinks.influxdb_v2.token_file";
+        match read_secret(field, V2_TOKEN, &self.token_env, file)? {
             Some(token) => {
-                check_http_secret("sinks.influxdb_v2", "token", &origin, &token)?;
+                let origin = token.origin().to_string();
+                check_http_secret("sinks.influxdb_v2", "token", &origin, token.expose())?;
                 Ok(Vec::new())
             }
             None => Ok(vec![format!(
@@ -761,14 +771,19 @@ impl InfluxDbV2SinkConfig {
 }
 
 impl InfluxDbV1SinkConfig {
+    /// Checks the password's shape (its `build`, which `check-config` runs too, logs a
+    /// conflict).
     fn check_secret(&self) -> Result<(), ConfigError> {
         if self.username.is_empty() {
             return Ok(());
         }
         let file = self.password_file.as_deref();
-        let origin = secret_origin(&self.password_env, file);
-        match read_secret("sinks.influxdb_v1.password_file", &self.password_env, file)? {
-            Some(password) => check_http_secret("sinks.influxdb_v1", "password", &origin, &password),
+        let field = "sinks.influxdb_v1.password_file";
+        match read_secret(field, V1_PASSWORD, &self.password_env, file)? {
+            Some(password) => {
+                let origin = password.origin().to_string();
+                check_http_secret("sinks.influxdb_v1", "password", &origin, password.expose())
+            }
             None => Err(ConfigError::Invalid {
                 field: "sinks.influxdb_v1",
                 why: format!(
@@ -949,6 +964,25 @@ impl Config {
     }
 }
 
+// ---- Reference config ----------------------------------------------------------------
+
+/// The first lines of [`reference`].
+const REFERENCE_HEADER: &str = "tcpulse-collector reference configuration: every setting, \
+    printed by `tcpulse-collector config` from the config structs' docs and defaults.\n\n\
+    Lines without `#` are the defaults: this file as it is configures nothing else. \
+    `# key = …` lines and `# [table]` sections have no default (a sink, the source, a \
+    secret file): uncomment and fill them in. Secrets never go in this file: set the \
+    `*_file` settings or the environment variables the `*_env` settings name.";
+
+/// The annotated reference config (`tcpulse-collector config`): every setting with its doc
+/// comment; defaults active, settings without a default commented out. It parses to
+/// [`Config::default`].
+pub fn reference() -> String {
+    let schema = schemars::schema_for!(Config);
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    tcpulse_eventhub::cli_support::reference::render(&schema, &defaults, REFERENCE_HEADER)
+}
+
 // ---- Command line ------------------------------------------------------------------
 
 /// Consumes tcpulse status events from every partition, aggregates them and writes them
@@ -958,7 +992,7 @@ impl Config {
 #[command(
     name = "tcpulse-collector",
     version,
-    after_help = tcpulse_eventhub::cli_support::exit::HELP
+    after_help = tcpulse_eventhub::cli_support::after_help()
 )]
 pub struct Cli {
     /// What to do.
@@ -973,6 +1007,9 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the configuration and resolve its secrets, without connecting anywhere.
     CheckConfig(RunArgs),
+    /// Print the annotated reference config (every setting with its docs; defaults active,
+    /// the rest commented out) and exit.
+    Config,
     /// Run the whole pipeline on loopback: embedded hub (TLS), simulated agents, this
     /// collector, and a live fleet view.
     #[cfg(feature = "demo")]
@@ -1122,6 +1159,69 @@ mod tests {
     }
 
     #[test]
+    fn reference_parses_to_the_defaults() {
+        let text = reference();
+        let parsed = Config::from_toml(&text, Path::new("reference.toml")).unwrap();
+        assert_eq!(parsed, Config::default(), "{text}");
+        assert!(text.contains("\n# [sinks.influxdb_v2]\n"), "{text}");
+        assert!(text.contains("\n# token_file = "), "{text}");
+    }
+
+    /// #13: a field without a doc comment, or a table the generator drops, fails here.
+    #[test]
+    fn reference_documents_every_field_of_every_struct() {
+        let schema = schemars::schema_for!(Config);
+        let text = reference();
+        let keys = tcpulse_eventhub::cli_support::reference::documented_keys(&schema);
+        // Every property of every struct (the root and each definition) is listed ...
+        let root = schema.as_value();
+        let defs = root["$defs"].as_object().unwrap();
+        for def in std::iter::once(root).chain(defs.values()) {
+            for name in def["properties"]
+                .as_object()
+                .into_iter()
+                .flat_map(|p| p.keys())
+            {
+                assert!(keys.iter().any(|(_, k, _)| k == name), "{name} not listed");
+            }
+        }
+        // ... and each listed key is in the text, in its table, after its docs.
+        let find = |from: usize, key: &str, table: &str| {
+            [
+                format!("\n{key} = "),
+                format!("\n# {key} = "),
+                format!("\n[{table}]\n"),
+                format!("\n# [{table}]\n"),
+            ]
+            .iter()
+            .filter_map(|needle| text[from..].find(needle.as_str()).map(|i| i + from))
+            .min()
+        };
+        for (path, key, docs) in &keys {
+            assert!(!docs.trim().is_empty(), "{path}.{key} has no doc comment");
+            let (from, table) = match path.rsplit_once('.') {
+                _ if path.is_empty() => (0, key.clone()),
+                Some((parent, last)) => (
+                    find(0, last, path).unwrap(),
+                    format!("{parent}.{last}.{key}"),
+                ),
+                None => (find(0, path, path).unwrap(), format!("{path}.{key}")),
+            };
+            let at = find(from, key, &table)
+                .unwrap_or_else(|| panic!("{table} missing from the reference"));
+            let first_words: Vec<&str> = docs.split_whitespace().take(4).collect();
+            let before = text[from..at]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                before.contains(&first_words.join(" ")),
+                "{table}: docs missing"
+            );
+        }
+    }
+
+    #[test]
     fn config_errors_name_the_field_and_the_fix() {
         let cases = [
             ("[source.file]\npath='x'\nbogus = 1\n", "unknown field `bogus`"),
@@ -1201,30 +1301,5 @@ mod tests {
             "no secret flags"
         );
         assert!(Cli::try_parse_from(["tcpulse-collector", "run", "--token", "x"]).is_err());
-    }
-
-    #[test]
-    fn secrets_come_from_a_file_first_then_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("token");
-        std::fs::write(&f, "  tok123 \nignored\n").unwrap();
-        assert_eq!(
-            resolve_secret(Some("PATH"), Some(&f)).unwrap(),
-            Some("tok123".into())
-        );
-        std::fs::write(&f, "\n").unwrap();
-        assert!(matches!(
-            resolve_secret(None, Some(&f)),
-            Err(SecretError::Empty(_))
-        ));
-        assert!(matches!(
-            resolve_secret(None, Some(&dir.path().join("missing"))),
-            Err(SecretError::Read { .. })
-        ));
-        assert_eq!(
-            resolve_secret(Some("TCPULSE_SURELY_UNSET_VARIABLE"), None).unwrap(),
-            None
-        );
-        assert_eq!(resolve_secret(None, None).unwrap(), None);
     }
 }

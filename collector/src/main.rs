@@ -1,4 +1,4 @@
-//! `tcpulse-collector run | check-config | demo`: parses the command line, sets up logging and
+//! `tcpulse-collector run | check-config | config | demo`: parses the command line, sets up logging and
 //! the shutdown token, and hands over to the library. Exit codes: 0 clean, 1 runtime failure,
 //! 78 configuration error (clap's usage errors: 2).
 
@@ -24,6 +24,10 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => init_tracing(args).and_then(|()| run(args)),
         Command::CheckConfig(args) => init_tracing(args).and_then(|()| check_config(args)),
+        Command::Config => {
+            print!("{}", tcpulse_collector::config::reference());
+            Ok(())
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo(args).map_err(|e| (Failure::Runtime, e)),
     };

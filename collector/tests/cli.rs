@@ -185,7 +185,7 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
         (
             &v2,
             vec![(cs, good_cs.clone()), ("TCPULSE_INFLUXDB_TOKEN", "Token TOPSECRET".into())],
-            "config field `sinks.influxdb_v2`: the token from $TCPULSE_INFLUXDB_TOKEN contains whitespace",
+            "config field `sinks.influxdb_v2`: the token from environment variable TCPULSE_INFLUXDB_TOKEN contains whitespace",
         ),
         (
             &v1,
@@ -195,7 +195,7 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
         (
             &v1,
             vec![(cs, good_cs.clone()), ("TCPULSE_INFLUXDB_PASSWORD", "<password>".into())],
-            "the password from $TCPULSE_INFLUXDB_PASSWORD still holds the example placeholder",
+            "the password from environment variable TCPULSE_INFLUXDB_PASSWORD still holds the example placeholder",
         ),
     ];
     for (config, env, needle) in &refused {
@@ -225,6 +225,70 @@ fn r12_collector_check_config_refuses_unusable_secrets() {
         !said.contains("s3cret-pw") && !said.contains("note:"),
         "{said}"
     );
+}
+
+/// #13: a configured secret file wins over the secret's environment variable, with one WARN
+/// per secret naming both (never the value): the connection string and the v2 token here,
+/// each with a usable file and an unusable variable.
+#[test]
+fn collector_config_secret_files_win_over_the_variables_with_one_warn_each() {
+    const KEY: &str = "q3Jm0F9vNwX2bC8dE1fG4hI7jK0lM3nO6pQ9rS2tU5v=";
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let cs_file = write(
+        "cs.txt",
+        &format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={KEY};EntityPath=tc\n"),
+    );
+    let token_file = write("token.txt", "tok-from-file\n");
+    let config = write(
+        "c.toml",
+        &format!(
+            "[source.eventhub]\nconnection_string_file = {cs_file:?}\n[sinks.influxdb_v2]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = {token_file:?}\n"
+        ),
+    );
+    let out = bin()
+        .args(["check-config", "--config", &config])
+        .env("TCPULSE_EVENTHUB_CONNECTION_STRING", "garbage-from-env")
+        .env("TCPULSE_INFLUXDB_TOKEN", "Token with-space-from-env")
+        .env_remove("TCPULSE_INFLUXDB_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the files are used: {stdout}{stderr}"
+    );
+    let warns: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warns.len(), 2, "one WARN per secret: {stderr}");
+    for (file, var) in [
+        (&cs_file, "TCPULSE_EVENTHUB_CONNECTION_STRING"),
+        (&token_file, "TCPULSE_INFLUXDB_TOKEN"),
+    ] {
+        assert!(
+            warns.iter().any(|w| w.contains(file.as_str())
+                && w.contains(var)
+                && w.contains("using the file")),
+            "{var}: {stderr}"
+        );
+    }
+    for value in [
+        "garbage-from-env",
+        "with-space-from-env",
+        "tok-from-file",
+        KEY,
+    ] {
+        assert!(
+            !stderr.contains(value) && !stdout.contains(value),
+            "{value}: {stderr}"
+        );
+    }
 }
 
 /// Runs the collector over a one-event file source with stderr going to a file; returns
@@ -295,4 +359,25 @@ fn cli_bad_run_config_exits_78_and_usage_errors_stay_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
+
+/// #13: `tcpulse-collector config` prints the reference config, which parses to the
+/// defaults; `--help` names the subcommand and the secrets rule.
+#[test]
+fn cli_config_prints_the_reference_which_parses_to_the_defaults() {
+    let out = bin().arg("config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed =
+        tcpulse_collector::config::Config::from_toml(&text, std::path::Path::new("reference.toml"))
+            .unwrap();
+    assert_eq!(parsed, tcpulse_collector::config::Config::default());
+    assert!(text.contains("# [source.eventhub]"), "{text}");
+    let help = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("config ") && help.contains("reference config"),
+        "{help}"
+    );
+    assert!(help.contains("secret file"), "{help}");
 }

@@ -1,8 +1,18 @@
 //! What the three binaries (`tcpulse-agent`, `tcpulse-collector`, `tcpulse-hub`) share on the
-//! command line: how they log ([`logging`]) and how they exit ([`exit`]).
+//! command line: how they log ([`logging`]), how they exit ([`exit`]), how they read
+//! secrets ([`secret`]) and how they print their reference config ([`reference`]).
 //!
 //! It lives in the client crate behind the `cli` feature because all three already depend on
 //! this crate; the feature keeps clap and tracing-subscriber out of library users.
+
+pub mod reference;
+pub mod secret;
+
+/// The `--help` epilogue (clap's `after_help`) of the agent and the collector: the secrets
+/// rule, then the exit codes.
+pub fn after_help() -> String {
+    format!("{}\n\n{}", secret::HELP, exit::HELP)
+}
 
 /// Log set-up: one format flag, `RUST_LOG`-style filters, ANSI colour only on a terminal,
 /// UTC RFC 3339 timestamps, output on stderr (or a file).

@@ -21,7 +21,8 @@
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
 //!   `Bytes` bodies; knows nothing of tcpulse events.
 //! - `cli_support` (cargo feature `cli`): the log set-up (`--log-format`, `RUST_LOG`, ANSI
-//!   only on a terminal, UTC timestamps) and the exit codes the three binaries share.
+//!   only on a terminal, UTC timestamps) the exit codes and the secret loader (a configured
+//!   file wins over the variable) the three binaries share.
 //!
 //! The Event Hubs-compatible broker the tests and the demo run is the `tcpulse-hub` crate,
 //! built on this one; this crate never depends on it (its tests and bench do, as a

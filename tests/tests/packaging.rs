@@ -414,12 +414,19 @@ fn packaging_example_configs_pass_check_config() -> Result<()> {
         "TCPULSE_PEXIP_PASSWORD",
     )?;
 
-    // Windows template (the script stores the connection string in a file; the variable,
-    // which takes precedence, stands in for it here).
+    // Windows template (the installer stores the connection string in a file under
+    // C:\ProgramData; a file named by the variable, which overrides the config file's
+    // setting, stands in for it here).
+    let win_dir = tempfile::tempdir()?;
+    let win_cs = win_dir.path().join("eventhub-connection-string.txt");
+    std::fs::write(
+        &win_cs,
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k;EntityPath=tcpulse\n",
+    )?;
     let mut win_env = BTreeMap::new();
     win_env.insert(
-        "TCPULSE_EVENTHUB_CONNECTION_STRING".to_owned(),
-        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k;EntityPath=tcpulse".to_owned(),
+        "TCPULSE_EVENTHUB_CONNECTION_STRING_FILE".to_owned(),
+        win_cs.display().to_string(),
     );
     expect_config_ok(
         &agent,

@@ -113,7 +113,7 @@ impl SourceConfig {
                     source_type: "pexip",
                     message,
                 })?;
-                Source::Pexip(pexip::PexipSource::new(c, &password).map_err(fetcher_err)?)
+                Source::Pexip(pexip::PexipSource::new(c, password.expose()).map_err(fetcher_err)?)
             }
             SourceConfig::Simulate(c) => {
                 Source::Simulate(simulate::SimulateSource::new(c.clone(), instance))
@@ -125,6 +125,15 @@ impl SourceConfig {
     pub fn poll_interval(&self) -> Option<Duration> {
         match self {
             SourceConfig::Pexip(c) => Some(c.poll_interval),
+            _ => None,
+        }
+    }
+
+    /// A secret of this source found both in a file and in its variable (the file is
+    /// used), to log once logging is set up.
+    pub fn secret_conflict(&self) -> Option<tcpulse_eventhub::cli_support::secret::Conflict> {
+        match self {
+            SourceConfig::Pexip(c) => c.password().ok()?.conflict().cloned(),
             _ => None,
         }
     }

@@ -266,6 +266,7 @@ fn agent_config(
         log_file: None,
         log_level: "info".into(),
         log_format: Default::default(),
+        secret_conflicts: Vec::new(),
     }
 }
 

@@ -49,6 +49,7 @@ const fn default_true() -> bool {
 /// How transient failures are retried: exponential backoff (factor 2, ±10 % jitter,
 /// [`crate::backoff`]), a bounded number of times.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryOptions {
     /// Retries after the first attempt; 0 disables retrying. Default 3.
@@ -85,6 +86,7 @@ impl RetryOptions {
 
 /// Transport, security and timing settings. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClientOptions {
     /// Connect to this `host:port` (or `sb://host:port`, `amqps://host:port`) instead of the

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tcpulse_eventhub::cli_support::secret::{self, Loaded};
 
 /// Environment variable holding the Management Node API password.
 pub const ENV_PEXIP_PASSWORD: &str = "TCPULSE_PEXIP_PASSWORD";
@@ -32,8 +33,9 @@ pub struct PexipConfig {
     /// API user name (an administrator or read-only account). Default: `admin`.
     #[serde(default = "default_username")]
     pub username: String,
-    /// File whose first line is the API password. The environment variable
-    /// `TCPULSE_PEXIP_PASSWORD` takes precedence; one of the two is required.
+    /// File whose first line is the API password; a configured file wins over the
+    /// environment variable `TCPULSE_PEXIP_PASSWORD` (one WARN when both are set). One of
+    /// the two is required. Default: none.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// PEM file of CA certificates to trust for the Management Node (for example its own
@@ -100,25 +102,18 @@ impl PexipConfig {
         Ok(())
     }
 
-    /// The API password: `TCPULSE_PEXIP_PASSWORD`, else the first line of `password_file`.
-    pub fn password(&self) -> Result<String, String> {
-        if let Ok(p) = std::env::var(ENV_PEXIP_PASSWORD) {
-            if !p.is_empty() {
-                return Ok(p);
-            }
-        }
-        let Some(path) = &self.password_file else {
-            return Err(format!(
-                "no Management Node password: set {ENV_PEXIP_PASSWORD} or source.password_file"
-            ));
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read source.password_file {}: {e}", path.display()))?;
-        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if line.is_empty() {
-            return Err(format!("source.password_file {} is empty", path.display()));
-        }
-        Ok(line.to_owned())
+    /// The API password: the first line of `password_file`, else `TCPULSE_PEXIP_PASSWORD`
+    /// (the rule of [`secret`]).
+    pub fn password(&self) -> Result<Loaded, String> {
+        secret::load(
+            "Pexip Management Node password",
+            Some(ENV_PEXIP_PASSWORD),
+            self.password_file.as_deref(),
+        )
+        .map_err(|e| format!("source.password_file: {e}"))?
+        .ok_or_else(|| {
+            format!("no Management Node password: set {ENV_PEXIP_PASSWORD} or source.password_file")
+        })
     }
 }
 
@@ -160,9 +155,7 @@ mod tests {
             password_file: Some(f),
             ..toml::from_str("url = \"https://m\"").unwrap()
         };
-        // The env var is not set in unit tests (integration tests set it in a child).
-        if std::env::var(ENV_PEXIP_PASSWORD).is_err() {
-            assert_eq!(c.password().unwrap(), "s3cret");
-        }
+        // The file wins whether or not the variable is set.
+        assert_eq!(c.password().unwrap().expose(), "s3cret");
     }
 }

@@ -8,7 +8,7 @@ use super::sink::FileSink;
 
 /// Appends every batch to a line-protocol file. It is the sink when no store is
 /// configured, so a first run shows exactly what would be written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// File to append to (created with its directory). Default: `tcpulse-points.lp`.

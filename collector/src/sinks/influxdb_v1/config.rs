@@ -7,13 +7,13 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV1Sink;
-use crate::config::{resolve_secret, SecretError};
+use crate::config::{load_secret, SecretError, V1_PASSWORD};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
 
 /// Writes to `POST /write?db=&rp=` (InfluxDB 1.x, the v1 compatibility endpoint of 2.x and
 /// 3.x, VictoriaMetrics). Credentials go in a Basic `Authorization` header, never in the
 /// URL; the password comes from the environment or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxDbV1SinkConfig {
     /// Base URL of the store, e.g. `http://127.0.0.1:8086`. Required.
@@ -29,7 +29,8 @@ pub struct InfluxDbV1SinkConfig {
     /// Environment variable holding the password. Default: `TCPULSE_INFLUXDB_PASSWORD`.
     #[serde(default = "default_password_env")]
     pub password_env: String,
-    /// File holding the password (first line); takes precedence over `password_env`.
+    /// File holding the password (first line); a configured file wins over
+    /// `password_env` (one WARN when both are set). Default: none.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Compress request bodies with gzip. Default: true.
@@ -37,6 +38,7 @@ pub struct InfluxDbV1SinkConfig {
     pub gzip: bool,
     /// Timeout of one write request. Default: 30s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 
@@ -92,8 +94,12 @@ impl InfluxDbV1SinkConfig {
         let authorization = if self.username.is_empty() {
             None
         } else {
-            let password = resolve_secret(Some(&self.password_env), self.password_file.as_deref())?
-                .unwrap_or_default();
+            let password = load_secret(
+                V1_PASSWORD,
+                &self.password_env,
+                self.password_file.as_deref(),
+            )?
+            .unwrap_or_default();
             let pair = format!("{}:{password}", self.username);
             Some(format!(
                 "Basic {}",

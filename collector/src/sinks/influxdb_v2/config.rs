@@ -6,13 +6,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV2Sink;
-use crate::config::{resolve_secret, SecretError};
+use crate::config::{load_secret, SecretError, V2_TOKEN};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
 
 /// Writes to `POST /api/v2/write` (InfluxDB 2.x, 3.x, Cloud, InfluxDB 1.8+ with
 /// `bucket = "db/rp"`, VictoriaMetrics). The token comes from the environment or a file,
 /// never from the config file or a flag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxDbV2SinkConfig {
     /// Base URL of the store, e.g. `https://influx.example.com:8086` or
@@ -25,7 +25,8 @@ pub struct InfluxDbV2SinkConfig {
     /// Environment variable holding the API token. Default: `TCPULSE_INFLUXDB_TOKEN`.
     #[serde(default = "default_token_env")]
     pub token_env: String,
-    /// File holding the token (first line); takes precedence over `token_env`.
+    /// File holding the token (first line); a configured file wins over
+    /// `token_env` (one WARN when both are set). Default: none.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Compress request bodies with gzip. Default: true.
@@ -33,6 +34,7 @@ pub struct InfluxDbV2SinkConfig {
     pub gzip: bool,
     /// Timeout of one write request. Default: 30s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 
@@ -75,7 +77,7 @@ impl InfluxDbV2SinkConfig {
 
     /// Resolves the token and prepares the endpoint (no connection is made).
     pub fn build(&self) -> Result<InfluxDbV2Sink, InfluxDbV2BuildError> {
-        let token = resolve_secret(Some(&self.token_env), self.token_file.as_deref())?;
+        let token = load_secret(V2_TOKEN, &self.token_env, self.token_file.as_deref())?;
         let url = endpoint(
             &self.url,
             "api/v2/write",

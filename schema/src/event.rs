@@ -28,6 +28,21 @@ pub const SCHEMA_V1: &str = "tcpulse.status.v1";
 ///
 /// `(instance, boot, seq)` identifies the event (see [`StatusEvent::key`]); the collector
 /// uses it to drop duplicates that at-least-once delivery produces.
+///
+/// Outside this crate, build one from [`StatusEvent::example`] and change what matters,
+/// so that a new optional field needs no edit there:
+///
+/// ```
+/// use tcpulse_schema::{Calls, StatusEvent};
+///
+/// let event = StatusEvent {
+///     instance: "tc-eu-vmss_7".into(),
+///     seq: 7,
+///     calls: Some(Calls { call_count: 3, ..Calls::example() }),
+///     ..StatusEvent::example()
+/// };
+/// assert!(event.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusEvent {
     /// Schema name and version: [`SCHEMA_V1`] or a v1 minor version (`tcpulse.status.v1.N`).
@@ -65,6 +80,61 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
+    /// A full, valid event with every field known: the one in `fixtures/valid_full.json`
+    /// (DESIGN.md's example). For tests, benches and docs; vary it with struct update
+    /// syntax (see [`StatusEvent`]).
+    pub fn example() -> StatusEvent {
+        StatusEvent {
+            schema: SCHEMA_V1.to_owned(),
+            connector: "tc-eu.example.com".to_owned(),
+            deployment: "blue".to_owned(),
+            region: "westeurope".to_owned(),
+            scaleset: "tc-eu-vmss".to_owned(),
+            instance: "tc-eu-vmss_3".to_owned(),
+            boot: Uuid::from_u128(0x6f1c_2a4e_8b1d_4c3e_9f70_2d5b_8a9e_0c11),
+            seq: 1042,
+            time: Timestamp(1_795_687_200_123),
+            start_time: Some(Timestamp(1_795_678_872_000)),
+            state: State::Active,
+            calls: Some(Calls::example()),
+            health: Health::example(),
+            agent: Some(AgentInfo::example()),
+        }
+    }
+
+    /// [`StatusEvent::example`] with only the required fields: every optional value
+    /// unknown, `state` unknown (what an agent whose source failed sends).
+    pub fn example_minimal() -> StatusEvent {
+        let StatusEvent {
+            schema,
+            connector,
+            deployment,
+            region,
+            scaleset,
+            instance,
+            boot,
+            seq,
+            time,
+            ..
+        } = StatusEvent::example();
+        StatusEvent {
+            schema,
+            connector,
+            deployment,
+            region,
+            scaleset,
+            instance,
+            boot,
+            seq,
+            time,
+            start_time: None,
+            state: State::Unknown,
+            calls: None,
+            health: Health::default(),
+            agent: None,
+        }
+    }
+
     /// The dedupe key `(instance, boot, seq)` of this event.
     pub fn key(&self) -> EventKey {
         EventKey {
@@ -101,6 +171,16 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// The calls of [`StatusEvent::example`]: 12 of 16, planned 15, media load 71 %.
+    pub const fn example() -> Calls {
+        Calls {
+            call_count: 12,
+            max_calls: 16,
+            planned_calls: Some(15),
+            media_load: Some(71),
+        }
+    }
+
     /// `planned_calls`, or the capacity model's 15 when the event did not carry it.
     pub fn planned_calls_or_default(&self) -> u32 {
         self.planned_calls.unwrap_or(PLANNED_CALLS_PER_INSTANCE)
@@ -138,6 +218,18 @@ pub struct Health {
 }
 
 impl Health {
+    /// The health of [`StatusEvent::example`]: every value known.
+    pub const fn example() -> Health {
+        Health {
+            cpu: Some(0.41),
+            mem_used_bytes: Some(6_442_450_944),
+            mem_total_bytes: Some(17_179_869_184),
+            disk_free_bytes: Some(53_687_091_200),
+            service_up: Some(true),
+            cert_expiry_days: Some(41.5),
+        }
+    }
+
     /// True when no health value is known (the object is then left out of the JSON).
     pub fn is_empty(&self) -> bool {
         *self == Health::default()
@@ -158,6 +250,19 @@ pub struct AgentInfo {
     /// (unknown, never 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_failing_seconds: Option<u64>,
+}
+
+impl AgentInfo {
+    /// The agent of [`StatusEvent::example`]: version 0.1.0, nothing spooled or dropped,
+    /// publishing works.
+    pub fn example() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0".to_owned(),
+            spooled: 0,
+            dropped: 0,
+            publish_failing_seconds: Some(0),
+        }
+    }
 }
 
 /// The series identity of a connector rollup: the `tc_connector` tags.

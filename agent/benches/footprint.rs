@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tcpulse_agent::config::{parse_file, Config, RunArgs};
 use tcpulse_agent::publish::NullPublisher;
 use tcpulse_agent::spool::Spool;
-use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
+use tcpulse_schema::{Calls, StatusEvent, Timestamp};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -109,37 +109,15 @@ fn footprint(_secs: u64) {
 
 fn sample_body(i: u64) -> Vec<u8> {
     let ev = StatusEvent {
-        schema: SCHEMA_V1.to_owned(),
-        connector: "tc-eu.example.com".into(),
-        deployment: "blue".into(),
-        region: "westeurope".into(),
-        scaleset: "tc-eu-vmss".into(),
-        instance: "tc-eu-vmss_3".into(),
         boot: uuid::Uuid::from_u128(7),
         seq: i,
         time: Timestamp::from_unix_millis(1_795_687_200_123 + i as i64 * 1000).unwrap(),
         start_time: Timestamp::from_unix_millis(1_795_680_000_000),
-        state: State::Active,
         calls: Some(Calls {
             call_count: (i % 16) as u32,
-            max_calls: 16,
-            planned_calls: Some(15),
-            media_load: Some(71),
+            ..Calls::example()
         }),
-        health: Health {
-            cpu: Some(0.41),
-            mem_used_bytes: Some(6_442_450_944),
-            mem_total_bytes: Some(17_179_869_184),
-            disk_free_bytes: Some(53_687_091_200),
-            service_up: Some(true),
-            cert_expiry_days: Some(41.5),
-        },
-        agent: Some(AgentInfo {
-            version: "0.1.0".into(),
-            spooled: 0,
-            dropped: 0,
-            publish_failing_seconds: Some(0),
-        }),
+        ..StatusEvent::example()
     };
     tcpulse_schema::encode(&ev)
 }

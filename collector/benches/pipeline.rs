@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use tcpulse_collector::aggregate::{AggregateSettings, Aggregator};
-use tcpulse_schema::{decode, encode, Calls, DedupWindow, Health, State, StatusEvent, Timestamp};
+use tcpulse_schema::{decode, encode, Calls, DedupWindow, Health, StatusEvent, Timestamp};
 use uuid::Uuid;
 
 /// The allocator the `tcpulse-collector` binary uses.
@@ -74,10 +74,7 @@ impl Fleet {
         self.calls[i] = (self.calls[i] as i64 + step).clamp(0, 16) as u32;
         let connector = format!("tc-{}.example.com", i % 4);
         StatusEvent {
-            schema: "tcpulse.status.v1".into(),
             connector,
-            deployment: "blue".into(),
-            region: "westeurope".into(),
             scaleset: format!("tc-{}-vmss", i % 4),
             instance: format!("tc-{}-vmss_{}", i % 4, i),
             boot: self.boots[i],
@@ -85,22 +82,20 @@ impl Fleet {
             time: Timestamp::from_unix_millis(T0 + round * 15_000 + (i as i64 * 37) % 15_000)
                 .unwrap_or(Timestamp::EPOCH),
             start_time: None,
-            state: State::Active,
             calls: Some(Calls {
                 call_count: self.calls[i],
-                max_calls: 16,
-                planned_calls: Some(15),
                 media_load: Some(40),
+                ..Calls::example()
             }),
             health: Health {
                 cpu: Some(0.4),
                 mem_used_bytes: Some(6 << 30),
                 mem_total_bytes: Some(16 << 30),
                 disk_free_bytes: Some(50 << 30),
-                service_up: Some(true),
-                cert_expiry_days: Some(41.5),
+                ..Health::example()
             },
             agent: None,
+            ..StatusEvent::example()
         }
     }
 }

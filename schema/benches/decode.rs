@@ -12,9 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use tcpulse_schema::decode::decode_via_value;
-use tcpulse_schema::{
-    decode, encode, AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1,
-};
+use tcpulse_schema::{decode, encode, Calls, Health, StatusEvent, Timestamp};
 use uuid::Uuid;
 
 #[global_allocator]
@@ -25,37 +23,21 @@ const ROUND: Duration = Duration::from_millis(100);
 /// A full agent report: every field present, as the agent encodes it.
 fn realistic() -> StatusEvent {
     StatusEvent {
-        schema: SCHEMA_V1.to_owned(),
-        connector: "tc-eu.example.com".into(),
-        deployment: "blue".into(),
-        region: "westeurope".into(),
-        scaleset: "tc-eu-vmss".into(),
         instance: "tc-eu-vmss_13".into(),
-        boot: Uuid::from_u128(0x6f1c_2a4e_8b1d_4c3e_9f70_2d5b_8a9e_0c11),
         seq: 104_233,
-        time: Timestamp::from_unix_millis(1_795_687_200_123).unwrap_or(Timestamp::EPOCH),
-        start_time: Timestamp::from_unix_millis(1_795_678_872_000),
-        state: State::Active,
         calls: Some(Calls {
-            call_count: 12,
-            max_calls: 16,
-            planned_calls: Some(15),
             media_load: Some(75),
+            ..Calls::example()
         }),
         health: Health {
             cpu: Some(0.71),
             mem_used_bytes: Some(7_800_000_000),
             mem_total_bytes: Some(16_000_000_000),
             disk_free_bytes: Some(39_871_000_000),
-            service_up: Some(true),
             cert_expiry_days: Some(89.987_5),
+            ..Health::example()
         },
-        agent: Some(AgentInfo {
-            version: "0.1.0".into(),
-            spooled: 0,
-            dropped: 0,
-            publish_failing_seconds: Some(0),
-        }),
+        ..StatusEvent::example()
     }
 }
 
@@ -116,13 +98,11 @@ fn main() {
         .unwrap_or(11)
         .max(1);
     let full = encode(&realistic());
-    let mut minimal = realistic();
-    minimal.start_time = None;
-    minimal.calls = None;
-    minimal.health = Health::default();
-    minimal.agent = None;
-    minimal.state = State::Unknown;
-    let minimal = encode(&minimal);
+    let minimal = encode(&StatusEvent {
+        instance: "tc-eu-vmss_13".into(),
+        seq: 104_233,
+        ..StatusEvent::example_minimal()
+    });
     let unknown = include_bytes!("../fixtures/valid_unknown_fields.json").to_vec();
     let wrong_type = String::from_utf8_lossy(&full)
         .replace("\"call_count\":12", "\"call_count\":\"twelve\"")

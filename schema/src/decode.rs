@@ -629,35 +629,33 @@ mod tests {
             Some("2026-11-26T07:41:12.000Z")
         );
         assert_eq!(ev.state, State::Active);
+        let calls = ev.calls.unwrap();
         assert_eq!(
-            ev.calls,
-            Some(Calls {
-                call_count: 12,
-                max_calls: 16,
-                planned_calls: Some(15),
-                media_load: Some(71)
-            })
+            (
+                calls.call_count,
+                calls.max_calls,
+                calls.planned_calls,
+                calls.media_load
+            ),
+            (12, 16, Some(15), Some(71))
         );
+        let h = &ev.health;
+        assert_eq!(h.cpu, Some(0.41));
+        assert_eq!(h.mem_used_bytes, Some(6_442_450_944));
+        assert_eq!(h.mem_total_bytes, Some(17_179_869_184));
+        assert_eq!(h.disk_free_bytes, Some(53_687_091_200));
+        assert_eq!(h.service_up, Some(true));
+        assert_eq!(h.cert_expiry_days, Some(41.5));
+        let agent = ev.agent.as_ref().unwrap();
         assert_eq!(
-            ev.health,
-            Health {
-                cpu: Some(0.41),
-                mem_used_bytes: Some(6_442_450_944),
-                mem_total_bytes: Some(17_179_869_184),
-                disk_free_bytes: Some(53_687_091_200),
-                service_up: Some(true),
-                cert_expiry_days: Some(41.5),
-            }
+            (agent.version.as_str(), agent.spooled, agent.dropped),
+            ("0.1.0", 0, 0)
         );
-        assert_eq!(
-            ev.agent,
-            Some(AgentInfo {
-                version: "0.1.0".into(),
-                spooled: 0,
-                dropped: 0,
-                publish_failing_seconds: Some(0),
-            })
-        );
+        assert_eq!(agent.publish_failing_seconds, Some(0));
+        // Every field, including any added later: the fixture is the crate's example.
+        assert_eq!(ev, StatusEvent::example());
+        assert_eq!(StatusEvent::example().validate(), Ok(()));
+        assert_eq!(StatusEvent::example_minimal().validate(), Ok(()));
     }
 
     #[test]

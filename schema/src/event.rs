@@ -28,6 +28,21 @@ pub const SCHEMA_V1: &str = "tcpulse.status.v1";
 ///
 /// `(instance, boot, seq)` identifies the event (see [`StatusEvent::key`]); the collector
 /// uses it to drop duplicates that at-least-once delivery produces.
+///
+/// Outside this crate, build one from [`StatusEvent::example`] and change what matters,
+/// so that a new optional field needs no edit there:
+///
+/// ```
+/// use tcpulse_schema::{Calls, StatusEvent};
+///
+/// let event = StatusEvent {
+///     instance: "tc-eu-vmss_7".into(),
+///     seq: 7,
+///     calls: Some(Calls { call_count: 3, ..Calls::example() }),
+///     ..StatusEvent::example()
+/// };
+/// assert!(event.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusEvent {
     /// Schema name and version: [`SCHEMA_V1`] or a v1 minor version (`tcpulse.status.v1.N`).
@@ -65,6 +80,61 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
+    /// A full, valid event with every field known: the one in `fixtures/valid_full.json`
+    /// (DESIGN.md's example). For tests, benches and docs; vary it with struct update
+    /// syntax (see [`StatusEvent`]).
+    pub fn example() -> StatusEvent {
+        StatusEvent {
+            schema: SCHEMA_V1.to_owned(),
+            connector: "tc-eu.example.com".to_owned(),
+            deployment: "blue".to_owned(),
+            region: "westeurope".to_owned(),
+            scaleset: "tc-eu-vmss".to_owned(),
+            instance: "tc-eu-vmss_3".to_owned(),
+            boot: Uuid::from_u128(0x6f1c_2a4e_8b1d_4c3e_9f70_2d5b_8a9e_0c11),
+            seq: 1042,
+            time: Timestamp(1_795_687_200_123),
+            start_time: Some(Timestamp(1_795_678_872_000)),
+            state: State::Active,
+            calls: Some(Calls::example()),
+            health: Health::example(),
+            agent: Some(AgentInfo::example()),
+        }
+    }
+
+    /// [`StatusEvent::example`] with only the required fields: every optional value
+    /// unknown, `state` unknown (what an agent whose source failed sends).
+    pub fn example_minimal() -> StatusEvent {
+        let StatusEvent {
+            schema,
+            connector,
+            deployment,
+            region,
+            scaleset,
+            instance,
+            boot,
+            seq,
+            time,
+            ..
+        } = StatusEvent::example();
+        StatusEvent {
+            schema,
+            connector,
+            deployment,
+            region,
+            scaleset,
+            instance,
+            boot,
+            seq,
+            time,
+            start_time: None,
+            state: State::Unknown,
+            calls: None,
+            health: Health::default(),
+            agent: None,
+        }
+    }
+
     /// The dedupe key `(instance, boot, seq)` of this event.
     pub fn key(&self) -> EventKey {
         EventKey {
@@ -101,6 +171,16 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// The calls of [`StatusEvent::example`]: 12 of 16, planned 15, media load 71 %.
+    pub const fn example() -> Calls {
+        Calls {
+            call_count: 12,
+            max_calls: 16,
+            planned_calls: Some(15),
+            media_load: Some(71),
+        }
+    }
+
     /// `planned_calls`, or the capacity model's 15 when the event did not carry it.
     pub fn planned_calls_or_default(&self) -> u32 {
         self.planned_calls.unwrap_or(PLANNED_CALLS_PER_INSTANCE)
@@ -138,6 +218,18 @@ pub struct Health {
 }
 
 impl Health {
+    /// The health of [`StatusEvent::example`]: every value known.
+    pub const fn example() -> Health {
+        Health {
+            cpu: Some(0.41),
+            mem_used_bytes: Some(6_442_450_944),
+            mem_total_bytes: Some(17_179_869_184),
+            disk_free_bytes: Some(53_687_091_200),
+            service_up: Some(true),
+            cert_expiry_days: Some(41.5),
+        }
+    }
+
     /// True when no health value is known (the object is then left out of the JSON).
     pub fn is_empty(&self) -> bool {
         *self == Health::default()
@@ -158,6 +250,19 @@ pub struct AgentInfo {
     /// (unknown, never 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_failing_seconds: Option<u64>,
+}
+
+impl AgentInfo {
+    /// The agent of [`StatusEvent::example`]: version 0.1.0, nothing spooled or dropped,
+    /// publishing works.
+    pub fn example() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0".to_owned(),
+            spooled: 0,
+            dropped: 0,
+            publish_failing_seconds: Some(0),
+        }
+    }
 }
 
 /// The series identity of a connector rollup: the `tc_connector` tags.
@@ -338,6 +443,11 @@ impl Timestamp {
 
     /// Parses an RFC 3339 timestamp (any offset; converted to UTC, truncated to ms).
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, TimestampError> {
+        // What this type writes, and so what every tcpulse agent sends, without the
+        // general parser (a third of the cost of decoding an event).
+        if let Some(t) = Timestamp::parse_canonical(s) {
+            return Ok(t);
+        }
         let parsed = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map_err(|_| TimestampError::NotRfc3339)?;
         let nanos = parsed.unix_timestamp_nanos();
@@ -347,6 +457,61 @@ impl Timestamp {
             .and_then(Timestamp::from_unix_millis)
             .ok_or(TimestampError::OutOfRange)
     }
+}
+
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` exactly (the [`Display`](fmt::Display) form), in range;
+    /// `None` for anything else, which [`Timestamp::parse_rfc3339`] then parses in full.
+    fn parse_canonical(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        let punctuation = [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ];
+        if b.len() != 24 || b.get(23) != Some(&b'Z') {
+            return None;
+        }
+        if punctuation.iter().any(|&(i, c)| b.get(i) != Some(&c)) {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<i64> {
+            b.get(from..to)?.iter().try_fold(0i64, |acc, &d| {
+                d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        let (hour, minute, second, ms) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let month_days = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return None,
+        };
+        if day < 1 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let ms_of_day = ((hour * 60 + minute) * 60 + second) * 1000 + ms;
+        Timestamp::from_unix_millis(days * 86_400_000 + ms_of_day)
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date, the inverse of
+/// [`civil_from_days`] (same source).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 impl FromStr for Timestamp {
@@ -476,6 +641,66 @@ mod tests {
             Timestamp::parse_rfc3339("2300-01-01T00:00:00Z"),
             Err(TimestampError::OutOfRange)
         );
+    }
+
+    #[test]
+    fn canonical_timestamps_parse_as_the_general_parser_does() {
+        let general = |s: &str| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .and_then(|t| {
+                    let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
+                    i64::try_from(ms).ok().and_then(Timestamp::from_unix_millis)
+                })
+        };
+        // Every day of 1968..=2030 and 2099..=2101 at a few times of day, and the ends.
+        let mut samples: Vec<String> = Vec::new();
+        for year in (1968..=2030).chain(2099..=2101).chain([2262, 9999]) {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    for time in [
+                        "00:00:00.000",
+                        "23:59:59.999",
+                        "12:34:56.789",
+                        "24:00:00.000",
+                    ] {
+                        samples.push(format!("{year:04}-{month:02}-{day:02}T{time}Z"));
+                    }
+                }
+            }
+        }
+        samples.extend(
+            [
+                "2262-04-11T23:47:16.854Z",
+                "2262-04-11T23:47:16.855Z",
+                "1970-01-01T00:00:00.000Z",
+                "1969-12-31T23:59:59.999Z",
+                "2026-11-26T10:00:60.000Z",
+                "2026-11-26T10:60:00.000Z",
+                "2026-11-26t10:00:00.000Z",
+                "2026-11-26T10:00:00.000z",
+                "2026-11-26T10:00:00,000Z",
+                "+026-11-26T10:00:00.000Z",
+                "2026-1a-26T10:00:00.000Z",
+            ]
+            .map(String::from),
+        );
+        for s in &samples {
+            let fast = Timestamp::parse_canonical(s);
+            if fast.is_some() {
+                assert_eq!(fast, general(s), "{s}");
+            }
+            assert_eq!(Timestamp::parse_rfc3339(s).ok(), general(s), "{s}");
+        }
+        let taken = samples
+            .iter()
+            .filter(|s| Timestamp::parse_canonical(s).is_some())
+            .count();
+        assert!(taken > 20_000, "{taken}");
+        for ms in (0..200).map(|i| i * 1_433_333_333_337i64 % Timestamp::MAX.0) {
+            let t = Timestamp(ms);
+            assert_eq!(Timestamp::parse_canonical(&t.to_string()), Some(t));
+        }
     }
 
     #[test]

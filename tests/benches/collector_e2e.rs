@@ -78,7 +78,7 @@ use tcpulse_eventhub::client::{
     TryAddError,
 };
 use tcpulse_hub::{Hub, HubConfig, HubSpec};
-use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
+use tcpulse_schema::{Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
 use tcpulse_tests::collector::{metric_by_partition, CollectorOptions, CollectorProcess};
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
 use tcpulse_tests::process::workspace_binary;
@@ -202,7 +202,6 @@ fn status(inst: &mut Instance, round: u64, time_ms: i64) -> Result<StatusEvent> 
     };
     inst.seq += 1;
     Ok(StatusEvent {
-        schema: SCHEMA_V1.to_string(),
         connector: inst.connector.to_string(),
         deployment: inst.deployment.to_string(),
         region: inst.region.to_string(),
@@ -216,24 +215,18 @@ fn status(inst: &mut Instance, round: u64, time_ms: i64) -> Result<StatusEvent> 
         state,
         calls: Some(Calls {
             call_count: calls,
-            max_calls: 16,
-            planned_calls: Some(15),
             media_load: Some(((calls * 100) / 16).min(100) as u8),
+            ..Calls::example()
         }),
         health: Health {
             cpu: Some(0.05 + 0.055 * f64::from(calls)),
             mem_used_bytes: Some(6_000_000_000 + u64::from(calls) * 150_000_000),
             mem_total_bytes: Some(16_000_000_000),
             disk_free_bytes: Some(40_000_000_000 - (round % 1000) * 1_000_000),
-            service_up: Some(true),
             cert_expiry_days: Some(90.0 - round as f64 / 8640.0),
+            ..Health::example()
         },
-        agent: Some(AgentInfo {
-            version: "0.1.0".into(),
-            spooled: 0,
-            dropped: 0,
-            publish_failing_seconds: Some(0),
-        }),
+        ..StatusEvent::example()
     })
 }
 

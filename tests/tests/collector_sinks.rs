@@ -29,7 +29,7 @@ use tcpulse_collector::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
 use tcpulse_collector::source::{ChannelProvider, ChannelSource};
 use tcpulse_collector::{PartitionTip, ReceivedEvent, RunSummary};
 use tcpulse_schema::{
-    decode, encode, Calls, DedupWindow, FieldValue, Health, Point, State, StatusEvent, Timestamp,
+    decode, encode, Calls, DedupWindow, FieldValue, Health, Point, StatusEvent, Timestamp,
 };
 use tcpulse_tests::services::{self, get, post_form};
 use tcpulse_tests::stores::{
@@ -48,28 +48,24 @@ fn t0() -> i64 {
 
 fn status(instance: &str, boot: u128, seq: u64, t_ms: i64, calls: u32) -> StatusEvent {
     StatusEvent {
-        schema: "tcpulse.status.v1".into(),
         connector: CONNECTOR.into(),
-        deployment: "blue".into(),
-        region: "westeurope".into(),
         scaleset: "tc-a-vmss".into(),
         instance: instance.into(),
         boot: uuid::Uuid::from_u128(boot),
         seq,
         time: Timestamp::from_unix_millis(t_ms).unwrap(),
         start_time: None,
-        state: State::Active,
         calls: Some(Calls {
             call_count: calls,
-            max_calls: 16,
-            planned_calls: Some(15),
             media_load: Some(50),
+            ..Calls::example()
         }),
         health: Health {
             cpu: Some(0.25),
             ..Health::default()
         },
         agent: None,
+        ..StatusEvent::example()
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use tcpulse_schema::line::{stored_tag_value, BACKSLASH_STAND_IN};
-use tcpulse_schema::{encode, AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
+use tcpulse_schema::{encode, AgentInfo, Calls, Health, StatusEvent, Timestamp};
 use tcpulse_tests::chaos::{record, Row};
 use tcpulse_tests::client;
 use tcpulse_tests::collector::{CollectorOptions, CollectorProcess};
@@ -32,25 +32,22 @@ const DB: &str = "tcpulse";
 /// One event of instance `instance` of connector `connector` at `t_ms`.
 fn event(connector: &str, deployment: &str, instance: &str, t_ms: i64) -> Result<StatusEvent> {
     Ok(StatusEvent {
-        schema: tcpulse_schema::SCHEMA_V1.into(),
         connector: connector.into(),
         deployment: deployment.into(),
-        region: "westeurope".into(),
         scaleset: "vmss".into(),
         instance: instance.into(),
         boot: uuid::Uuid::from_u128(7),
         seq: 1,
         time: Timestamp::from_unix_millis(t_ms).context("event time")?,
         start_time: None,
-        state: State::Active,
         calls: Some(Calls {
             call_count: 3,
-            max_calls: 16,
-            planned_calls: Some(15),
             media_load: Some(20),
+            ..Calls::example()
         }),
         health: Health::default(),
         agent: None,
+        ..StatusEvent::example()
     })
 }
 

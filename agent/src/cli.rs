@@ -141,22 +141,7 @@ pub fn init_logging(
 /// Cancels `token` on Ctrl-C, and on SIGTERM on Unix.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => drop(tokio::signal::ctrl_c().await),
-            }
-        }
-        #[cfg(not(unix))]
-        drop(tokio::signal::ctrl_c().await);
-        tracing::info!("shutdown requested");
+        tcpulse_eventhub::cli_support::signal::shutdown_requested().await;
         token.cancel();
     });
 }

@@ -110,18 +110,6 @@ fn run(args: &RunArgs) -> Result<(), Failed> {
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            shutdown.cancel();
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    tcpulse_eventhub::cli_support::signal::shutdown_requested().await;
     shutdown.cancel();
 }

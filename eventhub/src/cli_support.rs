@@ -1,6 +1,7 @@
 //! What the three binaries (`tcpulse-agent`, `tcpulse-collector`, `tcpulse-hub`) share on the
-//! command line: how they log ([`logging`]), how they exit ([`exit`]), how they read
-//! secrets ([`secret`]) and how they print their reference config ([`reference`]).
+//! command line: how they log ([`logging`]), how they stop ([`signal`]), how they exit
+//! ([`exit`]), how they read secrets ([`secret`]) and how they print their reference config
+//! ([`reference`]).
 //!
 //! It lives in the client crate behind the `cli` feature because all three already depend on
 //! this crate; the feature keeps clap and tracing-subscriber out of library users.
@@ -134,6 +135,32 @@ pub mod logging {
         };
         // Already initialised: keep the first subscriber.
         drop(result);
+    }
+}
+
+/// Shutdown on a signal: each binary turns the first Ctrl-C, or SIGTERM on Unix (systemd,
+/// `docker stop`), into the cancellation of its one shutdown token. (The Windows service
+/// stops through the service control manager instead.)
+pub mod signal {
+    /// Completes on the first Ctrl-C, or SIGTERM on Unix; logs that shutdown was requested.
+    /// If SIGTERM cannot be watched, Ctrl-C still works.
+    pub async fn shutdown_requested() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => drop(tokio::signal::ctrl_c().await),
+            }
+        }
+        #[cfg(not(unix))]
+        drop(tokio::signal::ctrl_c().await);
+        tracing::info!("shutdown requested");
     }
 }
 

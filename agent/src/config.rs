@@ -605,170 +605,19 @@ impl Config {
         Config::resolve(args, file)
     }
 
-    /// Merges `args` (flags and environment, already read by clap) over `file`.
+    /// Merges `args` (flags and environment, already read by clap) over `file`, section by
+    /// section.
     pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
-        let source = match (&args.source, file.source) {
-            (Some(t), Some(s)) if s.type_name() == t => s,
-            (Some(t), _) => SourceConfig::default_of(t).ok_or_else(|| {
-                if SOURCE_TYPES.contains(&t.as_str()) {
-                    ConfigError::Invalid(format!(
-                        "source {t} needs settings: add a [source] table with type = \"{t}\" to the config file"
-                    ))
-                } else {
-                    ConfigError::Invalid(format!(
-                        "unknown source type {t:?}; expected one of {}",
-                        SOURCE_TYPES.join(", ")
-                    ))
-                }
-            })?,
-            (None, Some(s)) => s,
-            (None, None) => {
-                return Err(ConfigError::Missing {
-                    setting: "source",
-                    hint: "add a [source] table (type = command, file, http, pexip or simulate) to the config file, or pass --source simulate",
-                })
-            }
-        };
+        let source = resolve_source(args.source.as_ref(), file.source)?;
         source.validate()?;
         let mut secret_conflicts: Vec<Conflict> = source.secret_conflict().into_iter().collect();
-
-        let (a, f) = (&args.identity, file.identity);
-        let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
-            setting: "identity.connector",
-            hint: "set it in the config file, with --connector or TCPULSE_CONNECTOR (the Teams Connector FQDN)",
-        })?;
-        let region = nonempty(a.region.clone().or(f.region)).ok_or(ConfigError::Missing {
-            setting: "identity.region",
-            hint: "set it in the config file, with --region or TCPULSE_REGION (e.g. westeurope)",
-        })?;
-        let scaleset = match nonempty(a.scaleset.clone().or(f.scaleset)) {
-            Some(s) => s,
-            None if !source.is_local() => String::new(),
-            None => {
-                return Err(ConfigError::Missing {
-                    setting: "identity.scaleset",
-                    hint: "set it in the config file, with --scaleset or TCPULSE_SCALESET (the VM scale set name)",
-                })
-            }
-        };
-        let instance = match nonempty(a.instance.clone().or(f.instance)) {
-            Some(i) => i,
-            None => sysinfo::System::host_name()
-                .and_then(|h| nonempty(Some(h)))
-                .ok_or(ConfigError::Missing {
-                    setting: "identity.instance",
-                    hint: "the host name is unknown; set it with --instance or TCPULSE_INSTANCE",
-                })?,
-        };
-        let identity = Identity {
-            connector,
-            deployment: nonempty(a.deployment.clone().or(f.deployment))
-                .unwrap_or_else(default_deployment),
-            region,
-            scaleset,
-            instance,
-        };
-
-        let report = ReportConfig {
-            interval: args
-                .report
-                .interval
-                .or(file.report.interval)
-                .unwrap_or(default_interval()),
-            poll_interval: source
-                .poll_interval()
-                .or(args.report.poll_interval)
-                .or(file.report.poll_interval)
-                .unwrap_or(default_poll_interval()),
-        };
-        if report.interval < Duration::from_millis(100)
-            || report.poll_interval < Duration::from_millis(50)
-        {
-            return Err(ConfigError::Invalid(
-                "report.interval must be at least 100ms and report.poll_interval at least 50ms"
-                    .to_owned(),
-            ));
-        }
-
-        let (a, f) = (&args.health, file.health);
-        let health = HealthConfig {
-            enabled: source.is_local() && a.enabled.or(f.enabled).unwrap_or(true),
-            service_process: nonempty(a.service_process.clone().or(f.service_process)),
-            disk_path: a
-                .disk_path
-                .clone()
-                .or(f.disk_path)
-                .unwrap_or_else(default_disk_path),
-            cert_file: a.cert_file.clone().or(f.cert_file),
-        };
-
-        let (a, f) = (&args.spool, file.spool);
-        let spool = SpoolConfig {
-            dir: a.dir.clone().or(f.dir).unwrap_or_else(default_spool_dir),
-            max_bytes: a
-                .max_bytes
-                .or(f.max_bytes)
-                .unwrap_or(default_spool_max_bytes()),
-        };
-        if spool.max_bytes < crate::spool::MIN_MAX_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "spool.max_bytes = {} is below the minimum of {} bytes",
-                spool.max_bytes,
-                crate::spool::MIN_MAX_BYTES
-            )));
-        }
-
-        let (a, f) = (&args.publish, file.publish);
-        let target = match a.file.clone().or(f.file) {
-            Some(path) => PublishTarget::File(path),
-            None => {
-                let csf = a
-                    .connection_string_file
-                    .clone()
-                    .or(f.connection_string_file);
-                let loaded =
-                    secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
-                        .map_err(ConfigError::ConnectionStringFile)?
-                        .ok_or(ConfigError::NoConnectionString)?;
-                secret_conflicts.extend(loaded.conflict().cloned());
-                let origin = loaded.origin().to_string();
-                let target = PublishTarget::EventHubs {
-                    connection_string: Secret::new(loaded.into_value()),
-                    origin,
-                    event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
-                    ca_file: a.ca_file.clone().or(f.ca_file),
-                    custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
-                };
-                check_event_hubs(&target)?;
-                target
-            }
-        };
-        let publish = PublishConfig {
-            target,
-            max_batch_events: f
-                .max_batch_events
-                .unwrap_or(default_max_batch_events())
-                .max(1),
-            max_batch_bytes: f
-                .max_batch_bytes
-                .unwrap_or(default_max_batch_bytes())
-                .max(1024),
-            retry_initial: f.retry_initial.unwrap_or(default_retry_initial()),
-            retry_max: f.retry_max.unwrap_or(default_retry_max()),
-            shutdown_flush: f.shutdown_flush.unwrap_or(default_shutdown_flush()),
-            fatal_retry_initial: f
-                .fatal_retry_initial
-                .unwrap_or(default_fatal_retry_initial()),
-            fatal_retry_max: f.fatal_retry_max.unwrap_or(default_fatal_retry_max()),
-        };
-
         Ok(Config {
-            identity,
-            report,
+            identity: resolve_identity(&args.identity, file.identity, &source)?,
+            report: resolve_report(&args.report, &file.report, &source)?,
+            health: resolve_health(&args.health, file.health, &source),
+            spool: resolve_spool(&args.spool, file.spool)?,
+            publish: resolve_publish(&args.publish, file.publish, &mut secret_conflicts)?,
             source,
-            health,
-            spool,
-            publish,
             log_file: args.log.file.clone().or(file.log.file),
             log_level: nonempty(args.log.level.clone().or(file.log.level))
                 .or_else(logging::filter_from_env)
@@ -818,6 +667,189 @@ impl Config {
             target,
         )
     }
+}
+
+/// The `[source]` table, or the default settings of `--source TYPE`.
+fn resolve_source(
+    flag: Option<&String>,
+    file: Option<SourceConfig>,
+) -> Result<SourceConfig, ConfigError> {
+    let source = match (flag, file) {
+        (Some(t), Some(s)) if s.type_name() == t => s,
+        (Some(t), _) => SourceConfig::default_of(t).ok_or_else(|| {
+            if SOURCE_TYPES.contains(&t.as_str()) {
+                ConfigError::Invalid(format!(
+                    "source {t} needs settings: add a [source] table with type = \"{t}\" to the config file"
+                ))
+            } else {
+                ConfigError::Invalid(format!(
+                    "unknown source type {t:?}; expected one of {}",
+                    SOURCE_TYPES.join(", ")
+                ))
+            }
+        })?,
+        (None, Some(s)) => s,
+        (None, None) => {
+            return Err(ConfigError::Missing {
+                setting: "source",
+                hint: "add a [source] table (type = command, file, http, pexip or simulate) to the config file, or pass --source simulate",
+            })
+        }
+    };
+    Ok(source)
+}
+
+/// `[identity]`: who this instance is; the instance name defaults to the host name.
+fn resolve_identity(
+    a: &IdentityArgs,
+    f: IdentityArgs,
+    source: &SourceConfig,
+) -> Result<Identity, ConfigError> {
+    let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
+        setting: "identity.connector",
+        hint: "set it in the config file, with --connector or TCPULSE_CONNECTOR (the Teams Connector FQDN)",
+    })?;
+    let region = nonempty(a.region.clone().or(f.region)).ok_or(ConfigError::Missing {
+        setting: "identity.region",
+        hint: "set it in the config file, with --region or TCPULSE_REGION (e.g. westeurope)",
+    })?;
+    let scaleset = match nonempty(a.scaleset.clone().or(f.scaleset)) {
+        Some(s) => s,
+        None if !source.is_local() => String::new(),
+        None => {
+            return Err(ConfigError::Missing {
+                setting: "identity.scaleset",
+                hint: "set it in the config file, with --scaleset or TCPULSE_SCALESET (the VM scale set name)",
+            })
+        }
+    };
+    let instance = match nonempty(a.instance.clone().or(f.instance)) {
+        Some(i) => i,
+        None => sysinfo::System::host_name()
+            .and_then(|h| nonempty(Some(h)))
+            .ok_or(ConfigError::Missing {
+                setting: "identity.instance",
+                hint: "the host name is unknown; set it with --instance or TCPULSE_INSTANCE",
+            })?,
+    };
+    Ok(Identity {
+        connector,
+        deployment: nonempty(a.deployment.clone().or(f.deployment))
+            .unwrap_or_else(default_deployment),
+        region,
+        scaleset,
+        instance,
+    })
+}
+
+/// `[report]`: the report interval and how often the source is polled.
+fn resolve_report(
+    a: &ReportArgs,
+    f: &ReportArgs,
+    source: &SourceConfig,
+) -> Result<ReportConfig, ConfigError> {
+    let report = ReportConfig {
+        interval: a.interval.or(f.interval).unwrap_or(default_interval()),
+        poll_interval: source
+            .poll_interval()
+            .or(a.poll_interval)
+            .or(f.poll_interval)
+            .unwrap_or(default_poll_interval()),
+    };
+    if report.interval < Duration::from_millis(100)
+        || report.poll_interval < Duration::from_millis(50)
+    {
+        return Err(ConfigError::Invalid(
+            "report.interval must be at least 100ms and report.poll_interval at least 50ms"
+                .to_owned(),
+        ));
+    }
+
+    Ok(report)
+}
+
+/// `[health]`: host health, measured only for a local source.
+fn resolve_health(a: &HealthArgs, f: HealthArgs, source: &SourceConfig) -> HealthConfig {
+    HealthConfig {
+        enabled: source.is_local() && a.enabled.or(f.enabled).unwrap_or(true),
+        service_process: nonempty(a.service_process.clone().or(f.service_process)),
+        disk_path: a
+            .disk_path
+            .clone()
+            .or(f.disk_path)
+            .unwrap_or_else(default_disk_path),
+        cert_file: a.cert_file.clone().or(f.cert_file),
+    }
+}
+
+/// `[spool]`: where reports wait, and how much disk they may take.
+fn resolve_spool(a: &SpoolArgs, f: SpoolArgs) -> Result<SpoolConfig, ConfigError> {
+    let spool = SpoolConfig {
+        dir: a.dir.clone().or(f.dir).unwrap_or_else(default_spool_dir),
+        max_bytes: a
+            .max_bytes
+            .or(f.max_bytes)
+            .unwrap_or(default_spool_max_bytes()),
+    };
+    if spool.max_bytes < crate::spool::MIN_MAX_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "spool.max_bytes = {} is below the minimum of {} bytes",
+            spool.max_bytes,
+            crate::spool::MIN_MAX_BYTES
+        )));
+    }
+
+    Ok(spool)
+}
+
+/// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets
+/// rule (a conflict between file and variable is added to `conflicts`, logged later).
+fn resolve_publish(
+    a: &PublishArgs,
+    f: PublishArgs,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<PublishConfig, ConfigError> {
+    let target = match a.file.clone().or(f.file) {
+        Some(path) => PublishTarget::File(path),
+        None => {
+            let csf = a
+                .connection_string_file
+                .clone()
+                .or(f.connection_string_file);
+            let loaded = secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
+                .map_err(ConfigError::ConnectionStringFile)?
+                .ok_or(ConfigError::NoConnectionString)?;
+            conflicts.extend(loaded.conflict().cloned());
+            let origin = loaded.origin().to_string();
+            let target = PublishTarget::EventHubs {
+                connection_string: Secret::new(loaded.into_value()),
+                origin,
+                event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
+                ca_file: a.ca_file.clone().or(f.ca_file),
+                custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
+            };
+            check_event_hubs(&target)?;
+            target
+        }
+    };
+    Ok(PublishConfig {
+        target,
+        max_batch_events: f
+            .max_batch_events
+            .unwrap_or(default_max_batch_events())
+            .max(1),
+        max_batch_bytes: f
+            .max_batch_bytes
+            .unwrap_or(default_max_batch_bytes())
+            .max(1024),
+        retry_initial: f.retry_initial.unwrap_or(default_retry_initial()),
+        retry_max: f.retry_max.unwrap_or(default_retry_max()),
+        shutdown_flush: f.shutdown_flush.unwrap_or(default_shutdown_flush()),
+        fatal_retry_initial: f
+            .fatal_retry_initial
+            .unwrap_or(default_fatal_retry_initial()),
+        fatal_retry_max: f.fatal_retry_max.unwrap_or(default_fatal_retry_max()),
+    })
 }
 
 #[cfg(test)]

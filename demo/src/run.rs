@@ -20,12 +20,13 @@ use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
 use tcpulse_hub::{Hub, HubConfig, HubError};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{DemoConfigError, DemoPlan};
-use super::view;
-use crate::config::Config;
-use crate::sinks::file::config::FileSinkConfig;
-use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
-use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+use tcpulse_collector::config::Config;
+use tcpulse_collector::sinks::file::config::FileSinkConfig;
+use tcpulse_collector::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
+use tcpulse_collector::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+
+use crate::config::{DemoConfigError, DemoPlan};
+use crate::view;
 
 /// The demo could not start; the variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ pub enum DemoError {
     Client(#[from] ConnectError),
     /// The collector could not be built.
     #[error("collector: {0}")]
-    Collector(#[from] crate::BuildError),
+    Collector(#[from] tcpulse_collector::BuildError),
     /// Logging could not be set up.
     #[error("demo log {path}: {source}")]
     Log {
@@ -100,7 +101,7 @@ pub fn init_tracing(plan: &DemoPlan, tty: bool) -> Result<(), DemoError> {
             .try_init();
     } else {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter("warn,tcpulse_collector::demo=info"))
+            .with_env_filter(filter("warn,tcpulse_demo=info"))
             .with_ansi(false)
             .with_writer(std::io::stderr)
             .try_init();
@@ -211,7 +212,7 @@ fn load_path(plan: &DemoPlan, fqdn: &str) -> PathBuf {
 
 fn agent_config(
     plan: &DemoPlan,
-    connector: &super::config::ConnectorPlan,
+    connector: &crate::config::ConnectorPlan,
     instance: &str,
     region: &str,
     time_shift: Duration,
@@ -365,7 +366,7 @@ pub async fn run(
     let listen = ClientConfig::from_connection_string(&strings.listen, None, options)?;
 
     // The collector.
-    let built = match crate::build(collector_config(&plan)).await {
+    let built = match tcpulse_collector::build(collector_config(&plan)).await {
         Ok(b) => b,
         Err(e) => {
             hub.shutdown().await;
@@ -375,14 +376,18 @@ pub async fn run(
     let metrics = built
         .metrics_addr()
         .map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
-    let provider = crate::eventhubs::EventHubsProvider::new(
+    let provider = tcpulse_collector::eventhubs::EventHubsProvider::new(
         listen,
         tcpulse_eventhub::client::DEFAULT_CONSUMER_GROUP,
         300,
         None,
     );
     let collector_stop = CancellationToken::new();
-    let collector = tokio::spawn(crate::run_built(built, provider, collector_stop.clone()));
+    let collector = tokio::spawn(tcpulse_collector::run_built(
+        built,
+        provider,
+        collector_stop.clone(),
+    ));
 
     // The agents.
     let agents_stop = CancellationToken::new();

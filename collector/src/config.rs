@@ -1010,11 +1010,19 @@ pub enum Command {
     /// Print the annotated reference config (every setting with its docs; defaults active,
     /// the rest commented out) and exit.
     Config,
-    /// Run the whole pipeline on loopback: embedded hub (TLS), simulated agents, this
-    /// collector, and a live fleet view.
-    #[cfg(feature = "demo")]
-    Demo(crate::demo::config::DemoArgs),
+    /// Moved to the `tcpulse-demo` binary (same flags); kept hidden so old scripts are told
+    /// where it went: prints [`DEMO_MOVED`] and exits 2.
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
+        /// Whatever followed `demo`; ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
+
+/// What `tcpulse-collector demo` prints: the demo is its own crate and binary now.
+pub const DEMO_MOVED: &str = "the demo moved to its own binary: run \
+    `cargo run --release -p tcpulse-demo` (or `tcpulse-demo` if installed), with the same flags";
 
 /// Flags shared by `run` and `check-config`; each overrides the config file. Secrets
 /// have no flags: they come from the environment or files the config names.

@@ -17,7 +17,10 @@
 //! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
 //! | [`metrics`] | the Prometheus registry (with `tcpulse_build_info` and the process metrics), `/metrics` (OpenMetrics or text 0.0.4, as the scraper asks) `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
 //! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
-//! | `demo` | (feature `demo`, default) `tcpulse-collector demo`: embedded hub, simulated agents, this collector and a fleet view in one process | be needed by a production build |
+//!
+//! The demo (embedded hub, simulated agents, this collector and a fleet view in one process)
+//! is the `tcpulse-demo` crate, which depends on this one; this crate depends on neither the
+//! hub nor the agent. `tcpulse-collector demo` is kept, hidden, only to say so.
 //!
 //! # Stored data
 //!
@@ -46,8 +49,6 @@ pub mod any_source;
 pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;

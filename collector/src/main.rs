@@ -1,6 +1,7 @@
-//! `tcpulse-collector run | check-config | config | demo`: parses the command line, sets up logging and
+//! `tcpulse-collector run | check-config | config`: parses the command line, sets up logging and
 //! the shutdown token, and hands over to the library. Exit codes: 0 clean, 1 runtime failure,
-//! 78 configuration error (clap's usage errors: 2).
+//! 78 configuration error (clap's usage errors, and the hidden `demo` that says where the
+//! demo moved: 2).
 
 use std::process::ExitCode;
 
@@ -28,8 +29,10 @@ fn main() -> ExitCode {
             print!("{}", tcpulse_collector::config::reference());
             Ok(())
         }
-        #[cfg(feature = "demo")]
-        Command::Demo(args) => demo(args).map_err(|e| (Failure::Runtime, e)),
+        Command::Demo { .. } => {
+            eprintln!("{BIN}: {}", tcpulse_collector::config::DEMO_MOVED);
+            return ExitCode::from(exit::USAGE);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,21 +66,6 @@ fn classify(err: &BuildError) -> Failure {
         | BuildError::CheckpointDir { .. }
         | BuildError::Metrics(_) => Failure::Runtime,
     }
-}
-
-#[cfg(feature = "demo")]
-fn demo(args: &tcpulse_collector::demo::config::DemoArgs) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    let plan = args.plan()?;
-    let tty = std::io::stdout().is_terminal();
-    tcpulse_collector::demo::run::init_tracing(&plan, tty)?;
-    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        tcpulse_collector::demo::run::run(plan, tty, shutdown).await?;
-        Ok(())
-    })
 }
 
 fn check_config(args: &RunArgs) -> Result<(), Failed> {

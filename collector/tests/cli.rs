@@ -381,3 +381,32 @@ fn cli_config_prints_the_reference_which_parses_to_the_defaults() {
     );
     assert!(help.contains("secret file"), "{help}");
 }
+
+/// #14: the demo moved to the `tcpulse-demo` crate. `tcpulse-collector demo`, with or without
+/// the old flags (`--help` included), says in one line on stderr how to run it now, starts
+/// nothing and exits 2; `--help` no longer lists it.
+#[test]
+fn cli_demo_says_where_the_demo_moved_and_exits_2() {
+    for argv in [
+        &["demo"][..],
+        &["demo", "--duration", "25s", "--dir", "/nonexistent/x"],
+        &["demo", "--help"],
+        &["demo", "--no-such-flag", "value"],
+    ] {
+        let out = bin().args(argv).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{argv:?}: {err}");
+        assert!(out.stdout.is_empty(), "{argv:?}: nothing on stdout");
+        assert_eq!(err.lines().count(), 1, "{argv:?}: one line: {err}");
+        assert!(
+            err.starts_with("tcpulse-collector: the demo moved to its own binary: run `cargo run --release -p tcpulse-demo` (or `tcpulse-demo` if installed)"),
+            "{argv:?}: {err}"
+        );
+    }
+    let help = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.lines().any(|l| l.trim_start().starts_with("demo")),
+        "{help}"
+    );
+}

@@ -1,8 +1,8 @@
-//! `tcpulse-collector demo` end to end (issue 7): the built binary runs the embedded hub
-//! over TLS, 12 simulated agents publishing over AMQPS and the collector, without a
-//! terminal, and stops by itself after `--duration`.
+//! `tcpulse-demo` end to end (issue 7; its own crate since issue 14): the built binary runs
+//! the embedded hub over TLS, 12 simulated agents publishing over AMQPS and the collector,
+//! without a terminal, and stops by itself after `--duration`.
 //!
-//! Needs the binary with the default features: `cargo build -p tcpulse-collector --bins`.
+//! Needs the binary: `cargo build -p tcpulse-demo --bins`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -35,13 +35,13 @@ fn split_line(line: &str) -> Option<Parts<'_>> {
 
 #[test]
 fn demo_runs_noninteractively_and_writes_points_for_every_instance() -> Result<()> {
-    let bin = workspace_binary("tcpulse-collector")?;
+    let bin = workspace_binary("tcpulse-demo")?;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let mut child = Command::new(&bin)
-        .args(["demo", "--duration", "25s", "--dir"])
+        .args(["--duration", "25s", "--dir"])
         .arg(dir.path())
-        .env("RUST_LOG", "warn,tcpulse_collector::demo=info")
+        .env("RUST_LOG", "warn,tcpulse_demo=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -14,18 +14,22 @@ use tcpulse_agent::config::{
 };
 use tcpulse_agent::health::HealthConfig;
 use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
+use tcpulse_agent::run::{RunError as AgentError, RunSummary as AgentSummary};
 use tcpulse_agent::sources::simulate::SimulateConfig;
 use tcpulse_agent::sources::SourceConfig;
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
 use tcpulse_hub::{Hub, HubConfig, HubError};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{DemoConfigError, DemoPlan};
-use super::view;
-use crate::config::Config;
-use crate::sinks::file::config::FileSinkConfig;
-use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
-use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+use tcpulse_collector::config::Config;
+use tcpulse_collector::sinks::file::config::FileSinkConfig;
+use tcpulse_collector::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
+use tcpulse_collector::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+use tcpulse_collector::RunSummary;
+
+use crate::config::{DemoConfigError, DemoPlan};
+use crate::view;
 
 /// The demo could not start; the variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +54,7 @@ pub enum DemoError {
     Client(#[from] ConnectError),
     /// The collector could not be built.
     #[error("collector: {0}")]
-    Collector(#[from] crate::BuildError),
+    Collector(#[from] tcpulse_collector::BuildError),
     /// Logging could not be set up.
     #[error("demo log {path}: {source}")]
     Log {
@@ -100,7 +104,7 @@ pub fn init_tracing(plan: &DemoPlan, tty: bool) -> Result<(), DemoError> {
             .try_init();
     } else {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter("warn,tcpulse_collector::demo=info"))
+            .with_env_filter(filter("warn,tcpulse_demo=info"))
             .with_ansi(false)
             .with_writer(std::io::stderr)
             .try_init();
@@ -211,7 +215,7 @@ fn load_path(plan: &DemoPlan, fqdn: &str) -> PathBuf {
 
 fn agent_config(
     plan: &DemoPlan,
-    connector: &super::config::ConnectorPlan,
+    connector: &crate::config::ConnectorPlan,
     instance: &str,
     region: &str,
     time_shift: Duration,
@@ -305,8 +309,67 @@ pub async fn run(
     tty: bool,
     shutdown: CancellationToken,
 ) -> Result<DemoSummary, DemoError> {
-    let a = plan.args.clone();
-    if a.resume {
+    prepare_dir(&plan)?;
+    let hub = start_hub(&plan).await?;
+    let options = ClientOptions {
+        custom_endpoint: Some(hub.amqps_addr().to_string()),
+        extra_ca_file: Some(hub.ca_pem_path().to_owned()),
+        ..ClientOptions::default()
+    };
+    let strings = hub.connection_strings().clone();
+    let send = ClientConfig::from_connection_string(&strings.send, None, options.clone())?;
+    let listen = ClientConfig::from_connection_string(&strings.listen, None, options)?;
+    let collector = match start_collector(&plan, listen).await {
+        Ok(c) => c,
+        Err(e) => {
+            hub.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let agents = Agents::start(&plan, &send, &strings.send);
+    let phase = Arc::new(Mutex::new(Phase {
+        surge: false,
+        factor: 1.0,
+    }));
+    let shifter = tokio::spawn(shift_load(plan.clone(), phase.clone(), agents.stop.clone()));
+    let view = start_view(
+        &plan,
+        tty,
+        &hub,
+        &collector.metrics,
+        phase,
+        agents.tasks.len(),
+    );
+
+    wait_for_stop(plan.args.duration, &shutdown).await;
+    tracing::info!("demo stopping: agents flush, collector checkpoints, hub shuts down");
+    // Agents first: they flush their spools to the hub.
+    let (events_sent, spooled_at_exit) = agents.finish(shifter).await;
+    let events_read = collector.finish().await;
+    view.stop.cancel();
+    let fleet = view.task.await.unwrap_or_default();
+    hub.shutdown().await;
+    let summary = DemoSummary {
+        events_sent,
+        events_read,
+        spooled_at_exit,
+        fleet,
+        points_file: points_path(&plan),
+    };
+    println!(
+        "demo stopped: agents sent {} events ({} left spooled), collector read {}, points in {}",
+        summary.events_sent,
+        summary.spooled_at_exit,
+        summary.events_read,
+        summary.points_file.display()
+    );
+    Ok(summary)
+}
+
+/// Clears what an earlier run left (unless `--resume`), creates the directories and sets
+/// every connector's load factor to 1.0.
+fn prepare_dir(plan: &DemoPlan) -> Result<(), DemoError> {
+    if plan.args.resume {
         tracing::info!(dir = %plan.dir.display(), "resuming what an earlier demo left in the directory");
     } else {
         let removed = clear_state(&plan.dir)?;
@@ -322,15 +385,16 @@ pub async fn run(
         mkdir(&d)?;
     }
     for c in &plan.connectors {
-        write_atomic(&load_path(&plan, &c.fqdn), "1.0\n").map_err(|source| DemoError::Dir {
-            path: load_path(&plan, &c.fqdn),
-            source,
-        })?;
+        let path = load_path(plan, &c.fqdn);
+        write_atomic(&path, "1.0\n").map_err(|source| DemoError::Dir { path, source })?;
     }
+    Ok(())
+}
 
-    // The hub, over TLS on loopback.
-    // The collector's checkpoints are scoped by namespace and port, so a second run in the
-    // same directory takes the previous port (when free) and resumes from them.
+/// Starts the hub over TLS on loopback. The collector's checkpoints are scoped by namespace
+/// and port, so a second run in the same directory takes the previous port (when free) and
+/// resumes from them.
+async fn start_hub(plan: &DemoPlan) -> Result<Hub, DemoError> {
     let port_file = plan.dir.join("hub.port");
     let previous = std::fs::read_to_string(&port_file)
         .ok()
@@ -353,63 +417,129 @@ pub async fn run(
     if let Err(e) = write_atomic(&port_file, &format!("{}\n", hub.amqps_addr().port())) {
         tracing::warn!(stage = "demo_hub", error_type = "io", path = %port_file.display(), error = %e, "cannot remember the hub port");
     }
-    let addr = hub.amqps_addr();
-    let ca = hub.ca_pem_path().to_owned();
-    let options = ClientOptions {
-        custom_endpoint: Some(addr.to_string()),
-        extra_ca_file: Some(ca.clone()),
-        ..ClientOptions::default()
-    };
-    let strings = hub.connection_strings().clone();
-    let send = ClientConfig::from_connection_string(&strings.send, None, options.clone())?;
-    let listen = ClientConfig::from_connection_string(&strings.listen, None, options)?;
+    Ok(hub)
+}
 
-    // The collector.
-    let built = match crate::build(collector_config(&plan)).await {
-        Ok(b) => b,
-        Err(e) => {
-            hub.shutdown().await;
-            return Err(e.into());
-        }
-    };
+/// The running collector.
+struct Collector {
+    task: JoinHandle<RunSummary>,
+    stop: CancellationToken,
+    /// Its `/metrics` URL, or `off`.
+    metrics: String,
+}
+
+/// Builds the collector (the file sink, and InfluxDB when asked) and runs it over the hub's
+/// partitions with the Listen key.
+async fn start_collector(
+    plan: &DemoPlan,
+    listen: ClientConfig,
+) -> Result<Collector, tcpulse_collector::BuildError> {
+    let built = tcpulse_collector::build(collector_config(plan)).await?;
     let metrics = built
         .metrics_addr()
         .map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
-    let provider = crate::eventhubs::EventHubsProvider::new(
+    let provider = tcpulse_collector::eventhubs::EventHubsProvider::new(
         listen,
         tcpulse_eventhub::client::DEFAULT_CONSUMER_GROUP,
         300,
         None,
     );
-    let collector_stop = CancellationToken::new();
-    let collector = tokio::spawn(crate::run_built(built, provider, collector_stop.clone()));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(tcpulse_collector::run_built(built, provider, stop.clone()));
+    Ok(Collector {
+        task,
+        stop,
+        metrics,
+    })
+}
 
-    // The agents.
-    let agents_stop = CancellationToken::new();
-    let shift = peak_time_shift(tcpulse_schema::Timestamp::now().unix_millis());
-    let regions = ["westeurope", "northeurope", "eastus", "westus2"];
-    let mut agents = Vec::new();
-    for (ci, c) in plan.connectors.iter().enumerate() {
-        let region = regions[ci % regions.len()];
-        for name in c.instance_names(plan.instances) {
-            let cfg = agent_config(&plan, c, &name, region, shift, &strings.send);
-            let publisher = EventHubsPublisher::new(send.clone());
-            agents.push((
-                name,
-                tokio::spawn(tcpulse_agent::run::run(cfg, publisher, agents_stop.clone())),
-            ));
+impl Collector {
+    /// Gives the collector a moment to read the agents' last events, stops it (it drains,
+    /// checkpoints and flushes) and returns the events it read.
+    async fn finish(self) -> u64 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.cancel();
+        match self.task.await {
+            Ok(s) => s.partitions.iter().map(|p| p.events_read).sum(),
+            Err(e) => {
+                tracing::error!(stage = "demo_collector", error_type = "panic", error = %e, "collector task failed");
+                0
+            }
         }
     }
+}
 
-    // The load shifter.
-    let phase = Arc::new(Mutex::new(Phase {
-        surge: false,
-        factor: 1.0,
-    }));
-    let shifter = tokio::spawn(shift_load(plan.clone(), phase.clone(), agents_stop.clone()));
+/// The simulated agents, one task per instance, and the token that stops them (and the load
+/// shifter).
+struct Agents {
+    tasks: Vec<(String, JoinHandle<Result<AgentSummary, AgentError>>)>,
+    stop: CancellationToken,
+}
 
-    // The view.
-    let points = points_path(&plan);
+impl Agents {
+    /// Starts every connector's instances, each publishing with the Send key; the simulated
+    /// clock is shifted to a working-day peak.
+    fn start(plan: &DemoPlan, send: &ClientConfig, send_string: &str) -> Agents {
+        let stop = CancellationToken::new();
+        let shift = peak_time_shift(tcpulse_schema::Timestamp::now().unix_millis());
+        let regions = ["westeurope", "northeurope", "eastus", "westus2"];
+        let mut tasks = Vec::new();
+        for (ci, c) in plan.connectors.iter().enumerate() {
+            let region = regions[ci % regions.len()];
+            for name in c.instance_names(plan.instances) {
+                let cfg = agent_config(plan, c, &name, region, shift, send_string);
+                let publisher = EventHubsPublisher::new(send.clone());
+                tasks.push((
+                    name,
+                    tokio::spawn(tcpulse_agent::run::run(cfg, publisher, stop.clone())),
+                ));
+            }
+        }
+        Agents { tasks, stop }
+    }
+
+    /// Stops the agents and the shifter; waits until every agent flushed its spool (up to
+    /// its `shutdown_flush`). Returns the events sent and those left spooled.
+    async fn finish(self, shifter: JoinHandle<()>) -> (u64, u64) {
+        self.stop.cancel();
+        let _ = shifter.await;
+        let (mut events_sent, mut spooled_at_exit) = (0, 0);
+        for (name, h) in self.tasks {
+            match h.await {
+                Ok(Ok(s)) => {
+                    events_sent += s.events_sent;
+                    spooled_at_exit += s.spooled_at_exit;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(stage = "demo_agent", error_type = "start", instance = %name, error = %e, "agent failed")
+                }
+                Err(e) => {
+                    tracing::error!(stage = "demo_agent", error_type = "panic", instance = %name, error = %e, "agent task failed")
+                }
+            }
+        }
+        (events_sent, spooled_at_exit)
+    }
+}
+
+/// The running fleet view.
+struct View {
+    task: JoinHandle<view::Fleet>,
+    stop: CancellationToken,
+}
+
+/// Prints where everything is (when stdout is not a terminal; in a terminal the view's
+/// header says it) and starts the view on the collector's line-protocol file.
+fn start_view(
+    plan: &DemoPlan,
+    tty: bool,
+    hub: &Hub,
+    metrics: &str,
+    phase: Arc<Mutex<Phase>>,
+    agents: usize,
+) -> View {
+    let (addr, ca) = (hub.amqps_addr(), hub.ca_pem_path());
+    let points = points_path(plan);
     let first_line = format!(
         "tcpulse demo: {} connectors × {} simulated agents → hub amqps://{addr} (TLS) → collector → {}",
         plan.connectors.len(),
@@ -421,7 +551,7 @@ pub async fn run(
         plan.dir.display(),
         ca.display(),
         if tty {
-            log_path(&plan).display().to_string()
+            log_path(plan).display().to_string()
         } else {
             "stderr".to_owned()
         }
@@ -429,19 +559,17 @@ pub async fn run(
     let override_hint = plan.connectors.first().map_or(String::new(), |c| {
         format!(
             "live load override: echo 1.8 > {}",
-            load_path(&plan, &c.fqdn).display()
+            load_path(plan, &c.fqdn).display()
         )
     });
     if !tty {
         println!("{first_line}");
         println!("{second_line}");
     }
-    tracing::info!(hub = %addr, ca = %ca.display(), metrics = %metrics, points = %points.display(), agents = agents.len(), "demo running");
-    let view_stop = CancellationToken::new();
-    let header_phase = phase.clone();
+    tracing::info!(hub = %addr, ca = %ca.display(), metrics = %metrics, points = %points.display(), agents, "demo running");
     let header_plan = plan.clone();
     let header = move || {
-        let p = header_phase.lock().map(|g| *g).unwrap_or(Phase {
+        let p = phase.lock().map(|g| *g).unwrap_or(Phase {
             surge: false,
             factor: 1.0,
         });
@@ -450,17 +578,21 @@ pub async fn run(
             phase_text(&header_plan, p)
         )
     };
-    let view_task = tokio::spawn(view::follow(
-        points.clone(),
-        a.refresh,
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(view::follow(
+        points,
+        plan.args.refresh,
         tty,
         Box::new(header),
         false,
-        view_stop.clone(),
+        stop.clone(),
     ));
+    View { task, stop }
+}
 
-    // Run until told to stop.
-    match a.duration {
+/// Waits for `shutdown`, or `duration` when given.
+async fn wait_for_stop(duration: Option<Duration>, shutdown: &CancellationToken) {
+    match duration {
         Some(d) => {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -469,54 +601,6 @@ pub async fn run(
         }
         None => shutdown.cancelled().await,
     }
-    tracing::info!("demo stopping: agents flush, collector checkpoints, hub shuts down");
-
-    // Agents first: they flush their spools to the hub.
-    agents_stop.cancel();
-    let _ = shifter.await;
-    let (mut events_sent, mut spooled_at_exit) = (0, 0);
-    for (name, h) in agents {
-        match h.await {
-            Ok(Ok(s)) => {
-                events_sent += s.events_sent;
-                spooled_at_exit += s.spooled_at_exit;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(stage = "demo_agent", error_type = "start", instance = %name, error = %e, "agent failed")
-            }
-            Err(e) => {
-                tracing::error!(stage = "demo_agent", error_type = "panic", instance = %name, error = %e, "agent task failed")
-            }
-        }
-    }
-    // Give the collector a moment to read the agents' last events.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    collector_stop.cancel();
-    let events_read = match collector.await {
-        Ok(s) => s.partitions.iter().map(|p| p.events_read).sum(),
-        Err(e) => {
-            tracing::error!(stage = "demo_collector", error_type = "panic", error = %e, "collector task failed");
-            0
-        }
-    };
-    view_stop.cancel();
-    let fleet = view_task.await.unwrap_or_default();
-    hub.shutdown().await;
-    let summary = DemoSummary {
-        events_sent,
-        events_read,
-        spooled_at_exit,
-        fleet,
-        points_file: points,
-    };
-    println!(
-        "demo stopped: agents sent {} events ({} left spooled), collector read {}, points in {}",
-        summary.events_sent,
-        summary.spooled_at_exit,
-        summary.events_read,
-        summary.points_file.display()
-    );
-    Ok(summary)
 }
 
 /// The load factors one shift cycle steps through: normal, halfway, `--load-shift`.

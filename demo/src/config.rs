@@ -1,12 +1,16 @@
-//! The flags of `tcpulse-collector demo` and their validation into a [`DemoPlan`].
+//! The flags of `tcpulse-demo` and their validation into a [`DemoPlan`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Flags of `demo`. Secrets have no flags: the InfluxDB token comes from
-/// `TCPULSE_INFLUXDB_TOKEN`, the v1 password from `TCPULSE_INFLUXDB_PASSWORD`.
-#[derive(Debug, Clone, clap::Args)]
+/// Run the whole pipeline on loopback: embedded hub (TLS), simulated agents, the
+/// collector, and a live fleet view.
+///
+/// Secrets have no flags: the InfluxDB token comes from `TCPULSE_INFLUXDB_TOKEN`, the v1
+/// password from `TCPULSE_INFLUXDB_PASSWORD`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tcpulse-demo", version)]
 pub struct DemoArgs {
     /// Directory for the hub's partitions and TLS files, the agents' spools, checkpoints
     /// and the line-protocol output. Default: `tcpulse-demo` in the temp directory.

@@ -61,7 +61,7 @@ export WINEDEBUG=-all,err+eventlog
 wine tcpulse-agent.exe install --config bad.toml 2>> service.log \
   || { cat service.log >&2; echo "FAIL: install" >&2; exit 1; }
 wine reg query "$evkey" /v EventMessageFile | tr -d '\r' | grep -q 'REG_EXPAND_SZ.*EventLogMessages.dll' \
-  || { echo "FAIL: install did not register the event source $evkey" >&2; exit 1; }
+  || { printf "FAIL: install did not register the event source %s\n" "$evkey" >&2; exit 1; }
 wine tcpulse-agent.exe start 2>> service.log || true
 reason='unknown field `colour`'
 for _ in $(seq 1 30); do
@@ -73,7 +73,7 @@ grep "eventlog" service.log | grep -q "stopped on a configuration error (exit 78
 wine tcpulse-agent.exe uninstall 2>> service.log >/dev/null \
   || { cat service.log >&2; echo "FAIL: uninstall" >&2; exit 1; }
 if wine reg query "$evkey" >/dev/null 2>&1; then
-  echo "FAIL: uninstall left the event source $evkey" >&2; exit 1
+  printf "FAIL: uninstall left the event source %s\n" "$evkey" >&2; exit 1
 fi
 export WINEDEBUG=-all
 echo "wine smoke test OK"

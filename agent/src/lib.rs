@@ -15,6 +15,7 @@
 //! | [`check_cert`] | Pexip's certificate requirements, `check-cert` report, expiry | touch the network |
 //! | [`internal_events`] | named telemetry events: log once, count once | decide anything |
 //! | [`cli`] | clap definitions (the `--help` text), logging, signals, the commands' glue | hold logic the library needs |
+//! | [`event_log`] | the service's Windows event log entries (start, clean stop, failure with its reason); on Windows the source's registration and the writing | decide when to write |
 //! | `windows_service` | (Windows only) install/start/stop, service entry point, file logging | run elsewhere |
 //!
 //! The agent never compiles the Event Hubs hub: only the transport seam in [`publish`]
@@ -24,6 +25,7 @@
 pub mod check_cert;
 pub mod cli;
 pub mod config;
+pub mod event_log;
 pub mod health;
 pub mod internal_events;
 pub mod publish;

@@ -1,6 +1,9 @@
 //! Running as a Windows service (the `windows-service` crate): `install`, `uninstall`,
 //! `start`, `stop`, and the service entry point, which turns the service manager's Stop
 //! and Shutdown controls into the agent's cancellation token and logs to a file.
+//! `install` and `uninstall` also register and remove the event source; the entry point
+//! writes the start, the clean stop and a failure's reason to the event log
+//! ([`crate::event_log`]) and reports the exit code (78 or 1) to the service manager.
 //!
 //! The service runs `tcpulse-agent.exe service --config <FILE>` as LocalSystem, starts
 //! automatically at boot, and logs to `C:\ProgramData\tcpulse-agent\agent.log` unless the
@@ -23,6 +26,7 @@ use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 
 use crate::cli::CliError;
 use crate::config::RunArgs;
+use crate::event_log::{self, Entry};
 
 /// Name of the service.
 pub const SERVICE_NAME: &str = "tcpulse-agent";
@@ -70,6 +74,12 @@ pub fn install(config: &Path) -> Result<(), CliError> {
     service
         .set_description("Publishes Teams Connector call counts and health to Azure Event Hubs")
         .map_err(svc_err("describe"))?;
+    event_log::register().map_err(|e| {
+        CliError::Setup(format!(
+            "registering the event source {}: {e}; run as Administrator",
+            event_log::SOURCE
+        ))
+    })?;
     println!("installed service {SERVICE_NAME}; start it with `tcpulse-agent start`");
     Ok(())
 }
@@ -94,6 +104,9 @@ pub fn uninstall() -> Result<(), CliError> {
         drop(service.stop());
     }
     service.delete().map_err(svc_err("delete"))?;
+    if let Err(e) = event_log::deregister() {
+        eprintln!("tcpulse-agent: could not remove the event source: {e}");
+    }
     println!("removed service {SERVICE_NAME}");
     Ok(())
 }
@@ -140,12 +153,12 @@ fn run_under_scm() -> Result<(), CliError> {
     };
     let status =
         service_control_handler::register(SERVICE_NAME, handler).map_err(svc_err("register"))?;
-    let set = |state, accept, code| {
+    let set = |state, accept, exit_code| {
         status.set_service_status(ServiceStatus {
             service_type: ServiceType::OWN_PROCESS,
             current_state: state,
             controls_accepted: accept,
-            exit_code: ServiceExitCode::Win32(code),
+            exit_code,
             checkpoint: 0,
             wait_hint: Duration::from_secs(10),
             process_id: None,
@@ -154,21 +167,39 @@ fn run_under_scm() -> Result<(), CliError> {
     set(
         ServiceState::Running,
         ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
-        0,
+        ServiceExitCode::Win32(0),
     )
     .map_err(svc_err("status"))?;
     let args = RUN_ARGS.get().cloned().unwrap_or_default();
+    event_log::write(&Entry::Started {
+        config: args.config.as_deref(),
+    });
     let log = PathBuf::from(DEFAULT_LOG_FILE);
     if let Some(dir) = log.parent() {
         drop(std::fs::create_dir_all(dir));
     }
-    let result = crate::cli::run_agent(&args, token, Some(log.clone()));
-    let code = if result.is_ok() { 0 } else { 1 };
-    if let Err(e) = &result {
-        // A config error happens before logging is set up: log it to the default file.
-        drop(crate::cli::init_tracing("info", Some(&log)));
-        tracing::error!("tcpulse-agent: {e}");
-    }
-    set(ServiceState::Stopped, ServiceControlAccept::empty(), code).map_err(svc_err("status"))?;
-    result
+    let exit_code = match crate::cli::run_agent(&args, token, Some(log.clone())) {
+        Ok(()) => {
+            event_log::write(&Entry::Stopped);
+            ServiceExitCode::Win32(0)
+        }
+        Err(e) => {
+            let failure = e.failure();
+            let reason = crate::internal_events::error_chain(&e);
+            event_log::write(&Entry::Failed {
+                failure,
+                reason: &reason,
+            });
+            // A config error happens before logging is set up: log it to the default file.
+            drop(crate::cli::init_tracing("info", Some(&log)));
+            tracing::error!("tcpulse-agent: {reason}");
+            ServiceExitCode::ServiceSpecific(u32::from(failure.code()))
+        }
+    };
+    set(
+        ServiceState::Stopped,
+        ServiceControlAccept::empty(),
+        exit_code,
+    )
+    .map_err(svc_err("status"))
 }

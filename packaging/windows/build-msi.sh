@@ -19,6 +19,9 @@
 #     MsiServiceConfigFailureActions (restart after 5 s, 30 s, then 60 s; reset after a
 #     day, like install-agent.ps1's `sc.exe failure`), and the standard action
 #     MsiConfigureServices that applies them, between InstallServices and StartServices.
+#   - the event source's registry values as wixl should have written them: its Key without
+#     the trailing backslash wixl appends, and EventMessageFile as REG_EXPAND_SZ (the "#%"
+#     prefix, which wixl drops for Type="expandable").
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -60,6 +63,9 @@ RestartOnFailure${tab}tcpulse-agent${tab}5${tab}86400${tab}${tab}${tab}1[~]1[~]1
 EOF
 
 msi="$stage/agent.msi"
+# agent/src/event_log.rs: REGISTRY_KEY and MESSAGE_FILE.
+eventlog_key='SYSTEM\CurrentControlSet\Services\EventLog\Application\tcpulse-agent'
+message_file='%SystemRoot%\Microsoft.NET\Framework64\v4.0.30319\EventLogMessages.dll'
 secure=$(msiinfo export "$msi" Property | awk -F '\t' '$1 == "SecureCustomProperties" { print $2 }')
 secure=${secure:+$secure;}CONNECTION_STRING_FILE
 (cd "$stage" && msibuild agent.msi \
@@ -67,7 +73,9 @@ secure=${secure:+$secure;}CONNECTION_STRING_FILE
   -i MsiServiceConfigFailureActions.idt \
   -q "INSERT INTO \`InstallExecuteSequence\` (\`Action\`, \`Condition\`, \`Sequence\`) VALUES ('MsiConfigureServices', 'VersionNT', 5850)" \
   -q "UPDATE \`Component\` SET \`Attributes\` = 272 WHERE \`Component\` = 'SpoolDir'" \
-  -q "UPDATE \`Property\` SET \`Value\` = '$secure' WHERE \`Property\` = 'SecureCustomProperties'") \
+  -q "UPDATE \`Property\` SET \`Value\` = '$secure' WHERE \`Property\` = 'SecureCustomProperties'" \
+  -q "UPDATE \`Registry\` SET \`Key\` = '$eventlog_key' WHERE \`Component_\` = 'AgentExe'" \
+  -q "UPDATE \`Registry\` SET \`Value\` = '#%$message_file' WHERE \`Name\` = 'EventMessageFile'") \
   || fail "msibuild could not add the service configuration tables"
 # 272 = 0x100 (64-bit component, as wixl wrote it) + 0x10 (permanent).
 

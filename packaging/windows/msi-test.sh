@@ -61,7 +61,15 @@ attrs=$(row Component SpoolDir | cut -f4)
 [ $((attrs & 16)) = 16 ] || fail "component SpoolDir is not permanent (Attributes $attrs): uninstall would delete the spool"
 row Property SecureCustomProperties | grep -q 'CONNECTION_STRING_FILE' \
   || fail "CONNECTION_STRING_FILE is not in SecureCustomProperties"
-ok "tables: service, control, recovery, delayed start, ACL actions, kept config and spool"
+# The event source (agent/src/event_log.rs): REG_EXPAND_SZ ("#%"), key without a trailing
+# backslash (build-msi.sh fixes both after wixl), in the exe's component.
+evkey='SYSTEM\CurrentControlSet\Services\EventLog\Application\tcpulse-agent'
+evrow() { msiinfo export "$work/agent.msi" Registry | tr -d '\r' | awk -F '\t' -v n="$1" 'NR > 3 && $4 == n { print $2 FS $3 FS $5 FS $6 }'; }
+[ "$(evrow EventMessageFile)" = "2${T}${evkey}${T}#%%SystemRoot%\Microsoft.NET\Framework64\v4.0.30319\EventLogMessages.dll${T}AgentExe" ] \
+  || fail "Registry row EventMessageFile is '$(evrow EventMessageFile)'"
+[ "$(evrow TypesSupported)" = "2${T}${evkey}${T}#7${T}AgentExe" ] \
+  || fail "Registry row TypesSupported is '$(evrow TypesSupported)'"
+ok "tables: service, control, recovery, delayed start, ACL actions, kept config and spool, event source"
 
 # ---- wine --------------------------------------------------------------------------------
 wineboot -i >/dev/null 2>&1 || fail "wineboot could not create the prefix $WINEPREFIX"
@@ -109,7 +117,11 @@ cmp -s "$data/agent.toml" "$here/agent.toml" || fail "agent.toml was not created
 [ -d "$data/spool" ] || fail "no spool folder after install"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "the secret file does not hold CONNECTION_STRING_FILE's content"
 for a in CreateConfig LockDataDir CopySecret EnsureSecret LockSecret InstallServices; do ran_ok install.log $a; done
-ok "install: service tcpulse-agent (automatic, LocalSystem, '$image'), exe, config, spool, secret"
+evreg="HKLM\\$evkey"
+wine reg query "$evreg" /v EventMessageFile 2>/dev/null | tr -d '\r' \
+  | grep -q 'EventMessageFile *REG_EXPAND_SZ *%SystemRoot%\\Microsoft.NET\\Framework64\\v4.0.30319\\EventLogMessages.dll$' \
+  || fail "event source not registered: $(wine reg query "$evreg" 2>&1 | tr -d '\r')"
+ok "install: service tcpulse-agent (automatic, LocalSystem, '$image'), event source, exe, config, spool, secret"
 
 # The site edits the config and the agent spools a report; a reinstall without a connection
 # string keeps all three as they are.
@@ -124,7 +136,8 @@ cmp -s "$data/agent.toml" "$work/edited.toml" || fail "uninstall did not keep th
 [ -f "$data/spool/00000001.report" ] || fail "uninstall did not keep the spool"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "uninstall did not keep the secret file"
 ran_ok uninstall.log DeleteServices
-ok "uninstall: service and exe removed; edited config, spool and secret kept"
+wine reg query "$evreg" >/dev/null 2>&1 && fail "event source $evreg still registered after uninstall"
+ok "uninstall: service, event source and exe removed; edited config, spool and secret kept"
 
 run_msiexec /i reinstall.log
 [ "$(reg_value Start)" = 0x2 ] || fail "reinstall did not register the service again"

@@ -8,8 +8,8 @@
 pub mod reference;
 pub mod secret;
 
-/// The `--help` epilogue (clap's `after_help`) of the agent and the collector: the secrets
-/// rule, then the exit codes.
+/// The `--help` epilogue (clap's `after_help`) of the three binaries: the secrets rule,
+/// then the exit codes.
 pub fn after_help() -> String {
     format!("{}\n\n{}", secret::HELP, exit::HELP)
 }

@@ -43,6 +43,9 @@ pub enum Command {
     /// server+client auth, name, intermediates, validity). Exit 0 if it passes, 1 if not
     /// (or if the certificate cannot be read).
     CheckCert(CheckCertArgs),
+    /// Print the annotated reference config (every setting of the --config file with its
+    /// docs; defaults active, the rest commented out) and exit.
+    Config,
     /// Install the Windows service (runs `tcpulse-agent service --config FILE` at boot).
     #[cfg(windows)]
     Install {

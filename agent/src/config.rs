@@ -12,6 +12,9 @@
 //! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
 //! prints `***`.
 //!
+//! `tcpulse-agent config` prints every setting of the file with its docs and defaults
+//! ([`reference`], generated from these structs; see [`FileConfig::defaults`]).
+//!
 //! ```toml
 //! [identity]
 //! connector = "tc-eu.example.com"
@@ -27,12 +30,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 
 use crate::health::{default_disk_path, HealthConfig};
+
+mod reference;
 use crate::sources::{SourceConfig, SOURCE_TYPES};
+pub use reference::reference;
 
 /// Environment variable holding the Event Hubs connection string.
 pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
@@ -40,7 +47,7 @@ pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
 pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
 
 /// Identity of the instance the events describe.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityArgs {
     /// Teams Connector FQDN ($PxTeamsConnFqdn), e.g. tc-eu.example.com; the Event Hubs
@@ -63,22 +70,24 @@ pub struct IdentityArgs {
 }
 
 /// When reports are made.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ReportArgs {
     /// Time between two reports of an unchanged instance (humantime: 10s, 1m). Default: 10s.
     #[arg(long, env = "TCPULSE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub interval: Option<Duration>,
     /// Time between two reads of the source (humantime); a changed call count or state is
     /// reported at the next read, so this bounds the reporting delay. Default: 500ms.
     #[arg(long, env = "TCPULSE_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub poll_interval: Option<Duration>,
 }
 
 /// Host health measured with each report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct HealthArgs {
     /// Measure host health (CPU, memory, disk, service, certificate). Default: true
@@ -99,7 +108,7 @@ pub struct HealthArgs {
 }
 
 /// The on-disk spool.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolArgs {
     /// Directory of the spool database (spool.redb). Default: /var/lib/tcpulse-agent, or
@@ -124,7 +133,7 @@ pub struct SpoolArgs {
 }
 
 /// Where events go.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PublishArgs {
     /// File whose first line is the Event Hubs connection string; a configured file wins
@@ -175,31 +184,36 @@ pub struct PublishArgs {
     /// retry_max. Default: 1s.
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub retry_initial: Option<Duration>,
     /// Longest delay between two publish attempts (humantime). Default: 60s.
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub retry_max: Option<Duration>,
     /// On shutdown, how long to keep sending spooled events (humantime); the rest stays
     /// spooled for the next start. Default: 5s.
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub shutdown_flush: Option<Duration>,
     /// First delay after a fatal publish error (wrong key, hub not found: retrying soon
     /// cannot help, but a rotated key or a re-created hub can), humantime; doubles up to
     /// fatal_retry_max. Reports keep being spooled meanwhile. Default: 30s.
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub fatal_retry_initial: Option<Duration>,
     /// Longest delay between two attempts after fatal publish errors (humantime).
     /// Default: 5m.
     #[arg(skip)]
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub fatal_retry_max: Option<Duration>,
 }
 
 /// Logging.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LogArgs {
     /// Append logs to this file instead of stderr. Default: stderr (as a Windows service:
@@ -233,28 +247,30 @@ pub struct LogArgs {
 }
 
 /// The TOML file: one table per `*Args` struct plus `[source]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// `[identity]`.
+    /// Identity of the instance the events describe (flags: --connector, --region, …).
     #[serde(default)]
     pub identity: IdentityArgs,
-    /// `[report]`.
+    /// When reports are made.
     #[serde(default)]
     pub report: ReportArgs,
-    /// `[source]`: `type` is one of command, file, http, pexip, simulate.
+    /// Where call counts come from: `type` is one of command, file, http, pexip, simulate;
+    /// the other keys are that source's settings. Required (or --source simulate).
     #[serde(default)]
     pub source: Option<SourceConfig>,
-    /// `[health]`.
+    /// Host health measured with each report.
     #[serde(default)]
     pub health: HealthArgs,
-    /// `[spool]`.
+    /// The on-disk spool that holds events until Event Hubs accepts them.
     #[serde(default)]
     pub spool: SpoolArgs,
-    /// `[publish]`.
+    /// Where events go: Event Hubs (the connection string from a file or
+    /// TCPULSE_EVENTHUB_CONNECTION_STRING), or a file.
     #[serde(default)]
     pub publish: PublishArgs,
-    /// `[log]`.
+    /// Logging.
     #[serde(default)]
     pub log: LogArgs,
 }

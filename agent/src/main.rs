@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig(args) => cli::check_config(&args),
         Command::CheckCert(args) => cli::check_cert(&args),
+        Command::Config => {
+            print!("{}", tcpulse_agent::config::reference());
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(windows)]
         Command::Install { config } => {
             tcpulse_agent::windows_service::install(&config).map(|()| ExitCode::SUCCESS)

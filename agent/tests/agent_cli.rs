@@ -413,3 +413,23 @@ fn agent_config_secret_file_wins_over_the_variable_with_one_warn() {
         "{stderr}"
     );
 }
+
+/// #13: `tcpulse-agent config` prints the reference config, which parses to the defaults;
+/// `--help` names the subcommand and the secrets rule.
+#[test]
+fn agent_config_prints_the_reference_which_parses_to_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent(&["config"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed = tcpulse_agent::config::parse_file(Path::new("reference.toml"), &text).unwrap();
+    assert_eq!(parsed, tcpulse_agent::config::FileConfig::defaults());
+    assert!(text.contains("# [source]\n# type = \"simulate\""), "{text}");
+    let help = agent(&["--help"], dir.path());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("config ") && help.contains("reference config"),
+        "{help}"
+    );
+    assert!(help.contains("secret file"), "{help}");
+}

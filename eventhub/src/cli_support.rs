@@ -9,8 +9,8 @@
 pub mod reference;
 pub mod secret;
 
-/// The `--help` epilogue (clap's `after_help`) of the agent and the collector: the secrets
-/// rule, then the exit codes.
+/// The `--help` epilogue (clap's `after_help`) of the three binaries: the secrets rule,
+/// then the exit codes.
 pub fn after_help() -> String {
     format!("{}\n\n{}", secret::HELP, exit::HELP)
 }
@@ -31,7 +31,18 @@ pub mod logging {
     pub const RUST_LOG_ENV: &str = "RUST_LOG";
 
     /// How log lines are written.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        Default,
+        PartialEq,
+        Eq,
+        clap::ValueEnum,
+        serde::Deserialize,
+        serde::Serialize,
+        schemars::JsonSchema,
+    )]
     #[serde(rename_all = "lowercase")]
     pub enum LogFormat {
         /// Human-readable lines: `2026-01-02T03:04:05.678901Z  INFO target: message k=v`.

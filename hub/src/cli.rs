@@ -14,10 +14,14 @@ use crate::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 /// bound addresses, the CA file to trust and ready-made connection strings; logs go to stderr.
 ///
 /// Keys: set TCPULSE_HUB_POLICIES="NAME:RIGHTS:KEY;..." (RIGHTS = Send, Listen, Manage or
-/// e.g. Send+Listen) or --policies-file; otherwise keys are generated (and kept in
-/// --data-dir, so a restart keeps them).
+/// e.g. Send+Listen) or --policies-file (which wins when both are set); otherwise keys are
+/// generated (and kept in --data-dir, so a restart keeps them).
 #[derive(Debug, Parser)]
-#[command(name = "tcpulse-hub", version, after_help = tcpulse_eventhub::cli_support::exit::HELP)]
+#[command(
+    name = "tcpulse-hub",
+    version,
+    after_help = tcpulse_eventhub::cli_support::after_help()
+)]
 pub struct Args {
     /// AMQPS (TLS) listen address; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value_t = config::default_listen())]
@@ -59,7 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "HOST", default_value = "localhost")]
     pub namespace: String,
 
-    /// File with shared access policies, one NAME:RIGHTS:KEY per line.
+    /// File with shared access policies, one NAME:RIGHTS:KEY per line; it wins over
+    /// TCPULSE_HUB_POLICIES (one WARN when both are set).
     #[arg(long, value_name = "FILE")]
     pub policies_file: Option<PathBuf>,
 

@@ -2,10 +2,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use tcpulse_eventhub::cli_support::secret::{self, FileFormat, Origin};
+
 use crate::{auth, store::StoreConfig, HubError};
 
 /// Environment variable holding shared access policies (`NAME:RIGHTS:KEY;…`).
 pub const POLICIES_ENV: &str = "TCPULSE_HUB_POLICIES";
+/// What the policies are called in messages.
+const POLICIES_SECRET: &str = "hub shared access policies";
 
 /// One event hub and its partition count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +134,8 @@ pub struct HubConfig {
     /// Shared access policies (`NAME:RIGHTS:KEY;…`), e.g. from `TCPULSE_HUB_POLICIES`.
     /// Generated when neither this nor `policies_file` is set.
     pub policies: Option<String>,
-    /// File with shared access policies, one `NAME:RIGHTS:KEY` per line.
+    /// File with shared access policies, one `NAME:RIGHTS:KEY` per line. It wins over
+    /// `policies` (one WARN naming both when both are set).
     pub policies_file: Option<PathBuf>,
     /// Largest message (or batch) accepted, bytes; advertised on attach. Default 1 MiB.
     pub max_message_bytes: u64,
@@ -299,16 +304,31 @@ impl HubConfig {
         }
     }
 
+    /// The policies: from `policies_file`, else `policies`, else generated (kept in the
+    /// data directory). The file winning, with one WARN when both are set, is the
+    /// secrets rule of [`secret`].
     pub(crate) fn load_policies(&self) -> Result<Vec<auth::Policy>, HubError> {
-        if let Some(text) = &self.policies {
-            return auth::parse_policies(text, POLICIES_ENV);
-        }
-        if let Some(path) = &self.policies_file {
-            let text = std::fs::read_to_string(path).map_err(|e| HubError::Policies {
-                origin: path.display().to_string(),
-                why: e.to_string(),
-            })?;
-            return auth::parse_policies(&text, &path.display().to_string());
+        let file = self.policies_file.as_deref();
+        let loaded = secret::load_as(
+            POLICIES_SECRET,
+            Some(POLICIES_ENV),
+            file,
+            FileFormat::Whole,
+            |_| self.policies.clone(),
+        )
+        .map_err(|e| HubError::Policies {
+            origin: "policies_file".to_owned(),
+            why: e.to_string(),
+        })?;
+        if let Some(loaded) = loaded {
+            if let Some(conflict) = loaded.conflict() {
+                conflict.log();
+            }
+            let origin = match loaded.origin() {
+                Origin::File(path) => path.display().to_string(),
+                Origin::Env(name) => name.clone(),
+            };
+            return auth::parse_policies(loaded.expose(), &origin);
         }
         match &self.data_dir {
             Some(dir) => auth::load_or_generate(&dir.join("policies")),

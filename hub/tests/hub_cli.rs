@@ -11,6 +11,12 @@ const HUB: &str = env!("CARGO_BIN_EXE_tcpulse-hub");
 /// Starts the hub on a free port with stderr going to a file, waits for its ready line,
 /// stops it and returns what it logged.
 fn log_of_one_start(extra: &[&str]) -> String {
+    start_once(extra, None).1
+}
+
+/// Like [`log_of_one_start`] with `TCPULSE_HUB_POLICIES` set to `policies`; returns the
+/// ready line too.
+fn start_once(extra: &[&str], policies: Option<&str>) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -21,6 +27,7 @@ fn log_of_one_start(extra: &[&str]) -> String {
         .env("RUST_LOG", "info")
         .env_remove("TCPULSE_LOG_FORMAT")
         .env_remove("TCPULSE_HUB_POLICIES")
+        .envs(policies.map(|p| ("TCPULSE_HUB_POLICIES", p)))
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -32,7 +39,7 @@ fn log_of_one_start(extra: &[&str]) -> String {
     assert!(ready.starts_with('{'), "ready line: {ready:?}");
     child.kill().unwrap();
     child.wait().unwrap();
-    std::fs::read_to_string(&log_path).unwrap()
+    (ready, std::fs::read_to_string(&log_path).unwrap())
 }
 
 #[test]
@@ -76,4 +83,35 @@ fn hub_bad_policies_exit_78_naming_them() {
 fn hub_unknown_flag_is_clap_usage_exit_2() {
     let out = Command::new(HUB).arg("--no-such-flag").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// #13: the secrets rule, as in the agent and the collector: `--policies-file` wins over
+/// `TCPULSE_HUB_POLICIES`, with one WARN naming both and neither key; `--help` states it.
+#[test]
+fn hub_policies_file_wins_over_the_variable_with_one_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies");
+    std::fs::write(&file, "fromfile:Send:filekey1\nfromfile2:Listen:filekey2\n").unwrap();
+    let (ready, log) = start_once(
+        &["--policies-file", file.to_str().unwrap()],
+        Some("fromenv:Send:envkey"),
+    );
+    assert!(
+        ready.contains("fromfile") && ready.contains("fromfile2") && !ready.contains("fromenv"),
+        "the file's policies are used: {ready}"
+    );
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warns.len(), 1, "one WARN:\n{log}");
+    let warn = warns[0];
+    assert!(
+        warn.contains("TCPULSE_HUB_POLICIES") && warn.contains(file.to_str().unwrap()),
+        "{warn}"
+    );
+    assert!(!log.contains("filekey") && !log.contains("envkey"), "{log}");
+    let help = Command::new(HUB).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("secret file") && help.contains("Exit status"),
+        "{help}"
+    );
 }

@@ -2,11 +2,12 @@
 //! proving the verifier bites), the example configs against the real binaries'
 //! `check-config`, the compose file and Dockerfile (parsed, cross-checked against the
 //! binaries, the hub and the files they reference; Docker itself does not run here), and
-//! the Debian packages (`cargo deb`, then `dpkg-deb --info`/`--contents`, `dpkg -x` into a
-//! temporary root and the extracted binaries and unit run from there).
+//! the Debian packages (`packaging/debian/build-debs.sh`, which runs `cargo deb`, then
+//! `dpkg-deb --info`/`--contents`, `dpkg -x` into a temporary root and the extracted
+//! binaries, reference config and unit checked from there).
 //!
 //! Cost: `packaging_debian_packages_build_install_and_run` builds both binaries in the
-//! release profile (`cargo deb` always does): about 4-5 minutes per package on 2 cores from
+//! release profile (as `cargo deb` does): about 4-5 minutes per package on 2 cores from
 //! a cold cache, seconds when target/release is warm. It is the only test that runs
 //! `cargo deb`, so no two release builds of these tests run at once.
 //!
@@ -874,12 +875,16 @@ fn control_file(deb: &Path, name: &str) -> Result<Option<String>> {
     })
 }
 
-/// Builds `package` with `cargo deb` into `out_dir`; returns the .deb and the build time.
+/// Builds `package` with `packaging/debian/build-debs.sh` (the release build, the
+/// reference config asset, then `cargo deb --no-build`) into `out_dir`; returns the .deb
+/// and the build time.
 fn cargo_deb(package: &str, out_dir: &Path) -> Result<(PathBuf, Duration)> {
     let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["deb", "--locked", "-p", package, "--output"])
+    let mut cmd = Command::new(packaging().join("debian/build-debs.sh"));
+    cmd.arg("--output")
         .arg(out_dir)
+        .arg(package)
+        .env("CARGO", env!("CARGO"))
         .current_dir(root());
     // The variables cargo sets for this test describe tcpulse-tests, not the package.
     for (key, _) in std::env::vars_os() {
@@ -992,6 +997,10 @@ fn packaging_debian_packages_build_install_and_run() -> Result<()> {
             &format!("/usr/share/doc/{package}/examples/credentials.conf"),
             "-rw-r--r--",
         )?;
+        expect(
+            &format!("/usr/share/doc/{package}/reference.toml"),
+            "-rw-r--r--",
+        )?;
         if package == "tcpulse-collector" {
             for path in [
                 "/usr/share/tcpulse/grafana/dashboards/fleet-capacity.json",
@@ -1034,6 +1043,13 @@ fn packaging_debian_packages_build_install_and_run() -> Result<()> {
             text(&v)
         );
 
+        // #13: the packaged reference config is what the packaged binary prints, and it
+        // parses.
+        let reference = root_dir
+            .path()
+            .join(format!("usr/share/doc/{package}/reference.toml"));
+        check_packaged_reference(&bin, &reference, out_dir.path())?;
+
         // The packaged config and env file work with the packaged binary.
         let env = env_example(&root_dir.path().join(format!("etc/tcpulse/{short}.env")))?;
         expect_config_ok(
@@ -1056,5 +1072,59 @@ fn packaging_debian_packages_build_install_and_run() -> Result<()> {
         )?;
         verify_unit(&unit)?;
     }
+    Ok(())
+}
+
+/// The reference config in a package is the packaged binary's `config` output and parses:
+/// the collector's to its defaults (through the library), the agent's through
+/// `check-config` with the settings that have no default given as flags.
+fn check_packaged_reference(bin: &Path, reference: &Path, scratch: &Path) -> Result<()> {
+    let shipped = read(reference)?;
+    let printed = run(Command::new(bin).arg("config"))?;
+    ensure!(
+        printed.status.success(),
+        "{} config: {}",
+        bin.display(),
+        text(&printed)
+    );
+    ensure!(
+        String::from_utf8_lossy(&printed.stdout) == shipped,
+        "{} is not what `{} config` prints",
+        reference.display(),
+        bin.display()
+    );
+    if bin.ends_with("tcpulse-collector") {
+        let parsed = tcpulse_collector::config::Config::from_toml(&shipped, reference)?;
+        ensure!(
+            parsed == tcpulse_collector::config::Config::default(),
+            "{} does not parse to the defaults",
+            reference.display()
+        );
+        return Ok(());
+    }
+    let out = run(Command::new(bin)
+        .arg("check-config")
+        .arg("--config")
+        .arg(reference)
+        .args(["--source", "simulate", "--connector", "tc.example.com"])
+        .args([
+            "--region",
+            "westeurope",
+            "--scaleset",
+            "vmss",
+            "--instance",
+            "vmss_0",
+        ])
+        .arg("--publish-file")
+        .arg(scratch.join("events.jsonl"))
+        .arg("--spool-dir")
+        .arg(scratch.join("spool")))?;
+    ensure!(
+        out.status.success() && text(&out).contains("config OK"),
+        "{} check-config --config {}: {}",
+        bin.display(),
+        reference.display(),
+        text(&out)
+    );
     Ok(())
 }

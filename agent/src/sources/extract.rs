@@ -2,7 +2,8 @@
 //! pointers (RFC 6901). Shared by the `command`, `file` and `http` sources; state names
 //! shared with `pexip`.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tcpulse_schema::{Calls, State};
 
@@ -10,7 +11,7 @@ use super::{Sample, SourceError};
 
 /// Where the values sit in a JSON document (JSON pointers, e.g. `/status/calls`).
 /// A bare number as the whole document is the call count.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pointers {
     /// Pointer to the number of calls in progress (required in the document).

@@ -144,7 +144,7 @@ impl<'a> Renderer<'a> {
                 let inner = self.resolve(&self.unwrap_option(prop));
                 let docs = match docs_of(&inner) {
                     d if d.is_empty() || d == docs => docs,
-                    d if docs.is_empty() => d,
+                    d if docs.is_empty() || d.starts_with(&docs) => d,
                     d => format!("{docs}\n\n{d}"),
                 };
                 Field {

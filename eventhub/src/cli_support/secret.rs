@@ -8,7 +8,8 @@
 //! set up.
 //!
 //! - the file: its first line, trimmed; an empty first line is an error naming the path,
-//!   and so is an unreadable file (with the OS error);
+//!   and so is an unreadable file (with the OS error). A secret of several lines (the
+//!   hub's policies) is read whole with [`FileFormat::Whole`] instead;
 //! - the variable: its value, trimmed; empty counts as unset.
 
 use std::fmt;
@@ -95,6 +96,15 @@ impl Conflict {
     }
 }
 
+/// How a secret file holds the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// The first line, trimmed (a key, a connection string, a password).
+    FirstLine,
+    /// The whole text, trimmed (a list of secrets, one per line).
+    Whole,
+}
+
 /// A secret that was found.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Loaded {
@@ -152,6 +162,17 @@ pub fn load_with(
     file: Option<&Path>,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<Loaded>, SecretError> {
+    load_as(what, env, file, FileFormat::FirstLine, var)
+}
+
+/// [`load_with`], reading the file as `format` says.
+pub fn load_as(
+    what: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+    format: FileFormat,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Loaded>, SecretError> {
     let from_env = env.and_then(|name| {
         var(name)
             .map(|v| v.trim().to_owned())
@@ -165,7 +186,7 @@ pub fn load_with(
             conflict: None,
         }));
     };
-    let value = read_first_line(path)?;
+    let value = read_file(path, format)?;
     Ok(Some(Loaded {
         value,
         origin: Origin::File(path.to_owned()),
@@ -177,13 +198,17 @@ pub fn load_with(
     }))
 }
 
-/// The first line of `path`, trimmed; an error when it is empty or unreadable.
-fn read_first_line(path: &Path) -> Result<String, SecretError> {
+/// The first line (or the whole text) of `path`, trimmed; an error when it is empty or
+/// unreadable.
+fn read_file(path: &Path, format: FileFormat) -> Result<String, SecretError> {
     let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let first = text.lines().next().unwrap_or("").trim();
+    let first = match format {
+        FileFormat::FirstLine => text.lines().next().unwrap_or("").trim(),
+        FileFormat::Whole => text.trim(),
+    };
     if first.is_empty() {
         return Err(SecretError::Empty {
             path: path.to_owned(),
@@ -253,6 +278,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((got.expose(), got.conflict()), ("s3cret", None));
+    }
+
+    #[test]
+    fn whole_format_keeps_every_line_and_still_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with(&dir, "\na:Send:k1\nb:Listen:k2\n\n");
+        let got = load_as(
+            "policies",
+            Some(VAR),
+            Some(&path),
+            FileFormat::Whole,
+            env_with("e"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.expose(), "a:Send:k1\nb:Listen:k2");
+        assert!(got.conflict().is_some());
+        let blank = file_with(&dir, " \n\n");
+        let err = load_as("p", None, Some(&blank), FileFormat::Whole, env_with("")).unwrap_err();
+        assert!(matches!(err, SecretError::Empty { .. }), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::sources::extract::Pointers;
 
@@ -15,7 +16,7 @@ use crate::sources::extract::Pointers;
 /// type = "command"
 /// command = ["powershell", "-NoProfile", "-File", "C:\\tcpulse\\calls.ps1"]
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandConfig {
     /// Program and arguments; the first element is the program. No shell is involved, so
@@ -23,6 +24,7 @@ pub struct CommandConfig {
     pub command: Vec<String>,
     /// Longest a run may take (humantime); the process is killed after it. Default: `5s`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Maximum call capacity when the output does not say. Default: 16.
     #[serde(default = "default_max_calls")]

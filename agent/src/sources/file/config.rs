@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::sources::extract::Pointers;
 
@@ -14,7 +15,7 @@ use crate::sources::extract::Pointers;
 /// type = "file"
 /// path = "C:\\ProgramData\\Pexip\\calls.json"
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// The file to read. Required.

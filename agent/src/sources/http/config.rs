@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::sources::extract::Pointers;
 
@@ -14,13 +15,14 @@ use crate::sources::extract::Pointers;
 /// type = "http"
 /// url = "http://127.0.0.1:8080/status"
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// URL to GET, `http://` or `https://`. Required.
     pub url: String,
     /// Longest a request may take (humantime). Default: `2s`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Maximum call capacity when the document does not say. Default: 16.
     #[serde(default = "default_max_calls")]

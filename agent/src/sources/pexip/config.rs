@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::secret::{self, Loaded};
 
 /// Environment variable holding the Management Node API password.
@@ -24,7 +25,7 @@ pub const ENV_PEXIP_PASSWORD: &str = "TCPULSE_PEXIP_PASSWORD";
 /// # password: TCPULSE_PEXIP_PASSWORD, or
 /// password_file = "/etc/tcpulse/pexip-password"
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PexipConfig {
     /// Management Node base URL, e.g. `https://mgr.example.com`. Must be `https://`
@@ -44,10 +45,12 @@ pub struct PexipConfig {
     pub ca_file: Option<PathBuf>,
     /// Longest a request may take (humantime). Default: `10s`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Time between two polls of the Management Node (humantime), at least `1s`; it
     /// replaces `report.poll_interval` for this source. Default: `10s`.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// Connector FQDN per `scaleset_id`, for a Management Node serving several Teams
     /// Connectors; nodes of other scale sets report under `identity.connector`.

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// `[source] type = "simulate"`: call counts following a working-day curve (a morning peak
 /// around 10:00, a lunch dip, an afternoon peak around 14:30, quiet nights and weekends)
@@ -14,7 +15,7 @@ use serde::Deserialize;
 /// type = "simulate"
 /// peak_calls = 14
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimulateConfig {
     /// Calls at the busiest moment of a working day, before `load_factor`. Default: 12.
@@ -40,10 +41,12 @@ pub struct SimulateConfig {
     /// `19h` is UTC-5 of the next day; `6h` shows the afternoon peak in the morning).
     /// Default: `0s`.
     #[serde(default = "default_time_shift", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub time_shift: Duration,
     /// Length of one simulated day (humantime); `10m` plays a whole day in ten minutes.
     /// Default: `24h`.
     #[serde(default = "default_day_length", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub day_length: Duration,
 }
 

@@ -35,18 +35,8 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
+/// Cancels `shutdown` on Ctrl-C, or SIGTERM on Unix.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        shutdown.cancel();
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    tcpulse_eventhub::cli_support::signal::shutdown_requested().await;
     shutdown.cancel();
 }

@@ -133,76 +133,8 @@ mod tests {
     #[test]
     fn reference_documents_every_field_of_every_struct() {
         let schema = schemars::schema_for!(FileConfig);
-        let text = reference();
-        let keys = tcpulse_eventhub::cli_support::reference::documented_keys(&schema);
-        // Every property of every struct (the root and each definition) is listed ...
-        let root = schema.as_value();
-        let defs = root["$defs"].as_object().unwrap();
-        for def in std::iter::once(root).chain(defs.values()) {
-            for name in def["properties"]
-                .as_object()
-                .into_iter()
-                .flat_map(|p| p.keys())
-            {
-                assert!(keys.iter().any(|(_, k, _)| k == name), "{name} not listed");
-            }
-        }
-        // ... and each listed key is in the text, in its table, right after its docs (for a
-        // key of several sources, after the docs of one of its occurrences).
-        for (path, key, docs) in &keys {
-            assert!(!docs.trim().is_empty(), "{path}.{key} has no doc comment");
-            let first_words = docs
-                .split_whitespace()
-                .take(4)
-                .collect::<Vec<_>>()
-                .join(" ");
-            let found = key_positions(&text, path, key);
-            assert!(!found.is_empty(), "{path}.{key} missing from the reference");
-            assert!(
-                found
-                    .iter()
-                    .any(|&at| docs_before(&text, at).contains(&first_words)),
-                "{path}.{key}: docs missing"
-            );
-        }
-    }
-
-    /// Where `key` (a key line or a sub-table header) appears after the header of the
-    /// table `path` (from the start for the root).
-    fn key_positions(text: &str, path: &str, key: &str) -> Vec<usize> {
-        let (from, sub) = if path.is_empty() {
-            (Some(0), format!("[{key}]"))
-        } else {
-            let header = [format!("\n[{path}]\n"), format!("\n# [{path}]\n")];
-            let from = header.iter().filter_map(|h| text.find(h.as_str())).min();
-            (from, format!("[{path}.{key}]"))
-        };
-        let Some(from) = from else { return Vec::new() };
-        let needles = [
-            format!("\n{key} = "),
-            format!("\n# {key} = "),
-            format!("\n{sub}\n"),
-            format!("\n# {sub}\n"),
-        ];
-        needles
-            .iter()
-            .flat_map(|n| {
-                text[from..]
-                    .match_indices(n.as_str())
-                    .map(|(i, _)| i + from)
-            })
-            .collect()
-    }
-
-    /// The words of the two paragraphs before `at` (a tagged table's docs come before the
-    /// description of its first variant).
-    fn docs_before(text: &str, at: usize) -> String {
-        let paragraphs: Vec<&str> = text[..at].rsplitn(3, "\n\n").take(2).collect();
-        let words: Vec<&str> = paragraphs
-            .iter()
-            .rev()
-            .flat_map(|p| p.split_whitespace())
-            .collect();
-        words.join(" ")
+        let problems =
+            tcpulse_eventhub::cli_support::reference::undocumented(&schema, &reference());
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

@@ -368,8 +368,8 @@ fn wrap(text: &str) -> Vec<String> {
 }
 
 /// Every key the reference of `schema` documents, as `(table path, key, docs)`, walking
-/// the schema itself (not the text), for tests that check nothing is dropped.
-pub fn documented_keys(schema: &schemars::Schema) -> Vec<(String, String, String)> {
+/// the schema itself (not the text).
+fn documented_keys(schema: &schemars::Schema) -> Vec<(String, String, String)> {
     let r = Renderer {
         root: schema.as_value(),
         text: String::new(),
@@ -395,6 +395,85 @@ fn collect(r: &Renderer<'_>, schema: &Value, path: &str, out: &mut Vec<(String, 
             collect(r, &field.schema, &sub, out);
         }
     }
+}
+
+/// What the reference `text` rendered from `schema` fails to document, one line each: a
+/// property of a struct that no key stands for, a key without a doc comment, a key missing
+/// from its table in the text, or a key whose docs are not right before it. Empty when
+/// every setting is documented; the binaries' tests assert that.
+pub fn undocumented(schema: &schemars::Schema, text: &str) -> Vec<String> {
+    let keys = documented_keys(schema);
+    let mut problems = Vec::new();
+    let root = schema.as_value();
+    let defs = root.get("$defs").and_then(Value::as_object);
+    for def in std::iter::once(root).chain(defs.into_iter().flat_map(|d| d.values())) {
+        let names = def.get("properties").and_then(Value::as_object);
+        for name in names.into_iter().flat_map(|p| p.keys()) {
+            if !keys.iter().any(|(_, k, _)| k == name) {
+                problems.push(format!("{name} not listed"));
+            }
+        }
+    }
+    for (path, key, docs) in &keys {
+        if docs.trim().is_empty() {
+            problems.push(format!("{path}.{key} has no doc comment"));
+            continue;
+        }
+        let first_words = docs
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let found = key_positions(text, path, key);
+        if found.is_empty() {
+            problems.push(format!("{path}.{key} missing from the reference"));
+        } else if !found
+            .iter()
+            .any(|&at| docs_before(text, at).contains(&first_words))
+        {
+            problems.push(format!("{path}.{key}: docs missing"));
+        }
+    }
+    problems
+}
+
+/// Where `key` (a key line or a sub-table header, commented out or not) appears after the
+/// header of the table `path` (from the start for the root).
+fn key_positions(text: &str, path: &str, key: &str) -> Vec<usize> {
+    let (from, sub) = if path.is_empty() {
+        (Some(0), format!("[{key}]"))
+    } else {
+        let header = [format!("\n[{path}]\n"), format!("\n# [{path}]\n")];
+        let from = header.iter().filter_map(|h| text.find(h.as_str())).min();
+        (from, format!("[{path}.{key}]"))
+    };
+    let Some(from) = from else { return Vec::new() };
+    let needles = [
+        format!("\n{key} = "),
+        format!("\n# {key} = "),
+        format!("\n{sub}\n"),
+        format!("\n# {sub}\n"),
+    ];
+    needles
+        .iter()
+        .flat_map(|n| {
+            text[from..]
+                .match_indices(n.as_str())
+                .map(|(i, _)| i + from)
+        })
+        .collect()
+}
+
+/// The words of the two paragraphs before `at` (a tagged table's docs come before the
+/// description of its first variant).
+fn docs_before(text: &str, at: usize) -> String {
+    let paragraphs: Vec<&str> = text[..at].rsplitn(3, "\n\n").take(2).collect();
+    let words: Vec<&str> = paragraphs
+        .iter()
+        .rev()
+        .flat_map(|p| p.split_whitespace())
+        .collect();
+    words.join(" ")
 }
 
 #[cfg(test)]

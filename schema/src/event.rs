@@ -58,6 +58,7 @@ pub struct StatusEvent {
     /// VMSS instance name, e.g. `tc-eu-vmss_3`.
     pub instance: String,
     /// Random id chosen at each agent start; `seq` restarts from 0 with a new `boot`.
+    #[serde(deserialize_with = "uuid_from_str")]
     pub boot: Uuid,
     /// Sequence number of this event within `boot`, increasing by one per report.
     pub seq: u64,
@@ -71,8 +72,12 @@ pub struct StatusEvent {
     /// Call counters; absent when the agent's source failed (then `state` is `unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls: Option<Calls>,
-    /// Host health; each value absent when unknown. The whole object may be absent.
-    #[serde(default, skip_serializing_if = "Health::is_empty")]
+    /// Host health; each value absent when unknown. The whole object may be absent or `null`.
+    #[serde(
+        default,
+        skip_serializing_if = "Health::is_empty",
+        deserialize_with = "null_as_default"
+    )]
     pub health: Health,
     /// The reporting agent's own state; absent from producers that are not tcpulse-agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -394,6 +399,16 @@ pub enum TimestampError {
     OutOfRange,
 }
 
+impl TimestampError {
+    /// The value rule it breaks, as a dead-letter reason states it.
+    pub const fn why(&self) -> &'static str {
+        match self {
+            TimestampError::NotRfc3339 => "not an RFC 3339 timestamp",
+            TimestampError::OutOfRange => "outside 1970-01-01..2262-04-11",
+        }
+    }
+}
+
 const NANOS_PER_MILLI: i64 = 1_000_000;
 
 impl Timestamp {
@@ -565,8 +580,52 @@ impl Serialize for Timestamp {
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Timestamp::parse_rfc3339(&s).map_err(de::Error::custom)
+        deserializer.deserialize_str(FromStrVisitor(|s: &str| {
+            Timestamp::parse_rfc3339(s).map_err(|e| e.why())
+        }))
+    }
+}
+
+/// Why `boot` is not usable, as a dead-letter reason states it.
+const NOT_A_UUID: &str = "not a UUID";
+
+/// Every message the event's own `Deserialize` impls fail with: the value rules that
+/// [`mod@crate::decode`] reports as `invalid_value` (its reasons carry `&'static str`).
+pub(crate) const VALUE_RULES: [&str; 3] = [
+    TimestampError::NotRfc3339.why(),
+    TimestampError::OutOfRange.why(),
+    NOT_A_UUID,
+];
+
+/// `boot`: a UUID string (any form `Uuid::parse_str` takes), failing with [`NOT_A_UUID`].
+fn uuid_from_str<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+    deserializer.deserialize_str(FromStrVisitor(|s: &str| {
+        Uuid::parse_str(s).map_err(|_| NOT_A_UUID)
+    }))
+}
+
+/// A value that may be `null`, which reads as its default (unknown), like absent.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Reads a JSON string (only a string, borrowed, never copied) through `parse`, whose
+/// error is the value rule it breaks.
+struct FromStrVisitor<F>(F);
+
+impl<T, F: FnOnce(&str) -> Result<T, &'static str>> de::Visitor<'_> for FromStrVisitor<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.0)(s).map_err(E::custom)
     }
 }
 

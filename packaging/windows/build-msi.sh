@@ -8,6 +8,13 @@
 # default output: tcpulse-agent-<version>-x64.msi beside it. The version is the workspace's
 # (Cargo.toml). Prints the path of the MSI.
 #
+# The MSI ships the reference config (reference.toml: every setting with its docs and
+# defaults), which `tcpulse-agent.exe config` generates from the config structs, so this
+# script runs the exe under wine (wine-agent.sh; needs wine64 and gcc-mingw-w64-x86-64) in
+# a private prefix, $CARGO_TARGET_DIR/wineprefix-build-msi, and writes
+# tcpulse-agent-reference.toml beside the exe. It keeps the exe's line endings (LF, like the
+# example agent.toml).
+#
 # wixl 0.101 (Debian 12) writes the ServiceInstall and ServiceControl tables but has no
 # element for the rest, so this script adds it to the database with msibuild afterwards:
 #   - Component attribute Permanent (0x10) on the spool folder's component, so uninstall
@@ -26,6 +33,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
 exe=${1:-$target/x86_64-pc-windows-gnu/release/tcpulse-agent.exe}
 fail() { echo "build-msi: $*" >&2; exit 1; }
 
@@ -33,14 +41,31 @@ fail() { echo "build-msi: $*" >&2; exit 1; }
 for tool in wixl msibuild msiinfo; do
   command -v $tool >/dev/null || fail "missing $tool: apt-get install -y --no-install-recommends msitools wixl"
 done
+for tool in wine wineserver x86_64-w64-mingw32-gcc; do
+  command -v $tool >/dev/null || fail "missing $tool: apt-get install -y --no-install-recommends wine wine64 gcc-mingw-w64-x86-64"
+done
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([0-9.]*\)".*/\1/p' "$root/Cargo.toml")
 [ -n "$version" ] || fail "no version in [workspace.package] of $root/Cargo.toml"
 out=${2:-$(dirname "$exe")/tcpulse-agent-$version-x64.msi}
+
+# The reference config, as the exe prints it (under wine). Its stderr (and wine's) goes to a
+# log shown only on failure.
+reference=$(dirname "$exe")/tcpulse-agent-reference.toml
+prefix=$target/wineprefix-build-msi
+mkdir -p "$prefix"
+rc=0
+WINEPREFIX=$prefix "$here/wine-agent.sh" "$exe" config > "$reference" 2> "$reference.log" || rc=$?
+WINEPREFIX=$prefix wineserver -k 2>/dev/null || true
+no_reference() { cat "$reference.log" >&2; rm -f "$reference" "$reference.log"; fail "$@"; }
+[ "$rc" = 0 ] || no_reference "wine $exe config exited with $rc (its output above)"
+[ -s "$reference" ] || no_reference "wine $exe config printed nothing (its output above)"
+rm -f "$reference.log"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 cp "$exe" "$stage/tcpulse-agent.exe"
 cp "$here/agent.toml" "$here/tcpulse-agent.wxs" "$stage/"
+cp "$reference" "$stage/reference.toml"
 (cd "$stage" && wixl --arch x64 --define Version="$version" --output agent.msi tcpulse-agent.wxs) \
   || fail "wixl failed on $here/tcpulse-agent.wxs"
 

@@ -4,10 +4,12 @@
 #
 #   packaging/windows/msi-test.sh [path/to/tcpulse-agent-X.Y.Z-x64.msi]
 #
-# Needs msitools (msiinfo) and wine64. Exits non-zero with a "FAIL:" line on the first
-# failed check. What wine cannot show is checked in the tables only: wine 8 ignores the
-# MsiServiceConfig* tables (recovery actions, delayed start) and its icacls.exe is a stub
-# that changes no ACL; the test checks that those custom actions ran and succeeded.
+# Needs msitools (msiinfo), wine64 and gcc-mingw-w64-x86-64 (wine-agent.sh runs the installed
+# exe to compare the shipped reference config with what it prints). Exits non-zero with a
+# "FAIL:" line on the first failed check. What wine cannot show is checked in the tables
+# only: wine 8 ignores the MsiServiceConfig* tables (recovery actions, delayed start) and its
+# icacls.exe is a stub that changes no ACL; the test checks that those custom actions ran
+# and succeeded.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -18,8 +20,8 @@ msi=${1:-$target/x86_64-pc-windows-gnu/release/tcpulse-agent-$version-x64.msi}
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 ok() { printf 'ok: %s\n' "$*"; }
 [ -f "$msi" ] || { echo "no $msi; build it with packaging/windows/build-msi.sh" >&2; exit 2; }
-for tool in msiinfo wine wineboot wineserver; do
-  command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y --no-install-recommends msitools wine wine64" >&2; exit 2; }
+for tool in msiinfo wine wineboot wineserver x86_64-w64-mingw32-gcc; do
+  command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y --no-install-recommends msitools wine wine64 gcc-mingw-w64-x86-64" >&2; exit 2; }
 done
 
 work=$(mktemp -d)
@@ -69,7 +71,17 @@ evrow() { msiinfo export "$work/agent.msi" Registry | tr -d '\r' | awk -F '\t' -
   || fail "Registry row EventMessageFile is '$(evrow EventMessageFile)'"
 [ "$(evrow TypesSupported)" = "2${T}${evkey}${T}#7${T}AgentExe" ] \
   || fail "Registry row TypesSupported is '$(evrow TypesSupported)'"
-ok "tables: service, control, recovery, delayed start, ACL actions, kept config and spool, event source"
+# The reference config (issue 13): a file of the MSI (its long name after the "|"), in the data
+# folder, in a component uninstall removes.
+reffile=$(msiinfo export "$work/agent.msi" File | tr -d '\r' \
+  | awk -F '\t' 'NR > 3 && ($3 == "reference.toml" || $3 ~ /[|]reference[.]toml$/)')
+[ -n "$reffile" ] || fail "reference.toml is not in the File table"
+refcomp=$(printf '%s\n' "$reffile" | cut -f2)
+[ "$(row Component "$refcomp" | cut -f3)" = DATADIR ] \
+  || fail "reference.toml's component $refcomp is not in DATADIR: '$(row Component "$refcomp")'"
+attrs=$(row Component "$refcomp" | cut -f4)
+[ $((attrs & 16)) = 0 ] || fail "component $refcomp of reference.toml is permanent (Attributes $attrs): uninstall would keep it"
+ok "tables: service, control, recovery, delayed start, ACL actions, kept config and spool, event source, reference config"
 
 # ---- wine --------------------------------------------------------------------------------
 wineboot -i >/dev/null 2>&1 || fail "wineboot could not create the prefix $WINEPREFIX"
@@ -117,11 +129,19 @@ cmp -s "$data/agent.toml" "$here/agent.toml" || fail "agent.toml was not created
 [ -d "$data/spool" ] || fail "no spool folder after install"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "the secret file does not hold CONNECTION_STRING_FILE's content"
 for a in CreateConfig LockDataDir CopySecret EnsureSecret LockSecret InstallServices; do ran_ok install.log $a; done
+# The installed reference config is what the installed exe prints (line endings aside).
+[ -f "$data/reference.toml" ] || fail "no reference.toml in $data after install"
+"$here/wine-agent.sh" "$exe" config > "$work/printed.toml" 2> "$work/printed.log" \
+  || { cat "$work/printed.log" >&2; fail "wine tcpulse-agent.exe config failed (its output above)"; }
+[ -s "$work/printed.toml" ] || fail "wine tcpulse-agent.exe config printed nothing"
+same_reference() { tr -d '\r' < "$data/reference.toml" | cmp -s - "$work/printed.lf"; }
+tr -d '\r' < "$work/printed.toml" > "$work/printed.lf"
+same_reference || fail "installed reference.toml differs from what the installed exe's \`config\` prints"
 evreg="HKLM\\$evkey"
 wine reg query "$evreg" /v EventMessageFile 2>/dev/null | tr -d '\r' \
   | grep -q 'EventMessageFile *REG_EXPAND_SZ *%SystemRoot%\\Microsoft.NET\\Framework64\\v4.0.30319\\EventLogMessages.dll$' \
   || fail "event source not registered: $(wine reg query "$evreg" 2>&1 | tr -d '\r')"
-ok "install: service tcpulse-agent (automatic, LocalSystem, '$image'), event source, exe, config, spool, secret"
+ok "install: service tcpulse-agent (automatic, LocalSystem, '$image'), event source, exe, config, reference config, spool, secret"
 
 # The site edits the config and the agent spools a report; a reinstall without a connection
 # string keeps all three as they are.
@@ -132,16 +152,19 @@ run_msiexec /x uninstall.log
 wine reg query "$key" >/dev/null 2>&1 && fail "service tcpulse-agent still registered after uninstall"
 [ ! -e "$exe" ] || fail "$exe still there after uninstall"
 [ ! -e "$c/Program Files/tcpulse" ] || fail "C:\\Program Files\\tcpulse still there after uninstall"
+[ ! -e "$data/reference.toml" ] || fail "reference.toml still there after uninstall"
+[ ! -e "$data/agent.toml.example" ] || fail "agent.toml.example still there after uninstall"
 cmp -s "$data/agent.toml" "$work/edited.toml" || fail "uninstall did not keep the edited agent.toml"
 [ -f "$data/spool/00000001.report" ] || fail "uninstall did not keep the spool"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "uninstall did not keep the secret file"
 ran_ok uninstall.log DeleteServices
 wine reg query "$evreg" >/dev/null 2>&1 && fail "event source $evreg still registered after uninstall"
-ok "uninstall: service, event source and exe removed; edited config, spool and secret kept"
+ok "uninstall: service, event source, exe, example and reference config removed; edited config, spool and secret kept"
 
 run_msiexec /i reinstall.log
 [ "$(reg_value Start)" = 0x2 ] || fail "reinstall did not register the service again"
 cmp -s "$data/agent.toml" "$work/edited.toml" || fail "reinstall overwrote the edited agent.toml"
 cmp -s "$data/eventhub-connection-string.txt" "$work/cs.txt" || fail "reinstall changed the secret file"
-ok "reinstall: service back; edited config and secret untouched"
+[ -f "$data/reference.toml" ] && same_reference || fail "reinstall did not put reference.toml back as the exe prints it"
+ok "reinstall: service and reference config back; edited config and secret untouched"
 echo "msi test OK: $msi"

@@ -14,6 +14,8 @@
 //!   like the service. Never logs a key or a signature.
 //! - [`connection_string`]: `Endpoint=sb://…;SharedAccessKeyName=…` strings: parsing and
 //!   formatting; errors name the part that is wrong and never echo a key.
+//! - [`position`]: [`position::StartPosition`], where a consumer starts, and the selector
+//!   filter text that carries it, written by the client and read by the hub.
 //! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
 //! - [`backoff`]: capped exponential backoff with jitter for reconnects and retries.
 //! - [`tls`]: the process's one TLS crypto provider (aws-lc-rs; ring is banned).
@@ -35,6 +37,7 @@ pub mod backoff;
 pub mod cli_support;
 pub mod client;
 pub mod connection_string;
+pub mod position;
 pub mod sas;
 pub mod tls;
 pub mod wire;

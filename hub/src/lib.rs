@@ -12,7 +12,6 @@
 //! - [`tls`]: the generated (and reused) local CA and server certificate.
 //! - [`broker`]: hubs, partitions, consumer groups, key routing, epoch register. No AMQP.
 //! - [`store`]: one partition's log, in memory or on disk with crash recovery. No AMQP.
-//! - [`selector`]: consumer start positions from the selector filter.
 //! - `server`: listeners, TLS-first handshake, SASL, sessions and link routing.
 //! - `nodes`: the `$cbs` and `$management` request/response nodes.
 //! - `links`: producer (incoming) and consumer (outgoing) links.
@@ -20,7 +19,8 @@
 //!
 //! Built on `tcpulse-eventhub`, which it shares with the client: entity addresses
 //! (`tcpulse_eventhub::address`), SAS verification (`sas`), connection strings
-//! (`connection_string`), wire constants (`wire`), TLS failure hints (`client::describe_tls_failure`)
+//! (`connection_string`), wire constants (`wire`), consumer start positions and their
+//! selector filter text (`position`), TLS failure hints (`client::describe_tls_failure`)
 //! and, through its `cli` feature, the log set-up and exit codes of the binaries. The
 //! `tcpulse-hub` binary (`src/bin/tcpulse-hub.rs`) only parses [`cli::Args`], logs, and runs
 //! [`Hub`] until SIGINT or SIGTERM.
@@ -33,7 +33,6 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod selector;
 pub mod store;
 pub mod tls;
 

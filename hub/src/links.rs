@@ -23,10 +23,11 @@ use fe2o3_amqp::{
     Delivery, Sendable,
 };
 
+use tcpulse_eventhub::position::StartPosition;
+
 use crate::{
     auth::{ConnAuth, Right},
     broker::{EpochGuard, EventHub, Stolen},
-    selector::StartPosition,
     store::Record,
     Shared,
 };
@@ -242,24 +243,33 @@ pub(crate) struct Consumer {
 }
 
 /// The first sequence number to deliver for a start position.
-fn first_sequence(log: &crate::store::PartitionLog, start: StartPosition) -> i64 {
+fn first_sequence(log: &crate::store::PartitionLog, start: &StartPosition) -> i64 {
     let begin = log.info().begin_sequence_number.max(0);
     match start {
+        StartPosition::Earliest => log.seq_after_offset(-1, false),
         StartPosition::Latest => log.next_sequence_number(),
-        StartPosition::Offset { offset, inclusive } => log.seq_after_offset(offset, inclusive),
+        // `StartPosition::from_selector` makes only decimal offsets; this hub's offsets are
+        // decimal byte positions, so anything else cannot name one of its events.
+        StartPosition::Offset { offset, inclusive } => match offset.parse::<i64>() {
+            Ok(offset) => log.seq_after_offset(offset, *inclusive),
+            Err(_) => log.next_sequence_number(),
+        },
         StartPosition::SequenceNumber {
             sequence_number,
             inclusive,
         } => {
-            let s = if inclusive {
-                sequence_number
+            let s = if *inclusive {
+                *sequence_number
             } else {
                 sequence_number.saturating_add(1)
             };
             s.max(begin)
         }
-        StartPosition::EnqueuedTime { time_ms, inclusive } => {
-            log.seq_after_enqueued_time(time_ms, inclusive)
+        StartPosition::EnqueuedTime { time, inclusive } => {
+            let ms = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            log.seq_after_enqueued_time(ms, *inclusive)
         }
     }
 }
@@ -344,7 +354,7 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
         runtime_metric,
     } = c;
     let log = &hub.partitions[partition];
-    let mut next = first_sequence(log, start);
+    let mut next = first_sequence(log, &start);
     let mut watch = log.subscribe();
     tracing::debug!(%path, ?start, next, "consumer attached");
     let shutdown = shared.shutdown.cancelled();

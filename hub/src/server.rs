@@ -31,9 +31,9 @@ use crate::{
     broker::{now_ms, EventHub},
     links::{self, close_link_with, link_error},
     nodes::{self, Replies},
-    selector, write_behind, Shared,
+    write_behind, Shared,
 };
-use tcpulse_eventhub::{address::Entity, wire};
+use tcpulse_eventhub::{address::Entity, position::StartPosition, wire};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -444,9 +444,9 @@ fn epoch_of(attach: &Attach) -> Option<i64> {
     }
 }
 
-fn selector_of(attach: &Attach) -> Result<selector::StartPosition, String> {
+fn selector_of(attach: &Attach) -> Result<StartPosition, String> {
     let Some(filter) = attach.source.as_ref().and_then(|s| s.filter.as_ref()) else {
-        return Ok(selector::StartPosition::default());
+        return Ok(StartPosition::Earliest);
     };
     for value in filter.values() {
         if let Value::Described(d) = value {
@@ -458,13 +458,13 @@ fn selector_of(attach: &Attach) -> Result<selector::StartPosition, String> {
             };
             if is_selector {
                 if let Value::String(expr) = &d.value {
-                    return selector::parse(expr).map_err(|e| e.to_string());
+                    return StartPosition::from_selector(expr).map_err(|e| e.to_string());
                 }
                 return Err("selector filter value is not a string".into());
             }
         }
     }
-    Ok(selector::StartPosition::default())
+    Ok(StartPosition::Earliest)
 }
 
 fn wants_runtime_metric(attach: &Attach) -> bool {

@@ -8,7 +8,7 @@
 //! [`ReceiveError::LinkStolen`] and never retried.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fe2o3_amqp::{
     link::{delivery::Delivery, receiver::CreditMode, LinkStateError, Receiver, RecvError},
@@ -28,74 +28,8 @@ use super::{
     event::ReceivedEvent,
     retry::Retrier,
 };
+use crate::position::StartPosition;
 use crate::wire::{self, condition};
-
-/// Where a consumer starts reading.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum StartPosition {
-    /// The oldest retained event.
-    Earliest,
-    /// Only events enqueued after the link attaches.
-    #[default]
-    Latest,
-    /// At (inclusive) or after an offset.
-    Offset {
-        /// The offset, as the service gave it.
-        offset: String,
-        /// Include the event at this offset.
-        inclusive: bool,
-    },
-    /// At (inclusive) or after a sequence number.
-    SequenceNumber {
-        /// The sequence number.
-        sequence_number: i64,
-        /// Include the event with this number.
-        inclusive: bool,
-    },
-    /// At (inclusive) or after an enqueued time (millisecond precision).
-    EnqueuedTime {
-        /// The time.
-        time: SystemTime,
-        /// Include events enqueued exactly then.
-        inclusive: bool,
-    },
-}
-
-impl StartPosition {
-    /// The selector expression, spelled as the Python SDK spells it.
-    pub fn selector(&self) -> String {
-        let op = |inclusive: bool| if inclusive { ">=" } else { ">" };
-        match self {
-            StartPosition::Earliest => format!("amqp.annotation.{} > '-1'", wire::OFFSET),
-            StartPosition::Latest => format!("amqp.annotation.{} > '@latest'", wire::OFFSET),
-            StartPosition::Offset { offset, inclusive } => format!(
-                "amqp.annotation.{} {} '{}'",
-                wire::OFFSET,
-                op(*inclusive),
-                offset.replace('\'', "''")
-            ),
-            StartPosition::SequenceNumber {
-                sequence_number,
-                inclusive,
-            } => format!(
-                "amqp.annotation.{} {} '{sequence_number}'",
-                wire::SEQUENCE_NUMBER,
-                op(*inclusive)
-            ),
-            StartPosition::EnqueuedTime { time, inclusive } => {
-                let ms = time
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or(0);
-                format!(
-                    "amqp.annotation.{} {} '{ms}'",
-                    wire::ENQUEUED_TIME,
-                    op(*inclusive)
-                )
-            }
-        }
-    }
-}
 
 /// Default consumer group.
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
@@ -492,46 +426,5 @@ impl Consumer {
             let _ = tokio::time::timeout(Duration::from_secs(5), receiver.close()).await;
             conn.close().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors_are_spelled_like_the_python_sdk() {
-        assert_eq!(
-            StartPosition::Earliest.selector(),
-            "amqp.annotation.x-opt-offset > '-1'"
-        );
-        assert_eq!(
-            StartPosition::Latest.selector(),
-            "amqp.annotation.x-opt-offset > '@latest'"
-        );
-        assert_eq!(
-            StartPosition::SequenceNumber {
-                sequence_number: 5,
-                inclusive: true
-            }
-            .selector(),
-            "amqp.annotation.x-opt-sequence-number >= '5'"
-        );
-        assert_eq!(
-            StartPosition::Offset {
-                offset: "100".into(),
-                inclusive: false
-            }
-            .selector(),
-            "amqp.annotation.x-opt-offset > '100'"
-        );
-        assert_eq!(
-            StartPosition::EnqueuedTime {
-                time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-                inclusive: false
-            }
-            .selector(),
-            "amqp.annotation.x-opt-enqueued-time > '1700000000123'"
-        );
     }
 }

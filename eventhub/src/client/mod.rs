@@ -58,15 +58,14 @@ mod producer;
 mod retry;
 mod token;
 
+pub use crate::position::StartPosition;
 pub use batch::{BatchOptions, EventBatch, TryAddError};
 pub use config::{
     default_connect_timeout_secs, default_idle_timeout_secs, default_initial_backoff_ms,
     default_max_backoff_ms, default_max_frame_bytes, default_max_retries,
     default_operation_timeout_secs, ClientConfig, ClientOptions, RetryOptions,
 };
-pub use consumer::{
-    default_prefetch, Consumer, ConsumerOptions, StartPosition, DEFAULT_CONSUMER_GROUP,
-};
+pub use consumer::{default_prefetch, Consumer, ConsumerOptions, DEFAULT_CONSUMER_GROUP};
 pub use error::{
     describe_tls_failure, is_transient_condition, tls_error, tls_hint, ConnectError,
     ManagementError, ReceiveError, SendError, ServiceError, TlsSide, TokenError,

@@ -36,6 +36,8 @@ use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 
 use crate::health::{default_disk_path, HealthConfig};
+use crate::merge::nonempty;
+use crate::spool::config::{resolve_spool, SpoolArgs, SpoolConfig, SpoolConfigError};
 
 mod reference;
 use crate::sources::{SourceConfig, SOURCE_TYPES};
@@ -105,31 +107,6 @@ pub struct HealthArgs {
     /// cert_expiry_days. Default: none (not reported).
     #[arg(long, env = "TCPULSE_CERT_FILE", value_name = "FILE")]
     pub cert_file: Option<PathBuf>,
-}
-
-/// The on-disk spool.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolArgs {
-    /// Directory of the spool database (spool.redb). Default: /var/lib/tcpulse-agent, or
-    /// C:\ProgramData\tcpulse-agent\spool on Windows.
-    #[arg(
-        id = "spool_dir",
-        long = "spool-dir",
-        env = "TCPULSE_SPOOL_DIR",
-        value_name = "DIR"
-    )]
-    pub dir: Option<PathBuf>,
-    /// Largest size of the spooled events, bytes (at least 131072); when full, the oldest
-    /// are dropped and counted in agent.dropped. Default: 67108864 (64 MiB, about 100 000
-    /// reports: 11 days at one report per 10 s).
-    #[arg(
-        id = "spool_max_bytes",
-        long = "spool-max-bytes",
-        env = "TCPULSE_SPOOL_MAX_BYTES",
-        value_name = "BYTES"
-    )]
-    pub max_bytes: Option<u64>,
 }
 
 /// Where events go.
@@ -318,10 +295,6 @@ pub const fn default_interval() -> Duration {
 pub const fn default_poll_interval() -> Duration {
     Duration::from_millis(500)
 }
-/// Default of `spool.max_bytes`.
-pub const fn default_spool_max_bytes() -> u64 {
-    64 << 20
-}
 /// Default of `publish.max_batch_events`.
 pub const fn default_max_batch_events() -> usize {
     256
@@ -349,14 +322,6 @@ pub const fn default_fatal_retry_max() -> Duration {
 /// Default of `publish.shutdown_flush`.
 pub const fn default_shutdown_flush() -> Duration {
     Duration::from_secs(5)
-}
-/// Default of `spool.dir`.
-pub fn default_spool_dir() -> PathBuf {
-    if cfg!(windows) {
-        PathBuf::from(r"C:\ProgramData\tcpulse-agent\spool")
-    } else {
-        PathBuf::from("/var/lib/tcpulse-agent")
-    }
 }
 
 /// A secret string: never printed by `Debug` or `Display`.
@@ -403,15 +368,6 @@ pub struct ReportConfig {
     pub interval: Duration,
     /// Time between two reads of the source.
     pub poll_interval: Duration,
-}
-
-/// The resolved spool settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolConfig {
-    /// Directory of the database.
-    pub dir: PathBuf,
-    /// Bound, bytes.
-    pub max_bytes: u64,
 }
 
 /// Where events go.
@@ -529,6 +485,9 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         why: String,
     },
+    /// The `[spool]` settings are invalid.
+    #[error(transparent)]
+    Spool(#[from] SpoolConfigError),
     /// The source settings are invalid.
     #[error(transparent)]
     Source(#[from] crate::sources::BuildError),
@@ -598,10 +557,6 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 /// Parses a TOML config text (`path` only names it in errors).
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| parse_error(path, text, &e))
-}
-
-fn nonempty(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 impl Config {
@@ -796,26 +751,6 @@ fn resolve_health(a: &HealthArgs, f: HealthArgs, source: &SourceConfig) -> Healt
             .unwrap_or_else(default_disk_path),
         cert_file: a.cert_file.clone().or(f.cert_file),
     }
-}
-
-/// `[spool]`: where reports wait, and how much disk they may take.
-fn resolve_spool(a: &SpoolArgs, f: SpoolArgs) -> Result<SpoolConfig, ConfigError> {
-    let spool = SpoolConfig {
-        dir: a.dir.clone().or(f.dir).unwrap_or_else(default_spool_dir),
-        max_bytes: a
-            .max_bytes
-            .or(f.max_bytes)
-            .unwrap_or(default_spool_max_bytes()),
-    };
-    if spool.max_bytes < crate::spool::MIN_MAX_BYTES {
-        return Err(ConfigError::Invalid(format!(
-            "spool.max_bytes = {} is below the minimum of {} bytes",
-            spool.max_bytes,
-            crate::spool::MIN_MAX_BYTES
-        )));
-    }
-
-    Ok(spool)
 }
 
 /// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets

@@ -28,6 +28,7 @@ pub mod config;
 pub mod event_log;
 pub mod health;
 pub mod internal_events;
+mod merge;
 pub mod publish;
 pub mod report;
 pub mod run;

@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpulse_agent::config::{
-    Identity, PublishConfig, PublishTarget, ReportConfig, Secret, SpoolConfig,
-};
+use tcpulse_agent::config::{Identity, PublishConfig, PublishTarget, ReportConfig, Secret};
 use tcpulse_agent::health::HealthConfig;
 use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
 use tcpulse_agent::run::{RunError as AgentError, RunSummary as AgentSummary};
 use tcpulse_agent::sources::simulate::SimulateConfig;
 use tcpulse_agent::sources::SourceConfig;
+use tcpulse_agent::spool::config::SpoolConfig;
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
 use tcpulse_hub::{Hub, HubConfig, HubError};
 use tokio::task::JoinHandle;

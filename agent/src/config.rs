@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 
-use crate::health::{default_disk_path, HealthConfig};
+use crate::health::config::{resolve_health, HealthArgs, HealthConfig};
 use crate::merge::nonempty;
 use crate::spool::config::{resolve_spool, SpoolArgs, SpoolConfig, SpoolConfigError};
 
@@ -86,27 +86,6 @@ pub struct ReportArgs {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub poll_interval: Option<Duration>,
-}
-
-/// Host health measured with each report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct HealthArgs {
-    /// Measure host health (CPU, memory, disk, service, certificate). Default: true
-    /// (always off with the pexip source).
-    #[arg(skip)]
-    pub enabled: Option<bool>,
-    /// Process whose presence sets service_up, e.g. TeamsConnector.exe (case and .exe
-    /// ignored). Default: none (service_up not reported).
-    #[arg(long, env = "TCPULSE_SERVICE_PROCESS", value_name = "NAME")]
-    pub service_process: Option<String>,
-    /// A path on the disk whose free space is reported. Default: C:\ on Windows, / elsewhere.
-    #[arg(long, env = "TCPULSE_DISK_PATH", value_name = "PATH")]
-    pub disk_path: Option<PathBuf>,
-    /// The connector certificate, PFX (password in TCPULSE_CERT_PASSWORD) or PEM, for
-    /// cert_expiry_days. Default: none (not reported).
-    #[arg(long, env = "TCPULSE_CERT_FILE", value_name = "FILE")]
-    pub cert_file: Option<PathBuf>,
 }
 
 /// Where events go.
@@ -585,7 +564,7 @@ impl Config {
         Ok(Config {
             identity: resolve_identity(&args.identity, file.identity, &source)?,
             report: resolve_report(&args.report, &file.report, &source)?,
-            health: resolve_health(&args.health, file.health, &source),
+            health: resolve_health(&args.health, file.health, source.is_local()),
             spool: resolve_spool(&args.spool, file.spool)?,
             publish: resolve_publish(&args.publish, file.publish, &mut secret_conflicts)?,
             source,
@@ -737,20 +716,6 @@ fn resolve_report(
     }
 
     Ok(report)
-}
-
-/// `[health]`: host health, measured only for a local source.
-fn resolve_health(a: &HealthArgs, f: HealthArgs, source: &SourceConfig) -> HealthConfig {
-    HealthConfig {
-        enabled: source.is_local() && a.enabled.or(f.enabled).unwrap_or(true),
-        service_process: nonempty(a.service_process.clone().or(f.service_process)),
-        disk_path: a
-            .disk_path
-            .clone()
-            .or(f.disk_path)
-            .unwrap_or_else(default_disk_path),
-        cert_file: a.cert_file.clone().or(f.cert_file),
-    }
 }
 
 /// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets

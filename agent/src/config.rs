@@ -37,6 +37,10 @@ use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 
 use crate::health::config::{resolve_health, HealthArgs, HealthConfig};
 use crate::merge::nonempty;
+use crate::report::config::{
+    resolve_identity, resolve_report, Identity, IdentityArgs, ReportArgs, ReportConfig,
+    ReportConfigError,
+};
 use crate::spool::config::{resolve_spool, SpoolArgs, SpoolConfig, SpoolConfigError};
 
 mod reference;
@@ -47,46 +51,6 @@ pub use reference::reference;
 pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
 /// What the Event Hubs connection string is called in messages.
 pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
-
-/// Identity of the instance the events describe.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityArgs {
-    /// Teams Connector FQDN ($PxTeamsConnFqdn), e.g. tc-eu.example.com; the Event Hubs
-    /// partition key. Required.
-    #[arg(long, env = "TCPULSE_CONNECTOR", value_name = "FQDN")]
-    pub connector: Option<String>,
-    /// Deployment label, e.g. blue or green (free text). Default: default.
-    #[arg(long, env = "TCPULSE_DEPLOYMENT", value_name = "LABEL")]
-    pub deployment: Option<String>,
-    /// Azure region of the scale set, e.g. westeurope. Required.
-    #[arg(long, env = "TCPULSE_REGION", value_name = "REGION")]
-    pub region: Option<String>,
-    /// VM scale set name (Pexip's scaleset_id). Required, except with the pexip source
-    /// (which takes it from each node).
-    #[arg(long, env = "TCPULSE_SCALESET", value_name = "NAME")]
-    pub scaleset: Option<String>,
-    /// VMSS instance name, e.g. tc-eu-vmss_3. Default: this host's name.
-    #[arg(long, env = "TCPULSE_INSTANCE", value_name = "NAME")]
-    pub instance: Option<String>,
-}
-
-/// When reports are made.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct ReportArgs {
-    /// Time between two reports of an unchanged instance (humantime: 10s, 1m). Default: 10s.
-    #[arg(long, env = "TCPULSE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub interval: Option<Duration>,
-    /// Time between two reads of the source (humantime); a changed call count or state is
-    /// reported at the next read, so this bounds the reporting delay. Default: 500ms.
-    #[arg(long, env = "TCPULSE_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub poll_interval: Option<Duration>,
-}
 
 /// Where events go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
@@ -261,19 +225,6 @@ pub struct RunArgs {
     pub log: LogArgs,
 }
 
-/// Default of `identity.deployment`.
-pub fn default_deployment() -> String {
-    "default".to_owned()
-}
-/// Default of `report.interval` (`tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS`, which
-/// the collector's staleness and lateness defaults are built on).
-pub const fn default_interval() -> Duration {
-    Duration::from_secs(tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS)
-}
-/// Default of `report.poll_interval`.
-pub const fn default_poll_interval() -> Duration {
-    Duration::from_millis(500)
-}
 /// Default of `publish.max_batch_events`.
 pub const fn default_max_batch_events() -> usize {
     256
@@ -323,30 +274,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
-}
-
-/// The resolved identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Teams Connector FQDN; the partition key.
-    pub connector: String,
-    /// Deployment label.
-    pub deployment: String,
-    /// Azure region.
-    pub region: String,
-    /// Scale set name (empty only with the pexip source, which fills it per node).
-    pub scaleset: String,
-    /// Instance name.
-    pub instance: String,
-}
-
-/// The resolved reporting settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReportConfig {
-    /// Time between two reports of an unchanged instance.
-    pub interval: Duration,
-    /// Time between two reads of the source.
-    pub poll_interval: Duration,
 }
 
 /// Where events go.
@@ -464,6 +391,9 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         why: String,
     },
+    /// The `[identity]` or `[report]` settings are invalid.
+    #[error(transparent)]
+    Report(#[from] ReportConfigError),
     /// The `[spool]` settings are invalid.
     #[error(transparent)]
     Spool(#[from] SpoolConfigError),
@@ -562,8 +492,8 @@ impl Config {
         source.validate()?;
         let mut secret_conflicts: Vec<Conflict> = source.secret_conflict().into_iter().collect();
         Ok(Config {
-            identity: resolve_identity(&args.identity, file.identity, &source)?,
-            report: resolve_report(&args.report, &file.report, &source)?,
+            identity: resolve_identity(&args.identity, file.identity, source.is_local())?,
+            report: resolve_report(&args.report, &file.report, source.poll_interval())?,
             health: resolve_health(&args.health, file.health, source.is_local()),
             spool: resolve_spool(&args.spool, file.spool)?,
             publish: resolve_publish(&args.publish, file.publish, &mut secret_conflicts)?,
@@ -647,75 +577,6 @@ fn resolve_source(
         }
     };
     Ok(source)
-}
-
-/// `[identity]`: who this instance is; the instance name defaults to the host name.
-fn resolve_identity(
-    a: &IdentityArgs,
-    f: IdentityArgs,
-    source: &SourceConfig,
-) -> Result<Identity, ConfigError> {
-    let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
-        setting: "identity.connector",
-        hint: "set it in the config file, with --connector or TCPULSE_CONNECTOR (the Teams Connector FQDN)",
-    })?;
-    let region = nonempty(a.region.clone().or(f.region)).ok_or(ConfigError::Missing {
-        setting: "identity.region",
-        hint: "set it in the config file, with --region or TCPULSE_REGION (e.g. westeurope)",
-    })?;
-    let scaleset = match nonempty(a.scaleset.clone().or(f.scaleset)) {
-        Some(s) => s,
-        None if !source.is_local() => String::new(),
-        None => {
-            return Err(ConfigError::Missing {
-                setting: "identity.scaleset",
-                hint: "set it in the config file, with --scaleset or TCPULSE_SCALESET (the VM scale set name)",
-            })
-        }
-    };
-    let instance = match nonempty(a.instance.clone().or(f.instance)) {
-        Some(i) => i,
-        None => sysinfo::System::host_name()
-            .and_then(|h| nonempty(Some(h)))
-            .ok_or(ConfigError::Missing {
-                setting: "identity.instance",
-                hint: "the host name is unknown; set it with --instance or TCPULSE_INSTANCE",
-            })?,
-    };
-    Ok(Identity {
-        connector,
-        deployment: nonempty(a.deployment.clone().or(f.deployment))
-            .unwrap_or_else(default_deployment),
-        region,
-        scaleset,
-        instance,
-    })
-}
-
-/// `[report]`: the report interval and how often the source is polled.
-fn resolve_report(
-    a: &ReportArgs,
-    f: &ReportArgs,
-    source: &SourceConfig,
-) -> Result<ReportConfig, ConfigError> {
-    let report = ReportConfig {
-        interval: a.interval.or(f.interval).unwrap_or(default_interval()),
-        poll_interval: source
-            .poll_interval()
-            .or(a.poll_interval)
-            .or(f.poll_interval)
-            .unwrap_or(default_poll_interval()),
-    };
-    if report.interval < Duration::from_millis(100)
-        || report.poll_interval < Duration::from_millis(50)
-    {
-        return Err(ConfigError::Invalid(
-            "report.interval must be at least 100ms and report.poll_interval at least 50ms"
-                .to_owned(),
-        ));
-    }
-
-    Ok(report)
 }
 
 /// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets

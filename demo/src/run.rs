@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpulse_agent::config::{Identity, PublishConfig, PublishTarget, ReportConfig, Secret};
+use tcpulse_agent::config::{PublishConfig, PublishTarget, Secret};
 use tcpulse_agent::health::config::HealthConfig;
 use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
+use tcpulse_agent::report::config::{Identity, ReportConfig};
 use tcpulse_agent::run::{RunError as AgentError, RunSummary as AgentSummary};
 use tcpulse_agent::sources::simulate::SimulateConfig;
 use tcpulse_agent::sources::SourceConfig;

@@ -10,12 +10,14 @@
 use std::path::PathBuf;
 
 use super::{
-    default_deployment, default_fatal_retry_initial, default_fatal_retry_max, default_interval,
-    default_max_batch_bytes, default_max_batch_events, default_poll_interval,
-    default_retry_initial, default_retry_max, default_shutdown_flush, FileConfig, IdentityArgs,
-    LogArgs, PublishArgs, ReportArgs,
+    default_fatal_retry_initial, default_fatal_retry_max, default_max_batch_bytes,
+    default_max_batch_events, default_retry_initial, default_retry_max, default_shutdown_flush,
+    FileConfig, LogArgs, PublishArgs,
 };
 use crate::health::config::{default_disk_path, HealthArgs};
+use crate::report::config::{
+    default_deployment, default_interval, default_poll_interval, IdentityArgs, ReportArgs,
+};
 use crate::spool::config::{default_spool_dir, default_spool_max_bytes, SpoolArgs};
 use tcpulse_eventhub::cli_support::logging::LogFormat;
 

@@ -9,12 +9,13 @@
 
 use std::path::PathBuf;
 
-use super::{
+use super::{FileConfig, LogArgs};
+use crate::health::config::{default_disk_path, HealthArgs};
+use crate::publish::config::{
     default_fatal_retry_initial, default_fatal_retry_max, default_max_batch_bytes,
     default_max_batch_events, default_retry_initial, default_retry_max, default_shutdown_flush,
-    FileConfig, LogArgs, PublishArgs,
+    PublishArgs,
 };
-use crate::health::config::{default_disk_path, HealthArgs};
 use crate::report::config::{
     default_deployment, default_interval, default_poll_interval, IdentityArgs, ReportArgs,
 };

@@ -6,14 +6,19 @@
 //! and returns the resolved [`Config`]. The doc comment of each field is both its `--help`
 //! text and its file documentation; defaults are the `default_*` functions.
 //!
-//! Secrets never come from a flag value: the Event Hubs connection string is read from
-//! `publish.connection_string_file` or `TCPULSE_EVENTHUB_CONNECTION_STRING` (a configured
-//! file wins, with one WARN when both are set: the rule of
-//! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
-//! prints `***`.
+//! Each section lives next to the component it configures, with its `*Args`, resolved
+//! struct, defaults, `resolve_*` function and error: `[identity]` and `[report]` in
+//! [`report::config`](crate::report::config), `[health]` in
+//! [`health::config`](crate::health::config), `[spool]` in
+//! [`spool::config`](crate::spool::config), `[publish]` in
+//! [`publish::config`](crate::publish::config) (the Event Hubs connection string, never a
+//! flag value), `[source]` in [`sources`](crate::sources). This module assembles them:
+//! [`FileConfig`] (the file), [`RunArgs`] (the flags), `[log]` ([`LogArgs`]), and
+//! [`Config::resolve`], which calls each section's resolve; [`ConfigError`] wraps the
+//! sections' errors. The sections import nothing from here.
 //!
 //! `tcpulse-agent config` prints every setting of the file with its docs and defaults
-//! ([`reference`], generated from these structs; see [`FileConfig::defaults`]).
+//! ([`reference()`], generated from these structs; see [`FileConfig::defaults`]).
 //!
 //! ```toml
 //! [identity]
@@ -42,10 +47,10 @@ use crate::report::config::{
     resolve_identity, resolve_report, Identity, IdentityArgs, ReportArgs, ReportConfig,
     ReportConfigError,
 };
+use crate::sources::{SourceConfig, SOURCE_TYPES};
 use crate::spool::config::{resolve_spool, SpoolArgs, SpoolConfig, SpoolConfigError};
 
 mod reference;
-use crate::sources::{SourceConfig, SOURCE_TYPES};
 pub use reference::reference;
 
 /// Logging.
@@ -189,7 +194,7 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A required setting is missing.
+    /// A required setting (the source) is missing.
     #[error("{setting} is not set; {hint}")]
     Missing {
         /// The setting.
@@ -197,7 +202,7 @@ pub enum ConfigError {
         /// How to set it.
         hint: &'static str,
     },
-    /// A setting has an unusable value.
+    /// A setting (the source type) has an unusable value.
     #[error("{0}")]
     Invalid(String),
     /// The `[publish]` settings are invalid.

@@ -14,6 +14,9 @@
 //! and map its errors onto [`PublishError::Transient`] (connection lost, timeout, server
 //! busy, token expired and refreshed) or [`PublishError::Fatal`] (unauthorised, entity not
 //! found, message too large: retrying cannot help).
+//!
+//! Its settings, the `[publish]` section (the target, the Event Hubs connection string,
+//! batch sizes, retry delays), are in [`config`].
 
 use std::fmt;
 use std::io::Write;

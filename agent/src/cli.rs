@@ -192,7 +192,9 @@ pub fn check_config(args: &RunArgs) -> Result<ExitCode, CliError> {
     if let publish::SetupPlan::Unavailable(why) = publish::plan(&config.publish) {
         println!("note: {why}");
     }
-    for note in crate::config::check_event_hubs(&config.publish.target)? {
+    for note in publish::config::check_event_hubs(&config.publish.target)
+        .map_err(crate::config::ConfigError::from)?
+    {
         println!("note: {note}");
     }
     println!("config OK");

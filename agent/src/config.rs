@@ -6,14 +6,19 @@
 //! and returns the resolved [`Config`]. The doc comment of each field is both its `--help`
 //! text and its file documentation; defaults are the `default_*` functions.
 //!
-//! Secrets never come from a flag value: the Event Hubs connection string is read from
-//! `publish.connection_string_file` or `TCPULSE_EVENTHUB_CONNECTION_STRING` (a configured
-//! file wins, with one WARN when both are set: the rule of
-//! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
-//! prints `***`.
+//! Each section lives next to the component it configures, with its `*Args`, resolved
+//! struct, defaults, `resolve_*` function and error: `[identity]` and `[report]` in
+//! [`report::config`](crate::report::config), `[health]` in
+//! [`health::config`](crate::health::config), `[spool]` in
+//! [`spool::config`](crate::spool::config), `[publish]` in
+//! [`publish::config`](crate::publish::config) (the Event Hubs connection string, never a
+//! flag value), `[source]` in [`sources`](crate::sources). This module assembles them:
+//! [`FileConfig`] (the file), [`RunArgs`] (the flags), `[log]` ([`LogArgs`]), and
+//! [`Config::resolve`], which calls each section's resolve; [`ConfigError`] wraps the
+//! sections' errors. The sections import nothing from here.
 //!
 //! `tcpulse-agent config` prints every setting of the file with its docs and defaults
-//! ([`reference`], generated from these structs; see [`FileConfig::defaults`]).
+//! ([`reference()`], generated from these structs; see [`FileConfig::defaults`]).
 //!
 //! ```toml
 //! [identity]
@@ -26,191 +31,27 @@
 //! type = "simulate"
 //! ```
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::logging::{self, LogFormat};
-use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
+use tcpulse_eventhub::cli_support::secret::Conflict;
 
-use crate::health::{default_disk_path, HealthConfig};
+use crate::health::config::{resolve_health, HealthArgs, HealthConfig};
+use crate::merge::nonempty;
+use crate::publish::config::{
+    resolve_publish, PublishArgs, PublishConfig, PublishConfigError, PublishTarget,
+};
+use crate::report::config::{
+    resolve_identity, resolve_report, Identity, IdentityArgs, ReportArgs, ReportConfig,
+    ReportConfigError,
+};
+use crate::sources::{SourceConfig, SOURCE_TYPES};
+use crate::spool::config::{resolve_spool, SpoolArgs, SpoolConfig, SpoolConfigError};
 
 mod reference;
-use crate::sources::{SourceConfig, SOURCE_TYPES};
 pub use reference::reference;
-
-/// Environment variable holding the Event Hubs connection string.
-pub const ENV_CONNECTION_STRING: &str = "TCPULSE_EVENTHUB_CONNECTION_STRING";
-/// What the Event Hubs connection string is called in messages.
-pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
-
-/// Identity of the instance the events describe.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityArgs {
-    /// Teams Connector FQDN ($PxTeamsConnFqdn), e.g. tc-eu.example.com; the Event Hubs
-    /// partition key. Required.
-    #[arg(long, env = "TCPULSE_CONNECTOR", value_name = "FQDN")]
-    pub connector: Option<String>,
-    /// Deployment label, e.g. blue or green (free text). Default: default.
-    #[arg(long, env = "TCPULSE_DEPLOYMENT", value_name = "LABEL")]
-    pub deployment: Option<String>,
-    /// Azure region of the scale set, e.g. westeurope. Required.
-    #[arg(long, env = "TCPULSE_REGION", value_name = "REGION")]
-    pub region: Option<String>,
-    /// VM scale set name (Pexip's scaleset_id). Required, except with the pexip source
-    /// (which takes it from each node).
-    #[arg(long, env = "TCPULSE_SCALESET", value_name = "NAME")]
-    pub scaleset: Option<String>,
-    /// VMSS instance name, e.g. tc-eu-vmss_3. Default: this host's name.
-    #[arg(long, env = "TCPULSE_INSTANCE", value_name = "NAME")]
-    pub instance: Option<String>,
-}
-
-/// When reports are made.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct ReportArgs {
-    /// Time between two reports of an unchanged instance (humantime: 10s, 1m). Default: 10s.
-    #[arg(long, env = "TCPULSE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub interval: Option<Duration>,
-    /// Time between two reads of the source (humantime); a changed call count or state is
-    /// reported at the next read, so this bounds the reporting delay. Default: 500ms.
-    #[arg(long, env = "TCPULSE_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub poll_interval: Option<Duration>,
-}
-
-/// Host health measured with each report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct HealthArgs {
-    /// Measure host health (CPU, memory, disk, service, certificate). Default: true
-    /// (always off with the pexip source).
-    #[arg(skip)]
-    pub enabled: Option<bool>,
-    /// Process whose presence sets service_up, e.g. TeamsConnector.exe (case and .exe
-    /// ignored). Default: none (service_up not reported).
-    #[arg(long, env = "TCPULSE_SERVICE_PROCESS", value_name = "NAME")]
-    pub service_process: Option<String>,
-    /// A path on the disk whose free space is reported. Default: C:\ on Windows, / elsewhere.
-    #[arg(long, env = "TCPULSE_DISK_PATH", value_name = "PATH")]
-    pub disk_path: Option<PathBuf>,
-    /// The connector certificate, PFX (password in TCPULSE_CERT_PASSWORD) or PEM, for
-    /// cert_expiry_days. Default: none (not reported).
-    #[arg(long, env = "TCPULSE_CERT_FILE", value_name = "FILE")]
-    pub cert_file: Option<PathBuf>,
-}
-
-/// The on-disk spool.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolArgs {
-    /// Directory of the spool database (spool.redb). Default: /var/lib/tcpulse-agent, or
-    /// C:\ProgramData\tcpulse-agent\spool on Windows.
-    #[arg(
-        id = "spool_dir",
-        long = "spool-dir",
-        env = "TCPULSE_SPOOL_DIR",
-        value_name = "DIR"
-    )]
-    pub dir: Option<PathBuf>,
-    /// Largest size of the spooled events, bytes (at least 131072); when full, the oldest
-    /// are dropped and counted in agent.dropped. Default: 67108864 (64 MiB, about 100 000
-    /// reports: 11 days at one report per 10 s).
-    #[arg(
-        id = "spool_max_bytes",
-        long = "spool-max-bytes",
-        env = "TCPULSE_SPOOL_MAX_BYTES",
-        value_name = "BYTES"
-    )]
-    pub max_bytes: Option<u64>,
-}
-
-/// Where events go.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct PublishArgs {
-    /// File whose first line is the Event Hubs connection string; a configured file wins
-    /// over the variable TCPULSE_EVENTHUB_CONNECTION_STRING (one WARN when both are set).
-    /// The string itself is never a flag. Default: none.
-    #[arg(
-        long,
-        env = "TCPULSE_EVENTHUB_CONNECTION_STRING_FILE",
-        value_name = "FILE"
-    )]
-    pub connection_string_file: Option<PathBuf>,
-    /// Event hub name, when the connection string has no EntityPath. Default: none.
-    #[arg(long, env = "TCPULSE_EVENT_HUB", value_name = "NAME")]
-    pub event_hub: Option<String>,
-    /// Extra PEM CA file to trust besides the built-in roots (a private CA, or tcpulse-hub's
-    /// ca.pem). Default: none.
-    #[arg(
-        long = "eventhub-ca-file",
-        env = "TCPULSE_EVENTHUB_CA_FILE",
-        value_name = "FILE"
-    )]
-    pub ca_file: Option<PathBuf>,
-    /// Dial this host:port instead of the namespace host (a private endpoint, a proxy, or
-    /// tcpulse-hub); TLS names and token audiences still use the namespace. Default: none.
-    #[arg(
-        long = "eventhub-endpoint",
-        env = "TCPULSE_EVENTHUB_ENDPOINT",
-        value_name = "HOST:PORT"
-    )]
-    pub custom_endpoint: Option<String>,
-    /// Write events as JSON lines to this file instead of Event Hubs (demos, benchmarks);
-    /// no connection string is needed then. Default: none.
-    #[arg(
-        id = "publish_file",
-        long = "publish-file",
-        env = "TCPULSE_PUBLISH_FILE",
-        value_name = "FILE"
-    )]
-    pub file: Option<PathBuf>,
-    /// Most events handed to the publisher at once. Default: 256.
-    #[arg(skip)]
-    pub max_batch_events: Option<usize>,
-    /// Most body bytes handed to the publisher at once. Default: 786432 (768 KiB, under
-    /// the 1 MB Event Hubs batch limit).
-    #[arg(skip)]
-    pub max_batch_bytes: Option<usize>,
-    /// First delay after a transient publish error (humantime); doubles up to
-    /// retry_max. Default: 1s.
-    #[arg(skip)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub retry_initial: Option<Duration>,
-    /// Longest delay between two publish attempts (humantime). Default: 60s.
-    #[arg(skip)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub retry_max: Option<Duration>,
-    /// On shutdown, how long to keep sending spooled events (humantime); the rest stays
-    /// spooled for the next start. Default: 5s.
-    #[arg(skip)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub shutdown_flush: Option<Duration>,
-    /// First delay after a fatal publish error (wrong key, hub not found: retrying soon
-    /// cannot help, but a rotated key or a re-created hub can), humantime; doubles up to
-    /// fatal_retry_max. Reports keep being spooled meanwhile. Default: 30s.
-    #[arg(skip)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub fatal_retry_initial: Option<Duration>,
-    /// Longest delay between two attempts after fatal publish errors (humantime).
-    /// Default: 5m.
-    #[arg(skip)]
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
-    pub fatal_retry_max: Option<Duration>,
-}
 
 /// Logging.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
@@ -305,156 +146,6 @@ pub struct RunArgs {
     pub log: LogArgs,
 }
 
-/// Default of `identity.deployment`.
-pub fn default_deployment() -> String {
-    "default".to_owned()
-}
-/// Default of `report.interval` (`tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS`, which
-/// the collector's staleness and lateness defaults are built on).
-pub const fn default_interval() -> Duration {
-    Duration::from_secs(tcpulse_schema::capacity::REPORT_INTERVAL_SECONDS)
-}
-/// Default of `report.poll_interval`.
-pub const fn default_poll_interval() -> Duration {
-    Duration::from_millis(500)
-}
-/// Default of `spool.max_bytes`.
-pub const fn default_spool_max_bytes() -> u64 {
-    64 << 20
-}
-/// Default of `publish.max_batch_events`.
-pub const fn default_max_batch_events() -> usize {
-    256
-}
-/// Default of `publish.max_batch_bytes`.
-pub const fn default_max_batch_bytes() -> usize {
-    768 << 10
-}
-/// Default of `publish.retry_initial`.
-pub const fn default_retry_initial() -> Duration {
-    Duration::from_secs(1)
-}
-/// Default of `publish.retry_max`.
-pub const fn default_retry_max() -> Duration {
-    Duration::from_secs(60)
-}
-/// Default of `publish.fatal_retry_initial`.
-pub const fn default_fatal_retry_initial() -> Duration {
-    Duration::from_secs(30)
-}
-/// Default of `publish.fatal_retry_max`.
-pub const fn default_fatal_retry_max() -> Duration {
-    Duration::from_secs(300)
-}
-/// Default of `publish.shutdown_flush`.
-pub const fn default_shutdown_flush() -> Duration {
-    Duration::from_secs(5)
-}
-/// Default of `spool.dir`.
-pub fn default_spool_dir() -> PathBuf {
-    if cfg!(windows) {
-        PathBuf::from(r"C:\ProgramData\tcpulse-agent\spool")
-    } else {
-        PathBuf::from("/var/lib/tcpulse-agent")
-    }
-}
-
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// The resolved identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Teams Connector FQDN; the partition key.
-    pub connector: String,
-    /// Deployment label.
-    pub deployment: String,
-    /// Azure region.
-    pub region: String,
-    /// Scale set name (empty only with the pexip source, which fills it per node).
-    pub scaleset: String,
-    /// Instance name.
-    pub instance: String,
-}
-
-/// The resolved reporting settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReportConfig {
-    /// Time between two reports of an unchanged instance.
-    pub interval: Duration,
-    /// Time between two reads of the source.
-    pub poll_interval: Duration,
-}
-
-/// The resolved spool settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolConfig {
-    /// Directory of the database.
-    pub dir: PathBuf,
-    /// Bound, bytes.
-    pub max_bytes: u64,
-}
-
-/// Where events go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishTarget {
-    /// Azure Event Hubs (or the emulator).
-    EventHubs {
-        /// The connection string.
-        connection_string: Secret,
-        /// Where it came from (for messages; never the value).
-        origin: String,
-        /// Event hub name when the string has no EntityPath.
-        event_hub: Option<String>,
-        /// Extra CA file to trust.
-        ca_file: Option<PathBuf>,
-        /// Host:port to dial instead of the namespace.
-        custom_endpoint: Option<String>,
-    },
-    /// JSON lines in a local file.
-    File(PathBuf),
-}
-
-/// The resolved publish settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishConfig {
-    /// Target.
-    pub target: PublishTarget,
-    /// Most events per publish call.
-    pub max_batch_events: usize,
-    /// Most body bytes per publish call.
-    pub max_batch_bytes: usize,
-    /// First retry delay.
-    pub retry_initial: Duration,
-    /// Largest retry delay.
-    pub retry_max: Duration,
-    /// Flush time at shutdown.
-    pub shutdown_flush: Duration,
-    /// First retry delay after a fatal publish error.
-    pub fatal_retry_initial: Duration,
-    /// Largest retry delay after fatal publish errors.
-    pub fatal_retry_max: Duration,
-}
-
 /// The whole resolved configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -503,7 +194,7 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A required setting is missing.
+    /// A required setting (the source) is missing.
     #[error("{setting} is not set; {hint}")]
     Missing {
         /// The setting.
@@ -511,71 +202,21 @@ pub enum ConfigError {
         /// How to set it.
         hint: &'static str,
     },
-    /// A setting has an unusable value.
+    /// A setting (the source type) has an unusable value.
     #[error("{0}")]
     Invalid(String),
-    /// No connection string.
-    #[error("no Event Hubs connection string: set {ENV_CONNECTION_STRING} or publish.connection_string_file (it is never taken from the command line), or use --publish-file for a local test")]
-    NoConnectionString,
-    /// The connection string file could not be read or is empty.
-    #[error("publish.connection_string_file: {0}")]
-    ConnectionStringFile(SecretError),
-    /// The Event Hubs settings (connection string, hub name, endpoint) cannot work. The
-    /// message names the part and never contains the key.
-    #[error("the Event Hubs connection string from {origin} cannot be used: {why}")]
-    EventHubs {
-        /// Where the string came from (never its value).
-        origin: String,
-        /// What is wrong and how to fix it.
-        why: String,
-    },
+    /// The `[publish]` settings are invalid.
+    #[error(transparent)]
+    Publish(#[from] PublishConfigError),
+    /// The `[identity]` or `[report]` settings are invalid.
+    #[error(transparent)]
+    Report(#[from] ReportConfigError),
+    /// The `[spool]` settings are invalid.
+    #[error(transparent)]
+    Spool(#[from] SpoolConfigError),
     /// The source settings are invalid.
     #[error(transparent)]
     Source(#[from] crate::sources::BuildError),
-}
-
-/// Checks an Event Hubs target the way the publisher will use it, without connecting: the
-/// connection string's every part ([`tcpulse_eventhub::connection_string`]), the hub name
-/// (EntityPath or `publish.event_hub`, and that they agree) and the custom endpoint.
-/// Returns remarks that do not stop the agent (a key of an unusual length).
-pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, ConfigError> {
-    let PublishTarget::EventHubs {
-        connection_string,
-        origin,
-        event_hub,
-        custom_endpoint,
-        ..
-    } = target
-    else {
-        return Ok(Vec::new());
-    };
-    let invalid = |why: String| ConfigError::EventHubs {
-        origin: origin.clone(),
-        why,
-    };
-    let parsed =
-        tcpulse_eventhub::connection_string::ConnectionString::parse(connection_string.expose())
-            .map_err(|e| invalid(e.to_string()))?;
-    let options = tcpulse_eventhub::client::ClientOptions {
-        custom_endpoint: custom_endpoint.clone(),
-        ..Default::default()
-    };
-    tcpulse_eventhub::client::ClientConfig::from_connection_string(
-        connection_string.expose(),
-        event_hub.as_deref(),
-        options,
-    )
-    .map_err(|e| {
-        let why = e.to_string();
-        let why = why
-            .strip_prefix("invalid Event Hubs client configuration: ")
-            .unwrap_or(&why);
-        invalid(why.replace(
-            "configure the hub name",
-            "set publish.event_hub (TCPULSE_EVENT_HUB)",
-        ))
-    })?;
-    Ok(parsed.notes())
 }
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
@@ -598,10 +239,6 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 /// Parses a TOML config text (`path` only names it in errors).
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| parse_error(path, text, &e))
-}
-
-fn nonempty(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 impl Config {
@@ -628,9 +265,9 @@ impl Config {
         source.validate()?;
         let mut secret_conflicts: Vec<Conflict> = source.secret_conflict().into_iter().collect();
         Ok(Config {
-            identity: resolve_identity(&args.identity, file.identity, &source)?,
-            report: resolve_report(&args.report, &file.report, &source)?,
-            health: resolve_health(&args.health, file.health, &source),
+            identity: resolve_identity(&args.identity, file.identity, source.is_local())?,
+            report: resolve_report(&args.report, &file.report, source.poll_interval())?,
+            health: resolve_health(&args.health, file.health, source.is_local()),
             spool: resolve_spool(&args.spool, file.spool)?,
             publish: resolve_publish(&args.publish, file.publish, &mut secret_conflicts)?,
             source,
@@ -715,161 +352,10 @@ fn resolve_source(
     Ok(source)
 }
 
-/// `[identity]`: who this instance is; the instance name defaults to the host name.
-fn resolve_identity(
-    a: &IdentityArgs,
-    f: IdentityArgs,
-    source: &SourceConfig,
-) -> Result<Identity, ConfigError> {
-    let connector = nonempty(a.connector.clone().or(f.connector)).ok_or(ConfigError::Missing {
-        setting: "identity.connector",
-        hint: "set it in the config file, with --connector or TCPULSE_CONNECTOR (the Teams Connector FQDN)",
-    })?;
-    let region = nonempty(a.region.clone().or(f.region)).ok_or(ConfigError::Missing {
-        setting: "identity.region",
-        hint: "set it in the config file, with --region or TCPULSE_REGION (e.g. westeurope)",
-    })?;
-    let scaleset = match nonempty(a.scaleset.clone().or(f.scaleset)) {
-        Some(s) => s,
-        None if !source.is_local() => String::new(),
-        None => {
-            return Err(ConfigError::Missing {
-                setting: "identity.scaleset",
-                hint: "set it in the config file, with --scaleset or TCPULSE_SCALESET (the VM scale set name)",
-            })
-        }
-    };
-    let instance = match nonempty(a.instance.clone().or(f.instance)) {
-        Some(i) => i,
-        None => sysinfo::System::host_name()
-            .and_then(|h| nonempty(Some(h)))
-            .ok_or(ConfigError::Missing {
-                setting: "identity.instance",
-                hint: "the host name is unknown; set it with --instance or TCPULSE_INSTANCE",
-            })?,
-    };
-    Ok(Identity {
-        connector,
-        deployment: nonempty(a.deployment.clone().or(f.deployment))
-            .unwrap_or_else(default_deployment),
-        region,
-        scaleset,
-        instance,
-    })
-}
-
-/// `[report]`: the report interval and how often the source is polled.
-fn resolve_report(
-    a: &ReportArgs,
-    f: &ReportArgs,
-    source: &SourceConfig,
-) -> Result<ReportConfig, ConfigError> {
-    let report = ReportConfig {
-        interval: a.interval.or(f.interval).unwrap_or(default_interval()),
-        poll_interval: source
-            .poll_interval()
-            .or(a.poll_interval)
-            .or(f.poll_interval)
-            .unwrap_or(default_poll_interval()),
-    };
-    if report.interval < Duration::from_millis(100)
-        || report.poll_interval < Duration::from_millis(50)
-    {
-        return Err(ConfigError::Invalid(
-            "report.interval must be at least 100ms and report.poll_interval at least 50ms"
-                .to_owned(),
-        ));
-    }
-
-    Ok(report)
-}
-
-/// `[health]`: host health, measured only for a local source.
-fn resolve_health(a: &HealthArgs, f: HealthArgs, source: &SourceConfig) -> HealthConfig {
-    HealthConfig {
-        enabled: source.is_local() && a.enabled.or(f.enabled).unwrap_or(true),
-        service_process: nonempty(a.service_process.clone().or(f.service_process)),
-        disk_path: a
-            .disk_path
-            .clone()
-            .or(f.disk_path)
-            .unwrap_or_else(default_disk_path),
-        cert_file: a.cert_file.clone().or(f.cert_file),
-    }
-}
-
-/// `[spool]`: where reports wait, and how much disk they may take.
-fn resolve_spool(a: &SpoolArgs, f: SpoolArgs) -> Result<SpoolConfig, ConfigError> {
-    let spool = SpoolConfig {
-        dir: a.dir.clone().or(f.dir).unwrap_or_else(default_spool_dir),
-        max_bytes: a
-            .max_bytes
-            .or(f.max_bytes)
-            .unwrap_or(default_spool_max_bytes()),
-    };
-    if spool.max_bytes < crate::spool::MIN_MAX_BYTES {
-        return Err(ConfigError::Invalid(format!(
-            "spool.max_bytes = {} is below the minimum of {} bytes",
-            spool.max_bytes,
-            crate::spool::MIN_MAX_BYTES
-        )));
-    }
-
-    Ok(spool)
-}
-
-/// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets
-/// rule (a conflict between file and variable is added to `conflicts`, logged later).
-fn resolve_publish(
-    a: &PublishArgs,
-    f: PublishArgs,
-    conflicts: &mut Vec<Conflict>,
-) -> Result<PublishConfig, ConfigError> {
-    let target = match a.file.clone().or(f.file) {
-        Some(path) => PublishTarget::File(path),
-        None => {
-            let csf = a
-                .connection_string_file
-                .clone()
-                .or(f.connection_string_file);
-            let loaded = secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
-                .map_err(ConfigError::ConnectionStringFile)?
-                .ok_or(ConfigError::NoConnectionString)?;
-            conflicts.extend(loaded.conflict().cloned());
-            let origin = loaded.origin().to_string();
-            let target = PublishTarget::EventHubs {
-                connection_string: Secret::new(loaded.into_value()),
-                origin,
-                event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
-                ca_file: a.ca_file.clone().or(f.ca_file),
-                custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
-            };
-            check_event_hubs(&target)?;
-            target
-        }
-    };
-    Ok(PublishConfig {
-        target,
-        max_batch_events: f
-            .max_batch_events
-            .unwrap_or(default_max_batch_events())
-            .max(1),
-        max_batch_bytes: f
-            .max_batch_bytes
-            .unwrap_or(default_max_batch_bytes())
-            .max(1024),
-        retry_initial: f.retry_initial.unwrap_or(default_retry_initial()),
-        retry_max: f.retry_max.unwrap_or(default_retry_max()),
-        shutdown_flush: f.shutdown_flush.unwrap_or(default_shutdown_flush()),
-        fatal_retry_initial: f
-            .fatal_retry_initial
-            .unwrap_or(default_fatal_retry_initial()),
-        fatal_retry_max: f.fatal_retry_max.unwrap_or(default_fatal_retry_max()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn args() -> RunArgs {
@@ -968,14 +454,6 @@ type = "simulate"
         assert_eq!(
             (c.identity.deployment.as_str(), c.source.type_name()),
             ("blue", "simulate")
-        );
-    }
-
-    #[test]
-    fn secret_debug_hides_value() {
-        assert_eq!(
-            format!("{:?}", Secret::new("SharedAccessKey=abc")),
-            "Secret(***)"
         );
     }
 }

@@ -5,8 +5,10 @@
 //! and a [`HealthFailed`] event is emitted. The certificate is re-read only when its file
 //! changes (modification time), so a report costs a few `/proc` reads (Linux) or
 //! performance-counter calls (Windows).
+//!
+//! What to measure is the `[health]` section in [`config`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use sysinfo::{Disks, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
@@ -15,18 +17,8 @@ use tcpulse_schema::Health;
 use crate::check_cert::{self, ENV_CERT_PASSWORD};
 use crate::internal_events::{Counters, HealthFailed, InternalEvent};
 
-/// What to measure (resolved from `[health]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    /// Measure host health at all (false for the `pexip` source, which runs elsewhere).
-    pub enabled: bool,
-    /// Process whose presence sets `service_up` (e.g. `TeamsConnector.exe`).
-    pub service_process: Option<String>,
-    /// A path on the disk whose free space is reported.
-    pub disk_path: PathBuf,
-    /// The connector certificate (PFX with password in `TCPULSE_CERT_PASSWORD`, or PEM).
-    pub cert_file: Option<PathBuf>,
-}
+pub mod config;
+use config::HealthConfig;
 
 #[derive(Debug)]
 struct CertCache {
@@ -178,17 +170,9 @@ fn now_unix() -> i64 {
     tcpulse_schema::Timestamp::now().unix_millis() / 1000
 }
 
-/// The default disk to watch: the system drive on Windows, `/` elsewhere.
-pub fn default_disk_path() -> PathBuf {
-    if cfg!(windows) {
-        PathBuf::from("C:\\")
-    } else {
-        PathBuf::from("/")
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::config::default_disk_path;
     use super::*;
 
     #[test]

@@ -14,6 +14,9 @@
 //! and map its errors onto [`PublishError::Transient`] (connection lost, timeout, server
 //! busy, token expired and refreshed) or [`PublishError::Fatal`] (unauthorised, entity not
 //! found, message too large: retrying cannot help).
+//!
+//! Its settings, the `[publish]` section (the target, the Event Hubs connection string,
+//! batch sizes, retry delays), are in [`config`].
 
 use std::fmt;
 use std::io::Write;
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+pub mod config;
 pub mod eventhubs;
 
 /// Any error, boxed, as the cause of a [`PublishError`].
@@ -246,15 +250,15 @@ pub enum SetupPlan {
 }
 
 /// Which publisher `cfg` asks for, without opening anything.
-pub fn plan(cfg: &crate::config::PublishConfig) -> SetupPlan {
+pub fn plan(cfg: &config::PublishConfig) -> SetupPlan {
     match &cfg.target {
-        crate::config::PublishTarget::File(p) => SetupPlan::File(p.clone()),
-        crate::config::PublishTarget::EventHubs { .. } => SetupPlan::EventHubs,
+        config::PublishTarget::File(p) => SetupPlan::File(p.clone()),
+        config::PublishTarget::EventHubs { .. } => SetupPlan::EventHubs,
     }
 }
 
 /// Builds the publisher `cfg` asks for.
-pub fn from_config(cfg: &crate::config::PublishConfig) -> Result<Box<dyn Publisher>, SetupError> {
+pub fn from_config(cfg: &config::PublishConfig) -> Result<Box<dyn Publisher>, SetupError> {
     match plan(cfg) {
         SetupPlan::File(path) => {
             let p = FilePublisher::open(&path).map_err(|source| SetupError::File {
@@ -264,7 +268,7 @@ pub fn from_config(cfg: &crate::config::PublishConfig) -> Result<Box<dyn Publish
             Ok(Box::new(p))
         }
         SetupPlan::EventHubs => match &cfg.target {
-            crate::config::PublishTarget::EventHubs {
+            config::PublishTarget::EventHubs {
                 connection_string,
                 event_hub,
                 ca_file,
@@ -284,7 +288,7 @@ pub fn from_config(cfg: &crate::config::PublishConfig) -> Result<Box<dyn Publish
                 .map_err(|e| SetupError::EventHubs(e.to_string()))?;
                 Ok(Box::new(eventhubs::EventHubsPublisher::new(config)))
             }
-            crate::config::PublishTarget::File(_) => {
+            config::PublishTarget::File(_) => {
                 Err(SetupError::Unavailable("inconsistent publish plan"))
             }
         },

@@ -9,6 +9,8 @@
 //!   `seq` increases by one per event and starts above the highest `seq` in the spool, so
 //!   it never repeats, not even across restarts;
 //! - the partition key is the connector FQDN.
+//!
+//! Its settings, the `[identity]` and `[report]` sections, are in [`config`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,8 +18,10 @@ use std::time::{Duration, Instant};
 use tcpulse_schema::{AgentInfo, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
 use uuid::Uuid;
 
-use crate::config::Identity;
 use crate::sources::Sample;
+
+pub mod config;
+use config::Identity;
 
 /// Agent version written into `agent.version`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

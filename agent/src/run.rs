@@ -34,14 +34,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{Config, PublishConfig};
+use crate::config::Config;
 use crate::health::HealthProbe;
 use crate::internal_events::{
     Counters, EventInvalid, EventsSent, EventsSpooled, InternalEvent, MemoryQueueDropped,
     PublishFailed, PublishRecovered, SendPaused, SourceFailed, SpoolAppendFailed, SpoolDropped,
     SpoolFailed, SpoolQuarantined, SpoolRecovered,
 };
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{config::PublishConfig, PublishError, Publisher};
 use crate::report::{agent_info, Reporter};
 use crate::sources::{BuildError, Source};
 use crate::spool::{MemoryQueue, Spool, SpoolError};
@@ -674,7 +674,8 @@ mod tests {
     use tcpulse_schema::StatusEvent;
 
     use super::*;
-    use crate::config::{parse_file, Config, PublishArgs, RunArgs};
+    use crate::config::{parse_file, Config, RunArgs};
+    use crate::publish::config::PublishArgs;
 
     /// Records accepted events; answers each send with the next scripted result (Ok when
     /// the script is empty).

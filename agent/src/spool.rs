@@ -38,6 +38,8 @@
 //!   reported by [`Spool::take_quarantined`] so the caller can log what was lost. A file
 //!   locked by another process (a second agent on the same directory) is
 //!   [`SpoolError::Locked`], never moved.
+//!
+//! Its settings, the `[spool]` section (directory, bound), are in [`config`].
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,6 +48,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub mod config;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

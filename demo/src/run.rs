@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpulse_agent::config::{
-    Identity, PublishConfig, PublishTarget, ReportConfig, Secret, SpoolConfig,
+use tcpulse_agent::health::config::HealthConfig;
+use tcpulse_agent::publish::config::{
+    default_fatal_retry_initial, default_fatal_retry_max, PublishConfig, PublishTarget, Secret,
 };
-use tcpulse_agent::health::HealthConfig;
 use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
+use tcpulse_agent::report::config::{Identity, ReportConfig};
 use tcpulse_agent::run::{RunError as AgentError, RunSummary as AgentSummary};
 use tcpulse_agent::sources::simulate::SimulateConfig;
 use tcpulse_agent::sources::SourceConfig;
+use tcpulse_agent::spool::config::SpoolConfig;
 use tcpulse_eventhub::client::{ClientConfig, ClientOptions, ConnectError};
 use tcpulse_hub::{Hub, HubConfig, HubError};
 use tokio::task::JoinHandle;
@@ -264,8 +266,8 @@ fn agent_config(
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(5),
             shutdown_flush: Duration::from_secs(3),
-            fatal_retry_initial: tcpulse_agent::config::default_fatal_retry_initial(),
-            fatal_retry_max: tcpulse_agent::config::default_fatal_retry_max(),
+            fatal_retry_initial: default_fatal_retry_initial(),
+            fatal_retry_max: default_fatal_retry_max(),
         },
         log_file: None,
         log_level: "info".into(),

@@ -9,14 +9,17 @@
 
 use std::path::PathBuf;
 
-use super::{
-    default_deployment, default_fatal_retry_initial, default_fatal_retry_max, default_interval,
-    default_max_batch_bytes, default_max_batch_events, default_poll_interval,
-    default_retry_initial, default_retry_max, default_shutdown_flush, default_spool_dir,
-    default_spool_max_bytes, FileConfig, HealthArgs, IdentityArgs, LogArgs, PublishArgs,
-    ReportArgs, SpoolArgs,
+use super::{FileConfig, LogArgs};
+use crate::health::config::{default_disk_path, HealthArgs};
+use crate::publish::config::{
+    default_fatal_retry_initial, default_fatal_retry_max, default_max_batch_bytes,
+    default_max_batch_events, default_retry_initial, default_retry_max, default_shutdown_flush,
+    PublishArgs,
 };
-use crate::health::default_disk_path;
+use crate::report::config::{
+    default_deployment, default_interval, default_poll_interval, IdentityArgs, ReportArgs,
+};
+use crate::spool::config::{default_spool_dir, default_spool_max_bytes, SpoolArgs};
 use tcpulse_eventhub::cli_support::logging::LogFormat;
 
 /// The first lines of [`reference`].

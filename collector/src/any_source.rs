@@ -2,12 +2,12 @@
 //! or the Event Hubs adapter (`source.eventhub`), chosen by [`from_config`]. The only module
 //! that knows both; [`crate::source`] (the seam) and [`crate::eventhubs`] know neither.
 
-use crate::checkpoint::{CheckpointScope, StartPosition};
+use crate::checkpoint::CheckpointScope;
 use crate::config::{self, Config};
 use crate::eventhubs::{EventHubsPartition, EventHubsProvider};
 use crate::source::{
-    FileSource, FileSourceProvider, PartitionBounds, PartitionSource, PartitionTip, ReceivedEvent,
-    SourceError, SourceProvider,
+    FileSource, FileSourceProvider, PartitionBounds, PartitionSource, PartitionTip, ReadFrom,
+    SourceError, SourceEvent, SourceProvider,
 };
 use crate::BuildError;
 
@@ -70,7 +70,7 @@ impl PartitionSource for AnySource {
         }
     }
 
-    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+    async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         match self {
             AnySource::File(s) => s.next().await,
             AnySource::EventHubs(s) => s.next().await,
@@ -102,7 +102,7 @@ impl SourceProvider for AnyProvider {
         }
     }
 
-    async fn open(&self, partition: &str, start: StartPosition) -> Result<AnySource, SourceError> {
+    async fn open(&self, partition: &str, start: ReadFrom) -> Result<AnySource, SourceError> {
         match self {
             AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
             AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),

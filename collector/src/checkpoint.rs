@@ -1,5 +1,5 @@
-//! Where each partition resumes: the [`CheckpointStore`] interface, the local
-//! [`FileCheckpointStore`], and [`StartPosition`].
+//! Where each partition resumes: the [`CheckpointStore`] interface and the local
+//! [`FileCheckpointStore`].
 //!
 //! A [`Checkpoint`] names the last event of a partition whose points every sink
 //! acknowledged, plus the aggregator's state right after that event, so a restart resumes
@@ -26,19 +26,6 @@ use serde::{Deserialize, Serialize};
 
 /// Version written into every checkpoint file; other versions read as corrupt.
 pub const CHECKPOINT_VERSION: u32 = 1;
-
-/// Where a partition starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartPosition {
-    /// The oldest event the service still holds.
-    Earliest,
-    /// Only events enqueued from now on.
-    Latest,
-    /// The event after this sequence number (a checkpoint).
-    AfterSequence(i64),
-    /// The first event enqueued after this instant (ms since the Unix epoch).
-    EnqueuedAfterMs(i64),
-}
 
 /// The `(namespace, hub, consumer group)` a set of checkpoints belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

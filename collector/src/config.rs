@@ -38,10 +38,10 @@ use tcpulse_schema::capacity::{
 use tcpulse_schema::Timestamp;
 
 use crate::aggregate::{duration_ms, AggregateSettings};
-use crate::checkpoint::StartPosition;
 use crate::sinks::file::config::FileSinkConfig;
 use crate::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
 use crate::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
+use crate::source::ReadFrom;
 
 /// What the Event Hubs connection string is called in messages.
 pub const EVENTHUB_SECRET: &str = "Event Hubs connection string";
@@ -199,16 +199,16 @@ fn default_file_partition() -> String {
 /// (events enqueued after it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
-pub struct PositionSpec(pub StartPosition);
+pub struct PositionSpec(pub ReadFrom);
 
 impl TryFrom<String> for PositionSpec {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match s.as_str() {
-            "earliest" => Ok(PositionSpec(StartPosition::Earliest)),
-            "latest" => Ok(PositionSpec(StartPosition::Latest)),
+            "earliest" => Ok(PositionSpec(ReadFrom::Earliest)),
+            "latest" => Ok(PositionSpec(ReadFrom::Latest)),
             other => Timestamp::parse_rfc3339(other)
-                .map(|t| PositionSpec(StartPosition::EnqueuedAfterMs(t.unix_millis())))
+                .map(|t| PositionSpec(ReadFrom::EnqueuedAfterMs(t.unix_millis())))
                 .map_err(|_| format!("{other:?} is not a start position; use \"earliest\", \"latest\" or an RFC 3339 time")),
         }
     }
@@ -217,12 +217,12 @@ impl TryFrom<String> for PositionSpec {
 impl From<PositionSpec> for String {
     fn from(p: PositionSpec) -> String {
         match p.0 {
-            StartPosition::Earliest => "earliest".into(),
-            StartPosition::Latest => "latest".into(),
-            StartPosition::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
+            ReadFrom::Earliest => "earliest".into(),
+            ReadFrom::Latest => "latest".into(),
+            ReadFrom::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "earliest".into()),
-            StartPosition::AfterSequence(_) => "earliest".into(),
+            ReadFrom::AfterSequence(_) => "earliest".into(),
         }
     }
 }
@@ -270,7 +270,7 @@ fn default_checkpoint_dir() -> PathBuf {
 }
 
 const fn default_initial_position() -> PositionSpec {
-    PositionSpec(StartPosition::Earliest)
+    PositionSpec(ReadFrom::Earliest)
 }
 
 const fn default_checkpoint_interval() -> Duration {
@@ -1123,7 +1123,7 @@ mod tests {
         assert_eq!(c.batch, BatchConfig::default());
         assert_eq!(
             c.checkpoint.initial_position,
-            PositionSpec(StartPosition::Earliest)
+            PositionSpec(ReadFrom::Earliest)
         );
         let v2 = c.sinks.influxdb_v2.as_ref().unwrap();
         assert_eq!(v2.token_env, "TCPULSE_INFLUXDB_TOKEN");
@@ -1154,10 +1154,10 @@ mod tests {
         assert_eq!(c.aggregate.rollup_interval, Duration::from_secs(10));
         assert_eq!(c.aggregate.settings().stale_after_ms, 45_000);
         assert_eq!(c.batch.flush_interval, Duration::from_millis(250));
-        assert_eq!(c.checkpoint.initial_position.0, StartPosition::Latest);
+        assert_eq!(c.checkpoint.initial_position.0, ReadFrom::Latest);
         assert_eq!(
             c.checkpoint.on_corrupt.0,
-            StartPosition::EnqueuedAfterMs(1_795_687_200_000)
+            ReadFrom::EnqueuedAfterMs(1_795_687_200_000)
         );
         assert_eq!(
             c.sinks.file,

@@ -38,7 +38,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use tcpulse_schema::{DeadLetter, Timestamp};
 
-use crate::source::ReceivedEvent;
+use crate::source::SourceEvent;
 
 /// Size caps of the dead-letter file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl DeadLetterFile {
 
     /// Appends an event that failed to decode. An error means the record is queued, not
     /// yet in the file: [`DeadLetterFile::sync`] until it succeeds before passing it.
-    pub fn write_event(&self, event: &ReceivedEvent, dead: &DeadLetter) -> std::io::Result<()> {
+    pub fn write_event(&self, event: &SourceEvent, dead: &DeadLetter) -> std::io::Result<()> {
         let cap = self.limits.max_body_bytes.min(event.body.len());
         let message = dead.reason.to_string();
         let record = EventRecord {
@@ -289,8 +289,8 @@ mod tests {
         Bytes::from(std::fs::read(path).unwrap())
     }
 
-    fn received(seq: i64, body: Bytes) -> ReceivedEvent {
-        ReceivedEvent {
+    fn received(seq: i64, body: Bytes) -> SourceEvent {
+        SourceEvent {
             partition: "2".into(),
             sequence_number: seq,
             offset: format!("{}", seq * 10),

@@ -17,9 +17,10 @@ use tcpulse_eventhub::client::{
 };
 
 use crate::{
-    checkpoint::{CheckpointScope, StartPosition},
+    checkpoint::CheckpointScope,
     source::{
-        PartitionBounds, PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider,
+        PartitionBounds, PartitionSource, PartitionTip, ReadFrom, SourceError, SourceEvent,
+        SourceProvider,
     },
 };
 
@@ -195,16 +196,16 @@ impl SourceProvider for EventHubsProvider {
     async fn open(
         &self,
         partition: &str,
-        start: StartPosition,
+        start: ReadFrom,
     ) -> Result<EventHubsPartition, SourceError> {
         let start = match start {
-            StartPosition::Earliest => EhStart::Earliest,
-            StartPosition::Latest => EhStart::Latest,
-            StartPosition::AfterSequence(sequence_number) => EhStart::SequenceNumber {
+            ReadFrom::Earliest => EhStart::Earliest,
+            ReadFrom::Latest => EhStart::Latest,
+            ReadFrom::AfterSequence(sequence_number) => EhStart::SequenceNumber {
                 sequence_number,
                 inclusive: false,
             },
-            StartPosition::EnqueuedAfterMs(ms) => EhStart::EnqueuedTime {
+            ReadFrom::EnqueuedAfterMs(ms) => EhStart::EnqueuedTime {
                 time: UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
                 inclusive: false,
             },
@@ -258,7 +259,7 @@ impl PartitionSource for EventHubsPartition {
         &self.partition
     }
 
-    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+    async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         let ev = self.consumer.recv().await.map_err(|e| {
             source_error(
                 &self.partition,
@@ -272,7 +273,7 @@ impl PartitionSource for EventHubsPartition {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        Ok(Some(ReceivedEvent {
+        Ok(Some(SourceEvent {
             partition: self.partition.clone(),
             sequence_number: ev.sequence_number,
             offset: ev.offset,

@@ -6,7 +6,7 @@
 //!
 //! | module | job | must not |
 //! | --- | --- | --- |
-//! | [`source`] | the transport seam: [`ReceivedEvent`], [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
+//! | [`source`] | the transport seam: [`SourceEvent`], [`ReadFrom`](source::ReadFrom), [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
 //! | [`any_source`] | the source a config names ([`any_source::from_config`]): file or Event Hubs behind one provider | be known by `source` or `eventhubs` |
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
 //! | [`config`] | TOML + environment + flags, validated; secrets only from env or files; the reference config (`config` subcommand) generated from the structs | connect to anything |
@@ -63,7 +63,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use pipeline::PartitionSummary;
-pub use source::{PartitionSource, PartitionTip, ReceivedEvent, SourceError, SourceProvider};
+pub use source::{PartitionSource, PartitionTip, SourceError, SourceEvent, SourceProvider};
 
 use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
 use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};

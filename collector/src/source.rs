@@ -1,4 +1,4 @@
-//! The seam between a transport and the pipeline: [`ReceivedEvent`], [`PartitionSource`]
+//! The seam between a transport and the pipeline: [`SourceEvent`], [`PartitionSource`]
 //! and [`SourceProvider`], plus the sources that exist today.
 //!
 //! The pipeline pulls: it calls [`PartitionSource::next`] only while its in-flight data is
@@ -23,12 +23,27 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::checkpoint::StartPosition;
+/// Where the pipeline reads a partition from: the positions every source can serve. The
+/// Event Hubs source asks the service for it as a
+/// [`tcpulse_eventhub::position::StartPosition`] (the client's type, with offsets and
+/// inclusive bounds the pipeline never needs); the file source seeks by sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The oldest event the service still holds.
+    Earliest,
+    /// Only events enqueued from now on.
+    Latest,
+    /// The event after this sequence number (a checkpoint).
+    AfterSequence(i64),
+    /// The first event enqueued after this instant (ms since the Unix epoch).
+    EnqueuedAfterMs(i64),
+}
 
-/// One event as the transport delivered it: position in the partition, service timestamps
-/// and the opaque body.
+/// One event as a source hands it to the pipeline: position in the partition, service
+/// timestamps and the opaque body. The Event Hubs source makes it from the client's
+/// [`tcpulse_eventhub::client::ReceivedEvent`], keeping only what the pipeline uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedEvent {
+pub struct SourceEvent {
     /// Partition id, e.g. `"0"`.
     pub partition: String,
     /// Event Hubs sequence number: increases by one per event within a partition.
@@ -113,7 +128,7 @@ pub trait PartitionSource: Send + 'static {
 
     /// The next event, waiting until one is available. Called only when the pipeline has
     /// room for it, which is the backpressure.
-    fn next(&mut self) -> impl Future<Output = Result<Option<ReceivedEvent>, SourceError>> + Send;
+    fn next(&mut self) -> impl Future<Output = Result<Option<SourceEvent>, SourceError>> + Send;
 
     /// The newest event the service holds, if the transport reports it (for lag in events).
     fn tip(&self) -> Option<PartitionTip> {
@@ -136,7 +151,7 @@ pub trait SourceProvider: Send + Sync + 'static {
     fn open(
         &self,
         partition: &str,
-        start: StartPosition,
+        start: ReadFrom,
     ) -> impl Future<Output = Result<Self::Source, SourceError>> + Send;
 
     /// The partition's retained range as the service reports it, `None` when the source
@@ -187,7 +202,7 @@ impl SourceProvider for FileSourceProvider {
         Ok(vec![self.partition.clone()])
     }
 
-    async fn open(&self, partition: &str, start: StartPosition) -> Result<FileSource, SourceError> {
+    async fn open(&self, partition: &str, start: ReadFrom) -> Result<FileSource, SourceError> {
         let open_err = |message: String| SourceError::Open {
             partition: partition.to_owned(),
             message,
@@ -202,11 +217,11 @@ impl SourceProvider for FileSourceProvider {
             .await
             .map_err(|e| open_err(format!("{}: {e}", self.path.display())))?;
         let skip_until = match start {
-            StartPosition::Earliest => 0,
-            StartPosition::AfterSequence(seq) => seq.saturating_add(1),
+            ReadFrom::Earliest => 0,
+            ReadFrom::AfterSequence(seq) => seq.saturating_add(1),
             // A file has no enqueue times and no new events: "latest" reads nothing.
-            StartPosition::Latest => i64::MAX,
-            StartPosition::EnqueuedAfterMs(_) => 0,
+            ReadFrom::Latest => i64::MAX,
+            ReadFrom::EnqueuedAfterMs(_) => 0,
         };
         Ok(FileSource {
             partition: partition.to_owned(),
@@ -235,7 +250,7 @@ impl PartitionSource for FileSource {
         &self.partition
     }
 
-    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+    async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         loop {
             // Cancel safety: `read_until` appends what it read before a cancellation to
             // `buf`, and the next call continues the same line.
@@ -259,7 +274,7 @@ impl PartitionSource for FileSource {
             if seq < self.skip_until || line.is_empty() {
                 continue;
             }
-            return Ok(Some(ReceivedEvent {
+            return Ok(Some(SourceEvent {
                 partition: self.partition.clone(),
                 sequence_number: seq,
                 offset: offset.to_string(),
@@ -286,16 +301,13 @@ fn trim_line(buf: &[u8]) -> &[u8] {
 #[derive(Debug)]
 pub struct ChannelSource {
     partition: String,
-    rx: mpsc::Receiver<ReceivedEvent>,
+    rx: mpsc::Receiver<SourceEvent>,
     tip: Option<std::sync::Arc<std::sync::Mutex<Option<PartitionTip>>>>,
 }
 
 impl ChannelSource {
     /// A source for `partition` and the sender that feeds it (`capacity` events buffered).
-    pub fn new(
-        partition: impl Into<String>,
-        capacity: usize,
-    ) -> (mpsc::Sender<ReceivedEvent>, Self) {
+    pub fn new(partition: impl Into<String>, capacity: usize) -> (mpsc::Sender<SourceEvent>, Self) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
             tx,
@@ -319,7 +331,7 @@ impl PartitionSource for ChannelSource {
         &self.partition
     }
 
-    async fn next(&mut self) -> Result<Option<ReceivedEvent>, SourceError> {
+    async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         Ok(self.rx.recv().await)
     }
 
@@ -336,7 +348,7 @@ impl PartitionSource for ChannelSource {
 #[derive(Debug, Default)]
 pub struct ChannelProvider {
     sources: std::sync::Mutex<Vec<ChannelSource>>,
-    opened: std::sync::Mutex<Vec<(String, StartPosition)>>,
+    opened: std::sync::Mutex<Vec<(String, ReadFrom)>>,
     bounds: std::sync::Mutex<std::collections::HashMap<String, PartitionBounds>>,
     scope_name: String,
 }
@@ -361,7 +373,7 @@ impl ChannelProvider {
     }
 
     /// Each partition opened so far with the position it was opened at.
-    pub fn opened_at(&self) -> Vec<(String, StartPosition)> {
+    pub fn opened_at(&self) -> Vec<(String, ReadFrom)> {
         self.opened.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }
@@ -381,11 +393,7 @@ impl SourceProvider for ChannelProvider {
         Ok(guard.iter().map(|s| s.partition.clone()).collect())
     }
 
-    async fn open(
-        &self,
-        partition: &str,
-        start: StartPosition,
-    ) -> Result<ChannelSource, SourceError> {
+    async fn open(&self, partition: &str, start: ReadFrom) -> Result<ChannelSource, SourceError> {
         let not_found = || SourceError::Open {
             partition: partition.to_owned(),
             message: "no such partition, or already opened".into(),
@@ -420,7 +428,7 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "a\r\n\nb\nc").unwrap();
         let p = FileSourceProvider::new(&path, "0");
-        let mut s = p.open("0", StartPosition::Earliest).await.unwrap();
+        let mut s = p.open("0", ReadFrom::Earliest).await.unwrap();
         let mut got = Vec::new();
         while let Some(ev) = s.next().await.unwrap() {
             got.push((ev.sequence_number, ev.offset, ev.body));
@@ -433,9 +441,9 @@ mod tests {
                 (3, "6".to_string(), Bytes::from_static(b"c")),
             ]
         );
-        let mut s = p.open("0", StartPosition::AfterSequence(2)).await.unwrap();
+        let mut s = p.open("0", ReadFrom::AfterSequence(2)).await.unwrap();
         assert_eq!(s.next().await.unwrap().unwrap().sequence_number, 3);
         assert!(s.next().await.unwrap().is_none());
-        assert!(p.open("1", StartPosition::Earliest).await.is_err());
+        assert!(p.open("1", ReadFrom::Earliest).await.is_err());
     }
 }

@@ -27,7 +27,7 @@ use tcpulse_collector::config::Config;
 use tcpulse_collector::sinks::influxdb_v1::config::InfluxDbV1SinkConfig;
 use tcpulse_collector::sinks::influxdb_v2::config::InfluxDbV2SinkConfig;
 use tcpulse_collector::source::{ChannelProvider, ChannelSource};
-use tcpulse_collector::{PartitionTip, ReceivedEvent, RunSummary};
+use tcpulse_collector::{PartitionTip, RunSummary, SourceEvent};
 use tcpulse_schema::{
     decode, encode, Calls, DedupWindow, FieldValue, Health, Point, StatusEvent, Timestamp,
 };
@@ -78,11 +78,11 @@ fn fleet(
     rounds: std::ops::Range<i64>,
     first_seq: i64,
     poison: bool,
-) -> Vec<ReceivedEvent> {
+) -> Vec<SourceEvent> {
     let mut out = Vec::new();
     let mut seq = first_seq;
-    let mut push = |body: Bytes, t: i64, out: &mut Vec<ReceivedEvent>| {
-        out.push(ReceivedEvent {
+    let mut push = |body: Bytes, t: i64, out: &mut Vec<SourceEvent>| {
+        out.push(SourceEvent {
             partition: "0".into(),
             sequence_number: seq,
             offset: (seq * 1000).to_string(),
@@ -121,7 +121,7 @@ fn fleet(
 }
 
 /// The points the collector must write for `events`, computed in-process.
-fn expected_points(config: &Config, events: &[ReceivedEvent]) -> Vec<Point> {
+fn expected_points(config: &Config, events: &[SourceEvent]) -> Vec<Point> {
     let mut agg = Aggregator::new(config.aggregate.settings());
     let mut dedup = DedupWindow::new(
         config.aggregate.dedup_max_streams,
@@ -169,7 +169,7 @@ fn checkpoint_seq(dir: &Path) -> Option<i64> {
 
 /// Runs the collector over one channel partition fed with `events`, then lets the source
 /// end. Returns the summary and the `/metrics` text at the end.
-async fn run_all(config: Config, events: Vec<ReceivedEvent>) -> Result<(RunSummary, String)> {
+async fn run_all(config: Config, events: Vec<SourceEvent>) -> Result<(RunSummary, String)> {
     let built = tcpulse_collector::build(config).await?;
     let metrics = built.metrics();
     let (tx, source) = ChannelSource::new("0", 16);
@@ -671,11 +671,11 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Result<()>
 /// opened at.
 async fn run_once(
     config: Config,
-    events: Vec<ReceivedEvent>,
+    events: Vec<SourceEvent>,
     stop_after: Option<usize>,
 ) -> Result<(
     RunSummary,
-    Vec<(String, tcpulse_collector::checkpoint::StartPosition)>,
+    Vec<(String, tcpulse_collector::source::ReadFrom)>,
 )> {
     let built = tcpulse_collector::build(config).await?;
     let (tx, source) = ChannelSource::new("0", 1);
@@ -689,7 +689,7 @@ async fn run_once(
     // Which events to send depends on where the partition resumed.
     wait_for(Duration::from_secs(10), || !provider.opened_at().is_empty()).await?;
     let resume_after = match provider.opened_at()[0].1 {
-        tcpulse_collector::checkpoint::StartPosition::AfterSequence(s) => s,
+        tcpulse_collector::source::ReadFrom::AfterSequence(s) => s,
         _ => -1,
     };
     let wanted = events
@@ -722,7 +722,7 @@ impl tcpulse_collector::SourceProvider for ArcProvider {
     async fn open(
         &self,
         partition: &str,
-        start: tcpulse_collector::checkpoint::StartPosition,
+        start: tcpulse_collector::source::ReadFrom,
     ) -> Result<ChannelSource, tcpulse_collector::SourceError> {
         self.0.open(partition, start).await
     }
@@ -747,10 +747,7 @@ async fn collector_checkpoint_resume_after_shutdown_rewrites_identical_points() 
 
     // First run stops (SIGTERM-like) part-way; the second resumes from its checkpoint.
     let (first, opened) = run_once(config.clone(), events.clone(), Some(70)).await?;
-    assert_eq!(
-        opened[0].1,
-        tcpulse_collector::checkpoint::StartPosition::Earliest
-    );
+    assert_eq!(opened[0].1, tcpulse_collector::source::ReadFrom::Earliest);
     let stopped_at = first.partitions[0]
         .checkpoint
         .context("first run checkpointed")?;
@@ -761,7 +758,7 @@ async fn collector_checkpoint_resume_after_shutdown_rewrites_identical_points() 
     let (second, opened) = run_once(config, events, None).await?;
     assert_eq!(
         opened[0].1,
-        tcpulse_collector::checkpoint::StartPosition::AfterSequence(stopped_at)
+        tcpulse_collector::source::ReadFrom::AfterSequence(stopped_at)
     );
     assert_eq!(second.partitions[0].checkpoint, Some(last_seq));
 

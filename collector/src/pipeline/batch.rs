@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use tcpulse_schema::Point;
 
 use crate::aggregate::Snapshot;
-use crate::source::ReceivedEvent;
+use crate::source::SourceEvent;
 
 /// A position in a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Position {
 }
 
 impl Position {
-    pub(super) fn of(ev: &ReceivedEvent) -> Self {
+    pub(super) fn of(ev: &SourceEvent) -> Self {
         Position {
             sequence_number: ev.sequence_number,
             offset: ev.offset.clone(),

@@ -15,14 +15,13 @@ use super::batch::{Builder, InFlight, Position, Sealed};
 use super::resume::{open_checked, reopen, report_mismatch, source_retry_wait, Anchor, Opened};
 use super::{retry_backoff, sleep_or_cancel, PartitionSummary, PipelineSettings, Shared};
 use crate::aggregate::{duration_ms, Aggregator, Snapshot};
-use crate::checkpoint::StartPosition;
 use crate::internal_events::{
     ClockSkewObserved, DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped,
     EventDeadLettered,
 };
 use crate::metrics::partition_labels;
 use crate::sinks::retry::{deliver, DeliveryContext};
-use crate::source::{PartitionSource, ReceivedEvent, SourceError, SourceProvider};
+use crate::source::{PartitionSource, ReadFrom, SourceError, SourceEvent, SourceProvider};
 
 /// Sends `(batch id, stored)` when a batch's deliveries finish.
 pub(super) type AckSender = mpsc::UnboundedSender<(u64, bool)>;
@@ -114,7 +113,7 @@ impl<'a> PartitionLoop<'a> {
     /// Handles one event. A dead letter is recorded in the dead-letter file before the
     /// event counts as read, waiting while the file cannot be written; if shutdown comes
     /// first, the event stays unread (no checkpoint passes it).
-    pub(super) async fn on_event(&mut self, ev: ReceivedEvent, shutdown: &CancellationToken) {
+    pub(super) async fn on_event(&mut self, ev: SourceEvent, shutdown: &CancellationToken) {
         let m = self.shared.metrics.clone();
         let admitted = tcpulse_schema::decode(&ev.body)
             .and_then(|e| self.settings.aggregator.admit(e, ev.enqueued_time_ms));
@@ -157,7 +156,7 @@ impl<'a> PartitionLoop<'a> {
     }
 
     /// `ev` is read: the next seal covers it.
-    fn advance(&mut self, ev: &ReceivedEvent) {
+    fn advance(&mut self, ev: &SourceEvent) {
         self.events_read += 1;
         self.last_pulled = Some(Position::of(ev));
         self.builder.mark_advanced();
@@ -170,7 +169,7 @@ impl<'a> PartitionLoop<'a> {
     /// file cannot be written. False if `shutdown` came first.
     async fn record_dead_letter(
         &self,
-        ev: &ReceivedEvent,
+        ev: &SourceEvent,
         dead: &tcpulse_schema::DeadLetter,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -270,7 +269,7 @@ pub(super) struct Run<'a, P: SourceProvider> {
     verify: Option<Anchor>,
     /// Where the source was first opened, and the checkpointed event's enqueue time: the
     /// reopen position while nothing has been read.
-    start: StartPosition,
+    start: ReadFrom,
     anchor: Option<i64>,
     backoff: ExponentialBackoff,
     auth_wait: Duration,
@@ -390,7 +389,7 @@ impl<'a, P: SourceProvider> Run<'a, P> {
         self.state.maybe_checkpoint(false).await;
     }
 
-    async fn on_next(&mut self, next: Result<Option<ReceivedEvent>, SourceError>) {
+    async fn on_next(&mut self, next: Result<Option<SourceEvent>, SourceError>) {
         match next {
             Ok(Some(ev)) => {
                 self.last_event_at = Instant::now();
@@ -412,7 +411,7 @@ impl<'a, P: SourceProvider> Run<'a, P> {
 
     /// Another event under the checkpoint's sequence number: the partition was re-created
     /// and has grown past the checkpoint.
-    async fn on_partition_recreated(&mut self, want: &Anchor, found: &ReceivedEvent) {
+    async fn on_partition_recreated(&mut self, want: &Anchor, found: &SourceEvent) {
         let (settings, shared, partition) =
             (self.state.settings, self.state.shared, self.state.partition);
         let start = settings.checkpoint.on_ahead_of_partition.0;
@@ -446,7 +445,7 @@ impl<'a, P: SourceProvider> Run<'a, P> {
         }
         let (resume, at) = match &self.state.last_pulled {
             Some(p) => (
-                StartPosition::AfterSequence(p.sequence_number),
+                ReadFrom::AfterSequence(p.sequence_number),
                 Some(p.enqueued_time_ms),
             ),
             None => (self.start, self.anchor),

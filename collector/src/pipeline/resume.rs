@@ -11,18 +11,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::{retry_backoff, sleep_or_cancel, PipelineSettings, Shared};
 use crate::aggregate::{Aggregator, Snapshot};
-use crate::checkpoint::{CheckpointError, StartPosition};
+use crate::checkpoint::CheckpointError;
 use crate::internal_events::{
     CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
     RetentionLost, SourceFailed, SourceUnauthorized,
 };
 use crate::metrics::partition_labels;
-use crate::source::{PartitionBounds, ReceivedEvent, SourceError, SourceProvider};
+use crate::source::{PartitionBounds, ReadFrom, SourceError, SourceEvent, SourceProvider};
 
 /// Where a partition starts, from its checkpoint.
 pub(super) struct Resume {
     /// Where the source opens.
-    pub(super) start: StartPosition,
+    pub(super) start: ReadFrom,
     /// The aggregator, restored from the checkpoint's state when it has one.
     pub(super) aggregator: Aggregator,
     /// The checkpointed sequence number.
@@ -56,7 +56,7 @@ pub(super) async fn load(
                     .set(cp.sequence_number);
                 tracing::info!(partition = %partition, sequence_number = cp.sequence_number, "resuming after checkpoint");
                 break Resume {
-                    start: StartPosition::AfterSequence(cp.sequence_number),
+                    start: ReadFrom::AfterSequence(cp.sequence_number),
                     aggregator,
                     checkpointed: Some(cp.sequence_number),
                     anchor: Some(cp.enqueued_time_ms),
@@ -213,7 +213,7 @@ pub fn judge_checkpoint(checkpoint: i64, bounds: &PartitionBounds) -> Checkpoint
 pub(super) struct Opened<S> {
     pub(super) source: S,
     /// Where it was opened.
-    pub(super) start: StartPosition,
+    pub(super) start: ReadFrom,
     /// The checkpoint belonged to another incarnation of the partition: the aggregator
     /// state saved with it does not apply.
     pub(super) reset_state: bool,
@@ -231,15 +231,15 @@ pub(super) struct Anchor {
 }
 
 impl Anchor {
-    pub(super) fn matches(&self, ev: &ReceivedEvent) -> bool {
+    pub(super) fn matches(&self, ev: &SourceEvent) -> bool {
         ev.sequence_number == self.sequence_number && ev.enqueued_time_ms == self.enqueued_time_ms
     }
 }
 
 pub(super) fn report_mismatch(
     want: &Anchor,
-    found: &ReceivedEvent,
-    start: StartPosition,
+    found: &SourceEvent,
+    start: ReadFrom,
     partition: &str,
     shared: &Shared,
 ) {
@@ -266,7 +266,7 @@ pub(super) fn report_mismatch(
 pub(super) async fn reopen<P: SourceProvider>(
     provider: &P,
     partition: &str,
-    start: StartPosition,
+    start: ReadFrom,
     backoff: &mut ExponentialBackoff,
     settings: &PipelineSettings,
     shared: &Shared,
@@ -301,12 +301,12 @@ pub(super) async fn reopen<P: SourceProvider>(
 pub(super) async fn open_checked<P: SourceProvider>(
     provider: &P,
     partition: &str,
-    start: StartPosition,
+    start: ReadFrom,
     anchor: Option<i64>,
     settings: &PipelineSettings,
     shared: &Shared,
 ) -> Result<Opened<P::Source>, SourceError> {
-    let StartPosition::AfterSequence(checkpoint) = start else {
+    let ReadFrom::AfterSequence(checkpoint) = start else {
         let source = provider.open(partition, start).await?;
         return Ok(Opened {
             source,
@@ -332,13 +332,13 @@ pub(super) async fn open_checked<P: SourceProvider>(
     };
     let (open_at, reset_state) = match verdict {
         CheckpointVerdict::Fits if verify.is_some() => {
-            (StartPosition::AfterSequence(checkpoint - 1), false)
+            (ReadFrom::AfterSequence(checkpoint - 1), false)
         }
         CheckpointVerdict::Fits => (start, false),
         CheckpointVerdict::AheadOfPartition { .. } => {
             (settings.checkpoint.on_ahead_of_partition.0, true)
         }
-        CheckpointVerdict::BehindRetention { .. } => (StartPosition::Earliest, false),
+        CheckpointVerdict::BehindRetention { .. } => (ReadFrom::Earliest, false),
     };
     let source = provider.open(partition, open_at).await?;
     let start = if verify.is_some() { start } else { open_at };
@@ -355,7 +355,7 @@ pub(super) async fn open_checked<P: SourceProvider>(
 fn report_verdict(
     verdict: CheckpointVerdict,
     checkpoint: i64,
-    start: StartPosition,
+    start: ReadFrom,
     partition: &str,
     shared: &Shared,
 ) {
@@ -392,12 +392,12 @@ fn report_verdict(
     }
 }
 
-fn describe_start(start: StartPosition) -> String {
+fn describe_start(start: ReadFrom) -> String {
     match start {
-        StartPosition::Earliest => "earliest".into(),
-        StartPosition::Latest => "latest".into(),
-        StartPosition::AfterSequence(n) => format!("after sequence {n}"),
-        StartPosition::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
+        ReadFrom::Earliest => "earliest".into(),
+        ReadFrom::Latest => "latest".into(),
+        ReadFrom::AfterSequence(n) => format!("after sequence {n}"),
+        ReadFrom::EnqueuedAfterMs(ms) => Timestamp::from_unix_millis(ms)
             .map(|t| format!("events enqueued after {t}"))
             .unwrap_or_else(|| format!("events enqueued after {ms} ms")),
     }

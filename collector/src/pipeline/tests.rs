@@ -1,11 +1,12 @@
 use super::*;
 use crate::checkpoint::FileCheckpointStore;
-use crate::checkpoint::{Checkpoint, StartPosition, CHECKPOINT_VERSION};
+use crate::checkpoint::{Checkpoint, CHECKPOINT_VERSION};
 use crate::dead_letter::DeadLetterLimits;
 use crate::metrics::partition_labels;
 use crate::sinks::WriteError;
+use crate::source::ReadFrom;
 use crate::source::{ChannelProvider, ChannelSource};
-use crate::source::{PartitionBounds, ReceivedEvent};
+use crate::source::{PartitionBounds, SourceEvent};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::sync::Mutex;
@@ -122,7 +123,7 @@ async fn sink_points_carry_the_counted_write_errors_of_every_sink() {
         shutdown.clone(),
     ));
     // One undecodable event gives the first batch something to carry.
-    tx.send(ReceivedEvent {
+    tx.send(SourceEvent {
         partition: "0".into(),
         sequence_number: 0,
         offset: "0".into(),
@@ -355,7 +356,7 @@ async fn r12_checkpoint_ahead_or_behind_the_partition_is_reported_and_replaced()
             .await;
             assert_eq!(
                 provider.opened_at(),
-                vec![("0".to_string(), StartPosition::Earliest)],
+                vec![("0".to_string(), ReadFrom::Earliest)],
                 "checkpoint {cp} with {b:?}"
             );
             let text = h.metrics.render();
@@ -373,7 +374,7 @@ async fn r12_checkpoint_ahead_or_behind_the_partition_is_reported_and_replaced()
     );
     let h = harness(&provider, flaky("ok", vec![]));
     store_checkpoint(&h, 9).await; // enqueued at 1 ms
-    tx1.send(ReceivedEvent {
+    tx1.send(SourceEvent {
         partition: "0".into(),
         sequence_number: 9,
         offset: "9".into(),
@@ -405,8 +406,8 @@ async fn r12_checkpoint_ahead_or_behind_the_partition_is_reported_and_replaced()
     assert_eq!(
         provider.opened_at(),
         vec![
-            ("0".to_string(), StartPosition::AfterSequence(8)),
-            ("0".to_string(), StartPosition::Earliest)
+            ("0".to_string(), ReadFrom::AfterSequence(8)),
+            ("0".to_string(), ReadFrom::Earliest)
         ]
     );
     let text = h.metrics.render();
@@ -440,7 +441,7 @@ async fn r12_checkpoint_ahead_or_behind_the_partition_is_reported_and_replaced()
     .await;
     assert_eq!(
         provider.opened_at(),
-        vec![("0".to_string(), StartPosition::AfterSequence(8))]
+        vec![("0".to_string(), ReadFrom::AfterSequence(8))]
     );
     assert_eq!(h.metrics.readyz_body(), "not ready\n");
 }
@@ -470,7 +471,7 @@ async fn r12_lag_counts_read_but_unstored_events_while_the_store_is_down() {
         "state": "active",
         "calls": {"call_count": 3, "max_calls": 16, "planned_calls": 15, "media_load": 20}
     });
-    tx.send(ReceivedEvent {
+    tx.send(SourceEvent {
         partition: "0".into(),
         sequence_number: 0,
         offset: "0".into(),
@@ -560,9 +561,9 @@ fn test_settings(sink_points: bool) -> PipelineSettings {
         aggregate,
         checkpoint: CheckpointConfig {
             interval: Duration::from_millis(10),
-            initial_position: PositionSpec(StartPosition::Earliest),
-            on_corrupt: PositionSpec(StartPosition::Earliest),
-            on_ahead_of_partition: PositionSpec(StartPosition::Earliest),
+            initial_position: PositionSpec(ReadFrom::Earliest),
+            on_corrupt: PositionSpec(ReadFrom::Earliest),
+            on_ahead_of_partition: PositionSpec(ReadFrom::Earliest),
             ..CheckpointConfig::default()
         },
         retry: RetryConfig {

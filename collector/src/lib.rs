@@ -9,7 +9,9 @@
 //! | [`source`] | the transport seam: [`SourceEvent`], [`ReadFrom`](source::ReadFrom), [`PartitionSource`], [`SourceProvider`]; the file and channel sources; where the Event Hubs adapter plugs in | decode, or read ahead without bound |
 //! | [`any_source`] | the source a config names ([`any_source::from_config`]): file or Event Hubs behind one provider | be known by `source` or `eventhubs` |
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
-//! | [`config`] | TOML + environment + flags, validated; secrets only from env or files; the reference config (`config` subcommand) generated from the structs | connect to anything |
+//! | [`config`] | TOML + environment, validated; secrets only from env or files (checked by `check-config`); the reference config (`config` subcommand) generated from the structs | connect to anything |
+//! | [`cli`] | the command line: subcommands and the `run` flags laid over [`config`] | hold a setting the config file cannot |
+//! | [`secret`] | the one secret loader of a run (file wins over variable), used by the source and the sinks | import [`config`] |
 //! | [`dead_letter`] | the dead-letter file: refused events and rejected batches (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
@@ -47,12 +49,14 @@
 pub mod aggregate;
 pub mod any_source;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;
 pub mod pipeline;
+pub mod secret;
 pub mod sinks;
 pub mod source;
 

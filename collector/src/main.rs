@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tcpulse_collector::config::{Cli, Command, RunArgs};
+use tcpulse_collector::cli::{Cli, Command, RunArgs};
 use tcpulse_collector::BuildError;
 use tcpulse_eventhub::cli_support::exit::{self, Failure};
 use tcpulse_eventhub::cli_support::logging::{self, LogFormat, LogTarget};
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { .. } => {
-            eprintln!("{BIN}: {}", tcpulse_collector::config::DEMO_MOVED);
+            eprintln!("{BIN}: {}", tcpulse_collector::cli::DEMO_MOVED);
             return ExitCode::from(exit::USAGE);
         }
     };

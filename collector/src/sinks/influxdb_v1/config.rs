@@ -7,8 +7,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV1Sink;
-use crate::config::{load_secret, SecretError, V1_PASSWORD};
+use crate::secret::{load_secret, SecretError};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
+
+/// What the InfluxDB v1 password is called in messages.
+pub const V1_PASSWORD: &str = "InfluxDB v1 password";
 
 /// Writes to `POST /write?db=&rp=` (InfluxDB 1.x, the v1 compatibility endpoint of 2.x and
 /// 3.x, VictoriaMetrics). Credentials go in a Basic `Authorization` header, never in the

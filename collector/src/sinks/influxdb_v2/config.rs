@@ -6,8 +6,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV2Sink;
-use crate::config::{load_secret, SecretError, V2_TOKEN};
+use crate::secret::{load_secret, SecretError};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
+
+/// What the InfluxDB v2 token is called in messages.
+pub const V2_TOKEN: &str = "InfluxDB v2 token";
 
 /// Writes to `POST /api/v2/write` (InfluxDB 2.x, 3.x, Cloud, InfluxDB 1.8+ with
 /// `bucket = "db/rp"`, VictoriaMetrics). The token comes from the environment or a file,

@@ -31,7 +31,7 @@
 //!
 //! | measurement | tags | fields | stamped |
 //! | --- | --- | --- | --- |
-//! | `tc_instance` | connector, deployment, region, scaleset, instance | call_count, max_calls, planned_calls, media_load, utilization (absent when planned_calls = 0), up, state_code, cpu, mem_used_bytes, mem_total_bytes, disk_free_bytes, service_up, cert_expiry_days, agent_spooled, agent_dropped (reports the agent lost to a full spool since it started), agent_publish_failing_seconds (how long the agent's publishing had been refused when it made the report; 0 = it works, absent from older agents), clock_skew_seconds (sample time − enqueued time) | the event's sample time (`up=0` alone at the window end that found it stale) |
+//! | `tc_instance` | connector, deployment, region, scaleset, instance | every field of [`tcpulse_schema::line::INSTANCE_FIELDS`], each explained there | the event's sample time (`up=0` alone at the window end that found it stale) |
 //! | `tc_connector` | connector, deployment, region | instances_online, call_count, capacity_planned, capacity_max, utilization, headroom_calls, peak_calls, instances_needed, vcpu_needed | window ends aligned to `aggregate.rollup_interval` |
 //! | `tc_pipeline` | collector, partition | events, dead_letters, duplicates (totals since start), lag_seconds, checkpoint_age_seconds | wall clock, every `pipeline_interval` per partition |
 //! | `tc_pipeline` | collector, sink | sink_errors (failed write attempts since start), sink_dead_lettered (rejected batches among them, in the dead-letter file), sink_latency_seconds (most recent write attempt) | wall clock, every `pipeline_interval`, written by one partition |

@@ -48,7 +48,22 @@ pub const MEASUREMENT_PIPELINE: &str = "tc_pipeline";
 
 /// Tags of `tc_instance`.
 pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scaleset", "instance"];
-/// Every field `tc_instance` can carry (present only when known).
+/// Every field `tc_instance` can carry (present only when known), each the event value
+/// of the same name unless said otherwise:
+///
+/// - `call_count`, `max_calls`, `planned_calls` (the default 15 when the event has none),
+///   `media_load`: from `calls`;
+/// - `utilization`: `call_count / planned_calls`, absent when `planned_calls` is 0;
+/// - `up`: 1 for a report (0 is written alone by [`instance_down_point`] when the
+///   instance went stale); `state_code`: [`State::state_code`](crate::State::state_code);
+/// - `cpu`, `mem_used_bytes`, `mem_total_bytes`, `disk_free_bytes`, `service_up` (0/1),
+///   `cert_expiry_days`: from `health`;
+/// - `agent_spooled`, `agent_dropped` (reports the agent lost to a full spool since it
+///   started), `agent_publish_failing_seconds` (how long the agent's publishing had been
+///   refused when it made the report; 0 = it works, absent from older agents): from
+///   `agent`;
+/// - `clock_skew_seconds`: sample time − enqueued time, added by
+///   [`instance_point_received`].
 pub const INSTANCE_FIELDS: [&str; 17] = [
     "call_count",
     "max_calls",

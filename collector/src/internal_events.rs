@@ -1,42 +1,24 @@
-//! Named telemetry events. Each operational error or drop is one type here; emitting it
-//! logs `stage` and `error_type` (at most once per distinct key until the condition
-//! clears, then at debug level) and increments exactly one counter of [`Metrics`].
-//! Dashboards query only these counter names.
+//! Named telemetry events. Each operational error or drop is one type here, an
+//! [`InternalEvent`] of the mechanism the agent shares
+//! ([`tcpulse_eventhub::cli_support::telemetry`]): emitting it logs `stage` and `error_type`
+//! under the shared log-rate policy (the first occurrence of a key logs, repeats are logged
+//! at debug and counted, at most one reminder a minute; a recovery re-arms its keys) and
+//! increments exactly one counter of [`Metrics`]. Dashboards query only these counter
+//! names.
+//!
+//! Nothing else in the collector logs a warning or an error: a test fails on a `warn!` or
+//! `error!` outside this file.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::borrow::Cow;
 use std::time::Duration;
 
+use tcpulse_eventhub::cli_support::telemetry::{Line, LogRate};
+use tcpulse_eventhub::log_event;
+use tracing::Level;
+
+pub use tcpulse_eventhub::cli_support::telemetry::InternalEvent;
+
 use crate::metrics::{partition_labels, Labels, Metrics, REJECTED_ERROR_TYPE_PREFIX};
-
-/// Remembers which keys were logged, so a flood logs once.
-#[derive(Debug, Default)]
-pub struct LogOnce {
-    seen: Mutex<HashSet<String>>,
-}
-
-impl LogOnce {
-    /// True the first time `key` is seen (until [`LogOnce::clear`]).
-    pub fn first(&self, key: &str) -> bool {
-        match self.seen.lock() {
-            Ok(mut seen) => {
-                if seen.contains(key) {
-                    false
-                } else {
-                    seen.insert(key.to_owned())
-                }
-            }
-            Err(_) => true,
-        }
-    }
-
-    /// Forgets every key starting with `prefix` (the condition cleared).
-    pub fn clear(&self, prefix: &str) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.retain(|k| !k.starts_with(prefix));
-        }
-    }
-}
 
 fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
     labels.push((key.into(), value.into()));
@@ -48,6 +30,15 @@ fn stage_labels(stage: &str, error_type: &str) -> Labels {
         ("stage".into(), stage.into()),
         ("error_type".into(), error_type.into()),
     ]
+}
+
+/// Counts `event` in `component_errors{stage, error_type}` under its own labels.
+fn count_component_error<E: InternalEvent>(event: &E, metrics: &Metrics) {
+    let error_type = event.error_type().unwrap_or_default();
+    metrics
+        .component_errors
+        .get_or_create(&stage_labels(event.stage(), &error_type))
+        .inc();
 }
 
 /// An event that could not be decoded went to the dead-letter file.
@@ -63,28 +54,21 @@ pub struct EventDeadLettered<'a> {
     pub message: &'a str,
 }
 
-impl EventDeadLettered<'_> {
-    /// Logs (once per kind) and counts.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        if once.first(&format!("dead_letter/{}", self.kind)) {
-            tracing::warn!(
-                stage = "decode",
-                error_type = self.kind,
-                partition = self.partition,
-                sequence_number = self.sequence_number,
-                reason = self.message,
-                "dead letter (further ones of this kind are only counted: tcpulse_collector_dead_letters_total)"
-            );
-        } else {
-            tracing::debug!(
-                stage = "decode",
-                error_type = self.kind,
-                partition = self.partition,
-                sequence_number = self.sequence_number,
-                reason = self.message,
-                "dead letter"
-            );
-        }
+impl InternalEvent for EventDeadLettered<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "decode"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.kind.into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited(format!("dead_letter/{}", self.kind))
+    }
+    fn count(&self, metrics: &Metrics) {
         metrics
             .dead_letters
             .get_or_create(&with(
@@ -93,6 +77,16 @@ impl EventDeadLettered<'_> {
                 self.kind,
             ))
             .inc();
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            sequence_number = self.sequence_number,
+            reason = self.message,
+            "dead letter (further ones of this kind are only counted: tcpulse_collector_dead_letters_total)"
+        );
     }
 }
 
@@ -103,19 +97,29 @@ pub struct DuplicateDropped<'a> {
     pub partition: &'a str,
 }
 
-impl DuplicateDropped<'_> {
-    /// Counts (duplicates are normal under at-least-once delivery: debug only).
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::trace!(
-            stage = "dedup",
-            error_type = "duplicate",
-            partition = self.partition,
-            "duplicate dropped"
-        );
+impl InternalEvent for DuplicateDropped<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "dedup"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("duplicate".into())
+    }
+    fn level(&self) -> Level {
+        // Duplicates are normal under at-least-once delivery.
+        Level::TRACE
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
         metrics
             .duplicates
             .get_or_create(&partition_labels(self.partition))
             .inc();
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(self, line, partition = self.partition, "duplicate dropped");
     }
 }
 
@@ -132,28 +136,33 @@ pub struct SinkRequestFailed<'a> {
     pub retry_in: Duration,
 }
 
-impl SinkRequestFailed<'_> {
-    /// Logs (once per sink and error type until a write succeeds) and counts.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        if once.first(&format!("sink/{}/{}", self.sink, self.error_type)) {
-            tracing::warn!(
-                stage = "sink",
-                error_type = self.error_type,
-                sink = self.sink,
-                retry_in = %humantime::format_duration(self.retry_in),
-                error = self.message,
-                "write failed; retrying (the partition stops reading until the store accepts)"
-            );
-        } else {
-            tracing::debug!(
-                stage = "sink",
-                error_type = self.error_type,
-                sink = self.sink,
-                error = self.message,
-                "write failed; retrying"
-            );
-        }
+impl InternalEvent for SinkRequestFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "sink"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.error_type.into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        // Re-armed by [`SinkRecovered`] once a write succeeds.
+        LogRate::Limited(format!("sink/{}/{}", self.sink, self.error_type))
+    }
+    fn count(&self, metrics: &Metrics) {
         metrics.count_sink_error(self.sink, self.error_type);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            sink = self.sink,
+            retry_in = %humantime::format_duration(self.retry_in),
+            error = self.message,
+            "write failed; retrying (the partition stops reading until the store accepts)"
+        );
     }
 }
 
@@ -164,15 +173,29 @@ pub struct SinkRecovered<'a> {
     pub sink: &'a str,
 }
 
-impl SinkRecovered<'_> {
-    /// Logs and re-arms the once-per-outage log lines (no counter: not an error).
-    pub fn emit(&self, once: &LogOnce) {
-        tracing::info!(
-            stage = "sink",
-            sink = self.sink,
-            "store accepts writes again"
-        );
-        once.clear(&format!("sink/{}/", self.sink));
+impl InternalEvent for SinkRecovered<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "sink"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::INFO
+    }
+    fn rate(&self) -> LogRate {
+        // Once per outage, though every partition's delivery that saw it fail reports it.
+        LogRate::IfEnded
+    }
+    fn ends(&self) -> Option<String> {
+        Some(format!("sink/{}/", self.sink))
+    }
+    fn count(&self, _: &Metrics) {
+        // Not an error: no counter.
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(self, line, sink = self.sink, "store accepts writes again");
     }
 }
 
@@ -189,20 +212,114 @@ pub struct SinkBatchRejected<'a> {
     pub message: &'a str,
 }
 
-impl SinkBatchRejected<'_> {
-    /// Logs (every time: each one is data the operator must look at) and counts.
-    pub fn emit(&self, metrics: &Metrics) {
-        let error_type = format!("{REJECTED_ERROR_TYPE_PREFIX}{}", self.status);
-        tracing::error!(
-            stage = "sink",
-            error_type = error_type.as_str(),
+impl InternalEvent for SinkBatchRejected<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "sink"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(format!("{REJECTED_ERROR_TYPE_PREFIX}{}", self.status).into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Each one is data the operator must look at.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        let error_type = self.error_type().unwrap_or_default();
+        metrics.count_sink_error(self.sink, &error_type);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             sink = self.sink,
             partition = self.partition,
             status = self.status,
             error = self.message,
             "store rejected a line (the batch was split down to the lines it refused); it is in the dead-letter file and the partition moves on"
         );
-        metrics.count_sink_error(self.sink, &error_type);
+    }
+}
+
+/// A sink's flush at shutdown failed: what it buffered may not be stored.
+#[derive(Debug)]
+pub struct SinkFlushFailed<'a> {
+    /// Sink name.
+    pub sink: &'a str,
+    /// The error.
+    pub error: &'a str,
+}
+
+impl InternalEvent for SinkFlushFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "sink"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("flush".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        metrics.count_sink_error(self.sink, "flush");
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            sink = self.sink,
+            error = self.error,
+            "flush at shutdown failed"
+        );
+    }
+}
+
+/// The InfluxDB v2 sink has no token: writes go without `Authorization`. Fine for
+/// VictoriaMetrics; InfluxDB 2.x and 3.x answer 401.
+#[derive(Debug)]
+pub struct SinkWithoutToken<'a> {
+    /// Sink name.
+    pub sink: &'a str,
+    /// The environment variable that had no token.
+    pub token_env: &'a str,
+}
+
+impl InternalEvent for SinkWithoutToken<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "sink"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("no_token".into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        // Once per start.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        metrics
+            .config_warnings
+            .get_or_create(&stage_labels("sink", "no_token"))
+            .inc();
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            sink = self.sink,
+            "no token in ${} or `token_file`: writing without Authorization (fine for VictoriaMetrics, InfluxDB 2 will answer 401)",
+            self.token_env
+        );
     }
 }
 
@@ -219,22 +336,33 @@ pub struct CheckpointCorrupt<'a> {
     pub start: &'a str,
 }
 
-impl CheckpointCorrupt<'_> {
-    /// Logs and counts.
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(
-            stage = "checkpoint",
-            error_type = "corrupt",
+impl InternalEvent for CheckpointCorrupt<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("corrupt".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             partition = self.partition,
             moved_to = self.moved_to.unwrap_or("-"),
             start = self.start,
             error = self.error,
             "corrupt checkpoint"
         );
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("checkpoint", "corrupt"))
-            .inc();
     }
 }
 
@@ -249,23 +377,111 @@ pub struct CheckpointFailed<'a> {
     pub error: &'a str,
 }
 
-impl CheckpointFailed<'_> {
-    /// Logs (once per partition and operation until it succeeds) and counts.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        let error_type = format!("{}_io", self.operation);
-        if once.first(&format!("checkpoint/{}/{}", self.partition, self.operation)) {
-            tracing::error!(
-                stage = "checkpoint",
-                error_type = error_type.as_str(),
-                partition = self.partition,
-                error = self.error,
-                "checkpoint I/O failed; retrying"
-            );
-        }
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("checkpoint", &error_type))
-            .inc();
+impl InternalEvent for CheckpointFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(format!("{}_io", self.operation).into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Re-armed when the operation succeeds.
+        LogRate::Limited(format!("checkpoint/{}/{}", self.partition, self.operation))
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            error = self.error,
+            "checkpoint I/O failed; retrying"
+        );
+    }
+}
+
+/// A checkpoint's saved aggregator state does not read back: the partition resumes at the
+/// checkpoint, but its rollups restart empty.
+#[derive(Debug)]
+pub struct CheckpointStateUnusable<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// Why the state does not read back.
+    pub error: &'a str,
+}
+
+impl InternalEvent for CheckpointStateUnusable<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("state".into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        // Once per partition start.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            error = self.error,
+            "checkpoint has no usable aggregator state; rollups restart empty"
+        );
+    }
+}
+
+/// A partition stopped with a checkpoint it could not write (the failure itself was
+/// logged and counted as it happened): the next start reads again from the last written
+/// one, and de-duplication drops what was stored already.
+#[derive(Debug)]
+pub struct FinalCheckpointUnwritten<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// Sequence number of the checkpoint that was not written.
+    pub sequence_number: i64,
+}
+
+impl InternalEvent for FinalCheckpointUnwritten<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("final_unwritten".into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        // Once per partition, at shutdown.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            sequence_number = self.sequence_number,
+            "final checkpoint not written"
+        );
     }
 }
 
@@ -280,22 +496,62 @@ pub struct SourceFailed<'a> {
     pub error: &'a str,
 }
 
-impl SourceFailed<'_> {
-    /// Logs (once per partition and operation until it succeeds) and counts.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        if once.first(&format!("source/{}/{}", self.partition, self.operation)) {
-            tracing::error!(
-                stage = "source",
-                error_type = self.operation,
-                partition = self.partition,
-                error = self.error,
-                "source failed; retrying"
-            );
-        }
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("source", self.operation))
-            .inc();
+impl InternalEvent for SourceFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "source"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.operation.into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Re-armed when the partition opens again.
+        LogRate::Limited(format!("source/{}/{}", self.partition, self.operation))
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            error = self.error,
+            "source failed; retrying"
+        );
+    }
+}
+
+/// A partition's task ended abnormally (it panicked): the partition stops being read until
+/// the collector restarts.
+#[derive(Debug)]
+pub struct PartitionTaskFailed<'a> {
+    /// The join error.
+    pub error: &'a str,
+}
+
+impl InternalEvent for PartitionTaskFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "pipeline"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("panic".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(self, line, error = self.error, "partition task failed");
     }
 }
 
@@ -308,21 +564,60 @@ pub struct DeadLetterWriteFailed<'a> {
     pub error: &'a str,
 }
 
-impl DeadLetterWriteFailed<'_> {
-    /// Logs (once) and counts.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        if once.first("dead_letter_file") {
-            tracing::error!(
-                stage = "dead_letter",
-                error_type = "io",
-                error = self.error,
-                "cannot write the dead-letter file; the record is kept in memory and no checkpoint passes it until it is written: free space or fix `dead_letter.path`"
-            );
-        }
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("dead_letter", "io"))
-            .inc();
+impl InternalEvent for DeadLetterWriteFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "dead_letter"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("io".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited("dead_letter_file".into())
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            error = self.error,
+            "cannot write the dead-letter file; the record is kept in memory and no checkpoint passes it until it is written: free space or fix `dead_letter.path`"
+        );
+    }
+}
+
+/// Syncing the dead-letter file at shutdown failed: its last records may not be on disk.
+#[derive(Debug)]
+pub struct DeadLetterSyncFailed<'a> {
+    /// The error.
+    pub error: &'a str,
+}
+
+impl InternalEvent for DeadLetterSyncFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "dead_letter"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("io".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Once, at shutdown.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(self, line, error = self.error, "sync at shutdown failed");
     }
 }
 
@@ -338,23 +633,33 @@ pub struct DeadLetterWriteBlocked<'a> {
     pub retry_in: Duration,
 }
 
-impl DeadLetterWriteBlocked<'_> {
-    /// Logs (once per partition until a write succeeds) and counts every attempt.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        if once.first(&format!("dead_letter_file/{}", self.partition)) {
-            tracing::error!(
-                stage = "dead_letter",
-                error_type = "io",
-                partition = self.partition,
-                retry_in = %humantime::format_duration(self.retry_in),
-                error = self.error,
-                "cannot write the dead-letter file; the partition waits (its checkpoint never passes an unrecorded dead letter) until it can: free space or fix `dead_letter.path`"
-            );
-        }
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("dead_letter", "blocked"))
-            .inc();
+impl InternalEvent for DeadLetterWriteBlocked<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "dead_letter"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("blocked".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Re-armed by [`DeadLetterWriteRecovered`].
+        LogRate::Limited(format!("dead_letter_file/{}/blocked", self.partition))
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            retry_in = %humantime::format_duration(self.retry_in),
+            error = self.error,
+            "cannot write the dead-letter file; the partition waits (its checkpoint never passes an unrecorded dead letter) until it can: free space or fix `dead_letter.path`"
+        );
     }
 }
 
@@ -365,19 +670,34 @@ pub struct DeadLetterWriteRecovered<'a> {
     pub partition: &'a str,
 }
 
-impl DeadLetterWriteRecovered<'_> {
-    /// Logs (only when a failure was logged) and re-arms the failure log line. No counter:
-    /// not an error.
-    pub fn emit(&self, once: &LogOnce) {
-        let key = format!("dead_letter_file/{}", self.partition);
-        if !once.first(&key) {
-            tracing::info!(
-                stage = "dead_letter",
-                partition = self.partition,
-                "dead-letter file writable again; the partition resumes"
-            );
-        }
-        once.clear(&key);
+impl InternalEvent for DeadLetterWriteRecovered<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "dead_letter"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::INFO
+    }
+    fn rate(&self) -> LogRate {
+        // Only when a failure was logged.
+        LogRate::IfEnded
+    }
+    fn ends(&self) -> Option<String> {
+        Some(format!("dead_letter_file/{}/", self.partition))
+    }
+    fn count(&self, _: &Metrics) {
+        // Not an error: no counter.
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            "dead-letter file writable again; the partition resumes"
+        );
     }
 }
 
@@ -395,12 +715,28 @@ pub struct CheckpointAheadOfPartition<'a> {
     pub start: &'a str,
 }
 
-impl CheckpointAheadOfPartition<'_> {
-    /// Logs (every time: each one means a reset the operator must know of) and counts.
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(
-            stage = "checkpoint",
-            error_type = "ahead_of_partition",
+impl InternalEvent for CheckpointAheadOfPartition<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("ahead_of_partition".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Each one means a reset the operator must know of.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             partition = self.partition,
             checkpoint_sequence_number = self.checkpoint,
             last_enqueued_sequence_number = self.last_enqueued,
@@ -411,10 +747,6 @@ impl CheckpointAheadOfPartition<'_> {
             self.last_enqueued,
             self.start,
         );
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("checkpoint", "ahead_of_partition"))
-            .inc();
     }
 }
 
@@ -436,12 +768,28 @@ pub struct CheckpointMismatch<'a> {
     pub start: &'a str,
 }
 
-impl CheckpointMismatch<'_> {
-    /// Logs (every time) and counts, as [`CheckpointAheadOfPartition`] does.
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(
-            stage = "checkpoint",
-            error_type = "ahead_of_partition",
+impl InternalEvent for CheckpointMismatch<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        // Counted as [`CheckpointAheadOfPartition`] is.
+        Some("ahead_of_partition".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             partition = self.partition,
             checkpoint_sequence_number = self.checkpoint,
             expected_enqueued_ms = self.expected_enqueued_ms,
@@ -456,10 +804,6 @@ impl CheckpointMismatch<'_> {
             self.found_enqueued_ms,
             self.start,
         );
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("checkpoint", "ahead_of_partition"))
-            .inc();
     }
 }
 
@@ -477,12 +821,30 @@ pub struct RetentionLost<'a> {
     pub lost: u64,
 }
 
-impl RetentionLost<'_> {
-    /// Logs and counts the lost events.
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(
-            stage = "checkpoint",
-            error_type = "retention_lost",
+impl InternalEvent for RetentionLost<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("retention_lost".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        metrics
+            .retention_lost_events
+            .get_or_create(&partition_labels(self.partition))
+            .inc_by(self.lost);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             partition = self.partition,
             checkpoint_sequence_number = self.checkpoint,
             begin_sequence_number = self.begin,
@@ -493,10 +855,6 @@ impl RetentionLost<'_> {
             self.checkpoint,
             self.begin,
         );
-        metrics
-            .retention_lost_events
-            .get_or_create(&partition_labels(self.partition))
-            .inc_by(self.lost);
     }
 }
 
@@ -513,12 +871,28 @@ pub struct SourceUnauthorized<'a> {
     pub retry_in: Duration,
 }
 
-impl SourceUnauthorized<'_> {
-    /// Logs every retry (they are minutes apart) and counts.
-    pub fn emit(&self, metrics: &Metrics) {
-        tracing::error!(
-            stage = "source",
-            error_type = "unauthorized",
+impl InternalEvent for SourceUnauthorized<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "source"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("unauthorized".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // Every retry: they are minutes apart.
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(
+            self,
+            line,
             partition = self.partition,
             operation = self.operation,
             retry_in = %humantime::format_duration(self.retry_in),
@@ -526,10 +900,124 @@ impl SourceUnauthorized<'_> {
             "Event Hubs refused the credentials; retrying in {}. Check the connection string's SharedAccessKeyName and SharedAccessKey (a policy with the Listen right) in `source.eventhub`",
             humantime::format_duration(self.retry_in),
         );
-        metrics
-            .component_errors
-            .get_or_create(&stage_labels("source", "unauthorized"))
-            .inc();
+    }
+}
+
+/// The `/metrics` server stopped with an error: scrapes fail until the collector restarts.
+#[derive(Debug)]
+pub struct MetricsServerFailed<'a> {
+    /// The error.
+    pub error: &'a str,
+}
+
+impl InternalEvent for MetricsServerFailed<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "http"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("serve".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, metrics: &Metrics) {
+        count_component_error(self, metrics);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        log_event!(self, line, error = self.error, "metrics server stopped");
+    }
+}
+
+/// The clock skew of one accepted event: its sample time minus the time Event Hubs
+/// enqueued it. Sets `tcpulse_collector_instance_clock_skew_seconds{connector,instance}`;
+/// logs a warning once per instance while the skew is beyond [`CLOCK_SKEW_WARN_MS`] either
+/// way (a reminder a minute while it stays there), and a line when it comes back within.
+#[derive(Debug)]
+pub struct ClockSkewObserved<'a> {
+    /// Partition id.
+    pub partition: &'a str,
+    /// Connector of the instance.
+    pub connector: &'a str,
+    /// Instance name.
+    pub instance: &'a str,
+    /// Sample time − enqueued time, ms.
+    pub skew_ms: i64,
+}
+
+/// Skew beyond which [`ClockSkewObserved`] warns, ms (one report interval).
+pub const CLOCK_SKEW_WARN_MS: i64 = 10_000;
+
+impl ClockSkewObserved<'_> {
+    fn beyond(&self) -> bool {
+        self.skew_ms.abs() > CLOCK_SKEW_WARN_MS
+    }
+
+    fn key(&self) -> String {
+        format!("clock_skew/{}/{}/", self.connector, self.instance)
+    }
+}
+
+impl InternalEvent for ClockSkewObserved<'_> {
+    type Telemetry = Metrics;
+    fn stage(&self) -> &'static str {
+        "aggregate"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        self.beyond().then_some("clock_skew".into())
+    }
+    fn level(&self) -> Level {
+        if self.beyond() {
+            Level::WARN
+        } else {
+            Level::INFO
+        }
+    }
+    fn rate(&self) -> LogRate {
+        if self.beyond() {
+            LogRate::Limited(self.key())
+        } else {
+            LogRate::IfEnded
+        }
+    }
+    fn ends(&self) -> Option<String> {
+        (!self.beyond()).then(|| self.key())
+    }
+    fn count(&self, metrics: &Metrics) {
+        // Its one metric is a gauge: the skew itself.
+        metrics.set_clock_skew(self.connector, self.instance, self.skew_ms);
+    }
+    fn log(&self, _: &Metrics, line: Line) {
+        if !self.beyond() {
+            log_event!(
+                self,
+                line,
+                partition = self.partition,
+                connector = self.connector,
+                instance = self.instance,
+                skew_seconds = self.skew_ms as f64 / 1000.0,
+                "sample time back within {} s of the time Event Hubs enqueued it",
+                CLOCK_SKEW_WARN_MS / 1000
+            );
+            return;
+        }
+        let direction = if self.skew_ms > 0 {
+            "ahead of the time Event Hubs enqueued it: the instance's clock runs fast"
+        } else {
+            "behind the time Event Hubs enqueued it: the instance's clock runs slow, or it replays reports spooled during an outage"
+        };
+        log_event!(
+            self,
+            line,
+            partition = self.partition,
+            connector = self.connector,
+            instance = self.instance,
+            skew_seconds = self.skew_ms as f64 / 1000.0,
+            "sample time {direction}; its points keep their sample time, liveness and rollups are held to Event Hubs' clock (see tcpulse_collector_instance_clock_skew_seconds)"
+        );
     }
 }
 
@@ -540,7 +1028,6 @@ mod tests {
     #[test]
     fn each_event_increments_exactly_one_counter_and_logs_once_per_key() {
         let m = Metrics::new();
-        let once = LogOnce::default();
         for _ in 0..3 {
             EventDeadLettered {
                 partition: "0",
@@ -548,19 +1035,25 @@ mod tests {
                 kind: "invalid_json",
                 message: "x",
             }
-            .emit(&m, &once);
+            .emit(&m);
         }
-        assert!(!once.first("dead_letter/invalid_json"), "already logged");
+        assert!(
+            !m.log.is_armed("dead_letter/invalid_json"),
+            "already logged"
+        );
         SinkRequestFailed {
             sink: "v2",
             error_type: "http_503",
             message: "busy",
             retry_in: Duration::from_secs(1),
         }
-        .emit(&m, &once);
-        assert!(!once.first("sink/v2/http_503"));
-        SinkRecovered { sink: "v2" }.emit(&once);
-        assert!(once.first("sink/v2/http_503"), "re-armed after recovery");
+        .emit(&m);
+        assert!(!m.log.is_armed("sink/v2/http_503"));
+        SinkRecovered { sink: "v2" }.emit(&m);
+        assert!(
+            m.log.is_armed("sink/v2/http_503"),
+            "re-armed after recovery"
+        );
         SinkBatchRejected {
             sink: "v2",
             partition: "0",
@@ -583,51 +1076,77 @@ mod tests {
             "{text}"
         );
     }
-}
 
-/// The clock skew of one accepted event: its sample time minus the time Event Hubs
-/// enqueued it. Sets `tcpulse_collector_instance_clock_skew_seconds{connector,instance}`;
-/// logs a warning once per instance while the skew is beyond [`CLOCK_SKEW_WARN_MS`] either
-/// way (again after it came back within).
-#[derive(Debug)]
-pub struct ClockSkewObserved<'a> {
-    /// Partition id.
-    pub partition: &'a str,
-    /// Connector of the instance.
-    pub connector: &'a str,
-    /// Instance name.
-    pub instance: &'a str,
-    /// Sample time − enqueued time, ms.
-    pub skew_ms: i64,
-}
-
-/// Skew beyond which [`ClockSkewObserved`] warns, ms (one report interval).
-pub const CLOCK_SKEW_WARN_MS: i64 = 10_000;
-
-impl ClockSkewObserved<'_> {
-    /// Sets the gauge; warns once per instance while beyond the threshold.
-    pub fn emit(&self, metrics: &Metrics, once: &LogOnce) {
-        metrics.set_clock_skew(self.connector, self.instance, self.skew_ms);
-        let key = format!("clock_skew/{}/{}", self.connector, self.instance);
-        if self.skew_ms.abs() <= CLOCK_SKEW_WARN_MS {
-            once.clear(&key);
-            return;
+    #[test]
+    fn the_former_bare_warnings_are_counted_under_their_stage_and_error_type() {
+        let m = Metrics::new();
+        SinkWithoutToken {
+            sink: "influxdb_v2",
+            token_env: "TCPULSE_INFLUXDB_TOKEN",
         }
-        if once.first(&key) {
-            let direction = if self.skew_ms > 0 {
-                "ahead of the time Event Hubs enqueued it: the instance's clock runs fast"
-            } else {
-                "behind the time Event Hubs enqueued it: the instance's clock runs slow, or it replays reports spooled during an outage"
-            };
-            tracing::warn!(
-                stage = "aggregate",
-                error_type = "clock_skew",
-                partition = self.partition,
-                connector = self.connector,
-                instance = self.instance,
-                skew_seconds = self.skew_ms as f64 / 1000.0,
-                "sample time {direction}; its points keep their sample time, liveness and rollups are held to Event Hubs' clock (see tcpulse_collector_instance_clock_skew_seconds)"
-            );
+        .emit(&m);
+        SinkFlushFailed {
+            sink: "file",
+            error: "disk full",
         }
+        .emit(&m);
+        CheckpointStateUnusable {
+            partition: "0",
+            error: "bad",
+        }
+        .emit(&m);
+        FinalCheckpointUnwritten {
+            partition: "0",
+            sequence_number: 7,
+        }
+        .emit(&m);
+        PartitionTaskFailed { error: "panicked" }.emit(&m);
+        DeadLetterSyncFailed { error: "io" }.emit(&m);
+        MetricsServerFailed { error: "accept" }.emit(&m);
+        let text = m.render();
+        for needle in [
+            "tcpulse_collector_config_warnings_total{stage=\"sink\",error_type=\"no_token\"} 1",
+            "tcpulse_collector_sink_errors_total{sink=\"file\",error_type=\"flush\"} 1",
+            "tcpulse_collector_component_errors_total{stage=\"checkpoint\",error_type=\"state\"} 1",
+            "tcpulse_collector_component_errors_total{stage=\"checkpoint\",error_type=\"final_unwritten\"} 1",
+            "tcpulse_collector_component_errors_total{stage=\"pipeline\",error_type=\"panic\"} 1",
+            "tcpulse_collector_component_errors_total{stage=\"dead_letter\",error_type=\"io\"} 1",
+            "tcpulse_collector_component_errors_total{stage=\"http\",error_type=\"serve\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn clock_skew_warns_once_per_episode_and_rearms_when_back_within() {
+        let m = Metrics::new();
+        let skew = |skew_ms| ClockSkewObserved {
+            partition: "0",
+            connector: "c",
+            instance: "i",
+            skew_ms,
+        };
+        let key = "clock_skew/c/i/";
+        skew(30_000).emit(&m);
+        assert!(!m.log.is_armed(key));
+        skew(5_000).emit(&m);
+        assert!(m.log.is_armed(key), "back within: re-armed");
+        assert!(m.render().contains(
+            "tcpulse_collector_instance_clock_skew_seconds{connector=\"c\",instance=\"i\"} 5.0"
+        ));
+    }
+
+    /// Issue #14: an operational warning or error that skips the named events (no counter,
+    /// no rate limit) fails here. Test code and this file are exempt.
+    #[test]
+    fn no_warning_or_error_bypasses_the_named_events() -> std::io::Result<()> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = tcpulse_eventhub::cli_support::telemetry::log_bypasses(&src, &[])?;
+        assert!(
+            found.is_empty(),
+            "log these through an InternalEvent in internal_events.rs:\n{}",
+            found.join("\n")
+        );
+        Ok(())
     }
 }

@@ -672,6 +672,31 @@ mod tests {
         assert!(c.log.is_armed("publish/transient"), "recovery re-arms");
     }
 
+    /// Issue #14: an operational warning or error that skips the named events (no counter,
+    /// no rate limit) fails here. Test code and this file are exempt, and so are the
+    /// Windows service's last words and its event-log fallback, which count nothing
+    /// because nothing is left to report them:
+    const ALLOWED: &[(&str, usize)] = &[
+        // `service failed` and the exit reason: the service is ending (the stderr line
+        // `main` prints elsewhere); no report carries a counter after it.
+        ("windows_service.rs", 2),
+        // The Windows event log (the service's second channel, written at start and
+        // stop) refused an entry: the log file is the only place left to say so.
+        ("event_log.rs", 1),
+    ];
+
+    #[test]
+    fn no_warning_or_error_bypasses_the_named_events() -> std::io::Result<()> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = tcpulse_eventhub::cli_support::telemetry::log_bypasses(&src, ALLOWED)?;
+        assert!(
+            found.is_empty(),
+            "log these through an InternalEvent in internal_events.rs:\n{}",
+            found.join("\n")
+        );
+        Ok(())
+    }
+
     /// The import loop config → health → internal_events → publish → config is cut here:
     /// this module names only the spool among the agent's modules.
     #[test]

@@ -1,21 +1,28 @@
 //! Named telemetry events: every operational error or drop is one type here.
 //!
-//! Emitting an event logs it with `stage` and `error_type` fields and increments exactly one
-//! counter in [`Counters`]. Repeats of the same event are logged at most once a minute (the
-//! counter still counts every one), so a source that fails every second does not flood the
-//! log. The names of the counters are stable: dashboards and the closing note use them.
+//! Each is an [`InternalEvent`] of the shared mechanism
+//! ([`tcpulse_eventhub::cli_support::telemetry`], which the collector uses too): emitting
+//! it increments exactly one counter in [`Counters`] and logs with `stage` and `error_type`
+//! fields under the shared log-rate policy (the first occurrence of a key logs, repeats are
+//! counted, with at most one reminder line a minute; a recovery re-arms its keys). The names
+//! of the counters are stable: dashboards and the closing note use them.
+//!
+//! This module names no other module of the agent but the spool (its error and file
+//! types): publish, health and config depend on it, not it on them.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Least time between two log lines of the same event kind, milliseconds.
-const LOG_EVERY_MS: u64 = 60_000;
+use tcpulse_eventhub::cli_support::telemetry::{Line, LogLimiter, LogRate, Telemetry};
+use tcpulse_eventhub::log_event;
+use tracing::Level;
 
-/// A counter plus the time its event was last logged.
+pub use tcpulse_eventhub::cli_support::telemetry::{error_chain, InternalEvent};
+
+/// A counter.
 #[derive(Debug, Default)]
 pub struct Counter {
     value: AtomicU64,
-    last_logged_ms: AtomicU64,
 }
 
 impl Counter {
@@ -27,25 +34,10 @@ impl Counter {
     fn add(&self, n: u64) {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
-
-    /// True when this kind was not logged within the last minute (and marks it logged).
-    fn should_log(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-            // Never 0, so the first event always logs.
-            .max(LOG_EVERY_MS + 1);
-        let last = self.last_logged_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= LOG_EVERY_MS
-            && self
-                .last_logged_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
 }
 
-/// Every counter of the agent. One instance per [`crate::run::run`], shared by its tasks.
+/// Every counter of the agent, and the limiter of its event log lines. One instance per
+/// [`crate::run::run`], shared by its tasks.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// `agent_events_spooled_total`: events written to the spool.
@@ -78,12 +70,14 @@ pub struct Counters {
     /// `agent_publish_recoveries_total`: times publishing worked again after fatal errors
     /// (a rotated key, a re-created hub) without a restart.
     pub publish_recoveries: Counter,
+    /// The log-rate policy's memory.
+    pub log: LogLimiter,
 }
 
-/// A telemetry event: emitting it logs once (rate-limited) and counts once.
-pub trait InternalEvent {
-    /// Logs and counts the event.
-    fn emit(self, counters: &Counters);
+impl Telemetry for Counters {
+    fn log_limiter(&self) -> &LogLimiter {
+        &self.log
+    }
 }
 
 /// A source read failed; the report carries `state = unknown`.
@@ -98,55 +92,98 @@ pub struct SourceFailed<'a> {
 }
 
 impl InternalEvent for SourceFailed<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "source"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.error_type.into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited(format!("source/{}/{}", self.source, self.error_type))
+    }
+    fn count(&self, c: &Counters) {
         c.source_errors.add(1);
-        if c.source_errors.should_log() {
-            tracing::warn!(
-                stage = "source",
-                source = self.source,
-                error_type = self.error_type,
-                errors_total = c.source_errors.get(),
-                "source read failed: {}; reporting state unknown",
-                error_chain(self.error)
-            );
-        }
+    }
+    fn log(&self, c: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
+            source = self.source,
+            errors_total = c.source_errors.get(),
+            "source read failed: {}; reporting state unknown",
+            error_chain(self.error)
+        );
     }
 }
 
 /// The publisher refused a batch.
 #[derive(Debug)]
 pub struct PublishFailed<'a> {
-    /// The error (its kind says transient or fatal).
-    pub error: &'a crate::publish::PublishError,
+    /// The error (the publisher's, with its causes).
+    pub error: &'a (dyn std::error::Error + 'static),
+    /// True when retrying soon can help (`error_type = "transient"`); false for a fatal
+    /// error (`"fatal"`: bad credentials, no such hub), retried on the slow schedule.
+    pub transient: bool,
     /// Events in the refused batch (they stay spooled).
     pub events: usize,
     /// Delay before the next attempt, when one will be made.
     pub retry_in: Option<std::time::Duration>,
 }
 
-impl InternalEvent for PublishFailed<'_> {
-    fn emit(self, c: &Counters) {
-        let counter = if self.error.is_transient() {
+impl PublishFailed<'_> {
+    fn counter<'c>(&self, c: &'c Counters) -> &'c Counter {
+        if self.transient {
             &c.publish_transient_errors
         } else {
             &c.publish_fatal_errors
-        };
-        counter.add(1);
-        if !self.error.is_transient() {
-            // Every fatal attempt is logged: they are minutes apart.
-            let retry = self
-                .retry_in
-                .map(|d| format!("retrying in {}", humantime::format_duration(d)))
-                .unwrap_or_else(|| "not retrying (shutting down)".to_owned());
-            tracing::error!(stage = "publish", error_type = "fatal", events = self.events,
-                errors_total = counter.get(), retry_in = ?self.retry_in,
-                "{}; sending paused, reports keep being spooled; {retry}; check the connection string's SharedAccessKeyName/SharedAccessKey and the event hub name: a key restored in Event Hubs or a re-created hub is picked up at the next retry, a new connection string for this agent needs a restart",
-                error_chain(self.error));
-        } else if counter.should_log() {
-            tracing::warn!(stage = "publish", error_type = "transient", events = self.events,
-                retry_in = ?self.retry_in, errors_total = counter.get(), "{:#}",
-                error_chain(self.error));
         }
+    }
+}
+
+impl InternalEvent for PublishFailed<'_> {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "publish"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(if self.transient { "transient" } else { "fatal" }.into())
+    }
+    fn level(&self) -> Level {
+        if self.transient {
+            Level::WARN
+        } else {
+            Level::ERROR
+        }
+    }
+    fn rate(&self) -> LogRate {
+        if self.transient {
+            LogRate::Limited("publish/transient".into())
+        } else {
+            // Every fatal attempt is logged: they are minutes apart.
+            LogRate::Every
+        }
+    }
+    fn count(&self, c: &Counters) {
+        self.counter(c).add(1);
+    }
+    fn log(&self, c: &Counters, line: Line) {
+        let errors_total = self.counter(c).get();
+        if self.transient {
+            log_event!(self, line, events = self.events, retry_in = ?self.retry_in,
+                errors_total, "{}", error_chain(self.error));
+            return;
+        }
+        let retry = self
+            .retry_in
+            .map(|d| format!("retrying in {}", humantime::format_duration(d)))
+            .unwrap_or_else(|| "not retrying (shutting down)".to_owned());
+        log_event!(self, line, events = self.events, errors_total, retry_in = ?self.retry_in,
+            "{}; sending paused, reports keep being spooled; {retry}; check the connection string's SharedAccessKeyName/SharedAccessKey and the event hub name: a key restored in Event Hubs or a re-created hub is picked up at the next retry, a new connection string for this agent needs a restart",
+            error_chain(self.error));
     }
 }
 
@@ -160,13 +197,26 @@ pub struct SpoolDropped {
 }
 
 impl InternalEvent for SpoolDropped {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("spool_full".into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited("spool/spool_full".into())
+    }
+    fn count(&self, c: &Counters) {
         c.spool_dropped.add(self.count);
-        if c.spool_dropped.should_log() {
-            tracing::warn!(stage = "spool", error_type = "spool_full", dropped = self.count,
-                dropped_total = c.spool_dropped.get(), max_bytes = self.max_bytes,
-                "spool full: dropped the oldest events; raise spool.max_bytes or restore the connection to Event Hubs");
-        }
+    }
+    fn log(&self, c: &Counters, line: Line) {
+        log_event!(self, line, dropped = self.count,
+            dropped_total = c.spool_dropped.get(), max_bytes = self.max_bytes,
+            "spool full: dropped the oldest events; raise spool.max_bytes or restore the connection to Event Hubs");
     }
 }
 
@@ -180,17 +230,30 @@ pub struct SpoolFailed<'a> {
 }
 
 impl InternalEvent for SpoolFailed<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.operation.into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited(format!("spool/{}", self.operation))
+    }
+    fn count(&self, c: &Counters) {
         c.spool_errors.add(1);
-        if c.spool_errors.should_log() {
-            tracing::error!(
-                stage = "spool",
-                error_type = self.operation,
-                "spool {} failed: {:#}",
-                self.operation,
-                error_chain(self.error)
-            );
-        }
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
+            "spool {} failed: {}",
+            self.operation,
+            error_chain(self.error)
+        );
     }
 }
 
@@ -205,14 +268,27 @@ pub struct SpoolAppendFailed<'a> {
 }
 
 impl InternalEvent for SpoolAppendFailed<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("append".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        // The first failure of an episode logs: [`SpoolRecovered`] re-arms the key.
+        LogRate::Limited("spool/append".into())
+    }
+    fn count(&self, c: &Counters) {
         c.spool_errors.add(1);
-        // The first failure of an episode always logs (other spool errors share the limit).
-        if self.held <= 1 || c.spool_errors.should_log() {
-            tracing::error!(stage = "spool", error_type = "append", held_in_memory = self.held,
-                "spool append failed: {}; holding {} reports in memory (at most {}, then the oldest are dropped and counted) and retrying at every report; free disk space in spool.dir",
-                error_chain(self.error), self.held, crate::spool::MEMORY_QUEUE_EVENTS);
-        }
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(self, line, held_in_memory = self.held,
+            "spool append failed: {}; holding {} reports in memory (at most {}, then the oldest are dropped and counted) and retrying at every report; free disk space in spool.dir",
+            error_chain(self.error), self.held, crate::spool::MEMORY_QUEUE_EVENTS);
     }
 }
 
@@ -228,16 +304,37 @@ pub struct MemoryQueueDropped {
 }
 
 impl InternalEvent for MemoryQueueDropped {
-    fn emit(self, c: &Counters) {
-        c.spool_dropped.add(self.count);
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(if self.at_shutdown {
+            "memory_queue_shutdown".into()
+        } else {
+            "memory_queue_full".into()
+        })
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
         if self.at_shutdown {
-            tracing::warn!(stage = "spool", error_type = "memory_queue_shutdown", dropped = self.count,
-                dropped_total = c.spool_dropped.get(),
+            LogRate::Every
+        } else {
+            LogRate::Limited("spool/memory_queue_full".into())
+        }
+    }
+    fn count(&self, c: &Counters) {
+        c.spool_dropped.add(self.count);
+    }
+    fn log(&self, c: &Counters, line: Line) {
+        if self.at_shutdown {
+            log_event!(self, line, dropped = self.count, dropped_total = c.spool_dropped.get(),
                 "stopping while the spool is unwritable: {} reports held in memory are lost; free disk space in spool.dir",
                 self.count);
-        } else if c.spool_dropped.should_log() {
-            tracing::warn!(stage = "spool", error_type = "memory_queue_full", dropped = self.count,
-                dropped_total = c.spool_dropped.get(),
+        } else {
+            log_event!(self, line, dropped = self.count, dropped_total = c.spool_dropped.get(),
                 "spool unwritable and the in-memory queue is full: dropped the oldest reports; free disk space in spool.dir");
         }
     }
@@ -253,10 +350,29 @@ pub struct SpoolRecovered {
 }
 
 impl InternalEvent for SpoolRecovered {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::INFO
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn ends(&self) -> Option<String> {
+        Some("spool/".into())
+    }
+    fn count(&self, c: &Counters) {
         c.spool_recoveries.add(1);
-        tracing::info!(
-            stage = "spool",
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
             written = self.written,
             reopens = self.reopens,
             "spool writable again: reopened it and wrote {} reports held in memory",
@@ -273,15 +389,29 @@ pub struct SpoolQuarantined<'a> {
 }
 
 impl InternalEvent for SpoolQuarantined<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("corrupt".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, c: &Counters) {
         c.spool_quarantined.add(1);
+    }
+    fn log(&self, _: &Counters, line: Line) {
         let q = self.file;
         let lost = match q.events_known {
             Some(n) => format!("{n} unsent reports"),
             None => "an unknown number of unsent reports".to_owned(),
         };
-        tracing::error!(stage = "spool", error_type = "corrupt", from = %q.from.display(),
-            to = %q.to.display(), bytes = q.bytes,
+        log_event!(self, line, from = %q.from.display(), to = %q.to.display(), bytes = q.bytes,
             "spool {} cannot be read ({}); moved it to {} ({} bytes) and started an empty spool: {} it held are lost (at most {} bytes of records); keep the file for diagnosis or delete it",
             q.from.display(), q.reason, q.to.display(), q.bytes, lost, q.bytes);
     }
@@ -300,14 +430,27 @@ pub struct SendPaused<'a> {
 }
 
 impl InternalEvent for SendPaused<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some("remove".into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited("spool/send_paused".into())
+    }
+    fn count(&self, c: &Counters) {
         c.send_paused.add(1);
-        if c.send_paused.should_log() {
-            tracing::error!(stage = "spool", error_type = "remove", sent_unremoved = self.sent_unremoved,
-                retry_in = ?self.retry_in, paused_total = c.send_paused.get(),
-                "spool cannot remove {} sent events: {}; sending paused until it can (nothing is sent twice meanwhile); free disk space in spool.dir",
-                self.sent_unremoved, error_chain(self.error));
-        }
+    }
+    fn log(&self, c: &Counters, line: Line) {
+        log_event!(self, line, sent_unremoved = self.sent_unremoved,
+            retry_in = ?self.retry_in, paused_total = c.send_paused.get(),
+            "spool cannot remove {} sent events: {}; sending paused until it can (nothing is sent twice meanwhile); free disk space in spool.dir",
+            self.sent_unremoved, error_chain(self.error));
     }
 }
 
@@ -319,10 +462,29 @@ pub struct PublishRecovered {
 }
 
 impl InternalEvent for PublishRecovered {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "publish"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::INFO
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn ends(&self) -> Option<String> {
+        Some("publish/".into())
+    }
+    fn count(&self, c: &Counters) {
         c.publish_recoveries.add(1);
-        tracing::info!(
-            stage = "publish",
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
             failed_attempts = self.failed_attempts,
             "publishing works again after {} fatal errors; sending the spooled reports",
             self.failed_attempts
@@ -338,16 +500,29 @@ pub struct EventInvalid<'a> {
 }
 
 impl InternalEvent for EventInvalid<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "report"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.error.kind().into())
+    }
+    fn level(&self) -> Level {
+        Level::ERROR
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited(format!("report/{}", self.error.kind()))
+    }
+    fn count(&self, c: &Counters) {
         c.events_invalid.add(1);
-        if c.events_invalid.should_log() {
-            tracing::error!(
-                stage = "report",
-                error_type = self.error.kind(),
-                "report not spooled, it would be a dead letter: {}; check the identity settings",
-                self.error
-            );
-        }
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
+            "report not spooled, it would be a dead letter: {}; check the identity settings",
+            self.error
+        );
     }
 }
 
@@ -361,17 +536,30 @@ pub struct HealthFailed<'a> {
 }
 
 impl InternalEvent for HealthFailed<'_> {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "health"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        Some(self.what.into())
+    }
+    fn level(&self) -> Level {
+        Level::WARN
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Limited(format!("health/{}", self.what))
+    }
+    fn count(&self, c: &Counters) {
         c.health_errors.add(1);
-        if c.health_errors.should_log() {
-            tracing::warn!(
-                stage = "health",
-                error_type = self.what,
-                "cannot measure {}: {}",
-                self.what,
-                error_chain(self.error)
-            );
-        }
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(
+            self,
+            line,
+            "cannot measure {}: {}",
+            self.what,
+            error_chain(self.error)
+        );
     }
 }
 
@@ -383,9 +571,24 @@ pub struct EventsSpooled {
 }
 
 impl InternalEvent for EventsSpooled {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "spool"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::TRACE
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, c: &Counters) {
         c.events_spooled.add(self.count);
-        tracing::trace!(stage = "spool", count = self.count, "events spooled");
+    }
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(self, line, count = self.count, "events spooled");
     }
 }
 
@@ -397,22 +600,25 @@ pub struct EventsSent {
 }
 
 impl InternalEvent for EventsSent {
-    fn emit(self, c: &Counters) {
+    type Telemetry = Counters;
+    fn stage(&self) -> &'static str {
+        "publish"
+    }
+    fn error_type(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn level(&self) -> Level {
+        Level::TRACE
+    }
+    fn rate(&self) -> LogRate {
+        LogRate::Every
+    }
+    fn count(&self, c: &Counters) {
         c.events_sent.add(self.count);
-        tracing::trace!(stage = "publish", count = self.count, "events sent");
     }
-}
-
-/// `err` and its sources, joined by `: ` (like anyhow's `{:#}`).
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
+    fn log(&self, _: &Counters, line: Line) {
+        log_event!(self, line, count = self.count, "events sent");
     }
-    out
 }
 
 #[cfg(test)]
@@ -431,15 +637,24 @@ mod tests {
             .emit(&c);
         }
         assert_eq!(c.source_errors.get(), 3);
+        assert!(!c.log.is_armed("source/file/io"), "logged once, then quiet");
         SpoolDropped {
             count: 5,
             max_bytes: 10,
         }
         .emit(&c);
         assert_eq!(c.spool_dropped.get(), 5);
-        let e = crate::publish::PublishError::fatal("denied");
+        let e = std::io::Error::other("denied");
         PublishFailed {
             error: &e,
+            transient: false,
+            events: 2,
+            retry_in: None,
+        }
+        .emit(&c);
+        PublishFailed {
+            error: &e,
+            transient: true,
             events: 2,
             retry_in: None,
         }
@@ -449,11 +664,47 @@ mod tests {
                 c.publish_fatal_errors.get(),
                 c.publish_transient_errors.get()
             ),
-            (1, 0)
+            (1, 1)
         );
-        // The first should_log of a fresh counter is true, the next within a minute false.
-        let fresh = Counter::default();
-        assert!(fresh.should_log());
-        assert!(!fresh.should_log());
+        assert!(!c.log.is_armed("publish/transient"));
+        PublishRecovered { failed_attempts: 1 }.emit(&c);
+        assert_eq!(c.publish_recoveries.get(), 1);
+        assert!(c.log.is_armed("publish/transient"), "recovery re-arms");
+    }
+
+    /// Issue #14: an operational warning or error that skips the named events (no counter,
+    /// no rate limit) fails here. Test code and this file are exempt, and so are the
+    /// Windows service's last words and its event-log fallback, which count nothing
+    /// because nothing is left to report them:
+    const ALLOWED: &[(&str, usize)] = &[
+        // `service failed` and the exit reason: the service is ending (the stderr line
+        // `main` prints elsewhere); no report carries a counter after it.
+        ("windows_service.rs", 2),
+        // The Windows event log (the service's second channel, written at start and
+        // stop) refused an entry: the log file is the only place left to say so.
+        ("event_log.rs", 1),
+    ];
+
+    #[test]
+    fn no_warning_or_error_bypasses_the_named_events() -> std::io::Result<()> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = tcpulse_eventhub::cli_support::telemetry::log_bypasses(&src, ALLOWED)?;
+        assert!(
+            found.is_empty(),
+            "log these through an InternalEvent in internal_events.rs:\n{}",
+            found.join("\n")
+        );
+        Ok(())
+    }
+
+    /// The import loop config → health → internal_events → publish → config is cut here:
+    /// this module names only the spool among the agent's modules.
+    #[test]
+    fn internal_events_names_no_config_health_or_publish() {
+        let text = include_str!("internal_events.rs");
+        for module in ["config", "health", "publish"] {
+            let needle = format!("crate::{module}");
+            assert!(!text.contains(&needle), "internal_events.rs names {needle}");
+        }
     }
 }

@@ -552,6 +552,7 @@ impl SendState {
         };
         PublishFailed {
             error,
+            transient: error.is_transient(),
             events: n,
             retry_in: delay,
         }

@@ -18,7 +18,7 @@
 //! | [`checkpoint`] | [`checkpoint::CheckpointStore`] and the atomic file store; corrupt files reported and moved aside | start a partition from the beginning silently |
 //! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
 //! | [`metrics`] | the Prometheus registry (with `tcpulse_build_info` and the process metrics), `/metrics` (OpenMetrics or text 0.0.4, as the scraper asks) `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
-//! | [`internal_events`] | named operational events: one log line per key, one counter each | log per event in a flood |
+//! | [`internal_events`] | named operational events (the shared `cli_support::telemetry` mechanism): one counter each, one log line per key at most once a minute; the only place that logs a warning or an error | log per event in a flood |
 //!
 //! The demo (embedded hub, simulated agents, this collector and a fleet view in one process)
 //! is the `tcpulse-demo` crate, which depends on this one; this crate depends on neither the
@@ -71,7 +71,10 @@ pub use source::{PartitionSource, PartitionTip, SourceError, SourceEvent, Source
 
 use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
 use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};
-use crate::internal_events::{LogOnce, SourceFailed, SourceUnauthorized};
+use crate::internal_events::{
+    DeadLetterSyncFailed, InternalEvent, PartitionTaskFailed, SinkFlushFailed, SinkWithoutToken,
+    SourceFailed, SourceUnauthorized,
+};
 use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};
 use crate::sinks::retry::give_up_after;
@@ -150,10 +153,18 @@ impl Built {
 
 /// The sinks a config asks for, built (secrets resolved, endpoints prepared; nothing
 /// connects).
-pub fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
+pub fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(c) = &config.sinks.influxdb_v2 {
-        sinks.push(Arc::new(c.build()?));
+        let sink = c.build()?;
+        if !sink.has_token() {
+            SinkWithoutToken {
+                sink: sink.name(),
+                token_env: &c.token_env,
+            }
+            .emit(metrics);
+        }
+        sinks.push(Arc::new(sink));
     }
     if let Some(c) = &config.sinks.influxdb_v1 {
         sinks.push(Arc::new(c.build()?));
@@ -206,7 +217,8 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
 /// it: [`run`] takes it from the config, [`run_built`] from the caller.
 pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     config.validate()?;
-    let sinks = build_sinks(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let sinks = build_sinks(&config, &metrics)?;
     let dead_letters = DeadLetterFile::open(
         &config.dead_letter.path,
         DeadLetterLimits {
@@ -235,7 +247,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         sinks,
         checkpoints: Arc::new(store),
         dead_letters: Arc::new(dead_letters),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         listener,
     })
 }
@@ -268,7 +280,6 @@ pub async fn run_built<P: SourceProvider>(
     let server_stop = CancellationToken::new();
     let server =
         listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), server_stop.clone())));
-    let once = Arc::new(LogOnce::default());
     let provider = Arc::new(provider);
     let shared = Shared {
         sinks: sinks.clone().into(),
@@ -276,13 +287,12 @@ pub async fn run_built<P: SourceProvider>(
         scope: provider.scope(),
         dead_letters: dead_letters.clone(),
         metrics: metrics.clone(),
-        once: once.clone(),
         tracker: tracker.clone(),
         give_up: give_up.clone(),
     };
     let settings = PipelineSettings::from_config(&config);
 
-    let partitions = list_partitions(provider.as_ref(), &config, &metrics, &once, &shutdown).await;
+    let partitions = list_partitions(provider.as_ref(), &config, &metrics, &shutdown).await;
     let handles: Vec<_> = partitions
         .into_iter()
         .enumerate()
@@ -311,15 +321,16 @@ pub async fn run_built<P: SourceProvider>(
     for h in handles {
         match h.await {
             Ok(s) => summaries.push(s),
-            Err(e) => {
-                tracing::error!(stage = "pipeline", error_type = "panic", error = %e, "partition task failed")
+            Err(e) => PartitionTaskFailed {
+                error: &e.to_string(),
             }
+            .emit(&metrics),
         }
     }
     metrics.set_ready(false);
     tracker.close();
     tracker.wait().await;
-    flush_at_shutdown(&sinks, &dead_letters).await;
+    flush_at_shutdown(&sinks, &dead_letters, &metrics).await;
     server_stop.cancel();
     if let Some(s) = server {
         let _ = s.await;
@@ -338,7 +349,6 @@ async fn list_partitions<P: SourceProvider>(
     provider: &P,
     config: &Config,
     metrics: &Metrics,
-    once: &LogOnce,
     shutdown: &CancellationToken,
 ) -> Vec<String> {
     let mut wait = config.retry.initial;
@@ -367,7 +377,7 @@ async fn list_partitions<P: SourceProvider>(
                 operation: "partitions",
                 error: &e.to_string(),
             }
-            .emit(metrics, once);
+            .emit(metrics);
             d
         };
         tokio::select! {
@@ -379,13 +389,24 @@ async fn list_partitions<P: SourceProvider>(
 }
 
 /// Flushes every sink and syncs the dead-letter file once every task has finished.
-async fn flush_at_shutdown(sinks: &[Arc<dyn Sink>], dead_letters: &DeadLetterFile) {
+async fn flush_at_shutdown(
+    sinks: &[Arc<dyn Sink>],
+    dead_letters: &DeadLetterFile,
+    metrics: &Metrics,
+) {
     for s in sinks {
         if let Err(e) = s.flush().await {
-            tracing::error!(stage = "sink", error_type = "flush", sink = s.name(), error = %e, "flush at shutdown failed");
+            SinkFlushFailed {
+                sink: s.name(),
+                error: &e.to_string(),
+            }
+            .emit(metrics);
         }
     }
     if let Err(e) = dead_letters.sync() {
-        tracing::error!(stage = "dead_letter", error_type = "io", error = %e, "sync at shutdown failed");
+        DeadLetterSyncFailed {
+            error: &e.to_string(),
+        }
+        .emit(metrics);
     }
 }

@@ -42,6 +42,7 @@
 //! | `tcpulse_collector_sink_points_total` | sink | points acknowledged by the store |
 //! | `tcpulse_collector_sink_errors_total` | sink, error_type | failed or rejected writes |
 //! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
+//! | `tcpulse_collector_config_warnings_total` | stage, error_type | configuration that works but is often a mistake (an InfluxDB v2 sink without a token: `sink`, `no_token`), counted at start |
 //! | `tcpulse_collector_instance_clock_skew_seconds` | connector, instance | sample time − enqueued time of the instance's newest accepted event (positive: its clock runs ahead) |
 //!
 //! And the standard process metrics of every Prometheus client library, read at scrape time
@@ -67,11 +68,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tcpulse_eventhub::cli_support::telemetry::{LogLimiter, Telemetry};
 use tcpulse_schema::line::MEASUREMENT_PIPELINE;
 use tcpulse_schema::{FieldValue, PipelineStats, Point, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use self::exposition::Format;
+use crate::internal_events::{InternalEvent, MetricsServerFailed};
 
 /// The crate version, the `version` label of `tcpulse_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -134,6 +137,8 @@ pub struct Metrics {
     pub sink_errors: Family<Labels, Counter>,
     /// Other operational errors per stage and error type.
     pub component_errors: Family<Labels, Counter>,
+    /// Configuration warnings per stage and error type.
+    pub config_warnings: Family<Labels, Counter>,
     /// Sample time − enqueued time of each instance's newest accepted event, seconds.
     pub instance_clock_skew_seconds: Family<Labels, FloatGauge>,
     /// The `error_type`s seen per sink, so [`Metrics::sink_stats`] can sum `sink_errors`
@@ -143,6 +148,14 @@ pub struct Metrics {
     /// fit the partition, events lost to retention).
     partition_notes: Mutex<BTreeMap<String, String>>,
     ready: AtomicBool,
+    /// The log-rate policy's memory for [`crate::internal_events`].
+    pub log: LogLimiter,
+}
+
+impl Telemetry for Metrics {
+    fn log_limiter(&self) -> &LogLimiter {
+        &self.log
+    }
 }
 
 /// Registers `metric` as `tcpulse_collector_<name>` and returns it (the registry keeps a
@@ -270,6 +283,12 @@ impl Metrics {
                 "Operational errors by stage and error type",
                 Family::<Labels, Counter>::default(),
             ),
+            config_warnings: register(
+                &mut registry,
+                "config_warnings",
+                "Configuration that works but is often a mistake, by stage and error type; counted at start",
+                Family::<Labels, Counter>::default(),
+            ),
             instance_clock_skew_seconds: register(
                 &mut registry,
                 "instance_clock_skew_seconds",
@@ -280,6 +299,7 @@ impl Metrics {
             sink_error_types: Mutex::new(BTreeMap::new()),
             partition_notes: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            log: LogLimiter::new(),
         }
     }
 
@@ -494,7 +514,10 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(e) = result {
-        tracing::error!(stage = "http", error_type = "serve", error = %e, "metrics server stopped");
+        MetricsServerFailed {
+            error: &e.to_string(),
+        }
+        .emit(&metrics);
     }
 }
 

@@ -1,13 +1,15 @@
 //! What the three binaries (`tcpulse-agent`, `tcpulse-collector`, `tcpulse-hub`) share on the
 //! command line: how they log ([`logging`]), how they stop ([`signal`]), how they exit
-//! ([`exit`]), how they read secrets ([`secret`]) and how they print their reference config
-//! ([`reference`]).
+//! ([`exit`]), how they read secrets ([`secret`]), how they print their reference config
+//! ([`reference`]) and how the agent and the collector report operational problems: named
+//! events, one counter each, one log-rate policy ([`telemetry`]).
 //!
 //! It lives in the client crate behind the `cli` feature because all three already depend on
 //! this crate; the feature keeps clap and tracing-subscriber out of library users.
 
 pub mod reference;
 pub mod secret;
+pub mod telemetry;
 
 /// The `--help` epilogue (clap's `after_help`) of the three binaries: the secrets rule,
 /// then the exit codes.

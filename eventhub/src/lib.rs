@@ -24,7 +24,9 @@
 //!   `Bytes` bodies; knows nothing of tcpulse events.
 //! - `cli_support` (cargo feature `cli`): the log set-up (`--log-format`, `RUST_LOG`, ANSI
 //!   only on a terminal, UTC timestamps) the exit codes and the secret loader (a configured
-//!   file wins over the variable) the three binaries share.
+//!   file wins over the variable) the three binaries share, and the named-telemetry
+//!   mechanism (`cli_support::telemetry`: one counter and one rate-limited line per event)
+//!   of the agent and the collector.
 //!
 //! The Event Hubs-compatible broker the tests and the demo run is the `tcpulse-hub` crate,
 //! built on this one; this crate never depends on it (its tests and bench do, as a

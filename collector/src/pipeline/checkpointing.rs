@@ -8,7 +8,7 @@ use tcpulse_schema::Timestamp;
 
 use super::partition::PartitionLoop;
 use crate::checkpoint::{Checkpoint, CHECKPOINT_VERSION};
-use crate::internal_events::{CheckpointFailed, DeadLetterWriteBlocked};
+use crate::internal_events::{CheckpointFailed, DeadLetterWriteBlocked, InternalEvent};
 use crate::metrics::partition_labels;
 
 impl PartitionLoop<'_> {
@@ -44,7 +44,7 @@ impl PartitionLoop<'_> {
                 error: &e.to_string(),
                 retry_in: self.settings.checkpoint.interval,
             }
-            .emit(m, &self.shared.once);
+            .emit(m);
             self.pending_checkpoint = Some((pos, snapshot));
             return;
         }
@@ -64,9 +64,7 @@ impl PartitionLoop<'_> {
                 m.checkpoint_sequence
                     .get_or_create(&partition_labels(self.partition))
                     .set(pos.sequence_number);
-                self.shared
-                    .once
-                    .clear(&format!("checkpoint/{}/store", self.partition));
+                m.log.clear(&format!("checkpoint/{}/store", self.partition));
             }
             Err(e) => {
                 CheckpointFailed {
@@ -74,7 +72,7 @@ impl PartitionLoop<'_> {
                     operation: "store",
                     error: &e.to_string(),
                 }
-                .emit(m, &self.shared.once);
+                .emit(m);
                 self.pending_checkpoint = Some((pos, snapshot));
             }
         }

@@ -71,7 +71,6 @@ use crate::aggregate::AggregateSettings;
 use crate::checkpoint::{CheckpointScope, CheckpointStore};
 use crate::config::{AggregateConfig, BatchConfig, CheckpointConfig, Config, RetryConfig};
 use crate::dead_letter::DeadLetterFile;
-use crate::internal_events::LogOnce;
 use crate::metrics::Metrics;
 use crate::sinks::retry::RetryPolicy;
 use crate::sinks::Sink;
@@ -138,10 +137,8 @@ pub struct Shared {
     pub scope: CheckpointScope,
     /// The dead-letter file.
     pub dead_letters: Arc<DeadLetterFile>,
-    /// Metrics.
+    /// Metrics (and the log limiter of the named events).
     pub metrics: Arc<Metrics>,
-    /// Log de-duplication.
-    pub once: Arc<LogOnce>,
     /// Spawns deliveries (so `run` waits for them).
     pub tracker: TaskTracker,
     /// Cancelled when deliveries must stop retrying (shutdown + grace).

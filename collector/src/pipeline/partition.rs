@@ -17,7 +17,7 @@ use super::{retry_backoff, sleep_or_cancel, PartitionSummary, PipelineSettings, 
 use crate::aggregate::{duration_ms, Aggregator, Snapshot};
 use crate::internal_events::{
     ClockSkewObserved, DeadLetterWriteBlocked, DeadLetterWriteRecovered, DuplicateDropped,
-    EventDeadLettered,
+    EventDeadLettered, FinalCheckpointUnwritten, InternalEvent,
 };
 use crate::metrics::partition_labels;
 use crate::sinks::retry::{deliver, DeliveryContext};
@@ -129,7 +129,7 @@ impl<'a> PartitionLoop<'a> {
                     kind: dead.reason.kind(),
                     message: &dead.to_string(),
                 }
-                .emit(&m, &self.shared.once);
+                .emit(&m);
             }
             Ok(event) => {
                 self.advance(&ev);
@@ -147,7 +147,7 @@ impl<'a> PartitionLoop<'a> {
                     instance: &event.instance,
                     skew_ms: event.time.unix_millis() - ev.enqueued_time_ms,
                 }
-                .emit(&m, &self.shared.once);
+                .emit(&m);
                 self.aggregator
                     .apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
@@ -186,7 +186,7 @@ impl<'a> PartitionLoop<'a> {
                 error: &error,
                 retry_in: wait,
             }
-            .emit(&self.shared.metrics, &self.shared.once);
+            .emit(&self.shared.metrics);
             if sleep_or_cancel(wait, shutdown).await {
                 return false;
             }
@@ -195,7 +195,7 @@ impl<'a> PartitionLoop<'a> {
                     DeadLetterWriteRecovered {
                         partition: self.partition,
                     }
-                    .emit(&self.shared.once);
+                    .emit(&self.shared.metrics);
                     return true;
                 }
                 Err(e) => error = e.to_string(),
@@ -232,7 +232,6 @@ impl<'a> PartitionLoop<'a> {
         self.shared.tracker.spawn(async move {
             let ctx = DeliveryContext {
                 metrics: &shared.metrics,
-                once: &shared.once,
                 dead_letters: Some(&shared.dead_letters),
                 partition: &partition,
                 give_up: &shared.give_up,
@@ -461,7 +460,7 @@ impl<'a, P: SourceProvider> Run<'a, P> {
                 }
                 self.source = opened.source;
                 self.auth_wait = settings.retry.auth_initial;
-                shared.once.clear(&format!("source/{partition}/"));
+                shared.metrics.log.clear(&format!("source/{partition}/"));
             }
             Err(e) => {
                 let wait = self.retry_wait(&e, "open");
@@ -487,7 +486,11 @@ impl<'a, P: SourceProvider> Run<'a, P> {
         self.state.update_gauges(&self.source, false);
         self.state.maybe_checkpoint(true).await;
         if let Some((pos, _)) = &self.state.pending_checkpoint {
-            tracing::warn!(partition = %self.state.partition, sequence_number = pos.sequence_number, "final checkpoint not written");
+            FinalCheckpointUnwritten {
+                partition: self.state.partition,
+                sequence_number: pos.sequence_number,
+            }
+            .emit(&self.state.shared.metrics);
         }
         self.state.set_in_flight_gauge();
         PartitionSummary {

@@ -14,9 +14,9 @@ use crate::aggregate::{Aggregator, Snapshot};
 use crate::checkpoint::CheckpointError;
 use crate::internal_events::{
     CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
-    RetentionLost, SourceFailed, SourceUnauthorized,
+    CheckpointStateUnusable, InternalEvent, RetentionLost, SourceFailed, SourceUnauthorized,
 };
-use crate::metrics::partition_labels;
+use crate::metrics::{partition_labels, Metrics};
 use crate::source::{PartitionBounds, ReadFrom, SourceError, SourceEvent, SourceProvider};
 
 /// Where a partition starts, from its checkpoint.
@@ -50,7 +50,7 @@ pub(super) async fn load(
     let resume = loop {
         match shared.checkpoints.load(&shared.scope, partition).await {
             Ok(Some(cp)) => {
-                let aggregator = restore_state(cp.state.clone(), partition, settings);
+                let aggregator = restore_state(cp.state.clone(), partition, settings, m);
                 m.checkpoint_sequence
                     .get_or_create(&partition_labels(partition))
                     .set(cp.sequence_number);
@@ -85,14 +85,17 @@ pub(super) async fn load(
                     operation: "load",
                     error: &e.to_string(),
                 }
-                .emit(m, &shared.once);
+                .emit(m);
                 if sleep_or_cancel(backoff.next_backoff(), shutdown).await {
                     return None;
                 }
             }
         }
     };
-    shared.once.clear(&format!("checkpoint/{partition}/load"));
+    shared
+        .metrics
+        .log
+        .clear(&format!("checkpoint/{partition}/load"));
     Some(resume)
 }
 
@@ -102,11 +105,16 @@ fn restore_state(
     state: Option<serde_json::Value>,
     partition: &str,
     settings: &PipelineSettings,
+    metrics: &Metrics,
 ) -> Aggregator {
     match state.map(serde_json::from_value::<Snapshot>) {
         Some(Ok(snap)) => Aggregator::restore(settings.aggregator, snap),
         Some(Err(e)) => {
-            tracing::warn!(stage = "checkpoint", error_type = "state", partition = %partition, error = %e, "checkpoint has no usable aggregator state; rollups restart empty");
+            CheckpointStateUnusable {
+                partition,
+                error: &e.to_string(),
+            }
+            .emit(metrics);
             Aggregator::new(settings.aggregator)
         }
         None => Aggregator::new(settings.aggregator),
@@ -141,7 +149,7 @@ pub(super) async fn open_first<P: SourceProvider>(
                 if opened.reset_state {
                     resume.aggregator = Aggregator::new(settings.aggregator);
                 }
-                shared.once.clear(&format!("source/{partition}/"));
+                shared.metrics.log.clear(&format!("source/{partition}/"));
                 return Some(opened);
             }
             Err(e) => {
@@ -431,6 +439,6 @@ pub(super) fn source_retry_wait(
         operation,
         error: &e.to_string(),
     }
-    .emit(&shared.metrics, &shared.once);
+    .emit(&shared.metrics);
     backoff.next_backoff()
 }

@@ -110,7 +110,6 @@ async fn sink_points_carry_the_counted_write_errors_of_every_sink() {
             .unwrap(),
         ),
         metrics: metrics.clone(),
-        once: Arc::new(LogOnce::default()),
         tracker: tracker.clone(),
         give_up: CancellationToken::new(),
     };
@@ -297,7 +296,6 @@ fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
             .unwrap(),
         ),
         metrics: metrics.clone(),
-        once: Arc::new(LogOnce::default()),
         tracker: TaskTracker::new(),
         give_up: CancellationToken::new(),
     };

@@ -143,6 +143,11 @@ impl HttpWriter {
         &self.url
     }
 
+    /// True when requests carry an `Authorization` header.
+    pub fn has_credential(&self) -> bool {
+        self.authorization.is_some()
+    }
+
     /// POSTs `body` once and classifies the answer.
     pub async fn post(&self, body: &Bytes) -> Result<(), WriteError> {
         let mut headers = HeaderMap::new();

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Sink, WriteError};
 use crate::dead_letter::DeadLetterFile;
 use crate::internal_events::{
-    DeadLetterWriteFailed, LogOnce, SinkBatchRejected, SinkRecovered, SinkRequestFailed,
+    DeadLetterWriteFailed, InternalEvent, SinkBatchRejected, SinkRecovered, SinkRequestFailed,
 };
 use crate::metrics::{sink_labels, Metrics};
 
@@ -86,8 +86,6 @@ impl Delivery {
 pub struct DeliveryContext<'a> {
     /// Counters.
     pub metrics: &'a Metrics,
-    /// Log de-duplication.
-    pub once: &'a LogOnce,
     /// Where rejected batches go.
     pub dead_letters: Option<&'a DeadLetterFile>,
     /// The partition the batch comes from.
@@ -151,7 +149,7 @@ pub async fn deliver(
                         .get_or_create(&labels)
                         .inc_by(count_lines(&part));
                     if failing {
-                        SinkRecovered { sink: sink.name() }.emit(ctx.once);
+                        SinkRecovered { sink: sink.name() }.emit(ctx.metrics);
                         failing = false;
                     }
                     backoff.reset();
@@ -186,7 +184,7 @@ pub async fn deliver(
                         message: &message,
                         retry_in: wait,
                     }
-                    .emit(ctx.metrics, ctx.once);
+                    .emit(ctx.metrics);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = ctx.give_up.cancelled() => return Delivery::Abandoned,
@@ -236,7 +234,7 @@ fn reject(sink: &dyn Sink, part: &Bytes, status: u16, message: &str, ctx: Delive
             DeadLetterWriteFailed {
                 error: &e.to_string(),
             }
-            .emit(ctx.metrics, ctx.once);
+            .emit(ctx.metrics);
         }
     }
 }
@@ -324,11 +322,9 @@ mod tests {
             retryable(Some(0)),
         ]);
         let m = Metrics::new();
-        let once = LogOnce::default();
         let give_up = CancellationToken::new();
         let ctx = DeliveryContext {
             metrics: &m,
-            once: &once,
             dead_letters: None,
             partition: "0",
             give_up: &give_up,
@@ -382,11 +378,9 @@ mod tests {
             message: "unable to parse".into(),
         })]);
         let m = Metrics::new();
-        let once = LogOnce::default();
         let give_up = CancellationToken::new();
         let ctx = DeliveryContext {
             metrics: &m,
-            once: &once,
             dead_letters: Some(&dl),
             partition: "5",
             give_up: &give_up,
@@ -467,11 +461,9 @@ mod tests {
             .collect();
         let sink = PartialWrites::default();
         let m = Metrics::new();
-        let once = LogOnce::default();
         let give_up = CancellationToken::new();
         let ctx = DeliveryContext {
             metrics: &m,
-            once: &once,
             dead_letters: Some(&dl),
             partition: "3",
             give_up: &give_up,
@@ -557,11 +549,9 @@ mod tests {
         };
         let sink = scripted(vec![too_large(), too_large()]);
         let m = Metrics::new();
-        let once = LogOnce::default();
         let give_up = CancellationToken::new();
         let ctx = DeliveryContext {
             metrics: &m,
-            once: &once,
             dead_letters: None,
             partition: "0",
             give_up: &give_up,
@@ -591,13 +581,11 @@ mod tests {
     async fn give_up_abandons_a_batch_the_store_never_takes() {
         let sink = scripted((0..1000).map(|_| retryable(None)).collect());
         let m = Metrics::new();
-        let once = LogOnce::default();
         let shutdown = CancellationToken::new();
         let give_up = give_up_after(&shutdown, Duration::from_secs(5));
         shutdown.cancel();
         let ctx = DeliveryContext {
             metrics: &m,
-            once: &once,
             dead_letters: None,
             partition: "0",
             give_up: &give_up,

@@ -78,7 +78,9 @@ impl InfluxDbV2SinkConfig {
         }
     }
 
-    /// Resolves the token and prepares the endpoint (no connection is made).
+    /// Resolves the token and prepares the endpoint (no connection is made). Without a
+    /// token the sink writes unauthenticated ([`InfluxDbV2Sink::has_token`]; the collector
+    /// reports it as `SinkWithoutToken`).
     pub fn build(&self) -> Result<InfluxDbV2Sink, InfluxDbV2BuildError> {
         let token = load_secret(V2_TOKEN, &self.token_env, self.token_file.as_deref())?;
         let url = endpoint(
@@ -90,13 +92,6 @@ impl InfluxDbV2SinkConfig {
                 ("precision", "ns"),
             ],
         )?;
-        if token.is_none() {
-            tracing::warn!(
-                sink = "influxdb_v2",
-                "no token in ${} or `token_file`: writing without Authorization (fine for VictoriaMetrics, InfluxDB 2 will answer 401)",
-                self.token_env
-            );
-        }
         let writer = HttpWriter::new(
             client(self.request_timeout)?,
             url,

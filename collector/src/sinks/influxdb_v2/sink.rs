@@ -28,6 +28,11 @@ impl InfluxDbV2Sink {
     pub fn url(&self) -> &reqwest::Url {
         self.writer.url()
     }
+
+    /// True when writes carry the token (false: no token was configured).
+    pub fn has_token(&self) -> bool {
+        self.writer.has_credential()
+    }
 }
 
 impl Sink for InfluxDbV2Sink {

@@ -4,7 +4,7 @@
 //! each instance sends and, from them alone, every value the stores must then hold.
 
 use anyhow::{anyhow, Result};
-use serde_json::json;
+use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
 
 /// Report interval of the simulated agents, the collector's rollup interval and Grafana's
 /// `$__interval` in the test, seconds.
@@ -220,35 +220,50 @@ impl Fleet {
         }
     }
 
-    /// The schema-v1 event instance `i` sends as report `k`.
+    /// The schema-v1 event instance `i` sends as report `k`: built from
+    /// [`StatusEvent::example`] with this fleet's values, so an event field added to the
+    /// schema reaches the store (with its example value) without an edit here.
     pub fn event(&self, i: &Inst, k: i64) -> Result<Vec<u8>> {
         let ts = |ms: i64| {
-            tcpulse_schema::Timestamp::from_unix_millis(ms)
-                .map(|t| t.to_string())
-                .ok_or_else(|| anyhow!("time {ms} out of range"))
+            Timestamp::from_unix_millis(ms).ok_or_else(|| anyhow!("time {ms} out of range"))
         };
         let calls = Self::calls_at(i, k);
-        let body = json!({
-            "schema": "tcpulse.status.v1",
-            "connector": i.connector,
-            "deployment": i.deployment,
-            "region": i.region,
-            "scaleset": i.scaleset,
-            "instance": i.name,
-            "boot": i.boot,
-            "seq": k + 1,
-            "time": ts(self.t_ms(k))?,
-            "start_time": ts(self.base_ms - 3_600_000)?,
-            "state": "active",
-            "calls": {"call_count": calls, "max_calls": 16, "planned_calls": 15,
-                      "media_load": 20 + 4 * calls},
-            "health": {"cpu": 0.4, "mem_used_bytes": MEM_USED, "mem_total_bytes": MEM_TOTAL,
-                       "disk_free_bytes": DISK_FREE, "service_up": Self::service_up_at(i, k),
-                       "cert_expiry_days": i.cert_days},
-            "agent": {"version": "0.1.0", "spooled": i.spool_base + i.spool_growth * k,
-                      "dropped": i.drop_growth * k},
-        });
-        Ok(serde_json::to_vec(&body)?)
+        let event = StatusEvent {
+            connector: i.connector.into(),
+            deployment: i.deployment.into(),
+            region: i.region.into(),
+            scaleset: i.scaleset.into(),
+            instance: i.name.clone(),
+            boot: i.boot.parse()?,
+            seq: u64::try_from(k + 1)?,
+            time: ts(self.t_ms(k))?,
+            start_time: Some(ts(self.base_ms - 3_600_000)?),
+            state: State::Active,
+            calls: Some(Calls {
+                call_count: calls,
+                max_calls: 16,
+                planned_calls: Some(15),
+                media_load: Some(u8::try_from(20 + 4 * calls)?),
+            }),
+            health: Health {
+                cpu: Some(0.4),
+                mem_used_bytes: Some(u64::try_from(MEM_USED)?),
+                mem_total_bytes: Some(u64::try_from(MEM_TOTAL)?),
+                disk_free_bytes: Some(u64::try_from(DISK_FREE)?),
+                service_up: Some(Self::service_up_at(i, k)),
+                cert_expiry_days: Some(i.cert_days),
+                ..Health::example()
+            },
+            agent: Some(AgentInfo {
+                version: "0.1.0".into(),
+                spooled: u64::try_from(i.spool_base + i.spool_growth * k)?,
+                dropped: u64::try_from(i.drop_growth * k)?,
+                publish_failing_seconds: None,
+                ..AgentInfo::example()
+            }),
+            ..StatusEvent::example()
+        };
+        Ok(tcpulse_schema::encode(&event))
     }
 
     /// Reports `from..=to` of every instance that still reports then, per partition in

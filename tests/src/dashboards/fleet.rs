@@ -4,6 +4,7 @@
 //! each instance sends and, from them alone, every value the stores must then hold.
 
 use anyhow::{anyhow, Result};
+use tcpulse_schema::line::FieldValue;
 use tcpulse_schema::{AgentInfo, Calls, Health, State, StatusEvent, Timestamp};
 
 /// Report interval of the simulated agents, the collector's rollup interval and Grafana's
@@ -224,6 +225,14 @@ impl Fleet {
     /// [`StatusEvent::example`] with this fleet's values, so an event field added to the
     /// schema reaches the store (with its example value) without an edit here.
     pub fn event(&self, i: &Inst, k: i64) -> Result<Vec<u8>> {
+        Ok(tcpulse_schema::encode(&self.status(i, k)?))
+    }
+
+    /// The event behind [`Fleet::event`].
+    // Every health and agent value of today's schema is set here; the struct updates are
+    // for the fields the schema gains later.
+    #[allow(clippy::needless_update)]
+    pub fn status(&self, i: &Inst, k: i64) -> Result<StatusEvent> {
         let ts = |ms: i64| {
             Timestamp::from_unix_millis(ms).ok_or_else(|| anyhow!("time {ms} out of range"))
         };
@@ -263,7 +272,7 @@ impl Fleet {
             }),
             ..StatusEvent::example()
         };
-        Ok(tcpulse_schema::encode(&event))
+        Ok(event)
     }
 
     /// Reports `from..=to` of every instance that still reports then, per partition in
@@ -307,8 +316,22 @@ impl Fleet {
             "cert_expiry_days" => i.cert_days,
             "agent_spooled" => (i.spool_base + i.spool_growth * k) as f64,
             "agent_dropped" => (i.drop_growth * k) as f64,
-            _ => return None,
+            // Any other field (one added to the schema after these checks were written):
+            // what the line mapping writes for this instance's newest report.
+            other => return self.mapped_field(i, k, other),
         })
+    }
+
+    /// `field` of the `tc_instance` point the collector writes for report `k` of `i`.
+    fn mapped_field(&self, i: &Inst, k: i64, field: &str) -> Option<f64> {
+        let event = self.status(i, k).ok()?;
+        match tcpulse_schema::line::instance_point(&event, true).get_field(field)? {
+            FieldValue::Float(v) => Some(*v),
+            FieldValue::Int(v) => Some(*v as f64),
+            FieldValue::UInt(v) => Some(*v as f64),
+            FieldValue::Bool(v) => Some(f64::from(u8::from(*v))),
+            FieldValue::Str(_) => None,
+        }
     }
 
     /// The connector rollups as the capacity model defines them, from the reports: online

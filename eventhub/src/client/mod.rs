@@ -55,8 +55,10 @@ mod error;
 mod event;
 mod management;
 mod producer;
+mod proxy;
 mod retry;
 mod token;
+mod transport;
 
 pub use crate::position::StartPosition;
 pub use batch::{BatchOptions, EventBatch, TryAddError};
@@ -73,6 +75,8 @@ pub use error::{
 pub use event::{AppProperties, EventData, ReceivedEvent};
 pub use management::{HubProperties, ManagementClient, PartitionProperties};
 pub use producer::{Producer, SendOptions};
+pub use proxy::{ProxyOptions, DEFAULT_PROXY_PASSWORD_ENV};
 pub use token::{
     default_token_lifetime_secs, AccessToken, FixedSignature, SasKeySource, TokenSource, TokenType,
 };
+pub use transport::{Transport, AUTO_PROBE_TIMEOUT, WEBSOCKET_PATH};

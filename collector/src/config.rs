@@ -162,8 +162,11 @@ pub struct EventHubSourceConfig {
     #[serde(default)]
     pub event_hub: Option<String>,
     /// Transport settings: `custom_endpoint` (host:port to dial, e.g. a private endpoint or
-    /// tcpulse-hub), `extra_ca_file` (PEM CA to trust besides the built-in roots), timeouts,
-    /// token lifetime and retry. See `tcpulse_eventhub::client::ClientOptions`.
+    /// tcpulse-hub), `extra_ca_file` (PEM CA to trust besides the built-in roots),
+    /// `transport` (`amqp`, `websocket` for port 443, or `auto`), `websocket_endpoint`, the
+    /// HTTP CONNECT `proxy` table (`url`, `no_proxy`, `username`, `password_file`,
+    /// `password_env`), timeouts, token lifetime and retry. See
+    /// `tcpulse_eventhub::client::ClientOptions`.
     #[serde(default)]
     pub client: tcpulse_eventhub::client::ClientOptions,
 }

@@ -1,6 +1,7 @@
-//! One AMQP connection to Event Hubs: TCP, TLS first (as Azure on 5671), SASL ANONYMOUS, one
-//! session, and a CBS task that puts a token per audience and renews it before it expires
-//! on the live connection, without touching the links.
+//! One AMQP connection to Event Hubs: the byte stream from `transport` (TLS first as Azure
+//! on 5671, or a WebSocket on 443), SASL ANONYMOUS, one session, and a CBS task that puts a
+//! token per audience and renews it before it expires on the live connection, without
+//! touching the links.
 //!
 //! Teardown is explicit and ordered ([`AmqpConnection::close`]: CBS links, session,
 //! connection); dropping instead is safe (fe2o3 enqueues end/close, the CBS task stops when
@@ -197,19 +198,12 @@ impl AmqpConnection {
             } else {
                 builder
             };
-            let opened = match (stream, &tls, &dial.tls_name) {
-                (Stream::Tcp(tcp), Some(tls), Some(name)) => {
-                    builder
-                        .scheme("amqps")
-                        .domain(name.as_str())
-                        .alt_tls_establishment(true)
-                        .rustls_connector(tls.clone())
-                        .open_with_stream(tcp)
-                        .await
-                }
-                (Stream::Tcp(tcp), _, _) => builder.scheme("amqp").open_with_stream(tcp).await,
-                // TLS is below the WebSocket already.
-                (Stream::WebSocket(ws), _, _) => builder.scheme("amqp").open_with_stream(ws).await,
+            // TLS, when there is TLS, is done already (TLS first, as Azure on 5671).
+            let builder = builder.scheme("amqp");
+            let opened = match stream {
+                Stream::Plain(tcp) => builder.open_with_stream(tcp).await,
+                Stream::Tls(tls) => builder.open_with_stream(tls).await,
+                Stream::WebSocket(ws) => builder.open_with_stream(ws).await,
             };
             let mut connection = opened.map_err(|e| {
                 chosen.forget();

@@ -1,10 +1,11 @@
-//! How a connection reaches the service, below AMQP: a TCP connection to port 5671 (TLS then
-//! runs inside fe2o3, "alternative TLS establishment" as Azure does), or AMQP over a
-//! WebSocket (TLS with the same connector, then the upgrade on `/$servicebus/websocket`) to
-//! port 443; either one direct or tunnelled through an HTTP CONNECT proxy ([`super::proxy`]).
+//! How a connection reaches the service, below AMQP: TLS first on port 5671 (the
+//! "alternative TLS establishment" Azure speaks: no AMQP TLS header, the AMQP header inside
+//! TLS), or AMQP over a WebSocket (TLS with the same connector and server name, then the
+//! upgrade on `/$servicebus/websocket`) to port 443; either one direct or tunnelled through
+//! an HTTP CONNECT proxy ([`super::proxy`]). Plain TCP only in development-emulator mode.
 //!
 //! [`Transport::Auto`] tries the AMQP port first and falls back to the WebSocket when that
-//! port is refused or silent for 5 s. The choice is remembered per pair of endpoints for the
+//! port is refused or does not complete TCP and TLS within 5 s. The choice is remembered per pair of endpoints for the
 //! life of the process, so reconnects (and the other clients of the same namespace) go
 //! straight to it, until a connection over it fails; then the next connect probes again.
 //!
@@ -81,12 +82,14 @@ impl FromStr for Transport {
     }
 }
 
-/// The byte stream one AMQP connection runs on.
+/// The byte stream one AMQP connection runs on; AMQP goes straight on it.
 #[derive(Debug)]
 pub(crate) enum Stream {
-    /// TCP to the service (or a proxy tunnel to it); TLS, if any, is fe2o3's to do.
-    Tcp(TcpStream),
-    /// A WebSocket over TLS; AMQP goes straight on it.
+    /// Plain TCP (development-emulator mode only).
+    Plain(TcpStream),
+    /// TLS over TCP (or over a proxy tunnel).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A WebSocket over TLS.
     WebSocket(Box<WsStream>),
 }
 
@@ -208,24 +211,21 @@ async fn open_one(
     } else {
         config.dial()?
     };
-    let ws_tls = match (websocket, tls) {
-        (true, None) => {
-            return Err(ConnectError::Config(
-                "AMQP over WebSocket needs TLS; UseDevelopmentEmulator=true connections are plain AMQP only".into(),
-            ))
-        }
-        (true, Some(tls)) => Some(tls),
-        (false, _) => None,
-    };
+    if websocket && tls.is_none() {
+        return Err(ConnectError::Config(
+            "AMQP over WebSocket needs TLS; UseDevelopmentEmulator=true connections are plain AMQP only".into(),
+        ));
+    }
     let var = |k: &str| std::env::var(k).ok();
     let proxy = config.options.proxy.resolve(&dial.host, websocket, &var)?;
     let tcp = match &proxy {
         Some(p) => proxy::tunnel(p, &dial.host, dial.port).await?,
         None => dial_tcp(&dial).await?,
     };
-    let stream = match ws_tls {
-        Some(tls) => Stream::WebSocket(Box::new(upgrade(tls, &dial, tcp).await?)),
-        None => Stream::Tcp(tcp),
+    let stream = match tls {
+        Some(tls) if websocket => Stream::WebSocket(Box::new(upgrade(tls, &dial, tcp).await?)),
+        Some(tls) => Stream::Tls(Box::new(handshake(tls, &dial, tcp).await?)),
+        None => Stream::Plain(tcp),
     };
     Ok((
         stream,
@@ -253,6 +253,24 @@ async fn dial_tcp(dial: &Dial) -> Result<TcpStream, ConnectError> {
     Ok(tcp)
 }
 
+/// The TLS handshake with the dial's server name (the namespace, or `tls_server_name`).
+async fn handshake(
+    tls: &tokio_rustls::TlsConnector,
+    dial: &Dial,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let name = dial
+        .tls_name
+        .clone()
+        .ok_or_else(|| ConnectError::Config("TLS needs a server name".into()))?;
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| ConnectError::Config(format!("TLS server name {name:?} is invalid: {e}")))?;
+    tls.connect(server_name, tcp)
+        .await
+        .map_err(|e| connect_io_error(&dial.endpoint(), &e))
+}
+
 /// TLS (the same connector and server name as AMQP over TLS), then the WebSocket upgrade
 /// with subprotocol `amqp` on [`WEBSOCKET_PATH`]; the URL's host (the `Host` header) is the
 /// TLS server name, i.e. the namespace.
@@ -261,17 +279,9 @@ async fn upgrade(
     dial: &Dial,
     tcp: TcpStream,
 ) -> Result<WsStream, ConnectError> {
-    use tokio_rustls::rustls::pki_types::ServerName;
     let endpoint = dial.endpoint();
-    let name = dial.tls_name.clone().ok_or_else(|| {
-        ConnectError::Config("AMQP over WebSocket needs a TLS server name".into())
-    })?;
-    let server_name = ServerName::try_from(name.clone())
-        .map_err(|e| ConnectError::Config(format!("TLS server name {name:?} is invalid: {e}")))?;
-    let stream = tls
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| connect_io_error(&endpoint, &e))?;
+    let stream = handshake(tls, dial, tcp).await?;
+    let name = dial.tls_name.clone().unwrap_or_default();
     let host = if name.contains(':') {
         format!("[{name}]")
     } else {

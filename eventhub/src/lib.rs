@@ -19,7 +19,8 @@
 //! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
 //! - [`backoff`]: capped exponential backoff with jitter for reconnects and retries.
 //! - [`tls`]: the process's one TLS crypto provider (aws-lc-rs; ring is banned).
-//! - [`client`]: the Event Hubs client (producer, consumer, management; TLS, SAS/CBS with
+//! - [`client`]: the Event Hubs client (producer, consumer, management; AMQP over TLS on 5671
+//!   or over a WebSocket on 443, `auto` between them, HTTP CONNECT proxies; SAS/CBS with
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
 //!   `Bytes` bodies; knows nothing of tcpulse events.
 //! - [`secret`]: the secret loader (a configured file wins over the variable, one WARN when

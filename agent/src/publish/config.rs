@@ -6,7 +6,9 @@
 //! `publish.connection_string_file` or `TCPULSE_EVENTHUB_CONNECTION_STRING` (a configured
 //! file wins, with one WARN when both are set: the rule of
 //! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
-//! prints `***`.
+//! prints `***`. The HTTP proxy's password likewise comes only from
+//! `publish.proxy_password_file` or `TCPULSE_EVENTHUB_PROXY_PASSWORD`; the Event Hubs client
+//! reads it when it connects and never keeps it in the config.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -285,9 +285,12 @@ impl Config {
         let i = &self.identity;
         let target = match &self.publish.target {
             PublishTarget::EventHubs {
-                origin, event_hub, ..
+                origin,
+                event_hub,
+                transport,
+                ..
             } => format!(
-                "Event Hubs (connection string from {origin}{})",
+                "Event Hubs (connection string from {origin}{}, transport {transport})",
                 event_hub
                     .as_deref()
                     .map(|h| format!(", hub {h}"))

@@ -273,11 +273,17 @@ pub fn from_config(cfg: &config::PublishConfig) -> Result<Box<dyn Publisher>, Se
                 event_hub,
                 ca_file,
                 custom_endpoint,
+                transport,
+                websocket_endpoint,
+                proxy,
                 ..
             } => {
                 let options = tcpulse_eventhub::client::ClientOptions {
                     extra_ca_file: ca_file.clone(),
                     custom_endpoint: custom_endpoint.clone(),
+                    transport: *transport,
+                    websocket_endpoint: websocket_endpoint.clone(),
+                    proxy: proxy.clone(),
                     ..Default::default()
                 };
                 let config = tcpulse_eventhub::client::ClientConfig::from_connection_string(

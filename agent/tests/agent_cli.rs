@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+#[cfg(unix)]
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpulse-agent");

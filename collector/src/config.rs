@@ -158,8 +158,11 @@ pub struct EventHubSourceConfig {
     #[serde(default)]
     pub event_hub: Option<String>,
     /// Transport settings: `custom_endpoint` (host:port to dial, e.g. a private endpoint or
-    /// tcpulse-hub), `extra_ca_file` (PEM CA to trust besides the built-in roots), timeouts,
-    /// token lifetime and retry. See `tcpulse_eventhub::client::ClientOptions`.
+    /// tcpulse-hub), `extra_ca_file` (PEM CA to trust besides the built-in roots),
+    /// `transport` (`amqp`, `websocket` for port 443, or `auto`), `websocket_endpoint`, the
+    /// HTTP CONNECT `proxy` table (`url`, `no_proxy`, `username`, `password_file`,
+    /// `password_env`), timeouts, token lifetime and retry. See
+    /// `tcpulse_eventhub::client::ClientOptions`.
     #[serde(default)]
     pub client: tcpulse_eventhub::client::ClientOptions,
 }
@@ -691,16 +694,35 @@ impl EventHubSourceConfig {
         };
         let parsed = tcpulse_eventhub::connection_string::ConnectionString::parse(value.trim())
             .map_err(|e| invalid(&e))?;
+        // The string and the dial address first, then the transport settings on their own,
+        // so an error names the right part.
+        let transport = tcpulse_eventhub::client::ClientOptions {
+            transport: Default::default(),
+            websocket_endpoint: None,
+            proxy: Default::default(),
+            ..self.client.clone()
+        };
         tcpulse_eventhub::client::ClientConfig::from_connection_string(
             value.trim(),
             self.event_hub.as_deref(),
-            self.client.clone(),
+            transport,
         )
         .map_err(|e| {
             invalid(
                 &e.to_string()
                     .replace("configure the hub name", "set `source.eventhub.event_hub`"),
             )
+        })?;
+        tcpulse_eventhub::client::ClientConfig::from_connection_string(
+            value.trim(),
+            self.event_hub.as_deref(),
+            self.client.clone(),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            field: "source.eventhub.client",
+            why: format!(
+                "the transport settings (transport, websocket_endpoint, proxy) cannot be used: {e}"
+            ),
         })?;
         Ok(parsed.notes())
     }
@@ -1073,6 +1095,30 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn transport_and_proxy_settings_parse_and_their_errors_name_the_client_table() {
+        let c = parse(
+            "[source.eventhub]\n[source.eventhub.client]\ntransport = \"websocket\"\n\
+             [source.eventhub.client.proxy]\nurl = \"http://proxy:3128\"\nusername = \"u\"\n\
+             password_file = \"/nonexistent/tcpulse-proxy-password\"\n",
+        )
+        .unwrap();
+        let eh = c.source.eventhub.unwrap();
+        assert_eq!(
+            eh.client.transport,
+            tcpulse_eventhub::client::Transport::WebSocket
+        );
+        let cs = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=l;SharedAccessKey=k;EntityPath=hub";
+        let e = eh
+            .check_connection_string(cs, &secret::Origin::Env("V".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`source.eventhub.client`") && e.contains("proxy.password_file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! this crate; the feature keeps clap and tracing-subscriber out of library users.
 
 pub mod reference;
-pub mod secret;
+/// The secret loader lives at the crate root (the client reads the proxy password with it);
+/// re-exported here where the binaries look for it.
+pub use crate::secret;
 pub mod telemetry;
 
 /// The `--help` epilogue (clap's `after_help`) of the three binaries: the secrets rule,

@@ -19,14 +19,17 @@
 //! - [`wire`]: Event Hubs wire constants (annotation keys, message format, error conditions).
 //! - [`backoff`]: capped exponential backoff with jitter for reconnects and retries.
 //! - [`tls`]: the process's one TLS crypto provider (aws-lc-rs; ring is banned).
-//! - [`client`]: the Event Hubs client (producer, consumer, management; TLS, SAS/CBS with
+//! - [`client`]: the Event Hubs client (producer, consumer, management; AMQP over TLS on 5671
+//!   or over a WebSocket on 443, `auto` between them, HTTP CONNECT proxies; SAS/CBS with
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
 //!   `Bytes` bodies; knows nothing of tcpulse events.
+//! - [`secret`]: the secret loader (a configured file wins over the variable, one WARN when
+//!   both are set) the three binaries and the client's proxy settings share; never logs a
+//!   value.
 //! - `cli_support` (cargo feature `cli`): the log set-up (`--log-format`, `RUST_LOG`, ANSI
-//!   only on a terminal, UTC timestamps) the exit codes and the secret loader (a configured
-//!   file wins over the variable) the three binaries share, and the named-telemetry
-//!   mechanism (`cli_support::telemetry`: one counter and one rate-limited line per event)
-//!   of the agent and the collector.
+//!   only on a terminal, UTC timestamps) and the exit codes the three binaries share, the
+//!   named-telemetry mechanism (`cli_support::telemetry`: one counter and one rate-limited
+//!   line per event) of the agent and the collector; it re-exports [`secret`].
 //!
 //! The Event Hubs-compatible broker the tests and the demo run is the `tcpulse-hub` crate,
 //! built on this one; this crate never depends on it (its tests and bench do, as a
@@ -41,5 +44,6 @@ pub mod client;
 pub mod connection_string;
 pub mod position;
 pub mod sas;
+pub mod secret;
 pub mod tls;
 pub mod wire;

@@ -9,7 +9,8 @@ use crate::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 /// An Event Hubs-compatible AMQP 1.0 broker for development, tests and demos.
 ///
 /// Speaks AMQP over TLS like Azure Event Hubs on port 5671 (TLS first, then SASL and AMQP),
-/// and optionally plain AMQP for clients in UseDevelopmentEmulator=true mode. Checks shared
+/// optionally AMQP over WebSockets like its port 443, and optionally plain AMQP for clients
+/// in UseDevelopmentEmulator=true mode. Checks shared
 /// access signatures like the service. When ready it prints one JSON line to stdout with the
 /// bound addresses, the CA file to trust and ready-made connection strings; logs go to stderr.
 ///
@@ -31,6 +32,12 @@ pub struct Args {
     /// 127.0.0.1:5672. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub plain_listen: Option<SocketAddr>,
+
+    /// Also listen for AMQP over WebSockets (TLS with the same certificate, then the
+    /// upgrade on /$servicebus/websocket, subprotocol AMQPWSB10 or amqp), as Event Hubs does
+    /// on port 443, e.g. 127.0.0.1:8443. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
 
     /// An event hub as NAME or NAME:PARTITIONS (default partitions: 4). Repeatable.
     /// Default: tcpulse:4.
@@ -121,6 +128,7 @@ impl Args {
         HubConfig {
             listen: self.listen,
             plain_listen: self.plain_listen,
+            ws_listen: self.ws_listen,
             hubs: if self.hubs.is_empty() {
                 defaults.hubs
             } else {

@@ -116,6 +116,10 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Plain AMQP for clients in `UseDevelopmentEmulator=true` mode; off when `None`.
     pub plain_listen: Option<SocketAddr>,
+    /// AMQP over WebSockets (TLS with the same certificate, then the upgrade on
+    /// `/$servicebus/websocket`, subprotocol `AMQPWSB10` or `amqp`), as the service on port
+    /// 443; off when `None`. Port 0 picks a free port.
+    pub ws_listen: Option<SocketAddr>,
     /// Event hubs and partition counts. Default: `tcpulse` with 4 partitions.
     pub hubs: Vec<HubSpec>,
     /// Consumer groups besides `$Default` (which always exists), on every hub.
@@ -180,6 +184,7 @@ impl Default for HubConfig {
         HubConfig {
             listen: default_listen(),
             plain_listen: None,
+            ws_listen: None,
             hubs: vec![HubSpec {
                 name: DEFAULT_HUB.to_string(),
                 partitions: default_partitions(),

@@ -12,7 +12,10 @@
 //! - [`tls`]: the generated (and reused) local CA and server certificate.
 //! - [`broker`]: hubs, partitions, consumer groups, key routing, epoch register. No AMQP.
 //! - [`store`]: one partition's log, in memory or on disk with crash recovery. No AMQP.
-//! - `server`: listeners, TLS-first handshake, SASL, sessions and link routing.
+//! - `server`: listeners, TLS-first handshake, SASL, sessions and link routing; one
+//!   connection handling for every listener (plain, TLS, WebSocket).
+//! - `websocket`: the WebSocket listener's upgrade (`/$servicebus/websocket`, subprotocol
+//!   `AMQPWSB10` or `amqp`) and the byte stream over its binary messages.
 //! - `nodes`: the `$cbs` and `$management` request/response nodes.
 //! - `links`: producer (incoming) and consumer (outgoing) links.
 //! - `write_behind`: coalesces the frames a connection writes into few socket writes.
@@ -39,6 +42,7 @@ pub mod tls;
 mod links;
 mod nodes;
 mod server;
+mod websocket;
 mod write_behind;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -57,7 +61,7 @@ pub enum HubError {
     #[error("invalid hub configuration: {0}")]
     Config(String),
     /// Could not bind a listener.
-    #[error("cannot listen on {addr}: {source}; pick another address with --listen/--plain-listen or stop what uses the port")]
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen/--plain-listen/--ws-listen or stop what uses the port")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -173,6 +177,7 @@ pub struct Hub {
     shared: Arc<Shared>,
     amqps: SocketAddr,
     plain: Option<SocketAddr>,
+    websocket: Option<SocketAddr>,
     ca_pem: PathBuf,
     strings: ConnectionStrings,
     emulator_strings: Option<ConnectionStrings>,
@@ -271,6 +276,22 @@ impl Hub {
             None => None,
         };
 
+        let ws_listener = match config.ws_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| HubError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let websocket = match &ws_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| HubError::Bind {
+                addr: amqps,
+                source,
+            })?),
+            None => None,
+        };
+
         let first_hub = config.hubs.first().map(|h| h.name.clone());
         let strings = strings_for(
             &policies,
@@ -298,24 +319,34 @@ impl Hub {
             tasks: TaskTracker::new(),
             captured: capture.then(|| std::sync::Mutex::new(Vec::new())),
         });
+        if let Some(l) = ws_listener {
+            shared.tasks.spawn(server::accept_loop(
+                Arc::clone(&shared),
+                l,
+                server::Wire::WebSocket(identity.acceptor.clone()),
+            ));
+        }
         shared.tasks.spawn(server::accept_loop(
             Arc::clone(&shared),
             listener,
-            Some(identity.acceptor),
+            server::Wire::Tls(identity.acceptor),
         ));
         if let Some(l) = plain_listener {
-            shared
-                .tasks
-                .spawn(server::accept_loop(Arc::clone(&shared), l, None));
+            shared.tasks.spawn(server::accept_loop(
+                Arc::clone(&shared),
+                l,
+                server::Wire::Plain,
+            ));
         }
         shared
             .tasks
             .spawn(server::retention_loop(Arc::clone(&shared)));
-        tracing::info!(%amqps, plain = ?plain, hubs = ?shared.broker.order, "tcpulse-hub ready");
+        tracing::info!(%amqps, plain = ?plain, websocket = ?websocket, hubs = ?shared.broker.order, "tcpulse-hub ready");
         Ok(Hub {
             shared,
             amqps,
             plain,
+            websocket,
             ca_pem: identity.ca_pem,
             strings,
             emulator_strings,
@@ -330,6 +361,11 @@ impl Hub {
     /// The bound plain AMQP address, if enabled.
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain
+    }
+
+    /// The bound AMQP-over-WebSockets (TLS) address, if enabled.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket
     }
 
     /// PEM file with the CA clients should trust.
@@ -361,6 +397,7 @@ impl Hub {
         serde_json::json!({
             "amqps": self.amqps.to_string(),
             "amqp": self.plain.map(|p| p.to_string()),
+            "websocket": self.websocket.map(|p| p.to_string()),
             "ca_pem": self.ca_pem.display().to_string(),
             "namespace": self.shared.config.namespace,
             "hubs": self.hubs().into_iter().map(|(name, partitions)| serde_json::json!({"name": name, "partitions": partitions})).collect::<Vec<_>>(),

@@ -1,8 +1,11 @@
-//! Listeners, the TLS-first handshake, SASL, sessions and link routing.
+//! Listeners, the TLS-first handshake, the WebSocket upgrade, SASL, sessions and link
+//! routing.
 //!
 //! Azure clients speak "pure" TLS on 5671: the TLS handshake comes first and the AMQP/SASL
 //! headers run inside it, so the TLS accept happens here and the fe2o3 acceptor gets the TLS
-//! stream. Settings that look arbitrary (non-empty properties everywhere, `handle_max` below
+//! stream. On the WebSocket listener (the service's 443) the same TLS accept is followed by
+//! the upgrade ([`crate::websocket`]), and the acceptor gets the WebSocket's byte stream:
+//! everything above the bytes is the same for every listener ([`Wire`]). Settings that look arbitrary (non-empty properties everywhere, `handle_max` below
 //! `u32::MAX`, an unbounded session incoming window, settle modes) are what the Python SDK's
 //! positional frame decoder needs (see the reference notes, section 0).
 
@@ -47,12 +50,19 @@ fn hub_properties() -> Fields {
     f
 }
 
+/// What a listener speaks below AMQP.
+#[derive(Clone)]
+pub(crate) enum Wire {
+    /// Plain AMQP (development-emulator clients).
+    Plain,
+    /// TLS first, then AMQP (the service's 5671).
+    Tls(tokio_rustls::TlsAcceptor),
+    /// TLS, then the WebSocket upgrade, then AMQP in binary messages (the service's 443).
+    WebSocket(tokio_rustls::TlsAcceptor),
+}
+
 /// Accepts connections until shutdown. Accept errors back off from 1 s to 64 s.
-pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, wire: Wire) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let accepted = tokio::select! {
@@ -64,9 +74,9 @@ pub(crate) async fn accept_loop(
                 backoff = Duration::from_secs(1);
                 let _ = tcp.set_nodelay(true);
                 let shared2 = Arc::clone(&shared);
-                let tls = tls.clone();
+                let wire = wire.clone();
                 shared.tasks.spawn(async move {
-                    serve_connection(shared2, tcp, peer, tls).await;
+                    serve_connection(shared2, tcp, peer, wire).await;
                 });
             }
             Err(e) => {
@@ -146,13 +156,30 @@ impl SaslAcceptor for HubSasl {
     }
 }
 
-/// The TLS handshake (when `tls` is set), SASL and the AMQP open of one connection; `Err`
-/// says why it was refused. `kill` cuts the socket (see `write_behind`).
+/// The server side of a TLS handshake; `Err` says why it failed, with a hint.
+async fn tls_accept(
+    tls: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    tls.accept(tcp).await.map_err(|e| {
+        let why = tcpulse_eventhub::client::describe_tls_failure(
+            &e,
+            tcpulse_eventhub::client::TlsSide::Server,
+        );
+        format!(
+            "TLS handshake failed: {}",
+            why.unwrap_or_else(|| e.to_string())
+        )
+    })
+}
+
+/// The TLS handshake and WebSocket upgrade (as `wire` says), SASL and the AMQP open of one
+/// connection; `Err` says why it was refused. `kill` cuts the socket (see `write_behind`).
 async fn open_connection(
     shared: &Arc<Shared>,
     auth: &Arc<ConnAuth>,
     tcp: TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    wire: Wire,
     kill: CancellationToken,
 ) -> Result<ListenerConnectionHandle, String> {
     // Validated to fit: HubConfig::validate.
@@ -168,42 +195,28 @@ async fn open_connection(
             auth: Arc::clone(auth),
         })
         .build();
-    match tls {
-        Some(tls) => {
-            let stream = tls.accept(tcp).await.map_err(|e| {
-                let why = tcpulse_eventhub::client::describe_tls_failure(
-                    &e,
-                    tcpulse_eventhub::client::TlsSide::Server,
-                );
-                format!(
-                    "TLS handshake failed: {}",
-                    why.unwrap_or_else(|| e.to_string())
-                )
-            })?;
-            acceptor
-                .accept(write_behind::coalesce(stream, kill))
-                .await
-                .map_err(|e| format!("AMQP open failed: {e}"))
+    let opened = match wire {
+        Wire::Plain => acceptor.accept(write_behind::coalesce(tcp, kill)).await,
+        Wire::Tls(tls) => {
+            let stream = tls_accept(&tls, tcp).await?;
+            acceptor.accept(write_behind::coalesce(stream, kill)).await
         }
-        None => acceptor
-            .accept(write_behind::coalesce(tcp, kill))
-            .await
-            .map_err(|e| format!("AMQP open failed: {e}")),
-    }
+        Wire::WebSocket(tls) => {
+            let stream = tls_accept(&tls, tcp).await?;
+            let bytes = crate::websocket::accept(stream).await?;
+            acceptor.accept(write_behind::coalesce(bytes, kill)).await
+        }
+    };
+    opened.map_err(|e| format!("AMQP open failed: {e}"))
 }
 
 /// Serves one accepted TCP connection: the handshake (within `HANDSHAKE_TIMEOUT`), then its
 /// sessions until the peer closes, the hub stops, or no valid token arrived within
 /// `auth_timeout`.
-async fn serve_connection(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, wire: Wire) {
     let auth = Arc::new(ConnAuth::default());
     let kill = CancellationToken::new();
-    let handshake = open_connection(&shared, &auth, tcp, tls, kill.clone());
+    let handshake = open_connection(&shared, &auth, tcp, wire, kill.clone());
     let mut conn = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {

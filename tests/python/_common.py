@@ -11,6 +11,8 @@ Protocol with the Rust runner (tests/src/python.rs):
 A connection ("conn") object is one of
   {"mode": "tls", "connection_string": "...", "endpoint": "127.0.0.1:PORT", "ca_pem": "/path/ca.pem"}
   {"mode": "emulator", "connection_string": "...;UseDevelopmentEmulator=true"}
+  {"mode": "websocket", "connection_string": "...", "endpoint": "127.0.0.1:PORT", "ca_pem": "...",
+   "http_proxy"?: {"proxy_hostname": "127.0.0.1", "proxy_port": N, "username"?, "password"?}}
 """
 
 import base64
@@ -194,6 +196,13 @@ def client_kwargs(conn, extra=None):
         kw["custom_endpoint_address"] = "sb://" + conn["endpoint"]
         kw["transport_type"] = TransportType.Amqp
         kw["connection_verify"] = conn["ca_pem"]
+    elif mode == "websocket":
+        # wss://<endpoint>/$servicebus/websocket, subprotocol AMQPWSB10 (pyamqp's).
+        kw["custom_endpoint_address"] = "sb://" + conn["endpoint"]
+        kw["transport_type"] = TransportType.AmqpOverWebsocket
+        kw["connection_verify"] = conn["ca_pem"]
+        if conn.get("http_proxy"):
+            kw["http_proxy"] = dict(conn["http_proxy"])
     elif mode != "emulator":
         raise ValueError(f"unknown conn mode {mode!r}")
     if extra:

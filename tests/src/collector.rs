@@ -70,6 +70,9 @@ pub struct CollectorOptions {
     pub retry_max: Option<String>,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
+    /// More lines for the `[source.eventhub.client]` table (after `extra_ca_file`), e.g.
+    /// `transport = "websocket"`; a `[source.eventhub.client.proxy]` table may follow.
+    pub client: String,
 }
 
 impl Default for CollectorOptions {
@@ -89,6 +92,7 @@ impl Default for CollectorOptions {
             retry_initial: d("200ms"),
             retry_max: d("1s"),
             sinks: String::new(),
+            client: String::new(),
         }
     }
 }
@@ -109,6 +113,7 @@ impl CollectorOptions {
             retry_initial: None,
             retry_max: None,
             sinks: String::new(),
+            client: String::new(),
         }
     }
 }
@@ -183,7 +188,7 @@ impl CollectorProcess {
 connection_string_file = {cs}
 [source.eventhub.client]
 extra_ca_file = {ca}
-[checkpoint]
+{client}[checkpoint]
 dir = {ckpt}
 {ci}[aggregate]
 {ri}{sa}{la}{ia}[batch]
@@ -209,6 +214,7 @@ listen = "127.0.0.1:{metrics_port}"
                 rmax = key("max", &opts.retry_max),
                 dl = q(&dir.join("dead.jsonl")),
                 sinks = opts.sinks,
+                client = opts.client,
             ),
         )?;
         Ok(CollectorProcess {

@@ -3,8 +3,9 @@
 //!
 //! Both give a [`HubInfo`], parsed from the hub's ready JSON, which hands out connection
 //! objects for the Python scripts (`tests/python/_common.py`: TLS through
-//! `custom_endpoint_address` + `connection_verify`, or plain AMQP in development-emulator
-//! mode) and the SAS policy name/key for Rust clients.
+//! `custom_endpoint_address` + `connection_verify`, AMQP over WebSockets the same way
+//! (optionally through an HTTP proxy), or plain AMQP in development-emulator mode) and the
+//! SAS policy name/key for Rust clients.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,9 @@ pub struct HubInfo {
     pub amqps: SocketAddr,
     /// The plain AMQP address, if enabled.
     pub amqp: Option<SocketAddr>,
+    /// The AMQP-over-WebSockets address, if enabled.
+    #[serde(default)]
+    pub websocket: Option<SocketAddr>,
     /// The CA certificate clients must trust.
     pub ca_pem: PathBuf,
     /// The namespace host in connection strings.
@@ -85,6 +89,7 @@ impl std::fmt::Debug for HubInfo {
         f.debug_struct("HubInfo")
             .field("amqps", &self.amqps)
             .field("amqp", &self.amqp)
+            .field("websocket", &self.websocket)
             .field("ca_pem", &self.ca_pem)
             .field("hubs", &self.hubs)
             .finish_non_exhaustive()
@@ -150,6 +155,26 @@ impl HubInfo {
         }
     }
 
+    /// The Python `conn` object for `policy` over AMQP over WebSockets (the hub's WebSocket
+    /// listener through `custom_endpoint_address`, the SDK's `AmqpOverWebsocket`), through
+    /// `http_proxy` (the SDK's dict: `proxy_hostname`, `proxy_port`, optional `username`,
+    /// `password`) when given.
+    pub fn conn_websocket(&self, policy: Policy, http_proxy: Option<Value>) -> Result<Value> {
+        let ws = self
+            .websocket
+            .ok_or_else(|| anyhow!("the hub has no WebSocket listener (start it with one)"))?;
+        let mut conn = json!({
+            "mode": "websocket",
+            "connection_string": self.connection_string(Mode::Tls, policy)?,
+            "endpoint": ws.to_string(),
+            "ca_pem": self.ca_pem,
+        });
+        if let Some(p) = http_proxy {
+            conn["http_proxy"] = p;
+        }
+        Ok(conn)
+    }
+
     /// `(SharedAccessKeyName, SharedAccessKey)` of `policy`, for SASL PLAIN clients.
     pub fn key(&self, policy: Policy) -> Result<(String, String)> {
         let cs = self.connection_string(Mode::Tls, policy)?;
@@ -187,6 +212,8 @@ pub struct HubOptions {
     pub consumer_groups: Vec<String>,
     /// Also listen for plain AMQP (emulator mode).
     pub plain: bool,
+    /// Also listen for AMQP over WebSockets (`--ws-listen`).
+    pub websocket: bool,
     /// Persist partitions here (None: in memory / a fresh temp dir for the binary).
     pub data_dir: Option<PathBuf>,
     /// The hub's memory budget for event bodies (`--memory-budget-bytes`); the default
@@ -203,6 +230,7 @@ impl Default for HubOptions {
             hubs: vec![("tcpulse".into(), 4)],
             consumer_groups: vec![],
             plain: true,
+            websocket: false,
             data_dir: None,
             memory_budget_bytes: None,
             extra_args: Vec::new(),
@@ -236,6 +264,11 @@ impl TestHub {
         let config = HubConfig {
             listen: "127.0.0.1:0".parse()?,
             plain_listen: if opts.plain {
+                Some("127.0.0.1:0".parse()?)
+            } else {
+                None
+            },
+            ws_listen: if opts.websocket {
                 Some("127.0.0.1:0".parse()?)
             } else {
                 None
@@ -337,8 +370,13 @@ impl HubProcess {
             .unwrap_or_else(|| tmp.path().join("data"));
         let log_dir = tmp.path().to_path_buf();
         let plain = opts.plain.then(|| "127.0.0.1:0".parse()).transpose()?;
-        let (child, info) =
-            start_binary(&opts, &data_dir, "127.0.0.1:0".parse()?, plain, &log_dir, 0).await?;
+        let ws = opts.websocket.then(|| "127.0.0.1:0".parse()).transpose()?;
+        let listen = Listen {
+            amqps: "127.0.0.1:0".parse()?,
+            plain,
+            ws,
+        };
+        let (child, info) = start_binary(&opts, &data_dir, listen, &log_dir, 0).await?;
         Ok(HubProcess {
             child: Some(child),
             info,
@@ -417,15 +455,13 @@ impl HubProcess {
         if self.child.is_some() {
             self.stop(Duration::from_secs(15)).await?;
         }
-        let (child, info) = start_binary(
-            &self.opts,
-            &self.data_dir,
-            self.info.amqps,
-            self.info.amqp,
-            &self.log_dir,
-            self.runs,
-        )
-        .await?;
+        let listen = Listen {
+            amqps: self.info.amqps,
+            plain: self.info.amqp,
+            ws: self.info.websocket,
+        };
+        let (child, info) =
+            start_binary(&self.opts, &self.data_dir, listen, &self.log_dir, self.runs).await?;
         self.runs += 1;
         self.child = Some(child);
         self.info = info;
@@ -433,11 +469,17 @@ impl HubProcess {
     }
 }
 
+/// The addresses a hub binary listens on.
+struct Listen {
+    amqps: SocketAddr,
+    plain: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+}
+
 async fn start_binary(
     opts: &HubOptions,
     data_dir: &Path,
-    listen: SocketAddr,
-    plain: Option<SocketAddr>,
+    listen: Listen,
     log_dir: &Path,
     run: usize,
 ) -> Result<(tokio::process::Child, HubInfo)> {
@@ -445,9 +487,12 @@ async fn start_binary(
     let log_path = log_dir.join(format!("hub-stderr-{run}.log"));
     let log = std::fs::File::create(&log_path).context("create hub log file")?;
     let mut cmd = tokio::process::Command::new(&bin);
-    cmd.arg("--listen").arg(listen.to_string());
-    if let Some(p) = plain {
+    cmd.arg("--listen").arg(listen.amqps.to_string());
+    if let Some(p) = listen.plain {
         cmd.arg("--plain-listen").arg(p.to_string());
+    }
+    if let Some(w) = listen.ws {
+        cmd.arg("--ws-listen").arg(w.to_string());
     }
     for (name, partitions) in &opts.hubs {
         cmd.arg("--hub").arg(format!("{name}:{partitions}"));

@@ -24,6 +24,8 @@
 //!   file), publishing to the hub, a dead endpoint or a file; restartable on its spool.
 //! - [`collector`]: the `tcpulse-collector` binary reading a hub over TLS, with a config
 //!   the test writes and a known `/metrics` port; restartable.
+//! - [`proxy`]: Debian's `tinyproxy` as a real HTTP CONNECT proxy on a loopback port, with or
+//!   without Basic authentication, whose log shows what was tunnelled.
 //! - [`faults`]: a TCP forwarder in front of a real service that can drop and refuse
 //!   connections (a store restarting), counting exactly how many it refused.
 //! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
@@ -41,6 +43,7 @@ pub mod dashboards;
 pub mod faults;
 pub mod hub;
 pub mod process;
+pub mod proxy;
 pub mod python;
 pub mod services;
 pub mod stores;

@@ -6,7 +6,8 @@
 //! - `TCPULSE_PYTHON=/path/to/python`: a prepared interpreter (checked once that it can
 //!   `import azure.eventhub`);
 //! - otherwise a venv at `<target dir>/tcpulse-pyenv`, created once with the system
-//!   `python3 -m venv` and `pip install azure-eventhub==5.15.1`. Parallel test processes
+//!   `python3 -m venv` and `pip install azure-eventhub==5.15.1 websocket-client==1.9.2`
+//!   (the SDK's WebSocket transport needs the latter). Parallel test processes
 //!   serialise on a lock file next to it; a marker file written last says the venv is
 //!   complete, so a half-built venv (a killed install) is rebuilt, never used.
 //!
@@ -26,6 +27,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The SDK requirement installed into the venv (it pulls azure-core and typing-extensions).
 pub const SDK_REQUIREMENT: &str = "azure-eventhub==5.15.1";
+/// What the SDK needs for `TransportType.AmqpOverWebsocket` (an optional dependency it
+/// imports only then), installed into the venv too.
+pub const WEBSOCKET_REQUIREMENT: &str = "websocket-client==1.9.2";
+
+/// What the venv's marker file holds once everything is installed.
+fn venv_marker_text() -> String {
+    format!("{SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT}")
+}
 
 /// Directory of the scripts: `tests/python/`.
 pub fn scripts_dir() -> PathBuf {
@@ -98,7 +107,7 @@ pub fn ensure_venv(venv: &Path) -> Result<()> {
     let marker = venv.join(".tcpulse-ready");
     let is_ready = || {
         std::fs::read_to_string(&marker)
-            .map(|s| s.trim() == SDK_REQUIREMENT)
+            .map(|s| s.trim() == venv_marker_text())
             .unwrap_or(false)
     };
     if is_ready() {
@@ -140,10 +149,11 @@ pub fn ensure_venv(venv: &Path) -> Result<()> {
                     "--quiet",
                     "--disable-pip-version-check",
                     SDK_REQUIREMENT,
+                    WEBSOCKET_REQUIREMENT,
                 ]),
-            &format!("pip install {SDK_REQUIREMENT} (needs PyPI; or set TCPULSE_PYTHON to an interpreter that has it)"),
+            &format!("pip install {SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT} (needs PyPI; or set TCPULSE_PYTHON to an interpreter that has them)"),
         )?;
-        std::fs::write(&marker, format!("{SDK_REQUIREMENT}\n"))
+        std::fs::write(&marker, format!("{}\n", venv_marker_text()))
             .with_context(|| format!("write {}", marker.display()))?;
         eprintln!(
             "tcpulse-tests: created {} with {SDK_REQUIREMENT} in {:.1}s",

@@ -6,7 +6,9 @@
 //! `publish.connection_string_file` or `TCPULSE_EVENTHUB_CONNECTION_STRING` (a configured
 //! file wins, with one WARN when both are set: the rule of
 //! [`tcpulse_eventhub::cli_support::secret`]), and is kept in a [`Secret`] whose `Debug`
-//! prints `***`.
+//! prints `***`. The HTTP proxy's password likewise comes only from
+//! `publish.proxy_password_file` or `TCPULSE_EVENTHUB_PROXY_PASSWORD`; the Event Hubs client
+//! reads it when it connects and never keeps it in the config.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
+use tcpulse_eventhub::client::{ProxyOptions, Transport};
 
 use crate::merge::nonempty;
 
@@ -55,6 +58,48 @@ pub struct PublishArgs {
         value_name = "HOST:PORT"
     )]
     pub custom_endpoint: Option<String>,
+    /// How to reach Event Hubs: amqp (AMQP over TLS, port 5671), websocket (AMQP over a
+    /// WebSocket, port 443: through firewalls and HTTP proxies that pass only HTTPS) or auto
+    /// (5671; 443 when 5671 is refused or silent for 5 s, logged). Default: amqp.
+    #[arg(
+        long = "eventhub-transport",
+        env = "TCPULSE_EVENTHUB_TRANSPORT",
+        value_name = "amqp|websocket|auto"
+    )]
+    pub transport: Option<Transport>,
+    /// Dial this host:port for WebSocket connections instead of the namespace host on
+    /// port 443 (a private endpoint, or tcpulse-hub's --ws-listen). Default: none.
+    #[arg(
+        long = "eventhub-websocket-endpoint",
+        env = "TCPULSE_EVENTHUB_WEBSOCKET_ENDPOINT",
+        value_name = "HOST:PORT"
+    )]
+    pub websocket_endpoint: Option<String>,
+    /// HTTP proxy (http://host:port) that tunnels with CONNECT, for both transports; "none"
+    /// ignores HTTPS_PROXY too. Default: HTTPS_PROXY (WebSocket only), except hosts in
+    /// NO_PROXY.
+    #[arg(
+        long = "eventhub-proxy",
+        env = "TCPULSE_EVENTHUB_PROXY",
+        value_name = "URL"
+    )]
+    pub proxy: Option<String>,
+    /// User name for Basic authentication to the proxy; the password comes from
+    /// proxy_password_file or TCPULSE_EVENTHUB_PROXY_PASSWORD. Default: none.
+    #[arg(
+        long = "eventhub-proxy-user",
+        env = "TCPULSE_EVENTHUB_PROXY_USER",
+        value_name = "NAME"
+    )]
+    pub proxy_username: Option<String>,
+    /// File whose first line is the proxy password; it wins over the variable
+    /// TCPULSE_EVENTHUB_PROXY_PASSWORD (one WARN when both are set). Default: none.
+    #[arg(
+        long = "eventhub-proxy-password-file",
+        env = "TCPULSE_EVENTHUB_PROXY_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub proxy_password_file: Option<PathBuf>,
     /// Write events as JSON lines to this file instead of Event Hubs (demos, benchmarks);
     /// no connection string is needed then. Default: none.
     #[arg(
@@ -156,6 +201,7 @@ impl fmt::Debug for Secret {
 
 /// Where events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per process: size does not matter
 pub enum PublishTarget {
     /// Azure Event Hubs (or the emulator).
     EventHubs {
@@ -169,6 +215,12 @@ pub enum PublishTarget {
         ca_file: Option<PathBuf>,
         /// Host:port to dial instead of the namespace.
         custom_endpoint: Option<String>,
+        /// AMQP, WebSocket or auto.
+        transport: Transport,
+        /// Host:port to dial for WebSocket instead of the namespace on 443.
+        websocket_endpoint: Option<String>,
+        /// The HTTP proxy (its password is read when connecting, never kept here).
+        proxy: ProxyOptions,
     },
     /// JSON lines in a local file.
     File(PathBuf),
@@ -213,6 +265,10 @@ pub enum PublishConfigError {
         /// What is wrong and how to fix it.
         why: String,
     },
+    /// The transport settings (transport, WebSocket endpoint, proxy and its password)
+    /// cannot work. Never contains the password.
+    #[error("the Event Hubs transport settings cannot be used: {0}")]
+    Transport(String),
 }
 
 /// Checks an Event Hubs target the way the publisher will use it, without connecting: the
@@ -225,6 +281,9 @@ pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, PublishCo
         origin,
         event_hub,
         custom_endpoint,
+        transport,
+        websocket_endpoint,
+        proxy,
         ..
     } = target
     else {
@@ -241,21 +300,36 @@ pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, PublishCo
         custom_endpoint: custom_endpoint.clone(),
         ..Default::default()
     };
+    let unprefixed = |e: tcpulse_eventhub::client::ConnectError| {
+        let why = e.to_string();
+        why.strip_prefix("invalid Event Hubs client configuration: ")
+            .unwrap_or(&why)
+            .to_string()
+    };
+    tcpulse_eventhub::client::ClientConfig::from_connection_string(
+        connection_string.expose(),
+        event_hub.as_deref(),
+        options.clone(),
+    )
+    .map_err(|e| {
+        invalid(unprefixed(e).replace(
+            "configure the hub name",
+            "set publish.event_hub (TCPULSE_EVENT_HUB)",
+        ))
+    })?;
+    // The transport settings on their own, so an error names them, not the string.
+    let options = tcpulse_eventhub::client::ClientOptions {
+        transport: *transport,
+        websocket_endpoint: websocket_endpoint.clone(),
+        proxy: proxy.clone(),
+        ..options
+    };
     tcpulse_eventhub::client::ClientConfig::from_connection_string(
         connection_string.expose(),
         event_hub.as_deref(),
         options,
     )
-    .map_err(|e| {
-        let why = e.to_string();
-        let why = why
-            .strip_prefix("invalid Event Hubs client configuration: ")
-            .unwrap_or(&why);
-        invalid(why.replace(
-            "configure the hub name",
-            "set publish.event_hub (TCPULSE_EVENT_HUB)",
-        ))
-    })?;
+    .map_err(|e| PublishConfigError::Transport(unprefixed(e)))?;
     Ok(parsed.notes())
 }
 
@@ -285,6 +359,14 @@ pub(crate) fn resolve_publish(
                 event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
                 ca_file: a.ca_file.clone().or(f.ca_file),
                 custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
+                transport: a.transport.or(f.transport).unwrap_or_default(),
+                websocket_endpoint: nonempty(a.websocket_endpoint.clone().or(f.websocket_endpoint)),
+                proxy: ProxyOptions {
+                    url: nonempty(a.proxy.clone().or(f.proxy)),
+                    username: nonempty(a.proxy_username.clone().or(f.proxy_username)),
+                    password_file: a.proxy_password_file.clone().or(f.proxy_password_file),
+                    ..ProxyOptions::default()
+                },
             };
             check_event_hubs(&target)?;
             target
@@ -337,6 +419,62 @@ mod tests {
         assert_eq!(c.target, PublishTarget::File("/tmp/events.jsonl".into()));
         assert_eq!((c.max_batch_events, c.max_batch_bytes), (1, 1024));
         assert_eq!(c.fatal_retry_max, default_fatal_retry_max());
+    }
+
+    #[test]
+    fn transport_and_proxy_settings_reach_the_target_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = dir.path().join("cs");
+        std::fs::write(
+            &cs,
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k;EntityPath=hub\n",
+        )
+        .unwrap();
+        let pw = dir.path().join("proxy-password");
+        std::fs::write(&pw, "PROXYSECRET\n").unwrap();
+        let file = PublishArgs {
+            connection_string_file: Some(cs),
+            transport: Some(Transport::Amqp),
+            websocket_endpoint: Some("10.0.0.4:443".into()),
+            proxy: Some("http://proxy.corp:3128".into()),
+            proxy_username: Some("agent".into()),
+            proxy_password_file: Some(pw),
+            ..PublishArgs::default()
+        };
+        let flags = PublishArgs {
+            transport: Some(Transport::WebSocket),
+            ..PublishArgs::default()
+        };
+        let c = resolve_publish(&flags, file.clone(), &mut Vec::new()).unwrap();
+        let PublishTarget::EventHubs {
+            transport,
+            websocket_endpoint,
+            proxy,
+            ..
+        } = &c.target
+        else {
+            panic!("{:?}", c.target);
+        };
+        assert_eq!(
+            *transport,
+            Transport::WebSocket,
+            "a flag wins over the file"
+        );
+        assert_eq!(websocket_endpoint.as_deref(), Some("10.0.0.4:443"));
+        assert_eq!(proxy.url.as_deref(), Some("http://proxy.corp:3128"));
+        assert_eq!(proxy.username.as_deref(), Some("agent"));
+        assert!(!format!("{c:?}").contains("PROXYSECRET"));
+        let missing = PublishArgs {
+            proxy_password_file: Some(dir.path().join("missing")),
+            ..file
+        };
+        let e = resolve_publish(&flags, missing, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the Event Hubs transport settings cannot be used: proxy.password_file"),
+            "{e}"
+        );
     }
 
     /// A configured connection string file wins over the variable, so these hold whatever

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::{
     error::ConnectError,
+    proxy::ProxyOptions,
     token::{default_token_lifetime_secs, FixedSignature, SasKeySource, TokenSource},
+    transport::Transport,
 };
 use crate::connection_string::{ConnectionString, Credential};
 
@@ -98,6 +100,22 @@ pub struct ClientOptions {
     /// TLS server name (SNI and certificate check). Default: the namespace host.
     #[serde(default)]
     pub tls_server_name: Option<String>,
+    /// How to reach the service: `amqp` (AMQP over TLS, port 5671), `websocket` (AMQP over a
+    /// WebSocket on port 443, path `/$servicebus/websocket`: through firewalls and HTTP
+    /// proxies that pass only HTTPS) or `auto` (try 5671; when it is refused or silent for
+    /// 5 s, use 443, log the choice and keep it for reconnects until it fails).
+    /// Default: `amqp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Dial this `host:port` for WebSocket connections instead of the namespace host (or
+    /// `custom_endpoint`'s host) on port 443. Audiences, the TLS server name and the
+    /// WebSocket `Host` still use the namespace. Default: none.
+    #[serde(default)]
+    pub websocket_endpoint: Option<String>,
+    /// HTTP CONNECT proxy. Default: `HTTPS_PROXY` / `NO_PROXY` from the environment, for
+    /// WebSocket connections only.
+    #[serde(default)]
+    pub proxy: ProxyOptions,
     /// A PEM file of extra CA certificates trusted besides the operating system's trust store
     /// (a private CA, a TLS-inspecting proxy's CA, tcpulse-hub's `ca.pem`). Default none.
     #[serde(default)]
@@ -134,6 +152,9 @@ impl Default for ClientOptions {
         ClientOptions {
             custom_endpoint: None,
             tls_server_name: None,
+            transport: Transport::default(),
+            websocket_endpoint: None,
+            proxy: ProxyOptions::default(),
             extra_ca_file: None,
             trust_builtin_roots: true,
             connect_timeout_secs: default_connect_timeout_secs(),
@@ -269,6 +290,7 @@ impl ClientConfig {
             options,
         };
         config.dial()?;
+        config.check_transport()?;
         Ok(config)
     }
 
@@ -311,7 +333,51 @@ impl ClientConfig {
             tls_name,
         })
     }
+
+    /// Where WebSocket connections dial: `websocket_endpoint`, else `custom_endpoint`'s
+    /// host or the namespace host, on port 443 unless given.
+    pub(crate) fn websocket_dial(&self) -> Result<Dial, ConnectError> {
+        let amqp = self.dial()?;
+        let (host, port) = match &self.options.websocket_endpoint {
+            Some(ep) => {
+                let (h, p) = parse_host_port(ep).map_err(|e| {
+                    ConnectError::Config(e.replace("custom_endpoint", "websocket_endpoint"))
+                })?;
+                (h, p.unwrap_or(WEBSOCKET_PORT))
+            }
+            None => (amqp.host, WEBSOCKET_PORT),
+        };
+        Ok(Dial {
+            host,
+            port,
+            tls_name: amqp.tls_name,
+        })
+    }
+
+    /// Checks the transport settings without connecting: the WebSocket endpoint, that
+    /// WebSocket runs over TLS, and the proxy (its URL, its password file).
+    pub(crate) fn check_transport(&self) -> Result<(), ConnectError> {
+        let var = |k: &str| std::env::var(k).ok();
+        if self.options.transport != Transport::Amqp {
+            if self.use_development_emulator {
+                return Err(ConnectError::Config(format!(
+                    "transport \"{}\" needs TLS, but the connection string has UseDevelopmentEmulator=true (plain AMQP): use transport = \"amqp\"",
+                    self.options.transport
+                )));
+            }
+            let ws = self.websocket_dial()?;
+            self.options.proxy.resolve(&ws.host, true, &var)?;
+        }
+        if self.options.transport != Transport::WebSocket {
+            let amqp = self.dial()?;
+            self.options.proxy.resolve(&amqp.host, false, &var)?;
+        }
+        Ok(())
+    }
 }
+
+/// The port of AMQP over WebSockets (HTTPS).
+pub(crate) const WEBSOCKET_PORT: u16 = 443;
 
 #[cfg(test)]
 mod tests {
@@ -368,6 +434,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.is_fatal());
+    }
+
+    #[test]
+    fn websocket_dials_443_on_the_namespace_or_custom_host_unless_given_a_port() {
+        let ws = |opts: ClientOptions| {
+            ClientConfig::from_connection_string(CS, None, opts)
+                .unwrap()
+                .websocket_dial()
+                .unwrap()
+        };
+        let d = ws(ClientOptions::default());
+        assert_eq!(d.endpoint(), "ns.servicebus.windows.net:443");
+        assert_eq!(d.tls_name.as_deref(), Some("ns.servicebus.windows.net"));
+        let d = ws(ClientOptions {
+            custom_endpoint: Some("10.0.0.4:5671".into()),
+            ..ClientOptions::default()
+        });
+        assert_eq!(d.endpoint(), "10.0.0.4:443");
+        let d = ws(ClientOptions {
+            websocket_endpoint: Some("127.0.0.1:8443".into()),
+            ..ClientOptions::default()
+        });
+        assert_eq!(d.endpoint(), "127.0.0.1:8443");
+        assert_eq!(d.tls_name.as_deref(), Some("ns.servicebus.windows.net"));
+        let e = ClientConfig::from_connection_string(
+            CS,
+            None,
+            ClientOptions {
+                transport: Transport::WebSocket,
+                websocket_endpoint: Some("h:nope".into()),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("websocket_endpoint"), "{e}");
+    }
+
+    #[test]
+    fn websocket_and_auto_need_tls() {
+        for transport in [Transport::WebSocket, Transport::Auto] {
+            let e = ClientConfig::from_connection_string(
+                "Endpoint=sb://localhost;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+                Some("h"),
+                ClientOptions {
+                    transport,
+                    ..ClientOptions::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("UseDevelopmentEmulator"), "{e}");
+        }
+        let o: ClientOptions = serde_json::from_str(
+            r#"{"transport":"websocket","proxy":{"url":"http://p:3128","username":"u"}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.transport, Transport::WebSocket);
+        assert_eq!(
+            o.proxy.password_env,
+            crate::client::DEFAULT_PROXY_PASSWORD_ENV
+        );
     }
 
     #[test]

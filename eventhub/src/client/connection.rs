@@ -1,6 +1,7 @@
-//! One AMQP connection to Event Hubs: TCP, TLS first (as Azure on 5671), SASL ANONYMOUS, one
-//! session, and a CBS task that puts a token per audience and renews it before it expires
-//! on the live connection, without touching the links.
+//! One AMQP connection to Event Hubs: the byte stream from `transport` (TLS first as Azure
+//! on 5671, or a WebSocket on 443), SASL ANONYMOUS, one session, and a CBS task that puts a
+//! token per audience and renews it before it expires on the live connection, without
+//! touching the links.
 //!
 //! Teardown is explicit and ordered ([`AmqpConnection::close`]: CBS links, session,
 //! connection); dropping instead is safe (fe2o3 enqueues end/close, the CBS task stops when
@@ -21,16 +22,16 @@ use fe2o3_amqp::{
 };
 use fe2o3_amqp_cbs::{client::CbsClient, token::CbsToken};
 use tokio::{
-    net::TcpStream,
     sync::{mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
 };
 
 use super::{
-    config::{ClientConfig, Dial},
+    config::ClientConfig,
     error::{condition_for_status, connect_io_error, ConnectError, ServiceError},
     token::{refresh_margin, TokenSource},
+    transport::{self, Stream},
 };
 
 /// Builds the TLS connector, TLS 1.2+: the operating system's trust store (the platform
@@ -151,17 +152,6 @@ impl std::fmt::Debug for CbsCommandBox {
     }
 }
 
-async fn dial_tcp(dial: &Dial) -> Result<TcpStream, ConnectError> {
-    let tcp = TcpStream::connect((dial.host.as_str(), dial.port))
-        .await
-        .map_err(|e| ConnectError::Io {
-            endpoint: dial.endpoint(),
-            why: e.to_string(),
-        })?;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
-}
-
 fn open_error(endpoint: &str, e: fe2o3_amqp::connection::OpenError) -> ConnectError {
     use fe2o3_amqp::connection::OpenError;
     match e {
@@ -185,7 +175,6 @@ impl AmqpConnection {
     /// Connects, opens the AMQP connection and a session, and attaches the CBS links.
     pub(crate) async fn open(config: &ClientConfig, role: &str) -> Result<Self, ConnectError> {
         let dial = config.dial()?;
-        let endpoint = dial.endpoint();
         let timeout = config.options.connect_timeout();
         let tls = match &dial.tls_name {
             Some(_) => Some(tls_connector(config)?),
@@ -194,7 +183,8 @@ impl AmqpConnection {
         let container_id = format!("tcpulse-{role}-{}", uuid::Uuid::new_v4().simple());
         let started = std::time::Instant::now();
         let open = async {
-            let tcp = dial_tcp(&dial).await?;
+            let (stream, chosen) = transport::open(config, tls.as_ref()).await?;
+            let endpoint = chosen.endpoint.clone();
             let builder = Connection::builder()
                 .container_id(container_id.clone())
                 .hostname(config.host.as_str())
@@ -208,21 +198,17 @@ impl AmqpConnection {
             } else {
                 builder
             };
-            let mut connection = match (&tls, &dial.tls_name) {
-                (Some(tls), Some(name)) => builder
-                    .scheme("amqps")
-                    .domain(name.as_str())
-                    .alt_tls_establishment(true)
-                    .rustls_connector(tls.clone())
-                    .open_with_stream(tcp)
-                    .await
-                    .map_err(|e| open_error(&endpoint, e))?,
-                _ => builder
-                    .scheme("amqp")
-                    .open_with_stream(tcp)
-                    .await
-                    .map_err(|e| open_error(&endpoint, e))?,
+            // TLS, when there is TLS, is done already (TLS first, as Azure on 5671).
+            let builder = builder.scheme("amqp");
+            let opened = match stream {
+                Stream::Plain(tcp) => builder.open_with_stream(tcp).await,
+                Stream::Tls(tls) => builder.open_with_stream(tls).await,
+                Stream::WebSocket(ws) => builder.open_with_stream(ws).await,
             };
+            let mut connection = opened.map_err(|e| {
+                chosen.forget();
+                open_error(&endpoint, e)
+            })?;
             let session = match Session::builder()
                 .incoming_window(u32::MAX / 2)
                 .begin(&mut connection)
@@ -237,15 +223,15 @@ impl AmqpConnection {
                     });
                 }
             };
-            Ok((connection, session))
+            Ok((connection, session, chosen))
         };
-        let (connection, mut session) =
-            tokio::time::timeout(timeout, open)
-                .await
-                .map_err(|_| ConnectError::Timeout {
-                    step: "connect (TCP, TLS, AMQP open, session)",
-                    after: timeout,
-                })??;
+        let (connection, mut session, chosen) = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                step: "connect (TCP, TLS, AMQP open, session)",
+                after: timeout,
+            })??;
+        let endpoint = chosen.endpoint.clone();
         let op_timeout = config.options.operation_timeout();
         let cbs = tokio::time::timeout(op_timeout, CbsClient::attach(&mut session))
             .await
@@ -267,6 +253,8 @@ impl AmqpConnection {
         ));
         tracing::info!(
             %endpoint,
+            transport = %chosen.transport,
+            proxy = chosen.proxy.as_deref().unwrap_or("-"),
             tls_server_name = dial.tls_name.as_deref().unwrap_or("-"),
             container_id = %container_id,
             elapsed_ms = started.elapsed().as_millis() as u64,

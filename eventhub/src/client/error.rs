@@ -166,7 +166,7 @@ pub enum ConnectError {
     #[error("invalid Event Hubs client configuration: {0}")]
     Config(String),
     /// TCP connect, TLS or the AMQP handshake failed at the transport level.
-    #[error("cannot connect to {endpoint}: {why}; check the endpoint, the network and that port 5671 is open")]
+    #[error("cannot connect to {endpoint}: {why}; check the endpoint, the network and that the port is open (5671 for AMQP, 443 for WebSocket)")]
     Io {
         /// `host:port` dialled.
         endpoint: String,
@@ -191,6 +191,20 @@ pub enum ConnectError {
         endpoint: String,
         /// The cause.
         why: String,
+    },
+    /// The HTTP proxy answered CONNECT with an error status: 407 (wrong or missing
+    /// credentials), 403 (the proxy does not allow that destination), 5xx (it cannot reach
+    /// the service).
+    #[error("HTTP proxy {proxy} refused CONNECT to {target}: {status} {reason}; {}", proxy_hint(*.status))]
+    Proxy {
+        /// The proxy's `host:port` (never its credentials).
+        proxy: String,
+        /// The `host:port` the tunnel was asked for.
+        target: String,
+        /// The HTTP status the proxy answered.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
     },
     /// A step did not finish in time.
     #[error("{step} timed out after {after:?}")]
@@ -242,6 +256,9 @@ impl ConnectError {
             // As transient as before it had its own variant: a proxy may be fixed meanwhile.
             ConnectError::Tls { .. } => true,
             ConnectError::Handshake { .. } => true,
+            // Wrong credentials or a forbidden port stay so; a proxy that cannot reach the
+            // service now may later.
+            ConnectError::Proxy { status, .. } => !matches!(status, 401 | 403 | 407),
             ConnectError::Token(e) => e.transient,
             ConnectError::Service { error, .. } => error.is_transient(),
             ConnectError::Config(_) | ConnectError::Unauthorized { .. } | ConnectError::Closed => {
@@ -253,6 +270,16 @@ impl ConnectError {
     /// True when retrying cannot help.
     pub fn is_fatal(&self) -> bool {
         !self.is_transient()
+    }
+}
+
+/// What to do about a proxy's refusal with `status`.
+fn proxy_hint(status: u16) -> &'static str {
+    match status {
+        407 | 401 => "the proxy wants other credentials: check the proxy user name and its password (file or variable)",
+        403 => "the proxy does not allow this destination (proxies often allow only port 443): use transport = \"websocket\", or ask for the destination to be allowed",
+        500..=599 => "the proxy cannot reach the service: check the proxy's DNS and outbound access",
+        _ => "check the proxy settings",
     }
 }
 

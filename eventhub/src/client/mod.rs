@@ -1,6 +1,7 @@
 //! The Event Hubs client the agent and the collector use: producer, consumer, management.
 //!
-//! It speaks AMQP 1.0 over TLS ("pure" TLS first on 5671, as Azure does), authenticates with
+//! It speaks AMQP 1.0 over TLS ("pure" TLS first on 5671, as Azure does) or over a WebSocket
+//! on 443 (also through an HTTP CONNECT proxy), authenticates with
 //! SASL ANONYMOUS plus CBS `put-token` per entity (renewed on the live connection before
 //! expiry), and moves opaque [`bytes::Bytes`] bodies with their Event Hubs properties. It knows
 //! nothing about tcpulse events.
@@ -31,12 +32,19 @@
 //! # Layout
 //!
 //! - `config`: [`ClientConfig`] (namespace, hub, credential) and [`ClientOptions`]
-//!   (custom endpoint, TLS trust, timeouts, token lifetime, [`RetryOptions`]), documented
-//!   field by field with defaults.
+//!   (custom endpoint, transport, WebSocket endpoint, proxy, TLS trust, timeouts, token
+//!   lifetime, [`RetryOptions`]), documented field by field with defaults; where each
+//!   transport dials.
 //! - `token`: the pluggable [`TokenSource`] ([`SasKeySource`], [`FixedSignature`]; Entra ID
 //!   later). Never logs a token.
-//! - `connection`: TCP, TLS (webpki roots plus an extra CA file), AMQP open, one session, and
-//!   the CBS task that puts and renews tokens. Knows no producer or consumer.
+//! - `transport`: the byte stream below AMQP: TLS first on 5671, or AMQP over a WebSocket on
+//!   443 (`/$servicebus/websocket`), direct or through an HTTP proxy; [`Transport`]
+//!   (`amqp`, `websocket`, `auto` with its fallback and remembered choice). Knows no AMQP.
+//! - `proxy`: [`ProxyOptions`], `HTTPS_PROXY`/`NO_PROXY`, Basic auth (password from the
+//!   secret loader, never logged) and the CONNECT handshake.
+//! - `connection`: the TLS connector (the platform verifier plus an extra CA file), AMQP
+//!   open over the transport's stream, one session, and the CBS task that puts and renews
+//!   tokens. Knows no producer or consumer.
 //! - `event`: [`EventData`] out, [`ReceivedEvent`] in; AMQP message mapping only.
 //! - `batch`: [`EventBatch`], format 0x80013700 with the SDKs' size accounting.
 //! - `producer`: [`Producer`]: sends, outcomes, retries.
@@ -55,8 +63,10 @@ mod error;
 mod event;
 mod management;
 mod producer;
+mod proxy;
 mod retry;
 mod token;
+mod transport;
 
 pub use crate::position::StartPosition;
 pub use batch::{BatchOptions, EventBatch, TryAddError};
@@ -73,6 +83,8 @@ pub use error::{
 pub use event::{AppProperties, EventData, ReceivedEvent};
 pub use management::{HubProperties, ManagementClient, PartitionProperties};
 pub use producer::{Producer, SendOptions};
+pub use proxy::{ProxyOptions, DEFAULT_PROXY_PASSWORD_ENV};
 pub use token::{
     default_token_lifetime_secs, AccessToken, FixedSignature, SasKeySource, TokenSource, TokenType,
 };
+pub use transport::{Transport, AUTO_PROBE_TIMEOUT, WEBSOCKET_PATH};

@@ -608,6 +608,30 @@ mod tests {
         assert!(matches!(reason(b""), DeadLetterReason::InvalidJson(_)));
     }
 
+    /// A nesting bomb (deeper than serde_json's limit of 128) is `invalid_json`, wherever it
+    /// stands: the whole body, an unknown field, or a known one; and it is refused without
+    /// overflowing the stack (the body stays under the size limit).
+    #[test]
+    fn nesting_bombs_are_invalid_json() {
+        let depth = 20_000;
+        let bomb = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let full = String::from_utf8(fixture("valid_full.json")).unwrap();
+        let open = full.trim_end().trim_end_matches('}');
+        let bodies = [
+            bomb.clone(),
+            format!("{open}, \"x_extra\": {bomb}}}"),
+            full.replacen("\"calls\": {", &format!("\"calls\": {bomb}, \"x\": {{"), 1),
+        ];
+        for body in bodies {
+            assert!(body.len() < MAX_BODY_BYTES);
+            let r = reason(body.as_bytes());
+            assert!(
+                matches!(r, DeadLetterReason::InvalidJson(ref m) if m.contains("recursion")),
+                "{r:?}"
+            );
+        }
+    }
+
     /// The body's UTF-8 is checked once as a whole before the typed reading: a byte that
     /// is not UTF-8 inside a known or an unknown string, of an otherwise valid event, is
     /// still `invalid_json` with serde_json's position of the byte.

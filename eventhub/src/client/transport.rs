@@ -5,9 +5,28 @@
 //! an HTTP CONNECT proxy ([`super::proxy`]). Plain TCP only in development-emulator mode.
 //!
 //! [`Transport::Auto`] tries the AMQP port first and falls back to the WebSocket when that
-//! port is refused or does not complete TCP and TLS within 5 s. The choice is remembered per pair of endpoints for the
-//! life of the process, so reconnects (and the other clients of the same namespace) go
-//! straight to it, until a connection over it fails; then the next connect probes again.
+//! port is refused or does not complete TCP and TLS within 5 s. The choice is remembered per
+//! pair of endpoints for the life of the process, so reconnects (and the other clients of
+//! the same namespace) go straight to it, until a connection over it fails; then the next
+//! connect probes again.
+//!
+//! # Protocol facts relied on, and where they come from
+//!
+//! - Path and port: `wss://<namespace>:443/$servicebus/websocket` (azure-eventhub 5.15.1
+//!   `_configuration.py` and `_pyamqp/constants.py` `WEBSOCKET_PORT = 443`; .NET
+//!   `AmqpConnectionScope.WebSocketsPathSuffix`; .NET, Go and Rust append a `/`, which the
+//!   service also takes). The WebSocket binding tunnels the same AMQP as 5671 (Microsoft's
+//!   AMQP guide, quoted in "Open outbound port requirements", Service Bus blog).
+//! - Subprotocol: the Python SDK sends `AMQPWSB10`; fe2o3-amqp-ws 0.18.0 can only send
+//!   `amqp` (`native.rs` `map_amqp_websocket_request`), which the service accepts:
+//!   Microsoft's Rust SDK (`azure_core_amqp` 1.2.0-beta.1 `fe2o3/connection.rs`) reaches
+//!   Event Hubs with this crate, and amqpnetlite's listener accepts both.
+//! - Proxies: the SDKs put only the WebSocket path through a proxy (.NET: "A proxy cannot be
+//!   used for communication over TCP"; Python's `http_proxy` forces WebSockets), which is why
+//!   `HTTPS_PROXY` applies to the WebSocket only; a proxy set in the config carries both.
+//!
+//! Checked here against `tcpulse-hub` and the official Python SDK (both subprotocols,
+//! through tinyproxy), not against Azure.
 //!
 //! Knows nothing of AMQP sessions, links or tokens: it hands a byte stream to
 //! `connection`.

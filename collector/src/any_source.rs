@@ -21,9 +21,7 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
     }
     if let Some(eh) = &config.source.eventhub {
         let secret = eh.connection_string()?;
-        if let Some(conflict) = secret.conflict() {
-            conflict.log();
-        }
+        secret.log_conflict();
         let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
             secret.expose(),
             eh.event_hub.as_deref(),

@@ -747,9 +747,7 @@ impl EventHubSourceConfig {
     /// Loads and checks the connection string; logs a file/variable conflict.
     fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
         let value = self.connection_string()?;
-        if let Some(conflict) = value.conflict() {
-            conflict.log();
-        }
+        value.log_conflict();
         self.check_connection_string(value.expose(), value.origin())
     }
 }

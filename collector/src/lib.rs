@@ -11,7 +11,6 @@
 //! | [`eventhubs`] | the Event Hubs adapter: one consumer per partition, partitions from `$management`, partition tips polled for lag | buffer beyond the prefetch |
 //! | [`config`] | TOML + environment, validated; secrets only from env or files (checked by `check-config`); the reference config (`config` subcommand) generated from the structs | connect to anything |
 //! | [`cli`] | the command line: subcommands and the `run` flags laid over [`config`] | hold a setting the config file cannot |
-//! | [`secret`] | the one secret loader of a run (file wins over variable), used by the source and the sinks | import [`config`] |
 //! | [`dead_letter`] | the dead-letter file: refused events and rejected batches (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
@@ -56,7 +55,6 @@ pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;
 pub mod pipeline;
-pub mod secret;
 pub mod sinks;
 pub mod source;
 
@@ -72,8 +70,8 @@ pub use source::{PartitionSource, PartitionTip, SourceError, SourceEvent, Source
 use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
 use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};
 use crate::internal_events::{
-    DeadLetterSyncFailed, InternalEvent, PartitionTaskFailed, SinkFlushFailed, SinkWithoutToken,
-    SourceFailed, SourceUnauthorized,
+    DeadLetterSyncFailed, InternalEvent, MetricsServerFailed, PartitionTaskFailed, SinkFlushFailed,
+    SinkWithoutToken, SourceFailed, SourceUnauthorized,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{PipelineSettings, Shared};
@@ -278,8 +276,17 @@ pub async fn run_built<P: SourceProvider>(
     let tracker = TaskTracker::new();
     let give_up = give_up_after(&shutdown, config.retry.shutdown_grace);
     let server_stop = CancellationToken::new();
-    let server =
-        listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), server_stop.clone())));
+    let server = listener.map(|l| {
+        let (metrics, stop) = (metrics.clone(), server_stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, metrics.clone(), stop).await {
+                MetricsServerFailed {
+                    error: &e.to_string(),
+                }
+                .emit(&metrics);
+            }
+        })
+    });
     let provider = Arc::new(provider);
     let shared = Shared {
         sinks: sinks.clone().into(),

@@ -74,7 +74,6 @@ use tcpulse_schema::{FieldValue, PipelineStats, Point, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use self::exposition::Format;
-use crate::internal_events::{InternalEvent, MetricsServerFailed};
 
 /// The crate version, the `version` label of `tcpulse_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -474,12 +473,13 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeErro
         .map_err(|source| ServeError { addr, source })
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`; the caller
+/// reports a failure (`MetricsServerFailed`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
+) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
@@ -510,15 +510,9 @@ pub async fn serve(
                 }
             }),
         );
-    let result = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        MetricsServerFailed {
-            error: &e.to_string(),
-        }
-        .emit(&metrics);
-    }
+        .await
 }
 
 #[cfg(test)]

@@ -143,6 +143,26 @@ impl Loaded {
     pub fn conflict(&self) -> Option<&Conflict> {
         self.conflict.as_ref()
     }
+
+    /// Logs the [`Conflict`], if any, as its one WARN.
+    pub fn log_conflict(&self) {
+        if let Some(conflict) = &self.conflict {
+            conflict.log();
+        }
+    }
+}
+
+/// [`load`] for a run: logs a file/variable conflict as one WARN and returns the value.
+pub fn load_logged(
+    what: &str,
+    env: &str,
+    file: Option<&Path>,
+) -> Result<Option<String>, SecretError> {
+    let loaded = load(what, Some(env), file)?;
+    if let Some(loaded) = &loaded {
+        loaded.log_conflict();
+    }
+    Ok(loaded.map(Loaded::into_value))
 }
 
 /// Loads the secret `what` from `file` or the environment variable `env` (see the module

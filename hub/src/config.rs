@@ -326,9 +326,7 @@ impl HubConfig {
             why: e.to_string(),
         })?;
         if let Some(loaded) = loaded {
-            if let Some(conflict) = loaded.conflict() {
-                conflict.log();
-            }
+            loaded.log_conflict();
             let origin = match loaded.origin() {
                 Origin::File(path) => path.display().to_string(),
                 Origin::Env(name) => name.clone(),

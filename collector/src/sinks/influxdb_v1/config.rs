@@ -7,8 +7,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV1Sink;
-use crate::secret::{load_secret, SecretError};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
+use tcpulse_eventhub::secret::{load_logged, SecretError};
 
 /// What the InfluxDB v1 password is called in messages.
 pub const V1_PASSWORD: &str = "InfluxDB v1 password";
@@ -97,7 +97,7 @@ impl InfluxDbV1SinkConfig {
         let authorization = if self.username.is_empty() {
             None
         } else {
-            let password = load_secret(
+            let password = load_logged(
                 V1_PASSWORD,
                 &self.password_env,
                 self.password_file.as_deref(),

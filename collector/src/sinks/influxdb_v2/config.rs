@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sink::InfluxDbV2Sink;
-use crate::secret::{load_secret, SecretError};
 use crate::sinks::http::{client, endpoint, HttpBuildError, HttpWriter};
+use tcpulse_eventhub::secret::{load_logged, SecretError};
 
 /// What the InfluxDB v2 token is called in messages.
 pub const V2_TOKEN: &str = "InfluxDB v2 token";
@@ -82,7 +82,7 @@ impl InfluxDbV2SinkConfig {
     /// token the sink writes unauthenticated ([`InfluxDbV2Sink::has_token`]; the collector
     /// reports it as `SinkWithoutToken`).
     pub fn build(&self) -> Result<InfluxDbV2Sink, InfluxDbV2BuildError> {
-        let token = load_secret(V2_TOKEN, &self.token_env, self.token_file.as_deref())?;
+        let token = load_logged(V2_TOKEN, &self.token_env, self.token_file.as_deref())?;
         let url = endpoint(
             &self.url,
             "api/v2/write",

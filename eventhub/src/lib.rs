@@ -23,6 +23,9 @@
 //!   or over a WebSocket on 443, `auto` between them, HTTP CONNECT proxies; SAS/CBS with
 //!   token renewal, retries, reconnect-and-resume) the agent and the collector use. Moves
 //!   `Bytes` bodies; knows nothing of tcpulse events.
+//! - [`identity`]: Entra ID credentials (managed identity, a service principal's secret,
+//!   certificate or federated token) with a token cache renewed before expiry; the client
+//!   puts their tokens on CBS as `jwt`.
 //! - [`secret`]: the secret loader (a configured file wins over the variable, one WARN when
 //!   both are set) the three binaries and the client's proxy settings share; never logs a
 //!   value.
@@ -42,6 +45,7 @@ pub mod backoff;
 pub mod cli_support;
 pub mod client;
 pub mod connection_string;
+pub mod identity;
 pub mod position;
 pub mod sas;
 pub mod secret;

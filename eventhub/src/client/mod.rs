@@ -85,6 +85,7 @@ pub use management::{HubProperties, ManagementClient, PartitionProperties};
 pub use producer::{Producer, SendOptions};
 pub use proxy::{ProxyOptions, DEFAULT_PROXY_PASSWORD_ENV};
 pub use token::{
-    default_token_lifetime_secs, AccessToken, FixedSignature, SasKeySource, TokenSource, TokenType,
+    default_token_lifetime_secs, AccessToken, EntraTokenSource, FixedSignature, SasKeySource,
+    TokenSource, TokenType,
 };
 pub use transport::{Transport, AUTO_PROBE_TIMEOUT, WEBSOCKET_PATH};

@@ -1,21 +1,22 @@
 //! Where CBS tokens come from: a pluggable, async [`TokenSource`].
 //!
 //! Shipped sources: [`SasKeySource`] (signs a fresh SAS per audience with `sas::sign`, like
-//! every SDK does with a connection-string key) and [`FixedSignature`] (a ready-made
-//! `SharedAccessSignature`, used until its `se`). An Entra ID (managed identity) source can be
-//! added later by implementing the trait and returning [`TokenType::Jwt`] tokens.
+//! every SDK does with a connection-string key), [`FixedSignature`] (a ready-made
+//! `SharedAccessSignature`, used until its `se`) and [`EntraTokenSource`] (an Entra ID access
+//! token from a [`crate::identity`] credential, put as `jwt`).
 //!
 //! `Debug` never shows a key or a token.
 
 use std::{
     fmt,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures::future::BoxFuture;
 
 use super::error::TokenError;
-use crate::{sas, wire};
+use crate::{identity, sas, wire};
 
 /// The CBS token type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,45 @@ impl TokenSource for FixedSignature {
                 token: self.token.clone(),
                 token_type: TokenType::Sas,
                 expires_at: UNIX_EPOCH + Duration::from_secs(self.expiry_unix),
+            })
+        })
+    }
+}
+
+/// Entra ID access tokens for every audience of a namespace: one token of scope
+/// [`identity::EVENTHUBS_SCOPE`] serves them all (the service checks the principal's roles
+/// against the entity the audience names). Put as `type = "jwt"` (azure-eventhub 5.15.1
+/// `_client_base.py:357-375`; Go `sbauth/token_provider.go`).
+#[derive(Debug, Clone)]
+pub struct EntraTokenSource {
+    credential: Arc<dyn identity::TokenCredential>,
+}
+
+impl EntraTokenSource {
+    /// A source fetching from `credential` (usually an [`identity::CachedCredential`]).
+    pub fn new(credential: Arc<dyn identity::TokenCredential>) -> Self {
+        EntraTokenSource { credential }
+    }
+}
+
+impl TokenSource for EntraTokenSource {
+    fn token<'a>(&'a self, _audience: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
+        Box::pin(async move {
+            let t = self
+                .credential
+                .get_token(identity::EVENTHUBS_SCOPE)
+                .await
+                .map_err(|e| {
+                    if e.is_transient() {
+                        TokenError::transient(e.to_string())
+                    } else {
+                        TokenError::fatal(e.to_string())
+                    }
+                })?;
+            Ok(AccessToken {
+                token: t.token,
+                token_type: TokenType::Jwt,
+                expires_at: t.expires_at,
             })
         })
     }

@@ -18,7 +18,8 @@ use crate::publish::{self, Publisher};
 ///
 /// Settings come from flags, TCPULSE_* environment variables and a TOML file (--config),
 /// in that order of precedence. The Event Hubs connection string is read only from
-/// TCPULSE_EVENTHUB_CONNECTION_STRING or publish.connection_string_file.
+/// TCPULSE_EVENTHUB_CONNECTION_STRING or publish.connection_string_file; with
+/// --eventhub-auth managed_identity the VM's identity is used and no secret is needed.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "tcpulse-agent",

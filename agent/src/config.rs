@@ -285,12 +285,13 @@ impl Config {
         let i = &self.identity;
         let target = match &self.publish.target {
             PublishTarget::EventHubs {
-                origin,
+                auth,
                 event_hub,
                 transport,
                 ..
             } => format!(
-                "Event Hubs (connection string from {origin}{}, transport {transport})",
+                "Event Hubs ({}{}, transport {transport})",
+                auth.describe(),
                 event_hub
                     .as_deref()
                     .map(|h| format!(", hub {h}"))

@@ -269,8 +269,6 @@ pub fn from_config(cfg: &config::PublishConfig) -> Result<Box<dyn Publisher>, Se
         }
         SetupPlan::EventHubs => match &cfg.target {
             config::PublishTarget::EventHubs {
-                connection_string,
-                event_hub,
                 ca_file,
                 custom_endpoint,
                 transport,
@@ -286,12 +284,9 @@ pub fn from_config(cfg: &config::PublishConfig) -> Result<Box<dyn Publisher>, Se
                     proxy: proxy.clone(),
                     ..Default::default()
                 };
-                let config = tcpulse_eventhub::client::ClientConfig::from_connection_string(
-                    connection_string.expose(),
-                    event_hub.as_deref(),
-                    options,
-                )
-                .map_err(|e| SetupError::EventHubs(e.to_string()))?;
+                let config = config::client_config(&cfg.target, options)
+                    .map_err(|e| SetupError::EventHubs(e.to_string()))?
+                    .ok_or(SetupError::Unavailable("inconsistent publish plan"))?;
                 Ok(Box::new(eventhubs::EventHubsPublisher::new(config)))
             }
             config::PublishTarget::File(_) => {

@@ -2,6 +2,10 @@
 //! or the Event Hubs adapter (`source.eventhub`), chosen by [`from_config`]. The only module
 //! that knows both; [`crate::source`] (the seam) and [`crate::eventhubs`] know neither.
 
+use std::sync::Arc;
+
+use tcpulse_eventhub::identity::CredentialStats;
+
 use crate::checkpoint::CheckpointScope;
 use crate::config::{self, Config};
 use crate::eventhubs::{EventHubsPartition, EventHubsProvider};
@@ -20,20 +24,19 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
         )));
     }
     if let Some(eh) = &config.source.eventhub {
-        let secret = eh.connection_string()?;
-        secret.log_conflict();
-        let client = tcpulse_eventhub::client::ClientConfig::from_connection_string(
-            secret.expose(),
-            eh.event_hub.as_deref(),
-            eh.client.clone(),
-        )
-        .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
-        return Ok(AnyProvider::EventHubs(Box::new(EventHubsProvider::new(
+        let (client, credential) = eh
+            .client_config()
+            .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
+        let provider = EventHubsProvider::new(
             client,
             eh.consumer_group.clone(),
             eh.prefetch,
             eh.owner_level,
-        ))));
+        );
+        return Ok(AnyProvider::EventHubs {
+            provider: Box::new(provider),
+            credential,
+        });
     }
     Err(BuildError::Config(config::ConfigError::Invalid {
         field: "source",
@@ -46,8 +49,24 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
 pub enum AnyProvider {
     /// `source.file`.
     File(FileSourceProvider),
-    /// `source.eventhub`.
-    EventHubs(Box<EventHubsProvider>),
+    /// `source.eventhub`, and its Entra ID credential's numbers (none with a connection
+    /// string).
+    EventHubs {
+        /// The provider.
+        provider: Box<EventHubsProvider>,
+        /// For the `credential_*` metrics.
+        credential: Option<Arc<CredentialStats>>,
+    },
+}
+
+impl AnyProvider {
+    /// The Entra ID credential's numbers, if the source has one.
+    pub fn credential_stats(&self) -> Option<Arc<CredentialStats>> {
+        match self {
+            AnyProvider::EventHubs { credential, .. } => credential.clone(),
+            AnyProvider::File(_) => None,
+        }
+    }
 }
 
 /// The partition source of an [`AnyProvider`].
@@ -89,28 +108,30 @@ impl SourceProvider for AnyProvider {
     fn scope(&self) -> CheckpointScope {
         match self {
             AnyProvider::File(p) => p.scope(),
-            AnyProvider::EventHubs(p) => p.scope(),
+            AnyProvider::EventHubs { provider: p, .. } => p.scope(),
         }
     }
 
     async fn partitions(&self) -> Result<Vec<String>, SourceError> {
         match self {
             AnyProvider::File(p) => p.partitions().await,
-            AnyProvider::EventHubs(p) => p.partitions().await,
+            AnyProvider::EventHubs { provider: p, .. } => p.partitions().await,
         }
     }
 
     async fn open(&self, partition: &str, start: ReadFrom) -> Result<AnySource, SourceError> {
         match self {
             AnyProvider::File(p) => p.open(partition, start).await.map(AnySource::File),
-            AnyProvider::EventHubs(p) => p.open(partition, start).await.map(AnySource::EventHubs),
+            AnyProvider::EventHubs { provider: p, .. } => {
+                p.open(partition, start).await.map(AnySource::EventHubs)
+            }
         }
     }
 
     async fn bounds(&self, partition: &str) -> Result<Option<PartitionBounds>, SourceError> {
         match self {
             AnyProvider::File(p) => p.bounds(partition).await,
-            AnyProvider::EventHubs(p) => p.bounds(partition).await,
+            AnyProvider::EventHubs { provider: p, .. } => p.bounds(partition).await,
         }
     }
 }

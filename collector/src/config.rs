@@ -29,9 +29,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tcpulse_eventhub::client::ClientConfig;
+use tcpulse_eventhub::identity::{AuthMethod, CredentialStats, IdentityConfig};
 use tcpulse_schema::capacity::{
     INSTANCE_STALE_SECONDS, PEAK_WINDOW_SECONDS, REPORT_INTERVAL_SECONDS, ROLLUP_INTERVAL_SECONDS,
 };
@@ -131,11 +134,29 @@ pub struct SourceConfig {
     pub file: Option<FileSourceConfig>,
 }
 
-/// Event Hubs consumer settings. The connection string (Listen rights, with
-/// `EntityPath`) comes from the environment or a file.
+/// Event Hubs consumer settings. With `auth = "connection_string"` (the default) the
+/// connection string (Listen rights, with `EntityPath`) comes from the environment or a
+/// file; with an Entra ID method, `namespace` and `event_hub` name the hub and the
+/// `[source.eventhub.identity]` table the principal (role "Azure Event Hubs Data Receiver").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventHubSourceConfig {
+    /// How to authenticate: `connection_string` (a SAS key), `managed_identity` (the
+    /// machine's identity, no secret), `client_secret`, `client_certificate` or
+    /// `workload_identity` (a service principal, set in `[source.eventhub.identity]`).
+    /// Default: `connection_string`.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Namespace host (`<name>.servicebus.windows.net`) for the Entra ID methods.
+    /// Default: none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Entra ID settings: `tenant_id`, `client_id`, `object_id`, `resource_id`,
+    /// `client_secret_file` (else `AZURE_CLIENT_SECRET`), `client_certificate_file`,
+    /// `federated_token_file`, `authority_host`, `imds_endpoint`; each falls back to the
+    /// variable the Azure SDKs read (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, …).
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// Environment variable holding the connection string.
     /// Default: `TCPULSE_EVENTHUB_CONNECTION_STRING`.
     #[serde(default = "default_connection_string_env")]
@@ -744,8 +765,63 @@ impl EventHubSourceConfig {
         })
     }
 
-    /// Loads and checks the connection string; logs a file/variable conflict.
+    /// The client config (and, for Entra ID, the credential's numbers), without
+    /// connecting: from the connection string, or from the credential the identity settings
+    /// build.
+    pub fn client_config(
+        &self,
+    ) -> Result<(ClientConfig, Option<Arc<CredentialStats>>), ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid {
+            field: "source.eventhub",
+            why,
+        };
+        if self.auth == AuthMethod::ConnectionString {
+            let secret = self.connection_string()?;
+            secret.log_conflict();
+            let client = ClientConfig::from_connection_string(
+                secret.expose(),
+                self.event_hub.as_deref(),
+                self.client.clone(),
+            )
+            .map_err(|e| {
+                invalid(format!(
+                    "the connection string from {} cannot be used: {e}",
+                    secret.origin()
+                ))
+            })?;
+            return Ok((client, None));
+        }
+        let namespace = self.namespace.as_deref().filter(|n| !n.trim().is_empty()).ok_or_else(|| {
+            invalid(format!("auth = \"{}\" needs `source.eventhub.namespace` (<name>.servicebus.windows.net)", self.auth))
+        })?;
+        let hub = self
+            .event_hub
+            .as_deref()
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "auth = \"{}\" needs `source.eventhub.event_hub`",
+                    self.auth
+                ))
+            })?;
+        let credential = self
+            .identity
+            .credential(self.auth, &|k| std::env::var(k).ok())
+            .map_err(|e| invalid(e.to_string()))?
+            .ok_or_else(|| invalid("no credential".into()))?;
+        let stats = credential.stats();
+        let client = ClientConfig::from_credential(namespace, hub, credential, self.client.clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok((client, Some(stats)))
+    }
+
+    /// Loads and checks the connection string (logs a file/variable conflict), or builds
+    /// the Entra ID credential.
     fn check_secret(&self) -> Result<Vec<String>, ConfigError> {
+        if self.auth != AuthMethod::ConnectionString {
+            self.client_config()?;
+            return Ok(Vec::new());
+        }
         let value = self.connection_string()?;
         value.log_conflict();
         self.check_connection_string(value.expose(), value.origin())

@@ -255,6 +255,9 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary, BuildError> {
     let provider = any_source::from_config(&config)?;
     let built = build(config).await?;
+    if let Some(stats) = provider.credential_stats() {
+        built.metrics.set_credential(stats);
+    }
     Ok(run_built(built, provider, shutdown).await)
 }
 

@@ -45,11 +45,22 @@
 //! | `tcpulse_collector_config_warnings_total` | stage, error_type | configuration that works but is often a mistake (an InfluxDB v2 sink without a token: `sink`, `no_token`), counted at start |
 //! | `tcpulse_collector_instance_clock_skew_seconds` | connector, instance | sample time − enqueued time of the instance's newest accepted event (positive: its clock runs ahead) |
 //!
+//! With an Entra ID credential (`source.eventhub.auth` other than `connection_string`),
+//! read at scrape time from [`tcpulse_eventhub::identity::CredentialStats`]
+//! ([`credential`]):
+//!
+//! | metric | labels | meaning |
+//! | --- | --- | --- |
+//! | `tcpulse_collector_credential_expires_in_seconds` | | seconds until the newest Entra ID token expires (negative once it has: renewals are failing); absent before the first token |
+//! | `tcpulse_collector_credential_tokens_total` | | tokens obtained from the token endpoint |
+//! | `tcpulse_collector_credential_refresh_failures_total` | | failed token requests (each logged as a WARN with the endpoint's answer) |
+//!
 //! And the standard process metrics of every Prometheus client library, read at scrape time
 //! where the platform has them (Linux; see [`process`]): `process_cpu_seconds_total`,
 //! `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
 //! `process_max_fds`, `process_start_time_seconds`.
 
+pub mod credential;
 pub mod exposition;
 pub mod process;
 
@@ -108,6 +119,7 @@ pub const REJECTED_ERROR_TYPE_PREFIX: &str = "rejected_";
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    credential: credential::CredentialSlot,
     /// Events decoded and new, per partition.
     pub events: Family<Labels, Counter>,
     /// Dead letters per partition and kind.
@@ -192,12 +204,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Reports `stats` as the `credential_*` metrics from now on.
+    pub fn set_credential(&self, stats: Arc<tcpulse_eventhub::identity::CredentialStats>) {
+        self.credential.set(stats);
+    }
+
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         register_build_info(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector));
+        let credential = credential::CredentialSlot::default();
+        registry.register_collector(Box::new(credential.clone()));
         Metrics {
+            credential,
             events: register(
                 &mut registry,
                 "events",

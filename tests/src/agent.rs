@@ -22,6 +22,10 @@ pub const OTHER_KEY: &str = "q2VxTmV2ZXJVc2VkS2V5Rm9yVGNwdWxzZUNoYW9zMDA=";
 pub enum Target<'a> {
     /// The hub over TLS with this connection string.
     Hub(&'a HubInfo, String),
+    /// The hub over TLS with no connection string: the Entra ID settings (`auth`,
+    /// `namespace`, `event_hub`, a `[publish.identity]` table) come from
+    /// [`AgentOptions::publish`].
+    Entra(&'a HubInfo),
     /// Event Hubs on a loopback port where nothing listens (every send fails, transient).
     Unreachable,
     /// JSON lines in this file.
@@ -158,6 +162,9 @@ impl AgentProcess {
             Target::Hub(info, cs) => {
                 std::fs::write(&cs_file, cs)?;
                 flag("connection-string-file", &cs_file.display().to_string());
+                flag("eventhub-ca-file", &info.ca_pem.display().to_string());
+            }
+            Target::Entra(info) => {
                 flag("eventhub-ca-file", &info.ca_pem.display().to_string());
             }
             Target::Unreachable => {

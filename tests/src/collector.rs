@@ -70,6 +70,9 @@ pub struct CollectorOptions {
     pub retry_max: Option<String>,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
+    /// Lines for the `[source.eventhub]` table instead of the Listen connection string
+    /// file (e.g. `auth = "client_secret"` and a `[source.eventhub.identity]` table).
+    pub eventhub: Option<String>,
     /// More lines for the `[source.eventhub.client]` table (after `extra_ca_file`), e.g.
     /// `transport = "websocket"`; a `[source.eventhub.client.proxy]` table may follow.
     pub client: String,
@@ -92,6 +95,7 @@ impl Default for CollectorOptions {
             retry_initial: d("200ms"),
             retry_max: d("1s"),
             sinks: String::new(),
+            eventhub: None,
             client: String::new(),
         }
     }
@@ -113,6 +117,7 @@ impl CollectorOptions {
             retry_initial: None,
             retry_max: None,
             sinks: String::new(),
+            eventhub: None,
             client: String::new(),
         }
     }
@@ -185,7 +190,7 @@ impl CollectorProcess {
             format!(
                 r#"name = {name:?}
 {pi}[source.eventhub]
-connection_string_file = {cs}
+{eventhub}
 [source.eventhub.client]
 extra_ca_file = {ca}
 {client}[checkpoint]
@@ -201,7 +206,10 @@ listen = "127.0.0.1:{metrics_port}"
 "#,
                 name = opts.name,
                 pi = key("pipeline_interval", &opts.pipeline_interval),
-                cs = q(&cs),
+                eventhub = opts
+                    .eventhub
+                    .clone()
+                    .unwrap_or_else(|| format!("connection_string_file = {}", q(&cs))),
                 ca = q(&info.ca_pem),
                 ckpt = q(&dir.join("ckpt")),
                 ci = key("interval", &opts.checkpoint_interval),

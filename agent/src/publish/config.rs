@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
 use tcpulse_eventhub::client::{ProxyOptions, Transport};
+use tcpulse_eventhub::identity::{AuthMethod, IdentityConfig};
 
 use crate::merge::nonempty;
 
@@ -39,9 +40,36 @@ pub struct PublishArgs {
         value_name = "FILE"
     )]
     pub connection_string_file: Option<PathBuf>,
-    /// Event hub name, when the connection string has no EntityPath. Default: none.
+    /// Event hub name, when the connection string has no EntityPath (required with the
+    /// Entra ID methods). Default: none.
     #[arg(long, env = "TCPULSE_EVENT_HUB", value_name = "NAME")]
     pub event_hub: Option<String>,
+    /// How to authenticate to Event Hubs: connection_string (a SAS key, read from
+    /// connection_string_file or TCPULSE_EVENTHUB_CONNECTION_STRING), managed_identity (the
+    /// VM's identity: no secret on the machine; give the role "Azure Event Hubs Data Sender"
+    /// on the hub), client_secret, client_certificate or workload_identity (service
+    /// principals, settings in [publish.identity]). Default: connection_string.
+    #[arg(
+        long = "eventhub-auth",
+        env = "TCPULSE_EVENTHUB_AUTH",
+        value_name = "METHOD"
+    )]
+    pub auth: Option<AuthMethod>,
+    /// Event Hubs namespace host (<name>.servicebus.windows.net) for the Entra ID methods;
+    /// with a connection string, its Endpoint names it. Default: none.
+    #[arg(
+        long = "eventhub-namespace",
+        env = "TCPULSE_EVENTHUB_NAMESPACE",
+        value_name = "HOST"
+    )]
+    pub namespace: Option<String>,
+    /// Entra ID settings: tenant_id, client_id (a user-assigned identity or the service
+    /// principal), object_id, resource_id, client_secret_file, client_certificate_file,
+    /// federated_token_file, authority_host, imds_endpoint; each falls back to the variable
+    /// the Azure SDKs read (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, …).
+    #[command(flatten)]
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// Extra PEM CA file to trust besides the built-in roots (a private CA, or tcpulse-hub's
     /// ca.pem). Default: none.
     #[arg(
@@ -205,10 +233,8 @@ impl fmt::Debug for Secret {
 pub enum PublishTarget {
     /// Azure Event Hubs (or the emulator).
     EventHubs {
-        /// The connection string.
-        connection_string: Secret,
-        /// Where it came from (for messages; never the value).
-        origin: String,
+        /// How the agent authenticates.
+        auth: EventHubsAuth,
         /// Event hub name when the string has no EntityPath.
         event_hub: Option<String>,
         /// Extra CA file to trust.
@@ -224,6 +250,41 @@ pub enum PublishTarget {
     },
     /// JSON lines in a local file.
     File(PathBuf),
+}
+
+/// How the agent authenticates to Event Hubs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventHubsAuth {
+    /// A connection string with a shared access key or signature.
+    ConnectionString {
+        /// The string.
+        value: Secret,
+        /// Where it came from (for messages; never the value).
+        origin: String,
+    },
+    /// An Entra ID credential.
+    Entra {
+        /// Which kind.
+        method: AuthMethod,
+        /// The namespace host.
+        namespace: String,
+        /// Its settings (file paths and ids, no secret values).
+        identity: IdentityConfig,
+    },
+}
+
+impl EventHubsAuth {
+    /// For messages: `connection string from <origin>` or `managed_identity on <ns>`.
+    pub fn describe(&self) -> String {
+        match self {
+            EventHubsAuth::ConnectionString { origin, .. } => {
+                format!("connection string from {origin}")
+            }
+            EventHubsAuth::Entra {
+                method, namespace, ..
+            } => format!("Entra ID {method} on {namespace}"),
+        }
+    }
 }
 
 /// The resolved publish settings.
@@ -265,21 +326,72 @@ pub enum PublishConfigError {
         /// What is wrong and how to fix it.
         why: String,
     },
+    /// The Entra ID settings cannot work (a missing tenant, hub or namespace, an unreadable
+    /// certificate). Never contains a secret.
+    #[error("the Event Hubs Entra ID settings cannot be used: {0}")]
+    Entra(String),
     /// The transport settings (transport, WebSocket endpoint, proxy and its password)
     /// cannot work. Never contains the password.
     #[error("the Event Hubs transport settings cannot be used: {0}")]
     Transport(String),
 }
 
+/// The client config of an Event Hubs target with `options`: from the connection string,
+/// or from the Entra ID credential (built, not used: nothing connects). `Err` is the reason
+/// without the client's prefix, naming the part to fix.
+pub fn client_config(
+    target: &PublishTarget,
+    options: tcpulse_eventhub::client::ClientOptions,
+) -> Result<Option<tcpulse_eventhub::client::ClientConfig>, PublishConfigError> {
+    use tcpulse_eventhub::client::ClientConfig;
+    let PublishTarget::EventHubs {
+        auth, event_hub, ..
+    } = target
+    else {
+        return Ok(None);
+    };
+    let unprefixed = |e: tcpulse_eventhub::client::ConnectError| {
+        let why = e.to_string();
+        why.strip_prefix("invalid Event Hubs client configuration: ")
+            .unwrap_or(&why)
+            .replace(
+                "configure the hub name",
+                "set publish.event_hub (TCPULSE_EVENT_HUB)",
+            )
+    };
+    let config = match auth {
+        EventHubsAuth::ConnectionString { value, origin } => {
+            ClientConfig::from_connection_string(value.expose(), event_hub.as_deref(), options)
+                .map_err(|e| PublishConfigError::EventHubs {
+                    origin: origin.clone(),
+                    why: unprefixed(e),
+                })?
+        }
+        EventHubsAuth::Entra {
+            method,
+            namespace,
+            identity,
+        } => {
+            let credential = identity
+                .credential(*method, &|k| std::env::var(k).ok())
+                .map_err(|e| PublishConfigError::Entra(e.to_string()))?
+                .ok_or_else(|| PublishConfigError::Entra("no credential".into()))?;
+            let hub = event_hub.as_deref().unwrap_or_default();
+            ClientConfig::from_credential(namespace, hub, credential, options)
+                .map_err(|e| PublishConfigError::Entra(unprefixed(e)))?
+        }
+    };
+    Ok(Some(config))
+}
+
 /// Checks an Event Hubs target the way the publisher will use it, without connecting: the
-/// connection string's every part ([`tcpulse_eventhub::connection_string`]), the hub name
-/// (EntityPath or `publish.event_hub`, and that they agree) and the custom endpoint.
+/// connection string's every part ([`tcpulse_eventhub::connection_string`]) or the Entra ID
+/// settings, the hub name (EntityPath or `publish.event_hub`, and that they agree) and the
+/// custom endpoint, then the transport settings on their own so an error names them.
 /// Returns remarks that do not stop the agent (a key of an unusual length).
 pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, PublishConfigError> {
     let PublishTarget::EventHubs {
-        connection_string,
-        origin,
-        event_hub,
+        auth,
         custom_endpoint,
         transport,
         websocket_endpoint,
@@ -289,48 +401,68 @@ pub fn check_event_hubs(target: &PublishTarget) -> Result<Vec<String>, PublishCo
     else {
         return Ok(Vec::new());
     };
-    let invalid = |why: String| PublishConfigError::EventHubs {
-        origin: origin.clone(),
-        why,
-    };
-    let parsed =
-        tcpulse_eventhub::connection_string::ConnectionString::parse(connection_string.expose())
-            .map_err(|e| invalid(e.to_string()))?;
+    let mut notes = Vec::new();
+    if let EventHubsAuth::ConnectionString { value, origin } = auth {
+        let parsed = tcpulse_eventhub::connection_string::ConnectionString::parse(value.expose())
+            .map_err(|e| PublishConfigError::EventHubs {
+            origin: origin.clone(),
+            why: e.to_string(),
+        })?;
+        notes = parsed.notes();
+    }
     let options = tcpulse_eventhub::client::ClientOptions {
         custom_endpoint: custom_endpoint.clone(),
         ..Default::default()
     };
-    let unprefixed = |e: tcpulse_eventhub::client::ConnectError| {
-        let why = e.to_string();
-        why.strip_prefix("invalid Event Hubs client configuration: ")
-            .unwrap_or(&why)
-            .to_string()
-    };
-    tcpulse_eventhub::client::ClientConfig::from_connection_string(
-        connection_string.expose(),
-        event_hub.as_deref(),
-        options.clone(),
-    )
-    .map_err(|e| {
-        invalid(unprefixed(e).replace(
-            "configure the hub name",
-            "set publish.event_hub (TCPULSE_EVENT_HUB)",
-        ))
-    })?;
-    // The transport settings on their own, so an error names them, not the string.
+    client_config(target, options.clone())?;
     let options = tcpulse_eventhub::client::ClientOptions {
         transport: *transport,
         websocket_endpoint: websocket_endpoint.clone(),
         proxy: proxy.clone(),
         ..options
     };
-    tcpulse_eventhub::client::ClientConfig::from_connection_string(
-        connection_string.expose(),
-        event_hub.as_deref(),
-        options,
-    )
-    .map_err(|e| PublishConfigError::Transport(unprefixed(e)))?;
-    Ok(parsed.notes())
+    client_config(target, options).map_err(|e| match e {
+        PublishConfigError::EventHubs { why, .. } | PublishConfigError::Entra(why) => {
+            PublishConfigError::Transport(why)
+        }
+        other => other,
+    })?;
+    Ok(notes)
+}
+
+/// The `auth` of an Event Hubs target: the connection string read by the secrets rule (a
+/// file/variable conflict is added to `conflicts`), or the Entra ID settings.
+fn resolve_auth(
+    a: &PublishArgs,
+    f: &PublishArgs,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<EventHubsAuth, PublishConfigError> {
+    let method = a.auth.or(f.auth).unwrap_or_default();
+    if method != AuthMethod::ConnectionString {
+        let namespace = nonempty(a.namespace.clone().or(f.namespace.clone())).ok_or_else(|| {
+            PublishConfigError::Entra(format!(
+                "auth = \"{method}\" needs the namespace: set publish.namespace (--eventhub-namespace, TCPULSE_EVENTHUB_NAMESPACE)"
+            ))
+        })?;
+        return Ok(EventHubsAuth::Entra {
+            method,
+            namespace,
+            identity: a.identity.clone().or(f.identity.clone()),
+        });
+    }
+    let csf = a
+        .connection_string_file
+        .clone()
+        .or(f.connection_string_file.clone());
+    let loaded = secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
+        .map_err(PublishConfigError::ConnectionStringFile)?
+        .ok_or(PublishConfigError::NoConnectionString)?;
+    conflicts.extend(loaded.conflict().cloned());
+    let origin = loaded.origin().to_string();
+    Ok(EventHubsAuth::ConnectionString {
+        value: Secret::new(loaded.into_value()),
+        origin,
+    })
 }
 
 /// `[publish]`: a local file, or Event Hubs with the connection string read by the secrets
@@ -341,21 +473,12 @@ pub(crate) fn resolve_publish(
     f: PublishArgs,
     conflicts: &mut Vec<Conflict>,
 ) -> Result<PublishConfig, PublishConfigError> {
-    let target = match a.file.clone().or(f.file) {
+    let target = match a.file.clone().or(f.file.clone()) {
         Some(path) => PublishTarget::File(path),
         None => {
-            let csf = a
-                .connection_string_file
-                .clone()
-                .or(f.connection_string_file);
-            let loaded = secret::load(EVENTHUB_SECRET, Some(ENV_CONNECTION_STRING), csf.as_deref())
-                .map_err(PublishConfigError::ConnectionStringFile)?
-                .ok_or(PublishConfigError::NoConnectionString)?;
-            conflicts.extend(loaded.conflict().cloned());
-            let origin = loaded.origin().to_string();
+            let auth = resolve_auth(a, &f, conflicts)?;
             let target = PublishTarget::EventHubs {
-                connection_string: Secret::new(loaded.into_value()),
-                origin,
+                auth,
                 event_hub: nonempty(a.event_hub.clone().or(f.event_hub)),
                 ca_file: a.ca_file.clone().or(f.ca_file),
                 custom_endpoint: nonempty(a.custom_endpoint.clone().or(f.custom_endpoint)),
@@ -496,8 +619,11 @@ mod tests {
         };
         let c = resolve_publish(&PublishArgs::default(), file.clone(), &mut Vec::new()).unwrap();
         let PublishTarget::EventHubs {
-            connection_string,
-            origin,
+            auth:
+                EventHubsAuth::ConnectionString {
+                    value: connection_string,
+                    origin,
+                },
             event_hub,
             ..
         } = &c.target

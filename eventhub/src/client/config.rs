@@ -11,7 +11,9 @@ use serde::Deserialize;
 use super::{
     error::ConnectError,
     proxy::ProxyOptions,
-    token::{default_token_lifetime_secs, FixedSignature, SasKeySource, TokenSource},
+    token::{
+        default_token_lifetime_secs, EntraTokenSource, FixedSignature, SasKeySource, TokenSource,
+    },
     transport::Transport,
 };
 use crate::connection_string::{ConnectionString, Credential};
@@ -287,6 +289,40 @@ impl ClientConfig {
             hub,
             credential,
             use_development_emulator: cs.use_development_emulator,
+            options,
+        };
+        config.dial()?;
+        config.check_transport()?;
+        Ok(config)
+    }
+
+    /// A config for an Entra ID credential: `namespace` is the namespace host
+    /// (`<name>.servicebus.windows.net`, optionally `:port` or an `sb://` URL), `hub` the
+    /// event hub; tokens are put as `jwt` ([`EntraTokenSource`]).
+    pub fn from_credential(
+        namespace: &str,
+        hub: &str,
+        credential: Arc<dyn crate::identity::TokenCredential>,
+        options: ClientOptions,
+    ) -> Result<ClientConfig, ConnectError> {
+        let (host, port) = parse_host_port(namespace)
+            .map_err(|e| ConnectError::Config(e.replace("custom_endpoint", "namespace")))?;
+        if host.is_empty() || !host.contains('.') && host != "localhost" {
+            return Err(ConnectError::Config(format!(
+                "namespace '{namespace}' is not a host name; give the fully qualified namespace, e.g. <name>.servicebus.windows.net"
+            )));
+        }
+        if hub.trim().is_empty() {
+            return Err(ConnectError::Config(
+                "no event hub: configure the hub name".into(),
+            ));
+        }
+        let config = ClientConfig {
+            host,
+            port,
+            hub: hub.trim().to_string(),
+            credential: Arc::new(EntraTokenSource::new(credential)),
+            use_development_emulator: false,
             options,
         };
         config.dial()?;

@@ -347,6 +347,8 @@ impl Drop for AmqpConnection {
 struct Grant {
     expires_at: SystemTime,
     refresh_at: Instant,
+    /// Failed renewals in a row.
+    failures: u32,
 }
 
 fn to_timestamp(t: SystemTime) -> Timestamp {
@@ -384,6 +386,7 @@ async fn put_token(
             Ok(Grant {
                 expires_at: token.expires_at,
                 refresh_at: Instant::now() + refresh_in,
+                failures: 0,
             })
         }
     }
@@ -481,10 +484,14 @@ async fn cbs_task(
                             grants.insert(audience, g);
                         }
                         Err(e) if e.is_transient() => {
-                            // Try again shortly while the old token still holds.
-                            tracing::warn!(%audience, %container_id, error = %e, "token refresh failed; retrying in 1 s");
+                            // Try again while the old token still holds: 1 s, doubling to
+                            // 30 s (a token endpoint that is down is not asked every second).
                             if let Some(g) = grants.get_mut(&audience) {
-                                g.refresh_at = Instant::now() + Duration::from_secs(1);
+                                g.failures += 1;
+                                let delay = Duration::from_secs(1 << (g.failures - 1).min(5))
+                                    .min(Duration::from_secs(30));
+                                tracing::warn!(%audience, %container_id, error = %e, retry_in_ms = delay.as_millis() as u64, "token refresh failed; retrying");
+                                g.refresh_at = Instant::now() + delay;
                                 if g.expires_at <= SystemTime::now() {
                                     grants.remove(&audience);
                                 }

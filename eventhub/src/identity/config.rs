@@ -83,37 +83,12 @@ impl FromStr for AuthMethod {
     }
 }
 
-/// Entra ID settings (all optional; each names the variable it falls back to).
+/// Entra ID settings of the `managed_identity`, `client_secret`, `client_certificate` and
+/// `workload_identity` methods (all optional; each names the variable it falls back to).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "cli", derive(schemars::JsonSchema, clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
-    /// How to authenticate: connection_string (a SAS key; the default), managed_identity (the
-    /// VM's identity, no secret), client_secret, client_certificate or workload_identity
-    /// (service principals). With the Entra ID methods, `namespace` and the hub name are
-    /// required and no connection string is read.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            long = "eventhub-auth",
-            env = "TCPULSE_EVENTHUB_AUTH",
-            value_name = "METHOD"
-        )
-    )]
-    #[serde(default)]
-    pub auth: Option<AuthMethod>,
-    /// Event Hubs namespace host (`<name>.servicebus.windows.net`) for the Entra ID methods.
-    /// Default: none.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            long = "eventhub-namespace",
-            env = "TCPULSE_EVENTHUB_NAMESPACE",
-            value_name = "HOST"
-        )
-    )]
-    #[serde(default)]
-    pub namespace: Option<String>,
     /// Directory (tenant) id of the service principal. Default: AZURE_TENANT_ID.
     #[cfg_attr(feature = "cli", arg(long = "azure-tenant-id", value_name = "ID"))]
     #[serde(default)]
@@ -180,8 +155,6 @@ impl IdentityConfig {
     /// Field by field, `self` where set, else `fallback` (flags over the config file).
     pub fn or(self, fallback: IdentityConfig) -> IdentityConfig {
         IdentityConfig {
-            auth: or(self.auth, fallback.auth),
-            namespace: or(self.namespace, fallback.namespace),
             tenant_id: or(self.tenant_id, fallback.tenant_id),
             client_id: or(self.client_id, fallback.client_id),
             object_id: or(self.object_id, fallback.object_id),
@@ -197,19 +170,15 @@ impl IdentityConfig {
         }
     }
 
-    /// The method (default `connection_string`).
-    pub fn method(&self) -> AuthMethod {
-        self.auth.unwrap_or_default()
-    }
-
-    /// The credential of an Entra ID method, `None` for `connection_string`. Reads the
+    /// The credential of an Entra ID `method`, `None` for `connection_string`. Reads the
     /// environment through `var` and the secret file; never connects.
     pub fn credential(
         &self,
+        method: AuthMethod,
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Arc<CachedCredential>>, IdentityError> {
         let pick = |v: &Option<String>, env: &str| v.clone().or_else(|| var(env));
-        let inner: Arc<dyn super::TokenCredential> = match self.method() {
+        let inner: Arc<dyn super::TokenCredential> = match method {
             AuthMethod::ConnectionString => return Ok(None),
             AuthMethod::ManagedIdentity => Arc::new(ManagedIdentity::new(
                 self.user_assigned(var)?,
@@ -318,11 +287,9 @@ mod tests {
     #[test]
     fn missing_settings_name_the_setting_and_the_variable() {
         let none = |_: &str| None;
-        let c = IdentityConfig {
-            auth: Some(AuthMethod::ClientSecret),
-            ..IdentityConfig::default()
-        };
-        let e = c.credential(&none).unwrap_err().to_string();
+        let c = IdentityConfig::default();
+        let m = AuthMethod::ClientSecret;
+        let e = c.credential(m, &none).unwrap_err().to_string();
         assert!(
             e.contains("tenant_id") && e.contains("AZURE_TENANT_ID"),
             "{e}"
@@ -332,16 +299,15 @@ mod tests {
             ENV_CLIENT_ID => Some("c".to_string()),
             _ => None,
         };
-        let e = c.credential(&env).unwrap_err().to_string();
+        let e = c.credential(m, &env).unwrap_err().to_string();
         assert!(e.contains("AZURE_CLIENT_SECRET"), "{e}");
         let with_secret = |k: &str| match k {
             ENV_CLIENT_SECRET => Some("S3CRET".to_string()),
             k => env(k),
         };
-        let cred = c.credential(&with_secret).unwrap().unwrap();
+        let cred = c.credential(m, &with_secret).unwrap().unwrap();
         assert!(!format!("{cred:?}").contains("S3CRET"));
         let two = IdentityConfig {
-            auth: Some(AuthMethod::ManagedIdentity),
             client_id: Some("a".into()),
             object_id: Some("b".into()),
             ..IdentityConfig::default()

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use tcpulse_eventhub::identity::CredentialStats;
 
 pub mod config;
 pub mod eventhubs;
@@ -89,6 +90,12 @@ pub trait Publisher: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// The Entra ID credential's numbers, when the publisher authenticates with one (each
+    /// report carries `agent.credential_expires_in_seconds`). The default has none.
+    fn credential(&self) -> Option<Arc<CredentialStats>> {
+        None
+    }
 }
 
 impl<P: Publisher + ?Sized> Publisher for Box<P> {
@@ -103,6 +110,10 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
     fn close(&self) -> BoxFuture<'_, ()> {
         (**self).close()
     }
+
+    fn credential(&self) -> Option<Arc<CredentialStats>> {
+        (**self).credential()
+    }
 }
 
 impl<P: Publisher + ?Sized> Publisher for Arc<P> {
@@ -116,6 +127,10 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         (**self).close()
+    }
+
+    fn credential(&self) -> Option<Arc<CredentialStats>> {
+        (**self).credential()
     }
 }
 
@@ -284,10 +299,12 @@ pub fn from_config(cfg: &config::PublishConfig) -> Result<Box<dyn Publisher>, Se
                     proxy: proxy.clone(),
                     ..Default::default()
                 };
-                let config = config::client_config(&cfg.target, options)
+                let (config, credential) = config::client_config(&cfg.target, options)
                     .map_err(|e| SetupError::EventHubs(e.to_string()))?
                     .ok_or(SetupError::Unavailable("inconsistent publish plan"))?;
-                Ok(Box::new(eventhubs::EventHubsPublisher::new(config)))
+                Ok(Box::new(
+                    eventhubs::EventHubsPublisher::new(config).with_credential(credential),
+                ))
             }
             config::PublishTarget::File(_) => {
                 Err(SetupError::Unavailable("inconsistent publish plan"))

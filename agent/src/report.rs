@@ -199,6 +199,7 @@ pub fn agent_info(spooled: u64, dropped: u64, publish_failing_seconds: u64) -> A
         spooled,
         dropped,
         publish_failing_seconds: Some(publish_failing_seconds),
+        credential_expires_in_seconds: None,
     }
 }
 

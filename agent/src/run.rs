@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tcpulse_eventhub::backoff::ExponentialBackoff;
+use tcpulse_eventhub::identity::CredentialStats;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +150,7 @@ pub async fn run_with_counters<P: Publisher>(
         done: reporter_done.clone(),
         pending: MemoryQueue::default(),
         publish_health: publish_health.clone(),
+        credential: publisher.credential(),
     }));
     tracker.spawn(send_loop(SendCtx {
         spool: spool.clone(),
@@ -208,6 +210,8 @@ struct ReportCtx {
     shutdown: CancellationToken,
     done: CancellationToken,
     publish_health: Arc<PublishHealth>,
+    /// The publisher's Entra ID credential, if any.
+    credential: Option<Arc<CredentialStats>>,
 }
 
 async fn report_loop(mut ctx: ReportCtx) {
@@ -243,11 +247,13 @@ async fn report_loop(mut ctx: ReportCtx) {
         } else {
             tcpulse_schema::Health::default()
         };
-        let info = agent_info(
+        let mut info = agent_info(
             ctx.spool.len() + ctx.pending.len() as u64,
             ctx.counters.spool_dropped.get(),
             ctx.publish_health.failing_seconds(),
         );
+        info.credential_expires_in_seconds =
+            ctx.credential.as_ref().and_then(|c| c.expires_in_seconds());
         let now = tcpulse_schema::Timestamp::now();
         let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(due.len());
         let mut last_seq = None;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tcpulse_agent::health::config::HealthConfig;
 use tcpulse_agent::publish::config::{
-    default_fatal_retry_initial, default_fatal_retry_max, PublishConfig, PublishTarget, Secret,
+    default_fatal_retry_initial, default_fatal_retry_max, EventHubsAuth, PublishConfig,
+    PublishTarget, Secret,
 };
 use tcpulse_agent::publish::eventhubs::EventHubsPublisher;
 use tcpulse_agent::report::config::{Identity, ReportConfig};
@@ -255,8 +256,10 @@ fn agent_config(
         },
         publish: PublishConfig {
             target: PublishTarget::EventHubs {
-                connection_string: Secret::new(send),
-                origin: "the embedded hub".into(),
+                auth: EventHubsAuth::ConnectionString {
+                    value: Secret::new(send),
+                    origin: "the embedded hub".into(),
+                },
                 event_hub: None,
                 ca_file: None,
                 custom_endpoint: None,

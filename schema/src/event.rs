@@ -255,17 +255,23 @@ pub struct AgentInfo {
     /// (unknown, never 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_failing_seconds: Option<u64>,
+    /// Seconds until the agent's Entra ID token expires (negative once renewals have failed
+    /// past its expiry) when this report was made; absent with a connection string (SAS)
+    /// and from agents that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expires_in_seconds: Option<i64>,
 }
 
 impl AgentInfo {
     /// The agent of [`StatusEvent::example`]: version 0.1.0, nothing spooled or dropped,
-    /// publishing works.
+    /// publishing works, its Entra ID token good for 2875 s more.
     pub fn example() -> AgentInfo {
         AgentInfo {
             version: "0.1.0".to_owned(),
             spooled: 0,
             dropped: 0,
             publish_failing_seconds: Some(0),
+            credential_expires_in_seconds: Some(2875),
         }
     }
 }

@@ -60,11 +60,12 @@ pub const INSTANCE_TAGS: [&str; 5] = ["connector", "deployment", "region", "scal
 ///   `cert_expiry_days`: from `health`;
 /// - `agent_spooled`, `agent_dropped` (reports the agent lost to a full spool since it
 ///   started), `agent_publish_failing_seconds` (how long the agent's publishing had been
-///   refused when it made the report; 0 = it works, absent from older agents): from
-///   `agent`;
+///   refused when it made the report; 0 = it works, absent from older agents),
+///   `agent_credential_expires_in_seconds` (the agent's Entra ID token; absent with SAS):
+///   from `agent`;
 /// - `clock_skew_seconds`: sample time − enqueued time, added by
 ///   [`instance_point_received`].
-pub const INSTANCE_FIELDS: [&str; 17] = [
+pub const INSTANCE_FIELDS: [&str; 18] = [
     "call_count",
     "max_calls",
     "planned_calls",
@@ -81,6 +82,7 @@ pub const INSTANCE_FIELDS: [&str; 17] = [
     "agent_spooled",
     "agent_dropped",
     "agent_publish_failing_seconds",
+    "agent_credential_expires_in_seconds",
     "clock_skew_seconds",
 ];
 /// Tags of `tc_connector`.
@@ -402,6 +404,13 @@ pub fn instance_point(ev: &StatusEvent, up: bool) -> Point {
                 .and_then(|a| a.publish_failing_seconds)
                 .map(int),
         )
+        .field_opt(
+            "agent_credential_expires_in_seconds",
+            ev.agent
+                .as_ref()
+                .and_then(|a| a.credential_expires_in_seconds)
+                .map(FieldValue::Int),
+        )
 }
 
 /// [`instance_point`] of an event Event Hubs enqueued at `enqueued`, with the field
@@ -664,7 +673,7 @@ mod tests {
             p.to_line(),
             "tc_instance,connector=tc-eu.example.com,deployment=blue,instance=tc-eu-vmss_3,\
              region=westeurope,scaleset=tc-eu-vmss \
-             agent_dropped=0i,agent_publish_failing_seconds=0i,agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
+             agent_credential_expires_in_seconds=2875i,agent_dropped=0i,agent_publish_failing_seconds=0i,agent_spooled=0i,call_count=12i,cert_expiry_days=41.5,cpu=0.41,\
              disk_free_bytes=53687091200i,max_calls=16i,media_load=71i,mem_total_bytes=17179869184i,\
              mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
              utilization=0.8 1795687200123000000"

@@ -12,13 +12,15 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::secret::{self, Conflict, SecretError};
+use tcpulse_eventhub::client::ClientConfig;
 use tcpulse_eventhub::client::{ProxyOptions, Transport};
-use tcpulse_eventhub::identity::{AuthMethod, IdentityConfig};
+use tcpulse_eventhub::identity::{AuthMethod, CredentialStats, IdentityConfig};
 
 use crate::merge::nonempty;
 
@@ -342,8 +344,7 @@ pub enum PublishConfigError {
 pub fn client_config(
     target: &PublishTarget,
     options: tcpulse_eventhub::client::ClientOptions,
-) -> Result<Option<tcpulse_eventhub::client::ClientConfig>, PublishConfigError> {
-    use tcpulse_eventhub::client::ClientConfig;
+) -> Result<Option<(ClientConfig, Option<Arc<CredentialStats>>)>, PublishConfigError> {
     let PublishTarget::EventHubs {
         auth, event_hub, ..
     } = target
@@ -361,11 +362,13 @@ pub fn client_config(
     };
     let config = match auth {
         EventHubsAuth::ConnectionString { value, origin } => {
-            ClientConfig::from_connection_string(value.expose(), event_hub.as_deref(), options)
-                .map_err(|e| PublishConfigError::EventHubs {
-                    origin: origin.clone(),
-                    why: unprefixed(e),
-                })?
+            let config =
+                ClientConfig::from_connection_string(value.expose(), event_hub.as_deref(), options)
+                    .map_err(|e| PublishConfigError::EventHubs {
+                        origin: origin.clone(),
+                        why: unprefixed(e),
+                    })?;
+            (config, None)
         }
         EventHubsAuth::Entra {
             method,
@@ -377,8 +380,10 @@ pub fn client_config(
                 .map_err(|e| PublishConfigError::Entra(e.to_string()))?
                 .ok_or_else(|| PublishConfigError::Entra("no credential".into()))?;
             let hub = event_hub.as_deref().unwrap_or_default();
-            ClientConfig::from_credential(namespace, hub, credential, options)
-                .map_err(|e| PublishConfigError::Entra(unprefixed(e)))?
+            let stats = credential.stats();
+            let config = ClientConfig::from_credential(namespace, hub, credential, options)
+                .map_err(|e| PublishConfigError::Entra(unprefixed(e)))?;
+            (config, Some(stats))
         }
     };
     Ok(Some(config))

@@ -6,11 +6,14 @@
 //! the connector as partition key. The producer connects on first use and reconnects after
 //! any failure; the agent's spool and backoff do the retrying.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, EventData, Producer, SendError, TryAddError,
 };
+use tcpulse_eventhub::identity::CredentialStats;
 use tokio::sync::Mutex;
 
 use super::{PublishError, Publisher};
@@ -20,6 +23,7 @@ use super::{PublishError, Publisher};
 pub struct EventHubsPublisher {
     config: ClientConfig,
     producer: Mutex<Option<Producer>>,
+    credential: Option<Arc<CredentialStats>>,
 }
 
 impl EventHubsPublisher {
@@ -28,7 +32,14 @@ impl EventHubsPublisher {
         EventHubsPublisher {
             config,
             producer: Mutex::new(None),
+            credential: None,
         }
+    }
+
+    /// Reports `credential`'s numbers (the Entra ID credential `config` was built with).
+    pub fn with_credential(mut self, credential: Option<Arc<CredentialStats>>) -> Self {
+        self.credential = credential;
+        self
     }
 }
 
@@ -113,5 +124,9 @@ impl Publisher for EventHubsPublisher {
                 p.close().await;
             }
         })
+    }
+
+    fn credential(&self) -> Option<Arc<CredentialStats>> {
+        self.credential.clone()
     }
 }

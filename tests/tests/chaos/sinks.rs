@@ -314,6 +314,7 @@ async fn chaos_sinks_influxdb1_partial_write_dead_letters_only_the_bad_line() ->
                 spooled: 4,
                 dropped: 0,
                 publish_failing_seconds: Some(0),
+                credential_expires_in_seconds: None,
             });
         }
         bodies.push(encode(&ev));

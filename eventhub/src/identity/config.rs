@@ -312,10 +312,8 @@ mod tests {
             object_id: Some("b".into()),
             ..IdentityConfig::default()
         };
-        assert!(two.credential(&none).is_err());
-        assert!(IdentityConfig::default()
-            .credential(&none)
-            .unwrap()
-            .is_none());
+        assert!(two.credential(AuthMethod::ManagedIdentity, &none).is_err());
+        let sas = AuthMethod::ConnectionString;
+        assert!(c.credential(sas, &none).unwrap().is_none());
     }
 }

@@ -426,6 +426,13 @@ impl TokenServer {
         self.served.token_url.clone()
     }
 
+    /// The `credential` object of a Python `conn` (`tests/python/_common.py`): client
+    /// credentials with `secret` for `principal` against this server.
+    pub fn python_client_secret(&self, principal: &Principal, secret: &str) -> Value {
+        json!({"kind": "client_secret", "token_url": self.token_url(),
+               "client_id": principal.client_id, "client_secret": secret})
+    }
+
     /// Tokens issued so far.
     pub fn requests(&self) -> usize {
         self.served.issued.load(Ordering::SeqCst)

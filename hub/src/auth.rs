@@ -6,8 +6,10 @@
 //! combination (`Manage` implies the other two). `#` starts a comment line.
 //!
 //! A connection gains rights either by SASL PLAIN (policy name and key: the whole namespace,
-//! no expiry) or by CBS `put-token` of a SAS token (the token's audience, until it expires).
-//! Keys are never logged.
+//! no expiry), by CBS `put-token` of a SAS token (the token's audience, until it expires), or
+//! by CBS `put-token` of an Entra ID token (`jwt`, see [`crate::entra`]: the audience, with the
+//! principal's role assignments, until the token expires). Every way ends in one
+//! [`ConnAuth::grant`]: an entity path, rights, an expiry. Keys and tokens are never logged.
 
 use std::{
     fmt,
@@ -38,6 +40,12 @@ pub struct Rights {
 }
 
 impl Rights {
+    /// Nothing (a valid Entra ID token whose principal has no role on the entity).
+    pub const NONE: Rights = Rights {
+        send: false,
+        listen: false,
+        manage: false,
+    };
     /// Send only.
     pub const SEND: Rights = Rights {
         send: true,
@@ -245,6 +253,15 @@ pub fn load_or_generate(path: &Path) -> Result<Vec<Policy>, HubError> {
     Ok(policies)
 }
 
+/// True when a grant on the entity path `own` (normalised: lower case, no outer `/`; empty =
+/// the namespace) covers the entity path `path`: the same entity or one below it. Entity
+/// paths, unlike audiences, are never read as host names, so a hub named `my.hub` covers
+/// only itself.
+pub fn path_covers(own: &str, path: &str) -> bool {
+    let path = path.trim_matches('/').to_ascii_lowercase();
+    own.is_empty() || path == own || path.starts_with(&format!("{own}/"))
+}
+
 /// Why an operation is not allowed. The text goes to the client; it names no key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -275,11 +292,22 @@ fn now_unix() -> u64 {
 impl ConnAuth {
     /// Grants `rights` on the whole namespace with no expiry (SASL PLAIN).
     pub fn grant_namespace(&self, rights: Rights) {
+        self.grant("", rights, None);
+    }
+
+    /// Grants `rights` on the entity at `path` (an entity path such as `hub` or
+    /// `hub/consumergroups/cg`; empty = the whole namespace; compared without case) until
+    /// `expires` (`None`: no expiry). Expired grants are dropped on the way. A grant of
+    /// [`Rights::NONE`] still marks the connection authenticated (see [`Self::was_granted`])
+    /// and makes [`Self::check`] name the missing claim.
+    pub fn grant(&self, path: &str, rights: Rights, expires: Option<Instant>) {
         if let Ok(mut g) = self.grants.lock() {
+            let now = Instant::now();
+            g.retain(|x| x.expires.is_none_or(|e| e > now));
             g.push(Grant {
-                path: String::new(),
+                path: path.trim_matches('/').to_ascii_lowercase(),
                 rights,
-                expires: None,
+                expires,
             });
             self.granted.store(true, Ordering::Relaxed);
         }
@@ -334,15 +362,7 @@ impl ConnAuth {
             lifetime = lifetime.min(max);
         }
         let expires = Instant::now() + lifetime;
-        if let Ok(mut g) = self.grants.lock() {
-            g.retain(|x| x.expires.is_none_or(|e| e > Instant::now()));
-            g.push(Grant {
-                path: audience_path,
-                rights: policy.rights,
-                expires: Some(expires),
-            });
-            self.granted.store(true, Ordering::Relaxed);
-        }
+        self.grant(&audience_path, policy.rights, Some(expires));
         Ok(expires)
     }
 
@@ -357,7 +377,7 @@ impl ConnAuth {
         let mut best: Option<Option<Instant>> = None;
         let mut covered_without_right = false;
         for g in grants.iter() {
-            if g.expires.is_some_and(|e| e <= now) || !sas::covers(&g.path, path) {
+            if g.expires.is_some_and(|e| e <= now) || !path_covers(&g.path, path) {
                 continue;
             }
             if !g.rights.allows(right) {
@@ -461,6 +481,35 @@ mod tests {
         let b = ConnAuth::default();
         b.grant_namespace(Rights::SEND);
         assert!(b.was_granted());
+    }
+
+    /// A grant on a hub whose name has a dot used to be read as a host name (an empty
+    /// path), so a SAS token for `my.hub` granted its rights on every hub.
+    #[test]
+    fn r15_grant_on_a_dotted_hub_name_covers_only_that_hub() {
+        let auth = ConnAuth::default();
+        let t = sas::sign("sb://h/my.hub", "send", "k1", now_unix() + 3600).unwrap();
+        auth.put_token(&policies(), "sb://h/my.hub", &t, None)
+            .unwrap();
+        assert!(auth.check("my.hub/partitions/0", Right::Send).is_ok());
+        assert!(auth.check("other/partitions/0", Right::Send).is_err());
+        assert!(auth.check("my.hub2", Right::Send).is_err());
+    }
+
+    #[test]
+    fn a_grant_of_no_rights_authenticates_and_names_the_missing_claim() {
+        let auth = ConnAuth::default();
+        auth.grant(
+            "hub",
+            Rights::NONE,
+            Some(Instant::now() + Duration::from_secs(60)),
+        );
+        assert!(auth.was_granted());
+        let e = auth.check("hub/partitions/0", Right::Send).unwrap_err().0;
+        assert_eq!(
+            e,
+            "Unauthorized access. 'Send' claim(s) are required to perform this operation. Resource: 'hub/partitions/0'."
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::config::{self, HubConfig, HubSpec, POLICIES_ENV};
+use crate::entra::{config::default_audience, EntraConfig};
 
 /// An Event Hubs-compatible AMQP 1.0 broker for development, tests and demos.
 ///
@@ -17,6 +18,11 @@ use crate::config::{self, HubConfig, HubSpec, POLICIES_ENV};
 /// Keys: set TCPULSE_HUB_POLICIES="NAME:RIGHTS:KEY;..." (RIGHTS = Send, Listen, Manage or
 /// e.g. Send+Listen) or --policies-file (which wins when both are set); otherwise keys are
 /// generated (and kept in --data-dir, so a restart keeps them).
+///
+/// Entra ID: with --entra-jwks-file the hub also accepts put-tokens of type jwt (access tokens
+/// for https://eventhubs.azure.net/.default), checks their RS256 signature, expiry, audience
+/// and (with --entra-issuer) issuer like the service, and gives the principal (the token's
+/// oid) the rights of its roles in --entra-role-assignments.
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpulse-hub",
@@ -112,6 +118,37 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_token_lifetime: Option<Duration>,
 
+    /// The Entra ID token issuer's signing keys: a JWKS file ({"keys":[{"kty":"RSA","kid",
+    /// "n","e"}]}) or PEM RSA public keys. With it the hub accepts put-tokens of type jwt;
+    /// without it they are refused.
+    #[arg(long, value_name = "FILE", env = "TCPULSE_HUB_ENTRA_JWKS_FILE")]
+    pub entra_jwks_file: Option<PathBuf>,
+
+    /// The audience (aud) Entra ID tokens must carry; a trailing / does not matter.
+    #[arg(long, value_name = "AUD", env = "TCPULSE_HUB_ENTRA_AUDIENCE", default_value_t = default_audience())]
+    pub entra_audience: String,
+
+    /// The issuer (iss) Entra ID tokens must carry, e.g. https://sts.windows.net/TENANT/.
+    /// Default: any issuer whose key is in --entra-jwks-file.
+    #[arg(
+        long,
+        value_name = "ISS",
+        env = "TCPULSE_HUB_ENTRA_ISSUER",
+        requires = "entra_jwks_file"
+    )]
+    pub entra_issuer: Option<String>,
+
+    /// Role assignments for Entra ID principals, one PRINCIPAL_OBJECT_ID:ROLE[:SCOPE] per
+    /// line; ROLE = Azure Event Hubs Data Sender | Data Receiver | Data Owner, SCOPE = an
+    /// event hub (or HUB/consumergroups/GROUP); no SCOPE = the whole namespace.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TCPULSE_HUB_ENTRA_ROLE_ASSIGNMENTS",
+        requires = "entra_jwks_file"
+    )]
+    pub entra_role_assignments: Option<PathBuf>,
+
     /// fsync every append (survives power loss; slower).
     #[arg(long)]
     pub fsync: bool,
@@ -152,6 +189,12 @@ impl Args {
             auth_timeout: self.auth_timeout,
             idle_timeout: self.idle_timeout,
             max_token_lifetime: self.max_token_lifetime,
+            entra: EntraConfig {
+                jwks_file: self.entra_jwks_file,
+                audience: self.entra_audience,
+                issuer: self.entra_issuer,
+                role_assignments: self.entra_role_assignments,
+            },
             fsync: self.fsync,
             ..defaults
         }

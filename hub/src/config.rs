@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use tcpulse_eventhub::cli_support::secret::{self, FileFormat, Origin};
 
-use crate::{auth, store::StoreConfig, HubError};
+use crate::{auth, entra::EntraConfig, store::StoreConfig, HubError};
 
 /// Environment variable holding shared access policies (`NAME:RIGHTS:KEY;…`).
 pub const POLICIES_ENV: &str = "TCPULSE_HUB_POLICIES";
@@ -171,6 +171,10 @@ pub struct HubConfig {
     /// Honour CBS tokens for at most this long, whatever their expiry says (to exercise
     /// client token refresh). Default: the token's own expiry.
     pub max_token_lifetime: Option<Duration>,
+    /// Entra ID (`jwt`) put-tokens: the issuer's keys, the audience, the issuer and the
+    /// role assignments (see [`crate::entra`]). Default: none configured, and `jwt`
+    /// put-tokens are refused.
+    pub entra: EntraConfig,
     /// fsync each append (survives power loss, slower). Default off: a process crash keeps
     /// everything the OS has.
     pub fsync: bool,
@@ -206,6 +210,7 @@ impl Default for HubConfig {
             auth_timeout: default_auth_timeout(),
             idle_timeout: default_idle_timeout(),
             max_token_lifetime: None,
+            entra: EntraConfig::default(),
             fsync: false,
             capture: false,
         }
@@ -263,6 +268,7 @@ impl HubConfig {
                 self.max_message_bytes
             )));
         }
+        self.entra.validate().map_err(HubError::Config)?;
         if self.auth_timeout.is_zero() {
             return Err(HubError::Config("--auth-timeout must be above 0".into()));
         }

@@ -9,6 +9,8 @@
 //! - [`config`]: [`HubConfig`], the user-facing settings.
 //! - [`cli`]: the `tcpulse-hub` flags, mapped onto [`HubConfig`].
 //! - [`auth`]: shared access policies, SAS validation, per-connection grants.
+//! - [`entra`]: Entra ID (`jwt`) put-tokens: the issuer's keys, the role-assignment table,
+//!   the token checks and the service's refusal texts. Grants through [`auth`].
 //! - [`tls`]: the generated (and reused) local CA and server certificate.
 //! - [`broker`]: hubs, partitions, consumer groups, key routing, epoch register. No AMQP.
 //! - [`store`]: one partition's log, in memory or on disk with crash recovery. No AMQP.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod entra;
 pub mod store;
 pub mod tls;
 
@@ -97,6 +100,16 @@ pub enum HubError {
         /// What is wrong.
         why: String,
     },
+    /// The Entra ID key file or role-assignment table could not be read or parsed.
+    #[error("Entra ID: {what} {path}: {why}")]
+    Entra {
+        /// The flag that named the file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// A partition log could not be opened.
     #[error("partition store: {0}")]
     Store(#[from] store::StoreError),
@@ -133,6 +146,8 @@ pub(crate) struct Shared {
     pub(crate) config: HubConfig,
     pub(crate) broker: broker::Broker,
     pub(crate) policies: Vec<auth::Policy>,
+    /// Entra ID token checks; `None` when no issuer is configured.
+    pub(crate) entra: Option<entra::Entra>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) captured: Option<std::sync::Mutex<Vec<Captured>>>,
@@ -237,6 +252,7 @@ impl Hub {
             })?;
         }
         let policies = config.load_policies()?;
+        let entra = entra::Entra::load(&config.entra)?;
         let tls_dir = config.tls_dir();
         let user_cert = match (&config.tls_cert, &config.tls_key) {
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
@@ -315,6 +331,7 @@ impl Hub {
             config,
             broker,
             policies,
+            entra,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             captured: capture.then(|| std::sync::Mutex::new(Vec::new())),

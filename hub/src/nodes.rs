@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::{
     auth::{ConnAuth, Right},
     broker::EventHub,
+    entra::Refusal,
     links::{close_link_with, link_error},
     Shared,
 };
@@ -238,55 +239,120 @@ fn app_str(m: &Message<Body<Value>>, key: &str) -> Option<String> {
     }
 }
 
-fn cbs(request: &Message<Body<Value>>, auth: &ConnAuth, shared: &Shared) -> Answer {
-    let op = app_str(request, "operation");
-    if op.as_deref() != Some("put-token") {
-        return Answer::error(
-            400,
-            wire::condition::NOT_ALLOWED,
-            format!("$cbs supports only put-token, not {op:?}"),
-        );
-    }
-    let token_type = app_str(request, "type").unwrap_or_default();
-    if token_type != wire::SAS_TOKEN_TYPE {
-        return Answer::error(
-            400,
-            wire::condition::NOT_ALLOWED,
-            format!("token type '{token_type}' is not supported by tcpulse-hub; use a shared access signature ({})", wire::SAS_TOKEN_TYPE),
-        );
-    }
-    let Some(audience) = app_str(request, "name") else {
-        return Answer::error(
-            400,
-            wire::condition::ARGUMENT_ERROR,
-            "put-token without 'name' (the audience)",
-        );
-    };
-    let token = match &request.body {
-        Body::Value(v) => match &v.0 {
-            Value::String(s) => s.clone(),
+/// A `put-token` request: the token type, the audience (`name`) and the token (the body's
+/// amqp-value string).
+struct PutToken {
+    token_type: String,
+    audience: String,
+    token: String,
+}
+
+impl PutToken {
+    fn parse(request: &Message<Body<Value>>) -> Result<PutToken, Answer> {
+        let op = app_str(request, "operation");
+        if op.as_deref() != Some("put-token") {
+            return Err(Answer::error(
+                400,
+                wire::condition::NOT_ALLOWED,
+                format!("$cbs supports only put-token, not {op:?}"),
+            ));
+        }
+        let token_type = app_str(request, "type").unwrap_or_default();
+        let Some(audience) = app_str(request, "name") else {
+            return Err(Answer::error(
+                400,
+                wire::condition::ARGUMENT_ERROR,
+                "put-token without 'name' (the audience)",
+            ));
+        };
+        let token = match &request.body {
+            Body::Value(v) => match &v.0 {
+                Value::String(s) => s.clone(),
+                _ => String::new(),
+            },
             _ => String::new(),
-        },
-        _ => String::new(),
+        };
+        Ok(PutToken {
+            token_type,
+            audience,
+            token,
+        })
+    }
+}
+
+fn accepted() -> Answer {
+    Answer {
+        status: 202,
+        description: "Accepted".into(),
+        condition: None,
+        body: Value::Null,
+    }
+}
+
+fn cbs(request: &Message<Body<Value>>, auth: &ConnAuth, shared: &Shared) -> Answer {
+    let put = match PutToken::parse(request) {
+        Ok(p) => p,
+        Err(answer) => return answer,
     };
+    match put.token_type.as_str() {
+        wire::SAS_TOKEN_TYPE => put_sas(&put, auth, shared),
+        wire::JWT_TOKEN_TYPE => put_jwt(&put, auth, shared),
+        // The service's answer to a token type it does not know: "Put token failed.
+        // status-code: 400, status-description: Property 'type' in the
+        // 'application-properties' section is either missing, has the wrong type, or has an
+        // unexpected value." (Azure/azure-sdk-for-net#9388, a `Bearer` type instead of `jwt`).
+        other => {
+            tracing::info!(audience = %put.audience, token_type = %other, error_type = "unknown_token_type", "put-token refused");
+            Answer::error(
+                400,
+                wire::condition::ARGUMENT_ERROR,
+                format!("Property 'type' in the 'application-properties' section is either missing, has the wrong type, or has an unexpected value. (tcpulse-hub accepts '{}' and '{}', not '{other}'.)", wire::SAS_TOKEN_TYPE, wire::JWT_TOKEN_TYPE),
+            )
+        }
+    }
+}
+
+fn put_sas(put: &PutToken, auth: &ConnAuth, shared: &Shared) -> Answer {
+    let audience = &put.audience;
     match auth.put_token(
         &shared.policies,
-        &audience,
-        &token,
+        audience,
+        &put.token,
         shared.config.max_token_lifetime,
     ) {
         Ok(_) => {
             tracing::debug!(%audience, "put-token accepted");
-            Answer {
-                status: 202,
-                description: "Accepted".into(),
-                condition: None,
-                body: Value::Null,
-            }
+            accepted()
         }
         Err(denied) => {
-            tracing::info!(%audience, reason = %denied, "put-token refused");
+            tracing::info!(%audience, token_type = wire::SAS_TOKEN_TYPE, reason = %denied, "put-token refused");
             Answer::error(401, wire::condition::UNAUTHORIZED, denied.0)
+        }
+    }
+}
+
+/// An Entra ID token: [`crate::entra::Entra::put_token`]; refused naming
+/// `--entra-jwks-file` when no issuer is configured.
+fn put_jwt(put: &PutToken, auth: &ConnAuth, shared: &Shared) -> Answer {
+    let audience = &put.audience;
+    let result = match &shared.entra {
+        Some(entra) => {
+            entra.put_token(auth, audience, &put.token, shared.config.max_token_lifetime)
+        }
+        None => Err(Refusal::NotConfigured),
+    };
+    match result {
+        Ok(ok) => {
+            tracing::debug!(%audience, principal = %ok.principal, rights = %ok.rights, "put-token (jwt) accepted");
+            accepted()
+        }
+        Err(refusal) => {
+            tracing::info!(%audience, token_type = wire::JWT_TOKEN_TYPE, error_type = refusal.error_type(), detail = %refusal, "put-token refused");
+            Answer::error(
+                refusal.status(),
+                wire::condition::UNAUTHORIZED,
+                refusal.description(),
+            )
         }
     }
 }
@@ -312,18 +378,14 @@ fn management(request: &Message<Body<Value>>, auth: &ConnAuth, shared: &Shared) 
     // Any right on the hub allows reading its properties; a security_token may stand in
     // for a put-token.
     let path = hub.name.to_ascii_lowercase();
-    let allowed = [Right::Listen, Right::Send, Right::Manage]
-        .iter()
-        .any(|r| auth.check(&path, *r).is_ok())
+    let any_right = || {
+        [Right::Listen, Right::Send, Right::Manage]
+            .iter()
+            .any(|r| auth.check(&path, *r).is_ok())
+    };
+    let allowed = any_right()
         || app_str(request, "security_token").is_some_and(|t| {
-            let audience = format!("sb://hub/{path}");
-            auth.put_token(
-                &shared.policies,
-                &audience,
-                &t,
-                shared.config.max_token_lifetime,
-            )
-            .is_ok()
+            security_token(&t, &format!("sb://hub/{path}"), auth, shared) && any_right()
         });
     if !allowed {
         return Answer::error(
@@ -358,6 +420,21 @@ fn management(request: &Message<Body<Value>>, auth: &ConnAuth, shared: &Shared) 
             ),
         ),
     }
+}
+
+/// A `security_token` on a `$management` request (Python and the Rust SDK send the CBS token
+/// there too): a SAS, or a JWT when an Entra ID issuer is configured. True when accepted.
+fn security_token(token: &str, audience: &str, auth: &ConnAuth, shared: &Shared) -> bool {
+    let max = shared.config.max_token_lifetime;
+    if token.starts_with("SharedAccessSignature ") {
+        return auth
+            .put_token(&shared.policies, audience, token, max)
+            .is_ok();
+    }
+    shared
+        .entra
+        .as_ref()
+        .is_some_and(|e| e.put_token(auth, audience, token, max).is_ok())
 }
 
 fn ok(body: Value) -> Answer {

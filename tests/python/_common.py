@@ -13,6 +13,12 @@ A connection ("conn") object is one of
   {"mode": "emulator", "connection_string": "...;UseDevelopmentEmulator=true"}
   {"mode": "websocket", "connection_string": "...", "endpoint": "127.0.0.1:PORT", "ca_pem": "...",
    "http_proxy"?: {"proxy_hostname": "127.0.0.1", "proxy_port": N, "username"?, "password"?}}
+and, instead of "connection_string", a conn may carry an Entra ID token credential:
+  "namespace": "localhost:PORT", "eventhub": "tcpulse",
+  "credential": {"kind": "client_secret", "token_url": "http://127.0.0.1:P/<tenant>/oauth2/v2.0/token",
+                 "client_id": "...", "client_secret": "..."}
+(the clients are then built with fully_qualified_namespace, eventhub_name and
+credential=LoopbackClientSecretCredential; see tests/src/entra/).
 """
 
 import base64
@@ -210,13 +216,76 @@ def client_kwargs(conn, extra=None):
     return kw
 
 
+# --- Entra ID token credential --------------------------------------------------------------
+CREDENTIAL_CALLS = []
+
+
+class LoopbackClientSecretCredential:
+    """An azure-core TokenCredential (the protocol: get_token(*scopes, **kwargs) ->
+    AccessToken(token, expires_on)) doing the client-credentials flow with a client secret
+    against the tests' loopback token endpoint, as azure-identity's ClientSecretCredential
+    does against login.microsoftonline.com. Records each call's scopes in CREDENTIAL_CALLS
+    (reported in the result as "credential_calls")."""
+
+    def __init__(self, spec):
+        self._url = spec["token_url"]
+        self._client_id = spec["client_id"]
+        self._secret = spec["client_secret"]
+
+    def get_token(self, *scopes, **kwargs):
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        from azure.core.credentials import AccessToken
+        from azure.core.exceptions import ClientAuthenticationError
+
+        CREDENTIAL_CALLS.append(list(scopes))
+        body = urllib.parse.urlencode({
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._secret,
+            "scope": " ".join(scopes),
+        }).encode()
+        request = urllib.request.Request(
+            self._url, data=body, method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ClientAuthenticationError(
+                message=f"token endpoint answered {exc.code}: {exc.read().decode(errors='replace')}")
+        return AccessToken(data["access_token"], int(time.time()) + int(data["expires_in"]))
+
+    def close(self):
+        pass
+
+
+def _credential_args(conn):
+    spec = conn["credential"]
+    if spec.get("kind") != "client_secret":
+        raise ValueError(f"unknown credential kind {spec.get('kind')!r}")
+    return {
+        "fully_qualified_namespace": conn["namespace"],
+        "eventhub_name": conn["eventhub"],
+        "credential": LoopbackClientSecretCredential(spec),
+    }
+
+
 def producer(conn, **extra):
+    if conn.get("credential"):
+        return EventHubProducerClient(**_credential_args(conn), **client_kwargs(conn, extra))
     return EventHubProducerClient.from_connection_string(
         conn["connection_string"], **client_kwargs(conn, extra)
     )
 
 
 def consumer(conn, consumer_group="$Default", **extra):
+    if conn.get("credential"):
+        return EventHubConsumerClient(
+            consumer_group=consumer_group, **_credential_args(conn), **client_kwargs(conn, extra)
+        )
     return EventHubConsumerClient.from_connection_string(
         conn["connection_string"], consumer_group=consumer_group, **client_kwargs(conn, extra)
     )
@@ -537,6 +606,8 @@ def main(fn):
         args = read_args()
         result = fn(args)
         result.setdefault("ok", True)
+        if CREDENTIAL_CALLS:
+            result["credential_calls"] = list(CREDENTIAL_CALLS)
         emit(result, 0)
     except SystemExit:
         raise

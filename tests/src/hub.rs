@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tcpulse_hub::entra::EntraConfig;
 use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -175,6 +176,21 @@ impl HubInfo {
         Ok(conn)
     }
 
+    /// The Python `conn` object over TLS with an Entra ID token `credential` instead of a
+    /// connection string (see `tests/python/_common.py`), e.g.
+    /// [`crate::entra::TokenServer::python_client_secret`]. The namespace carries the port, as
+    /// the SDK reads it from a connection string, so token audiences compare with ours.
+    pub fn conn_credential(&self, credential: Value) -> Value {
+        json!({
+            "mode": "tls",
+            "namespace": format!("{}:{}", self.namespace, self.amqps.port()),
+            "eventhub": self.hub_name(),
+            "endpoint": self.amqps.to_string(),
+            "ca_pem": self.ca_pem,
+            "credential": credential,
+        })
+    }
+
     /// `(SharedAccessKeyName, SharedAccessKey)` of `policy`, for SASL PLAIN clients.
     pub fn key(&self, policy: Policy) -> Result<(String, String)> {
         let cs = self.connection_string(Mode::Tls, policy)?;
@@ -222,6 +238,11 @@ pub struct HubOptions {
     /// More `tcpulse-hub` flags, e.g. `--auth-timeout 5s` (the binary only; [`TestHub`]
     /// ignores them).
     pub extra_args: Vec<String>,
+    /// Entra ID (`jwt`) put-tokens: the issuer's keys, audience, issuer, role assignments
+    /// (`--entra-*`); none by default. See [`crate::entra`].
+    pub entra: EntraConfig,
+    /// Honour tokens at most this long (`--max-token-lifetime`), to exercise refresh.
+    pub max_token_lifetime: Option<Duration>,
 }
 
 impl Default for HubOptions {
@@ -234,6 +255,8 @@ impl Default for HubOptions {
             data_dir: None,
             memory_budget_bytes: None,
             extra_args: Vec::new(),
+            entra: EntraConfig::default(),
+            max_token_lifetime: None,
         }
     }
 }
@@ -287,6 +310,8 @@ impl TestHub {
             memory_budget_bytes: opts
                 .memory_budget_bytes
                 .unwrap_or(HubConfig::default().memory_budget_bytes),
+            entra: opts.entra.clone(),
+            max_token_lifetime: opts.max_token_lifetime,
             ..HubConfig::default()
         };
         let hub = Hub::start(config)
@@ -476,6 +501,28 @@ struct Listen {
     ws: Option<SocketAddr>,
 }
 
+/// The `--entra-*` and `--max-token-lifetime` flags for `entra` and `max_token_lifetime`.
+fn entra_args(
+    cmd: &mut tokio::process::Command,
+    entra: &EntraConfig,
+    max_token_lifetime: Option<Duration>,
+) {
+    if let Some(f) = &entra.jwks_file {
+        cmd.arg("--entra-jwks-file").arg(f);
+        cmd.arg("--entra-audience").arg(&entra.audience);
+    }
+    if let Some(i) = &entra.issuer {
+        cmd.arg("--entra-issuer").arg(i);
+    }
+    if let Some(f) = &entra.role_assignments {
+        cmd.arg("--entra-role-assignments").arg(f);
+    }
+    if let Some(d) = max_token_lifetime {
+        cmd.arg("--max-token-lifetime")
+            .arg(format!("{}ms", d.as_millis().max(1)));
+    }
+}
+
 async fn start_binary(
     opts: &HubOptions,
     data_dir: &Path,
@@ -504,6 +551,7 @@ async fn start_binary(
     if let Some(bytes) = opts.memory_budget_bytes {
         cmd.arg("--memory-budget-bytes").arg(bytes.to_string());
     }
+    entra_args(&mut cmd, &opts.entra, opts.max_token_lifetime);
     cmd.args(&opts.extra_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");

@@ -24,6 +24,9 @@
 //!   file), publishing to the hub, a dead endpoint or a file; restartable on its spool.
 //! - [`collector`]: the `tcpulse-collector` binary reading a hub over TLS, with a config
 //!   the test writes and a known `/metrics` port; restartable.
+//! - [`entra`]: Entra ID on loopback: a test token issuer (RSA key, JWKS, RS256 tokens) and a
+//!   real HTTP token server with the managed-identity (App Service, IMDS) and
+//!   client-credentials endpoints, for the `jwt` tests of hub, client, agent and collector.
 //! - [`proxy`]: Debian's `tinyproxy` as a real HTTP CONNECT proxy on a loopback port, with or
 //!   without Basic authentication, whose log shows what was tunnelled.
 //! - [`faults`]: a TCP forwarder in front of a real service that can drop and refuse
@@ -40,6 +43,7 @@ pub mod chaos;
 pub mod client;
 pub mod collector;
 pub mod dashboards;
+pub mod entra;
 pub mod faults;
 pub mod hub;
 pub mod process;

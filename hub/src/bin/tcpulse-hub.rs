@@ -29,12 +29,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Configuration errors (policies, a given certificate or key) exit 78; the rest exit 1.
+/// Configuration errors (policies, a given certificate or key, the Entra ID files) exit 78;
+/// the rest exit 1.
 fn classify(err: &anyhow::Error) -> Failure {
     match err.downcast_ref::<HubError>() {
-        Some(HubError::Config(_) | HubError::Policies { .. } | HubError::TlsLoad { .. }) => {
-            Failure::Config
-        }
+        Some(
+            HubError::Config(_)
+            | HubError::Policies { .. }
+            | HubError::TlsLoad { .. }
+            | HubError::Entra { .. },
+        ) => Failure::Config,
         _ => Failure::Runtime,
     }
 }

@@ -20,7 +20,7 @@ use crate::entra::{config::default_audience, EntraConfig};
 /// generated (and kept in --data-dir, so a restart keeps them).
 ///
 /// Entra ID: with --entra-jwks-file the hub also accepts put-tokens of type jwt (access tokens
-/// for https://eventhubs.azure.net/.default), checks their RS256 signature, expiry, audience
+/// for the scope of eventhubs.azure.net), checks their RS256 signature, expiry, audience
 /// and (with --entra-issuer) issuer like the service, and gives the principal (the token's
 /// oid) the rights of its roles in --entra-role-assignments.
 #[derive(Debug, Parser)]
@@ -128,7 +128,7 @@ pub struct Args {
     #[arg(long, value_name = "AUD", env = "TCPULSE_HUB_ENTRA_AUDIENCE", default_value_t = default_audience())]
     pub entra_audience: String,
 
-    /// The issuer (iss) Entra ID tokens must carry, e.g. https://sts.windows.net/TENANT/.
+    /// The issuer (iss) Entra ID tokens must carry, e.g. `https://sts.windows.net/TENANT/`.
     /// Default: any issuer whose key is in --entra-jwks-file.
     #[arg(
         long,
@@ -138,8 +138,8 @@ pub struct Args {
     )]
     pub entra_issuer: Option<String>,
 
-    /// Role assignments for Entra ID principals, one PRINCIPAL_OBJECT_ID:ROLE[:SCOPE] per
-    /// line; ROLE = Azure Event Hubs Data Sender | Data Receiver | Data Owner, SCOPE = an
+    /// Role assignments for Entra ID principals, one PRINCIPAL_OBJECT_ID:ROLE or
+    /// PRINCIPAL_OBJECT_ID:ROLE:SCOPE per line; ROLE = Azure Event Hubs Data Sender | Data Receiver | Data Owner, SCOPE = an
     /// event hub (or HUB/consumergroups/GROUP); no SCOPE = the whole namespace.
     #[arg(
         long,

@@ -79,6 +79,66 @@ fn hub_bad_policies_exit_78_naming_them() {
     assert!(err.contains("policies"), "{err}");
 }
 
+/// An unreadable or wrong Entra ID file, given by flag or by its variable, is a configuration
+/// error naming the flag and the file.
+#[test]
+fn hub_bad_entra_files_exit_78_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("jwks.json");
+    std::fs::write(&junk, "{\"keys\": []}").unwrap();
+    let by_flag = Command::new(HUB)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .arg("--entra-jwks-file")
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let by_env = Command::new(HUB)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .env("TCPULSE_HUB_ENTRA_JWKS_FILE", &junk)
+        .output()
+        .unwrap();
+    for out in [by_flag, by_env] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(
+            err.contains("--entra-jwks-file") && err.contains("no RSA signing key"),
+            "{err}"
+        );
+    }
+    // A good key (PEM, PKCS#1) and a role table with an unknown role.
+    use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
+    use base64::Engine as _;
+    let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pem = dir.path().join("key.pem");
+    std::fs::write(
+        &pem,
+        format!(
+            "-----BEGIN RSA PUBLIC KEY-----\n{}\n-----END RSA PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(key.public_key().as_ref())
+        ),
+    )
+    .unwrap();
+    let roles = dir.path().join("roles");
+    std::fs::write(&roles, "someone:Contributor").unwrap();
+    let out = Command::new(HUB)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .arg("--entra-jwks-file")
+        .arg(&pem)
+        .arg("--entra-role-assignments")
+        .arg(&roles)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("--entra-role-assignments") && err.contains("unknown role 'Contributor'"),
+        "{err}"
+    );
+}
+
 #[test]
 fn hub_unknown_flag_is_clap_usage_exit_2() {
     let out = Command::new(HUB).arg("--no-such-flag").output().unwrap();

@@ -11,7 +11,8 @@
 //! - 4-second tokens for 20 s: refreshed on the live connection, no link dropped (one attach
 //!   per link, every event through once);
 //! - the Python SDK sends, receives, and shows the hub's refusals;
-//! - the `jwt` put-token our client sends compared field by field with the SDK's.
+//! - the `jwt` put-token our client sends compared field by field with the SDK's;
+//! - the `tcpulse-hub` binary with the `--entra-*` flags and a PEM key file.
 //!
 //! Checked only against the hub, not against Azure: the refusal texts (their sources are in
 //! `hub/src/entra/verify.rs`; the texts for a bad signature, a malformed token and a future
@@ -694,5 +695,57 @@ async fn hub_entra_wire_our_jwt_put_token_matches_the_python_sdk() -> Result<()>
     // Deliberate difference (as for SAS, see client_sdk_interop.rs): our request carries
     // `reply-to`, pyamqp's does not; the service answers on the link either way.
     w.shutdown().await;
+    Ok(())
+}
+
+/// The `tcpulse-hub` binary with the `--entra-*` flags (a PEM key file this time), as the
+/// agent and collector tests start it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_entra_binary_flags_take_a_pem_key_and_the_role_table() -> Result<()> {
+    use tcpulse_tests::hub::{HubOptions, HubProcess};
+    init_tracing();
+    let dir = tempfile::TempDir::new()?;
+    let issuer = TestIssuer::generate()?;
+    let sender = Principal::random();
+    let pem = dir.path().join("issuer.pem");
+    std::fs::write(&pem, issuer.public_key_pem()?)?;
+    let roles = dir.path().join("roles");
+    std::fs::write(
+        &roles,
+        sender.role_assignment("Azure Event Hubs Data Sender", None),
+    )?;
+    let server = TokenServer::start(
+        &issuer,
+        TokenServerOptions {
+            client_secrets: vec![(sender.clone(), secret_of(&sender))],
+            ..TokenServerOptions::default()
+        },
+    )
+    .await?;
+    let hub = HubProcess::spawn(HubOptions {
+        hubs: vec![(HUB.into(), 2)],
+        plain: false,
+        entra: EntraConfig {
+            jwks_file: Some(pem),
+            issuer: Some(issuer.issuer()),
+            role_assignments: Some(roles),
+            ..EntraConfig::default()
+        },
+        ..HubOptions::default()
+    })
+    .await?;
+    send(
+        config_with(&hub.info, &server, &sender)?,
+        "0",
+        &["bin".into()],
+    )
+    .await?;
+    let err = match receive(config_with(&hub.info, &server, &sender)?, "0", 1).await {
+        Ok(got) => bail!("a Sender received {got:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("'Listen' claim(s) are required"), "{err}");
+    drop(hub);
+    server.shutdown().await;
     Ok(())
 }

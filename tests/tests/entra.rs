@@ -359,3 +359,165 @@ async fn token_failures_are_distinct_errors_while_the_agent_keeps_spooling() -> 
     tokens.shutdown().await;
     Ok(())
 }
+
+/// Every credential kind the agent and the collector can be configured with, built from
+/// its settings (the environment read through a closure, as the binaries read theirs) and
+/// asked for a token by the loopback server: the token is the issuer's, for the principal
+/// that was configured; a wrong secret is the endpoint's own refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_credential_kind_gets_the_configured_principals_token() -> Result<()> {
+    use tcpulse_eventhub::identity::{
+        AuthMethod, IdentityConfig, TokenCredential, EVENTHUBS_SCOPE,
+    };
+    use tcpulse_tests::entra::TestCertificate;
+    let tmp = tempfile::tempdir()?;
+    let issuer = TestIssuer::generate()?;
+    let (mi_system, mi_user) = (Principal::random(), Principal::random());
+    let (sp_secret, sp_cert, sp_fed) = (
+        Principal::random(),
+        Principal::random(),
+        Principal::random(),
+    );
+    let cert = TestCertificate::generate("tcpulse-collector")?;
+    let federated = "eyJ.federated.token";
+    let tokens = TokenServer::start(
+        &issuer,
+        TokenServerOptions {
+            lifetime: Duration::from_secs(600),
+            audience: "https://eventhubs.azure.net".into(),
+            identity_header: "hdr".into(),
+            managed_identities: vec![mi_system.clone(), mi_user.clone()],
+            client_secrets: vec![(sp_secret.clone(), SP_SECRET.into())],
+            client_certificates: vec![(sp_cert.clone(), cert.cert_pem.clone())],
+            federated_tokens: vec![(sp_fed.clone(), federated.into())],
+        },
+    )
+    .await?;
+    let pem = tmp.path().join("sp.pem");
+    std::fs::write(&pem, format!("{}{}", cert.cert_pem, cert.key_pem))?;
+    let fed = tmp.path().join("federated-token");
+    std::fs::write(&fed, federated)?;
+    let (tenant, authority) = (issuer.tenant_id().to_string(), tokens.authority_host());
+    let (identity_endpoint, imds) = (tokens.identity_endpoint(), tokens.imds_host());
+    let env = move |secret: Option<&'static str>, app_service: bool| {
+        let (tenant, authority) = (tenant.clone(), authority.clone());
+        let identity_endpoint = identity_endpoint.clone();
+        move |k: &str| match k {
+            "AZURE_TENANT_ID" => Some(tenant.clone()),
+            "AZURE_AUTHORITY_HOST" => Some(authority.clone()),
+            "AZURE_CLIENT_SECRET" => secret.map(str::to_string),
+            "IDENTITY_ENDPOINT" if app_service => Some(identity_endpoint.clone()),
+            "IDENTITY_HEADER" if app_service => Some("hdr".into()),
+            _ => None,
+        }
+    };
+    let cases: Vec<(&str, AuthMethod, IdentityConfig, bool, &Principal)> = vec![
+        (
+            "IMDS, system-assigned",
+            AuthMethod::ManagedIdentity,
+            IdentityConfig {
+                imds_endpoint: Some(imds.clone()),
+                ..Default::default()
+            },
+            false,
+            &mi_system,
+        ),
+        (
+            "IMDS, user-assigned",
+            AuthMethod::ManagedIdentity,
+            IdentityConfig {
+                imds_endpoint: Some(imds.clone()),
+                object_id: Some(mi_user.object_id.clone()),
+                ..Default::default()
+            },
+            false,
+            &mi_user,
+        ),
+        (
+            "App Service, user-assigned",
+            AuthMethod::ManagedIdentity,
+            IdentityConfig {
+                client_id: Some(mi_user.client_id.clone()),
+                ..Default::default()
+            },
+            true,
+            &mi_user,
+        ),
+        (
+            "client secret",
+            AuthMethod::ClientSecret,
+            IdentityConfig {
+                client_id: Some(sp_secret.client_id.clone()),
+                ..Default::default()
+            },
+            false,
+            &sp_secret,
+        ),
+        (
+            "client certificate",
+            AuthMethod::ClientCertificate,
+            IdentityConfig {
+                client_id: Some(sp_cert.client_id.clone()),
+                client_certificate_file: Some(pem.clone()),
+                ..Default::default()
+            },
+            false,
+            &sp_cert,
+        ),
+        (
+            "workload identity",
+            AuthMethod::WorkloadIdentity,
+            IdentityConfig {
+                client_id: Some(sp_fed.client_id.clone()),
+                federated_token_file: Some(fed.clone()),
+                ..Default::default()
+            },
+            false,
+            &sp_fed,
+        ),
+    ];
+    for (what, method, config, app_service, principal) in cases {
+        let credential = config
+            .credential(method, &env(Some(SP_SECRET), app_service))
+            .with_context(|| what.to_string())?
+            .with_context(|| format!("{what}: no credential"))?;
+        let token = credential
+            .get_token(EVENTHUBS_SCOPE)
+            .await
+            .with_context(|| what.to_string())?;
+        let claims = issuer.verify(&token.token)?;
+        ensure!(
+            claims["oid"] == principal.object_id.as_str(),
+            "{what}: token for {} instead of {}",
+            claims["oid"],
+            principal.object_id
+        );
+        ensure!(
+            credential.stats().expires_in_seconds().unwrap_or(0) > 500,
+            "{what}"
+        );
+    }
+    let wrong = IdentityConfig {
+        client_id: Some(sp_secret.client_id.clone()),
+        ..Default::default()
+    }
+    .credential(
+        AuthMethod::ClientSecret,
+        &env(Some("not-the-secret"), false),
+    )?
+    .context("credential")?;
+    let e = wrong
+        .get_token(EVENTHUBS_SCOPE)
+        .await
+        .err()
+        .context("a wrong secret got a token")?;
+    ensure!(
+        e.to_string()
+            .contains("HTTP 401 invalid_client: AADSTS7000215")
+            && !e.is_transient(),
+        "{e}"
+    );
+    ensure!(wrong.stats().failures() == 1);
+    tokens.shutdown().await;
+    Ok(())
+}

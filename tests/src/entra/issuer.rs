@@ -113,6 +113,22 @@ impl TestIssuer {
         ))
     }
 
+    /// The claims of `token` if this issuer's JWKS verifies its RS256 signature (any
+    /// audience, expiry unchecked): what a test asks of a token a credential fetched.
+    pub fn verify(&self, token: &str) -> Result<Value> {
+        use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
+        let set: JwkSet = serde_json::from_str(&self.jwks_json())?;
+        let kid = jsonwebtoken::decode_header(token)?.kid.unwrap_or_default();
+        let jwk = set
+            .find(&kid)
+            .ok_or_else(|| anyhow::anyhow!("kid {kid} not in the JWKS"))?;
+        let mut v = Validation::new(Algorithm::RS256);
+        v.validate_aud = false;
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        Ok(jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims)
+    }
+
     /// Signs `claims` as an RS256 JWT with this issuer's `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String> {
         let header = json!({"typ": "JWT", "alg": "RS256", "x5t": self.kid, "kid": self.kid});

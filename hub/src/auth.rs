@@ -262,6 +262,20 @@ pub fn path_covers(own: &str, path: &str) -> bool {
     own.is_empty() || path == own || path.starts_with(&format!("{own}/"))
 }
 
+/// The longest a token is honoured, whatever its expiry says: a year. An expiry at the
+/// edge of its type (`se` or `exp` near `u64::MAX`, in a token signed with a valid key)
+/// would otherwise overflow the monotonic clock.
+pub const MAX_GRANT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a grant for a token valid `secs` more seconds ends: capped by `max_lifetime` (the
+/// hub's `--max-token-lifetime`) and [`MAX_GRANT`].
+pub fn grant_deadline(secs: u64, max_lifetime: Option<Duration>) -> Instant {
+    let lifetime = Duration::from_secs(secs)
+        .min(max_lifetime.unwrap_or(MAX_GRANT))
+        .min(MAX_GRANT);
+    Instant::now() + lifetime
+}
+
 /// Why an operation is not allowed. The text goes to the client; it names no key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -357,11 +371,7 @@ impl ConnAuth {
                 "InvalidAudience: the token's resource does not cover the audience '{audience}'"
             )));
         }
-        let mut lifetime = Duration::from_secs(t.expiry_unix - now);
-        if let Some(max) = max_lifetime {
-            lifetime = lifetime.min(max);
-        }
-        let expires = Instant::now() + lifetime;
+        let expires = grant_deadline(t.expiry_unix - now, max_lifetime);
         self.grant(&audience_path, policy.rights, Some(expires));
         Ok(expires)
     }
@@ -457,6 +467,15 @@ mod tests {
         assert!(auth.put_token(&p, "sb://h/hub2", &other, None).is_err());
         let unknown = sas::sign("sb://h/hub", "ghost", "k1", se).unwrap();
         assert!(auth.put_token(&p, "sb://h/hub", &unknown, None).is_err());
+    }
+
+    #[test]
+    fn an_expiry_at_the_edge_of_its_type_is_capped_not_a_panic() {
+        let auth = ConnAuth::default();
+        let t = sas::sign("sb://h/hub", "root", "k3", u64::MAX).unwrap();
+        let exp = auth.put_token(&policies(), "sb://h/hub", &t, None).unwrap();
+        assert!(exp <= Instant::now() + MAX_GRANT);
+        assert!(auth.check("hub", Right::Send).is_ok());
     }
 
     #[test]

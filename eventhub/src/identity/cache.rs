@@ -140,7 +140,7 @@ impl CachedCredential {
                 Ok(token)
             }
             Err(e) => {
-                entry.failures += 1;
+                entry.failures = entry.failures.saturating_add(1);
                 let delay = FIRST_RETRY
                     .saturating_mul(1 << (entry.failures - 1).min(5))
                     .min(MAX_RETRY);

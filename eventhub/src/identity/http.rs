@@ -7,7 +7,8 @@
 //! - App Service (2019-08-01): `expires_on` as a decimal string (unix seconds).
 //!
 //! (azure-identity 1.27.0 `_internal/managed_identity_client.py:76-80` and
-//! `_credentials/imds.py` read the same fields.) `expires_on` wins when both are present.
+//! `_credentials/imds.py` read the same fields.) `expires_in` wins when both are present:
+//! it does not depend on this machine's clock agreeing with the endpoint's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -174,11 +175,14 @@ pub fn parse_token(body: &str, now: SystemTime) -> Result<AccessToken, String> {
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or("no access_token in the answer")?;
-    let expires_at = match (number(v.get("expires_on")), number(v.get("expires_in"))) {
-        (Some(on), _) => UNIX_EPOCH + Duration::from_secs(on),
-        (None, Some(secs)) => now + Duration::from_secs(secs),
-        (None, None) => return Err("neither expires_on nor expires_in in the answer".into()),
-    };
+    // `expires_in` (relative) wins: it stays right when this machine's clock is off, where
+    // `expires_on` (the endpoint's clock) would make a renewal early or late by the skew.
+    let expires_at = match (number(v.get("expires_in")), number(v.get("expires_on"))) {
+        (Some(secs), _) => now.checked_add(Duration::from_secs(secs)),
+        (None, Some(on)) => UNIX_EPOCH.checked_add(Duration::from_secs(on)),
+        (None, None) => return Err("neither expires_in nor expires_on in the answer".into()),
+    }
+    .ok_or("the token's expiry is out of range")?;
     Ok(AccessToken {
         token: token.to_string(),
         expires_at,
@@ -211,13 +215,23 @@ mod tests {
         let entra = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"a.b.c"}"#;
         let t = parse_token(entra, now).unwrap();
         assert_eq!(t.expires_at, now + Duration::from_secs(3599));
+        // IMDS sends both; the relative one is used (this clock may be minutes off).
         let imds = r#"{"access_token":"x","expires_in":"60","expires_on":"2000","resource":"r","token_type":"Bearer"}"#;
         assert_eq!(
             parse_token(imds, now).unwrap().expires_at,
-            UNIX_EPOCH + Duration::from_secs(2000)
+            now + Duration::from_secs(60)
         );
         let app = r#"{"access_token":"x","expires_on":"1586984735","token_type":"Bearer"}"#;
-        assert!(parse_token(app, now).is_ok());
+        assert_eq!(
+            parse_token(app, now).unwrap().expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_586_984_735)
+        );
+        // Values at the edge of the type are refused, not a panic.
+        let huge = format!(r#"{{"access_token":"x","expires_on":"{}"}}"#, u64::MAX);
+        assert!(parse_token(&huge, now).is_err());
+        let huge = format!(r#"{{"access_token":"x","expires_in":{}}}"#, u64::MAX);
+        assert!(parse_token(&huge, now).is_err());
+        assert!(parse_token(r#"{"access_token":"x","expires_in":-5}"#, now).is_err());
         assert!(parse_token(r#"{"access_token":""}"#, now).is_err());
         assert!(parse_token(r#"{"access_token":"x"}"#, now).is_err());
         assert!(parse_token("<html>", now).is_err());

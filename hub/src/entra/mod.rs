@@ -134,11 +134,8 @@ impl Entra {
     ) -> Result<Accepted, Refusal> {
         let now = now_unix();
         let verified = self.verifier.verify(token, now)?;
-        let mut lifetime = Duration::from_secs(verified.expires_unix.saturating_sub(now));
-        if let Some(max) = max_lifetime {
-            lifetime = lifetime.min(max);
-        }
-        let expires = Instant::now() + lifetime;
+        let expires =
+            crate::auth::grant_deadline(verified.expires_unix.saturating_sub(now), max_lifetime);
         let path = sas::resource_path(audience);
         let grants = roles::grants_for(&self.assignments, &verified.principal, &path);
         for (scope, rights) in &grants {

@@ -338,13 +338,16 @@ pub enum PublishConfigError {
     Transport(String),
 }
 
+/// A client config and, with Entra ID, its credential's numbers.
+pub type EventHubsClient = (ClientConfig, Option<Arc<CredentialStats>>);
+
 /// The client config of an Event Hubs target with `options`: from the connection string,
 /// or from the Entra ID credential (built, not used: nothing connects). `Err` is the reason
 /// without the client's prefix, naming the part to fix.
 pub fn client_config(
     target: &PublishTarget,
     options: tcpulse_eventhub::client::ClientOptions,
-) -> Result<Option<(ClientConfig, Option<Arc<CredentialStats>>)>, PublishConfigError> {
+) -> Result<Option<EventHubsClient>, PublishConfigError> {
     let PublishTarget::EventHubs {
         auth, event_hub, ..
     } = target

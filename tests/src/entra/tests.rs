@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::*;

@@ -24,7 +24,9 @@
     The connection string is never a parameter value: it would be visible in the process
     list and the shell history. Give it as a file (-ConnectionStringFile, which you delete
     afterwards) or type it at the prompt. On Upgrade the stored one is kept unless a new
-    one is given.
+    one is given. A config with an Entra ID method in [publish] (auth = "managed_identity",
+    the VM's identity with the role "Azure Event Hubs Data Sender") needs no connection
+    string, and none is asked for.
 
 .PARAMETER Action
     Install, Upgrade or Uninstall.
@@ -129,6 +131,15 @@ function Set-AdminOnlyAcl([string] $Path) {
         "${SidSystem}:${inherit}F", "${SidAdmins}:${inherit}F", '/Q')
 }
 
+# True unless the config (installed, else the one to install) names an Entra ID method:
+# `auth = "managed_identity"` and the like in [publish] need no secret on the VM.
+function Test-UsesConnectionString {
+    $path = if (Test-Path -LiteralPath $ConfigPath) { $ConfigPath } else { $ConfigFile }
+    if (-not (Test-Path -LiteralPath $path -PathType Leaf)) { return $true }
+    $text = Get-Content -LiteralPath $path -Raw
+    return -not ($text -match '(?m)^\s*auth\s*=\s*["'']?(managed_identity|client_secret|client_certificate|workload_identity)')
+}
+
 # The connection string: from -ConnectionStringFile, else the prompt; $null keeps the stored one.
 function Read-ConnectionString([bool] $Required) {
     if ($ConnectionStringFile) {
@@ -215,7 +226,8 @@ function Invoke-Install {
         return
     }
     Install-Files
-    $secret = Read-ConnectionString -Required (-not (Test-Path -LiteralPath $SecretPath))
+    $needed = (Test-UsesConnectionString) -and -not (Test-Path -LiteralPath $SecretPath)
+    $secret = Read-ConnectionString -Required $needed
     if ($null -ne $secret) { Save-ConnectionString $secret }
     Test-AgentConfig
     # The agent registers itself (LocalSystem, automatic start, no secret on its command line).
@@ -230,7 +242,8 @@ function Invoke-Upgrade {
         Invoke-Install
         return
     }
-    $secret = Read-ConnectionString -Required (-not (Test-Path -LiteralPath $SecretPath))
+    $needed = (Test-UsesConnectionString) -and -not (Test-Path -LiteralPath $SecretPath)
+    $secret = Read-ConnectionString -Required $needed
     Stop-AgentService
     Install-Files
     if ($null -ne $secret) { Save-ConnectionString $secret }

@@ -40,6 +40,25 @@ impl std::fmt::Debug for TestCertificate {
     }
 }
 
+/// `header.claims.signature`: an RS256 JWT signed with `key` (aws-lc-rs directly, so the
+/// tokens the tests make do not share a JWT implementation with the hub's checks).
+pub(crate) fn sign_rs256(key: &RsaKeyPair, header: &Value, claims: &Value) -> Result<String> {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut sig = vec![0; key.public_modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|e| anyhow!("RS256 signing failed: {e}"))?;
+    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
 /// Base64url (no padding) of a digest of `der`, as `x5t` / `x5t#S256` carry it.
 pub(crate) fn thumbprint(der: &[u8], sha256: bool) -> String {
     let d = if sha256 {
@@ -87,21 +106,7 @@ impl TestCertificate {
 
     /// Signs `claims` with this certificate's key under `header`.
     pub fn sign(&self, header: &Value, claims: &Value) -> Result<String> {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut sig,
-            )
-            .map_err(|e| anyhow!("RS256 signing failed: {e}"))?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        sign_rs256(&self.key, header, claims)
     }
 
     /// The client assertion MSAL would send for `client_id` to `token_url`, valid 10 min,

@@ -13,9 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context, Result};
 use aws_lc_rs::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY};
 use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair, RsaPublicKeyComponents};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -132,21 +131,7 @@ impl TestIssuer {
     /// Signs `claims` as an RS256 JWT with this issuer's `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String> {
         let header = json!({"typ": "JWT", "alg": "RS256", "x5t": self.kid, "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut sig,
-            )
-            .map_err(|e| anyhow!("RS256 signing failed: {e}"))?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        super::cert::sign_rs256(&self.key, &header, claims)
     }
 
     /// The claims of an access token for `principal`: `aud`, `iss`, `iat`, `nbf`, `exp`,

@@ -259,6 +259,11 @@ async fn agent_on_managed_identity_and_collector_on_a_service_principal_run_thro
         tokens.requests()
     );
     no_secret_under(&tmp.path().join("agents"))?;
+    println!(
+        "a minute of 5 s tokens: {} reports delivered, {} tokens issued, lowest credential_expires_in_seconds {lowest_expiry}",
+        seqs.len(),
+        tokens.requests()
+    );
     collector.stop(Duration::from_secs(15))?;
     tokens.shutdown().await;
     Ok(())

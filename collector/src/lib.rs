@@ -67,7 +67,8 @@ pub use config::Config;
 pub use pipeline::PartitionSummary;
 pub use source::{PartitionSource, PartitionTip, SourceError, SourceEvent, SourceProvider};
 
-use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
+use crate::checkpoint::{BlobCheckpointStore, CheckpointStore, FileCheckpointStore};
+use crate::config::CheckpointStoreKind;
 use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};
 use crate::internal_events::{
     DeadLetterSyncFailed, InternalEvent, MetricsServerFailed, PartitionTaskFailed, SinkFlushFailed,
@@ -111,6 +112,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The Azure Blob checkpoint store is misconfigured (a missing key, a bad URL).
+    #[error(transparent)]
+    AzureBlob(#[from] checkpoint::blob::config::AzureBlobBuildError),
     /// The metrics listener could not bind.
     #[error(transparent)]
     Metrics(#[from] metrics::ServeError),
@@ -132,9 +136,17 @@ pub struct Built {
     config: Config,
     sinks: Vec<Arc<dyn Sink>>,
     checkpoints: Arc<dyn CheckpointStore>,
+    /// The Blob store again when it is the checkpoint store: partitions are then owned.
+    blob: Option<Arc<BlobCheckpointStore>>,
     dead_letters: Arc<DeadLetterFile>,
     metrics: Arc<Metrics>,
     listener: Option<tokio::net::TcpListener>,
+}
+
+/// The checkpoint store, and the Blob store again when it is one (for ownership).
+struct Stores {
+    checkpoints: Arc<dyn CheckpointStore>,
+    blob: Option<Arc<BlobCheckpointStore>>,
 }
 
 impl Built {
@@ -202,7 +214,16 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
     if let Some(c) = &config.sinks.file {
         lines.push(format!("sink: file {}", c.path.display()));
     }
-    lines.push(format!("checkpoints: {}", config.checkpoint.dir.display()));
+    match (&config.checkpoint.store, &config.checkpoint.azure_blob) {
+        (CheckpointStoreKind::AzureBlob, Some(blob)) => {
+            let store = blob.build()?;
+            lines.push(format!(
+                "checkpoints: azure_blob {} (partitions shared with the other owners)",
+                store.client().container_url()
+            ));
+        }
+        _ => lines.push(format!("checkpoints: {}", config.checkpoint.dir.display())),
+    }
     lines.push(format!(
         "dead letters: {}",
         config.dead_letter.path.display()
@@ -228,13 +249,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         path: config.dead_letter.path.clone(),
         source,
     })?;
-    let store = FileCheckpointStore::new(&config.checkpoint.dir);
-    store
-        .check_writable()
-        .map_err(|source| BuildError::CheckpointDir {
-            dir: config.checkpoint.dir.clone(),
-            source,
-        })?;
+    let Stores { checkpoints, blob } = build_checkpoint_store(&config)?;
     let listener = if config.http.enabled {
         Some(metrics::bind(config.http.listen).await?)
     } else {
@@ -243,11 +258,39 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     Ok(Built {
         config,
         sinks,
-        checkpoints: Arc::new(store),
+        checkpoints,
+        blob,
         dead_letters: Arc::new(dead_letters),
         metrics,
         listener,
     })
+}
+
+/// The checkpoint store `checkpoint.store` names: the file store (its directory checked
+/// for writing) or the Azure Blob store (secrets resolved; nothing contacted).
+fn build_checkpoint_store(config: &Config) -> Result<Stores, BuildError> {
+    match (&config.checkpoint.store, &config.checkpoint.azure_blob) {
+        (CheckpointStoreKind::AzureBlob, Some(blob)) => {
+            let store = Arc::new(blob.build()?);
+            Ok(Stores {
+                checkpoints: store.clone(),
+                blob: Some(store),
+            })
+        }
+        _ => {
+            let store = FileCheckpointStore::new(&config.checkpoint.dir);
+            store
+                .check_writable()
+                .map_err(|source| BuildError::CheckpointDir {
+                    dir: config.checkpoint.dir.clone(),
+                    source,
+                })?;
+            Ok(Stores {
+                checkpoints: Arc::new(store),
+                blob: None,
+            })
+        }
+    }
 }
 
 /// Runs the collector from `config` until `shutdown` is cancelled (or every source
@@ -269,6 +312,7 @@ pub async fn run_built<P: SourceProvider>(
         config,
         sinks,
         checkpoints,
+        blob: _blob,
         dead_letters,
         metrics,
         listener,

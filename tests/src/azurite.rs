@@ -20,6 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use tcpulse_collector::checkpoint::blob::{BlobAuth, BlobClient, SharedKey};
+use tcpulse_collector::checkpoint::BlobCheckpointStore;
 use tempfile::TempDir;
 
 /// Azurite's development account name.
@@ -93,6 +95,20 @@ impl Azurite {
             "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={};",
             self.blob_endpoint()
         )
+    }
+
+    /// The collector's Blob store on `container` of the development account, the container
+    /// created if needed.
+    pub async fn checkpoint_store(&self, container: &str) -> Result<BlobCheckpointStore> {
+        let url = reqwest_url(&self.container_url(container))?;
+        let key = SharedKey::new(ACCOUNT, ACCOUNT_KEY).map_err(anyhow::Error::msg)?;
+        let client = BlobClient::new(url, BlobAuth::SharedKey(key), Duration::from_secs(10))
+            .map_err(anyhow::Error::msg)?;
+        client
+            .create_container()
+            .await
+            .with_context(|| format!("create container {container}"))?;
+        Ok(BlobCheckpointStore::new(client))
     }
 
     /// The port on 127.0.0.1.
@@ -192,6 +208,10 @@ impl Azurite {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+fn reqwest_url(s: &str) -> Result<tcpulse_collector::checkpoint::blob::client::Url> {
+    tcpulse_collector::checkpoint::blob::client::Url::parse(s).with_context(|| format!("URL {s}"))
 }
 
 /// The port of Azurite's "successfully listens on http://127.0.0.1:<port>" line.

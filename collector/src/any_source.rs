@@ -28,11 +28,16 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
             eh.client.clone(),
         )
         .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
+        // With a shared (Blob) store, receivers open with owner level 0 as the SDKs'
+        // processors do (Python `event_processor.py` and Go `processor.go`: owner level 0
+        // when a checkpoint store is given), so a stale reader of the group is evicted.
+        let shared_store = config.checkpoint.store == config::CheckpointStoreKind::AzureBlob;
+        let owner_level = eh.owner_level.or(shared_store.then_some(0));
         return Ok(AnyProvider::EventHubs(Box::new(EventHubsProvider::new(
             client,
             eh.consumer_group.clone(),
             eh.prefetch,
-            eh.owner_level,
+            owner_level,
         ))));
     }
     Err(BuildError::Config(config::ConfigError::Invalid {

@@ -252,6 +252,9 @@ pub struct CheckpointConfig {
     /// The Blob container, for `store = "azure_blob"`. Default: none.
     #[serde(default)]
     pub azure_blob: Option<crate::checkpoint::blob::config::AzureBlobConfig>,
+    /// How collectors sharing the container split the partitions (`store = "azure_blob"`).
+    #[serde(default)]
+    pub load_balancing: crate::ownership::config::LoadBalancingConfig,
     /// Directory of the checkpoint files (`store = "file"`). Default: `checkpoints`.
     #[serde(default = "default_checkpoint_dir")]
     pub dir: PathBuf,
@@ -303,6 +306,7 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             store: CheckpointStoreKind::File,
             azure_blob: None,
+            load_balancing: Default::default(),
             dir: default_checkpoint_dir(),
             initial_position: default_initial_position(),
             on_corrupt: default_initial_position(),
@@ -981,6 +985,12 @@ impl Config {
         }
         if self.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty"));
+        }
+        if let Err(why) = self.checkpoint.load_balancing.check() {
+            return Err(ConfigError::Invalid {
+                field: "checkpoint.load_balancing",
+                why,
+            });
         }
         if self.checkpoint.store == CheckpointStoreKind::AzureBlob
             && self.checkpoint.azure_blob.is_none()

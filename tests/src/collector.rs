@@ -68,6 +68,9 @@ pub struct CollectorOptions {
     pub retry_initial: Option<String>,
     /// `retry.max`.
     pub retry_max: Option<String>,
+    /// More lines for the `[checkpoint]` table (after `dir` and `interval`), e.g. the Blob
+    /// store's ([`blob_checkpoint`]); sub-tables may follow.
+    pub checkpoint: String,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
     /// More lines for the `[source.eventhub.client]` table (after `extra_ca_file`), e.g.
@@ -91,10 +94,37 @@ impl Default for CollectorOptions {
             batch_max_lines: None,
             retry_initial: d("200ms"),
             retry_max: d("1s"),
+            checkpoint: String::new(),
             sinks: String::new(),
             client: String::new(),
         }
     }
+}
+
+/// The `[checkpoint]` lines of the Azure Blob store: the storage connection string from
+/// `connection_string_file`, `container`, and the load-balancing `interval` and `expiration`.
+pub fn blob_checkpoint(
+    connection_string_file: &Path,
+    container: &str,
+    interval: &str,
+    expiration: &str,
+) -> String {
+    format!(
+        "store = \"azure_blob\"\n[checkpoint.azure_blob]\nconnection_string_file = {:?}\ncontainer = {container:?}\n[checkpoint.load_balancing]\ninterval = {interval:?}\nexpiration = {expiration:?}\n",
+        connection_string_file.display().to_string()
+    )
+}
+
+/// `partition → owner` from the `tcpulse_collector_partition_owner` lines of `/metrics`.
+pub fn partition_owners(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("tcpulse_collector_partition_owner{partition=\"")?;
+            let (p, rest) = rest.split_once('"')?;
+            let owner = rest.strip_prefix(",owner=\"")?.split('"').next()?;
+            Some((p.to_string(), owner.to_string()))
+        })
+        .collect()
 }
 
 impl CollectorOptions {
@@ -112,6 +142,7 @@ impl CollectorOptions {
             batch_max_lines: None,
             retry_initial: None,
             retry_max: None,
+            checkpoint: String::new(),
             sinks: String::new(),
             client: String::new(),
         }
@@ -190,7 +221,7 @@ connection_string_file = {cs}
 extra_ca_file = {ca}
 {client}[checkpoint]
 dir = {ckpt}
-{ci}[aggregate]
+{ci}{checkpoint}[aggregate]
 {ri}{sa}{la}{ia}[batch]
 {fi}{max_lines}[retry]
 {rin}{rmax}[dead_letter]
@@ -215,6 +246,7 @@ listen = "127.0.0.1:{metrics_port}"
                 dl = q(&dir.join("dead.jsonl")),
                 sinks = opts.sinks,
                 client = opts.client,
+                checkpoint = opts.checkpoint,
             ),
         )?;
         Ok(CollectorProcess {
@@ -274,6 +306,11 @@ listen = "127.0.0.1:{metrics_port}"
         let (status, body) = get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))?;
         ensure!(status == 200, "/metrics: {status} {body}");
         Ok(body)
+    }
+
+    /// `GET /readyz`: status and body.
+    pub fn readyz(&self) -> Result<(u16, String)> {
+        get(&format!("http://127.0.0.1:{}/readyz", self.metrics_port))
     }
 
     /// SIGTERM, then SIGKILL after `grace`; Ok if it exited with success (or was not

@@ -3,14 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test fixtures
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+use serde_json::json;
 use tcpulse_collector::checkpoint::{
     Checkpoint, CheckpointScope, CheckpointStore, CHECKPOINT_VERSION,
 };
+use tcpulse_eventhub::client::{BatchOptions, EventData, Producer};
 use tcpulse_tests::azurite::Azurite;
+use tcpulse_tests::client::client_config;
+use tcpulse_tests::collector::{blob_checkpoint, metric_max, CollectorOptions, CollectorProcess};
+use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
 use tcpulse_tests::services::get;
+use tcpulse_tests::wait::{poll_until, OnError, Poll};
+use tokio_util::sync::CancellationToken;
 
 /// Azurite answers on its port, goes away on stop, and comes back on the same port: what
 /// the Blob outage cases rely on.
@@ -129,4 +138,391 @@ async fn collector_blob_claim_race_has_exactly_one_winner() -> Result<()> {
         listing.ownerships[0].owner_id.is_empty() && listing.ownerships[0].etag == released.etag
     );
     Ok(())
+}
+
+// ---- Three collectors on one hub ------------------------------------------------------
+
+/// Partitions of the HA hub; one connector (two instances) per partition.
+const PARTITIONS: usize = 8;
+/// The load-balancing timings of the HA collectors: short, so takeovers happen in seconds.
+const INTERVAL_S: f64 = 1.0;
+const EXPIRATION_S: f64 = 6.0;
+
+fn rfc3339(ms: i64) -> String {
+    tcpulse_schema::Timestamp::from_unix_millis(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn status_body(connector: &str, instance: &str, seq: u64, time_ms: i64) -> Vec<u8> {
+    let boot = format!(
+        "6f1c2a4e-8b1d-4c3e-9f70-{:012x}",
+        instance.len() * 7919 + seq as usize / 1_000_000
+    );
+    serde_json::to_vec(&json!({
+        "schema": "tcpulse.status.v1", "connector": connector, "deployment": "blue",
+        "region": "westeurope", "scaleset": "vmss", "instance": instance,
+        "boot": boot, "seq": seq, "time": rfc3339(time_ms), "state": "active",
+        "calls": {"call_count": (seq * 7 + instance.len() as u64) % 16, "max_calls": 16, "planned_calls": 15},
+    }))
+    .unwrap_or_default()
+}
+
+/// Publishes, every 500 ms until `stop`, one report per instance: connector `c<p>` on
+/// partition `p`, instances `c<p>-a` and `c<p>-b`. Returns the `(instance, sample ms)` sent.
+async fn send_until(info: HubInfo, stop: CancellationToken) -> Result<BTreeSet<(String, i64)>> {
+    let mut producer = Producer::connect(client_config(&info, Policy::Send)?).await?;
+    let mut sent = BTreeSet::new();
+    let mut seq = 0u64;
+    while !stop.is_cancelled() {
+        seq += 1;
+        let now = tcpulse_tests::client::now_ms();
+        for p in 0..PARTITIONS {
+            let mut batch = producer.create_batch(BatchOptions {
+                partition_id: Some(p.to_string()),
+                ..Default::default()
+            })?;
+            for suffix in ["a", "b"] {
+                let (connector, instance) = (format!("c{p}.example.com"), format!("c{p}-{suffix}"));
+                let ev = EventData::new(status_body(&connector, &instance, seq, now))
+                    .with_content_type("application/json")
+                    .with_property("schema", tcpulse_schema::SCHEMA_V1);
+                batch
+                    .try_add(ev)
+                    .map_err(|e| anyhow!("event not added: {e}"))?;
+                sent.insert((instance, now));
+            }
+            producer.send_batch(&batch).await?;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    producer.close().await;
+    Ok(sent)
+}
+
+/// Line-protocol lines keyed by `(series, ns)`: each distinct field set with its count.
+type Lines = BTreeMap<(String, i64), BTreeMap<String, usize>>;
+
+fn parse_lines(text: &str, into: &mut Lines) -> Result<()> {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (rest, ts) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow!("bad line {line}"))?;
+        let (series, fields) = rest
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("bad line {line}"))?;
+        *into
+            .entry((series.to_string(), ts.parse()?))
+            .or_default()
+            .entry(fields.to_string())
+            .or_default() += 1;
+    }
+    Ok(())
+}
+
+fn read_lines(files: &[PathBuf]) -> Result<Lines> {
+    let mut lines = Lines::new();
+    for f in files {
+        parse_lines(&std::fs::read_to_string(f).unwrap_or_default(), &mut lines)?;
+    }
+    Ok(lines)
+}
+
+/// `(instance, sample ms)` of every `tc_instance` point with `up=1`, and how many such
+/// lines were written in all (a replayed event writes its point again).
+fn instance_points(lines: &Lines) -> (BTreeSet<(String, i64)>, usize) {
+    let mut set = BTreeSet::new();
+    let mut written = 0;
+    for ((series, ts), fields) in lines {
+        if !series.starts_with("tc_instance,") {
+            continue;
+        }
+        let inst = series
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("instance="))
+            .unwrap_or_default();
+        for (f, n) in fields {
+            if f.split(',').any(|kv| kv == "up=1i" || kv == "up=1") {
+                set.insert((inst.to_string(), ts / 1_000_000));
+                written += n;
+            }
+        }
+    }
+    (set, written)
+}
+
+struct Ha {
+    dir: PathBuf,
+    info: HubInfo,
+    cs_file: PathBuf,
+    container: String,
+    expiration: String,
+}
+
+impl Ha {
+    fn start(&self, name: &str) -> Result<CollectorProcess> {
+        let opts = CollectorOptions {
+            name: name.into(),
+            checkpoint: blob_checkpoint(
+                &self.cs_file,
+                &self.container,
+                &format!("{INTERVAL_S}s"),
+                &self.expiration,
+            ),
+            sinks: format!(
+                "[sinks.file]\npath = {:?}\n",
+                self.points(name).display().to_string()
+            ),
+            ..CollectorOptions::default()
+        };
+        CollectorProcess::start(&self.dir.join(name), &self.info, &opts)
+    }
+
+    fn points(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lp"))
+    }
+}
+
+fn owned(c: &CollectorProcess) -> Result<usize> {
+    Ok(metric_max(&c.metrics()?, "tcpulse_collector_owned_partitions").unwrap_or(0.0) as usize)
+}
+
+/// Waits until the live collectors own every partition between them with counts `want`
+/// (sorted); returns how long it took.
+async fn settle(
+    what: &str,
+    live: &mut [&mut CollectorProcess],
+    want: &[usize],
+    max: Duration,
+) -> Result<Duration> {
+    let want = want.to_vec();
+    poll_until(what, max, Poll::every(100, OnError::Retry), || {
+        let mut counts = Vec::new();
+        for c in live.iter_mut() {
+            c.ensure_running()?;
+            counts.push(owned(c)?);
+        }
+        counts.sort();
+        Ok(counts == want)
+    })
+    .await
+}
+
+/// Three collectors share 8 partitions through Azurite: 3/3/2 within a few cycles; a
+/// SIGKILLed one's partitions are owned by the others within expiration + one interval, a
+/// SIGTERMed one's within about one interval (it released them); every event sent is
+/// stored, and the rollups written around the takeovers are the ones a single collector
+/// writes from the same events (no false dip). Prints takeover times and the events read
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_ha_three_collectors_balance_take_over_and_match_one_collector() -> Result<()> {
+    let t0 = Instant::now();
+    let azurite = Azurite::start()?;
+    let container = "tcpulse-ha".to_string();
+    let store = azurite.checkpoint_store(&container).await?;
+    let hub = TestHub::start_with(HubOptions {
+        hubs: vec![("tcpulse".into(), PARTITIONS)],
+        ..HubOptions::default()
+    })
+    .await?;
+    let tmp = tempfile::TempDir::new()?;
+    let cs_file = tmp.path().join("blob.cs");
+    std::fs::write(&cs_file, azurite.connection_string())?;
+    let ha = Ha {
+        dir: tmp.path().to_path_buf(),
+        info: hub.info.clone(),
+        cs_file,
+        container,
+        expiration: format!("{EXPIRATION_S}s"),
+    };
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_until(hub.info.clone(), stop_sending.clone()));
+    let mut a = ha.start("ha-a")?;
+    let mut b = ha.start("ha-b")?;
+    let mut c = ha.start("ha-c")?;
+    let balanced = settle(
+        "3/3/2",
+        &mut [&mut a, &mut b, &mut c],
+        &[2, 3, 3],
+        Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| format!("a:\n{}\nb:\n{}", a.log_tail(30), b.log_tail(30)))?;
+    let (status, body) = b.readyz()?;
+    ensure!(
+        status == 200 && body.contains("ownership: owner ha-b/"),
+        "{status} {body}"
+    );
+    let listing = store.list_ownership(&scope_of(&hub.info)).await?;
+    ensure!(listing.ownerships.len() == PARTITIONS, "{listing:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // SIGKILL: the others wait for the expiration, then claim.
+    let killed_owned = owned(&a)?;
+    let t_kill = Instant::now();
+    a.kill()?;
+    let after_kill = settle(
+        "4/4 after SIGKILL",
+        &mut [&mut b, &mut c],
+        &[4, 4],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let bound = Duration::from_secs_f64(EXPIRATION_S + INTERVAL_S * 1.2 + 2.0);
+    ensure!(
+        t_kill.elapsed() <= bound + Duration::from_secs(1),
+        "SIGKILL takeover took {after_kill:?}, more than expiration + one interval ({bound:?})"
+    );
+    // A fourth collector joins: steals bring back 3/3/2.
+    let mut d = ha.start("ha-d")?;
+    let rebalanced = settle(
+        "3/3/2 with a newcomer",
+        &mut [&mut b, &mut c, &mut d],
+        &[2, 3, 3],
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // SIGTERM: b releases, the others claim in their next cycle.
+    let termed_owned = owned(&b)?;
+    let t_term = Instant::now();
+    b.stop(Duration::from_secs(30))?;
+    let stop_took = t_term.elapsed();
+    let after_term = settle(
+        "4/4 after SIGTERM",
+        &mut [&mut c, &mut d],
+        &[4, 4],
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(
+        after_term <= Duration::from_secs_f64(INTERVAL_S * 1.2 + 2.0),
+        "SIGTERM takeover took {after_term:?} after the stop, more than about one interval"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_sending.cancel();
+    let stopped_at = tcpulse_tests::client::now_ms();
+    let sent = sender.await??;
+
+    let files: Vec<PathBuf> = ["ha-a", "ha-b", "ha-c", "ha-d"]
+        .iter()
+        .map(|n| ha.points(n))
+        .collect();
+    poll_until(
+        "every event's point in the HA collectors' files",
+        Duration::from_secs(60),
+        Poll::every(250, OnError::Retry),
+        || Ok(sent.is_subset(&instance_points(&read_lines(&files)?).0)),
+    )
+    .await
+    .with_context(|| format!("c:\n{}\nd:\n{}", c.log_tail(40), d.log_tail(40)))?;
+    c.stop(Duration::from_secs(30))?;
+    d.stop(Duration::from_secs(30))?;
+
+    // One collector (file checkpoints) reads the same events from the beginning.
+    let single_opts = CollectorOptions {
+        name: "single".into(),
+        sinks: format!(
+            "[sinks.file]\npath = {:?}\n",
+            ha.points("single").display().to_string()
+        ),
+        ..CollectorOptions::default()
+    };
+    let mut single = CollectorProcess::start(&tmp.path().join("single"), &hub.info, &single_opts)?;
+    let single_file = vec![ha.points("single")];
+    poll_until(
+        "every event's point in the single collector's file",
+        Duration::from_secs(60),
+        Poll::every(250, OnError::Retry),
+        || {
+            single.ensure_running()?;
+            Ok(sent.is_subset(&instance_points(&read_lines(&single_file)?).0))
+        },
+    )
+    .await?;
+    single.stop(Duration::from_secs(30))?;
+
+    let ha_lines = read_lines(&files)?;
+    let one = read_lines(&single_file)?;
+    let (ha_points, ha_written) = instance_points(&ha_lines);
+    ensure!(
+        ha_points == sent,
+        "events sent {} != distinct points stored {}",
+        sent.len(),
+        ha_points.len()
+    );
+    // Compare the points of windows closed by event time (before the sender stopped,
+    // less the lateness), not the ones the idle watermark closes at the end.
+    let cutoff_ns = (stopped_at - 6_000) * 1_000_000;
+    let relevant = |l: &Lines| -> BTreeMap<(String, i64), BTreeSet<String>> {
+        l.iter()
+            .filter(|((s, ts), _)| {
+                (s.starts_with("tc_connector,") || s.starts_with("tc_instance,")) && *ts < cutoff_ns
+            })
+            .map(|(k, v)| (k.clone(), v.keys().cloned().collect()))
+            .collect()
+    };
+    let (h, o) = (relevant(&ha_lines), relevant(&one));
+    for (k, fields) in &h {
+        ensure!(
+            fields.len() == 1,
+            "{k:?} written with different values around a takeover: {fields:?}"
+        );
+    }
+    let diff: Vec<_> = h
+        .iter()
+        .filter(|(k, v)| o.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    let missing: Vec<_> = o.keys().filter(|k| !h.contains_key(*k)).take(5).collect();
+    ensure!(
+        diff.is_empty() && missing.is_empty(),
+        "HA points differ from one collector's: {diff:?}; missing: {missing:?}"
+    );
+    let rollups = h
+        .keys()
+        .filter(|(s, _)| s.starts_with("tc_connector,"))
+        .count();
+    let twice = ha_written - ha_points.len();
+    let pair = |x: &str| -> Result<usize> {
+        let mine = instance_points(&read_lines(&[ha.points(x)])?).0;
+        let others: Vec<PathBuf> = ["ha-a", "ha-b", "ha-c", "ha-d"]
+            .iter()
+            .filter(|n| **n != x)
+            .map(|n| ha.points(n))
+            .collect();
+        Ok(mine
+            .intersection(&instance_points(&read_lines(&others)?).0)
+            .count())
+    };
+    eprintln!(
+        "collector HA: balanced 3/3/2 in {balanced:?}; SIGKILL of a collector owning {killed_owned}: others own all in {after_kill:?} (expiration {EXPIRATION_S}s, interval {INTERVAL_S}s); newcomer rebalanced in {rebalanced:?}; SIGTERM of one owning {termed_owned} (stop took {stop_took:?}): others own all {after_term:?} after it exited; {} events, {twice} read twice in all ({} of them in the killed collector's file and another's, {} in the stopped one's and another's, the newcomer's steal from it included); {rollups} rollups equal to one collector's; {:?}",
+        sent.len(),
+        pair("ha-a")?,
+        pair("ha-b")?,
+        t0.elapsed()
+    );
+    // Each partition's connector has a rollup every 2 s over the ~20 s compared.
+    ensure!(rollups >= PARTITIONS * 5, "few rollups compared: {rollups}");
+    hub.shutdown().await;
+    Ok(())
+}
+
+fn scope_of(info: &HubInfo) -> CheckpointScope {
+    let cs = info
+        .connection_string(Mode::Tls, Policy::Listen)
+        .unwrap_or_default();
+    let cfg = tcpulse_eventhub::client::ClientConfig::from_connection_string(
+        cs,
+        None,
+        Default::default(),
+    );
+    let (ns, hub) = cfg
+        .map(|c| (c.namespace(), c.hub.clone()))
+        .unwrap_or_default();
+    CheckpointScope::new(ns, hub, "$Default")
 }

@@ -170,14 +170,18 @@ fn status_body(connector: &str, instance: &str, seq: u64, time_ms: i64) -> Vec<u
 
 /// Publishes, every 500 ms until `stop`, one report per instance: connector `c<p>` on
 /// partition `p`, instances `c<p>-a` and `c<p>-b`. Returns the `(instance, sample ms)` sent.
-async fn send_until(info: HubInfo, stop: CancellationToken) -> Result<BTreeSet<(String, i64)>> {
+async fn send_until(
+    info: HubInfo,
+    partitions: usize,
+    stop: CancellationToken,
+) -> Result<BTreeSet<(String, i64)>> {
     let mut producer = Producer::connect(client_config(&info, Policy::Send)?).await?;
     let mut sent = BTreeSet::new();
     let mut seq = 0u64;
     while !stop.is_cancelled() {
         seq += 1;
         let now = tcpulse_tests::client::now_ms();
-        for p in 0..PARTITIONS {
+        for p in 0..partitions {
             let mut batch = producer.create_batch(BatchOptions {
                 partition_id: Some(p.to_string()),
                 ..Default::default()
@@ -339,7 +343,11 @@ async fn collector_ha_three_collectors_balance_take_over_and_match_one_collector
         expiration: format!("{EXPIRATION_S}s"),
     };
     let stop_sending = CancellationToken::new();
-    let sender = tokio::spawn(send_until(hub.info.clone(), stop_sending.clone()));
+    let sender = tokio::spawn(send_until(
+        hub.info.clone(),
+        PARTITIONS,
+        stop_sending.clone(),
+    ));
     let mut a = ha.start("ha-a")?;
     let mut b = ha.start("ha-b")?;
     let mut c = ha.start("ha-c")?;
@@ -525,4 +533,173 @@ fn scope_of(info: &HubInfo) -> CheckpointScope {
         .map(|c| (c.namespace(), c.hub.clone()))
         .unwrap_or_default();
     CheckpointScope::new(ns, hub, "$Default")
+}
+
+// ---- Interop with the official Python SDK ---------------------------------------------
+
+fn checkpoint_sequences(log: &str) -> BTreeSet<(String, i64)> {
+    // `… resuming after checkpoint partition=1 sequence_number=57`
+    log.lines()
+        .filter(|l| l.contains("resuming after checkpoint"))
+        .filter_map(|l| {
+            let p = l.split("partition=").nth(1)?.split_whitespace().next()?;
+            let s = l
+                .split("sequence_number=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            Some((p.to_string(), s.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A tcpulse collector and the official SDK's `EventHubConsumerClient` with
+/// `BlobCheckpointStore` share one consumer group and container: they split the partitions;
+/// the SDK lists and parses the blobs tcpulse wrote; when the SDK processor stops, tcpulse
+/// takes its partitions and resumes right after the SDK's checkpoints, and when tcpulse
+/// stops, the SDK resumes right after tcpulse's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_ha_shares_partitions_with_the_python_sdk_processor() -> Result<()> {
+    let azurite = Azurite::start()?;
+    let container = "tcpulse-interop";
+    let store = azurite.checkpoint_store(container).await?;
+    let hub = TestHub::start_with(HubOptions {
+        hubs: vec![("tcpulse".into(), 4)],
+        ..HubOptions::default()
+    })
+    .await?;
+    let info = hub.info.clone();
+    let tmp = tempfile::TempDir::new()?;
+    let cs_file = tmp.path().join("blob.cs");
+    std::fs::write(&cs_file, azurite.connection_string())?;
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_until(info.clone(), 4, stop_sending.clone()));
+    let opts = CollectorOptions {
+        name: "interop".into(),
+        checkpoint: blob_checkpoint(&cs_file, container, "1s", "6s"),
+        sinks: format!(
+            "[sinks.file]\npath = {:?}\n",
+            tmp.path().join("t.lp").display().to_string()
+        ),
+        ..CollectorOptions::default()
+    };
+    let mut t = CollectorProcess::start(&tmp.path().join("t"), &info, &opts)?;
+    settle(
+        "tcpulse owns all 4",
+        &mut [&mut t],
+        &[4],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let py_args = |run_seconds: f64| {
+        Ok::<_, anyhow::Error>(json!({
+            "conn": info.conn(Mode::Tls, Policy::Listen)?,
+            "blob_connection_string": azurite.connection_string(),
+            "container": container,
+            "run_seconds": run_seconds,
+            "load_balancing_interval": 1.0,
+            "ownership_expiration": 6.0,
+        }))
+    };
+    // The SDK processor joins: 2/2 (it steals, tcpulse lets go), then it stops and releases.
+    let py =
+        tcpulse_tests::python::run_script("processor", py_args(14.0)?, Duration::from_secs(90))
+            .await?;
+    let py_owned: Vec<String> = serde_json::from_value(py["owned_at_end"].clone())?;
+    ensure!(
+        py_owned.len() == 2,
+        "the SDK processor should own 2 of 4 at the end: {py}"
+    );
+    let owners: BTreeMap<String, String> = serde_json::from_value(py["ownership"].clone())?;
+    let py_id = py["owner_id"].as_str().unwrap_or_default().to_string();
+    let tcpulse_parts: Vec<&String> = owners
+        .iter()
+        .filter(|(_, o)| o.starts_with("interop/"))
+        .map(|(p, _)| p)
+        .collect();
+    ensure!(
+        tcpulse_parts.len() == 2 && owners.values().filter(|o| **o == py_id).count() == 2,
+        "ownership as the SDK lists it: {owners:?}"
+    );
+    let py_checkpoints = py["checkpoints"].as_object().cloned().unwrap_or_default();
+    for p in &tcpulse_parts {
+        ensure!(
+            py_checkpoints
+                .get(p.as_str())
+                .and_then(|c| c["sequence_number"].as_i64())
+                .is_some(),
+            "the SDK parsed no checkpoint of tcpulse's partition {p}: {py}"
+        );
+    }
+    // tcpulse takes the SDK's partitions back and resumes after the SDK's checkpoints.
+    let took_back = settle(
+        "tcpulse owns all 4 again",
+        &mut [&mut t],
+        &[4],
+        Duration::from_secs(30),
+    )
+    .await?;
+    // The SDK checkpoints every event it hands over, up to its close: its last one.
+    let want: BTreeMap<String, i64> = serde_json::from_value(py["last_seq"].clone())?;
+    let after_close: BTreeMap<String, i64> =
+        serde_json::from_value(py["checkpoints_after_close"].clone())?;
+    ensure!(
+        want.keys().cloned().collect::<Vec<_>>() == py_owned
+            && want.iter().all(|(p, s)| after_close.get(p) == Some(s)),
+        "the SDK's last events are not its checkpoints: {py}"
+    );
+    poll_until(
+        "tcpulse resuming after the SDK's checkpoints",
+        Duration::from_secs(20),
+        Poll::every(100, OnError::Retry),
+        || {
+            let resumed = checkpoint_sequences(&t.log());
+            Ok(want
+                .iter()
+                .all(|(p, seq)| resumed.contains(&(p.clone(), *seq))))
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "the SDK read up to {want:?}; the SDK said {py}; tcpulse log:\n{}",
+            t.log_tail(40)
+        )
+    })?;
+    let resumed = checkpoint_sequences(&t.log());
+    // The other way round: tcpulse stops (releasing), the SDK resumes after its checkpoints.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.stop(Duration::from_secs(30))?;
+    let scope = scope_of(&info);
+    let mut ours = BTreeMap::new();
+    for p in 0..4 {
+        let cp = store
+            .load(&scope, &p.to_string())
+            .await?
+            .ok_or_else(|| anyhow!("no checkpoint of {p}"))?;
+        ours.insert(p.to_string(), cp.sequence_number);
+    }
+    let py2 =
+        tcpulse_tests::python::run_script("processor", py_args(8.0)?, Duration::from_secs(90))
+            .await?;
+    stop_sending.cancel();
+    let sent = sender.await??;
+    let first: BTreeMap<String, i64> = serde_json::from_value(py2["first_seq"].clone())?;
+    for (p, seq) in &ours {
+        ensure!(
+            first.get(p) == Some(&(seq + 1)),
+            "partition {p}: tcpulse checkpointed {seq}, the SDK started at {:?}",
+            first.get(p)
+        );
+    }
+    ensure!(
+        !first.is_empty(),
+        "the SDK read nothing after tcpulse stopped (events sent: {})",
+        sent.len()
+    );
+    eprintln!(
+        "python interop: the SDK processor owned {py_owned:?} beside tcpulse; tcpulse took them back {took_back:?} after it stopped and resumed after its checkpoints {resumed:?}; after tcpulse stopped the SDK started at {first:?} (tcpulse's checkpoints {ours:?})"
+    );
+    hub.shutdown().await;
+    Ok(())
 }

@@ -73,6 +73,9 @@ pub struct CollectorOptions {
     pub checkpoint: String,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
+    /// Run the binary under libfaketime with this clock offset (`"+40s"`, `"-40s"`): a
+    /// machine whose clock is off.
+    pub clock_offset: Option<String>,
     /// More lines for the `[source.eventhub.client]` table (after `extra_ca_file`), e.g.
     /// `transport = "websocket"`; a `[source.eventhub.client.proxy]` table may follow.
     pub client: String,
@@ -96,6 +99,7 @@ impl Default for CollectorOptions {
             retry_max: d("1s"),
             checkpoint: String::new(),
             sinks: String::new(),
+            clock_offset: None,
             client: String::new(),
         }
     }
@@ -144,6 +148,7 @@ impl CollectorOptions {
             retry_max: None,
             checkpoint: String::new(),
             sinks: String::new(),
+            clock_offset: None,
             client: String::new(),
         }
     }
@@ -194,6 +199,7 @@ pub struct CollectorProcess {
     config: PathBuf,
     metrics_port: u16,
     run: usize,
+    clock_offset: Option<String>,
 }
 
 impl CollectorProcess {
@@ -250,7 +256,8 @@ listen = "127.0.0.1:{metrics_port}"
             ),
         )?;
         Ok(CollectorProcess {
-            proc: launch(dir, &config, 0)?,
+            proc: launch(dir, &config, 0, opts.clock_offset.as_deref())?,
+            clock_offset: opts.clock_offset.clone(),
             dir: dir.to_path_buf(),
             config,
             metrics_port,
@@ -263,7 +270,12 @@ listen = "127.0.0.1:{metrics_port}"
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill()?;
         self.run += 1;
-        self.proc = launch(&self.dir, &self.config, self.run)?;
+        self.proc = launch(
+            &self.dir,
+            &self.config,
+            self.run,
+            self.clock_offset.as_deref(),
+        )?;
         Ok(())
     }
 
@@ -337,8 +349,34 @@ fn log_path(dir: &Path, run: usize) -> PathBuf {
     }
 }
 
-fn launch(dir: &Path, config: &Path, run: usize) -> Result<ChildProcess> {
+/// libfaketime's library, or the install command.
+fn faketime_library() -> Result<PathBuf> {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("libfaketime not found: install the Debian package `faketime` (scripts/test-deps does)"))
+}
+
+fn launch(
+    dir: &Path,
+    config: &Path,
+    run: usize,
+    clock_offset: Option<&str>,
+) -> Result<ChildProcess> {
     let mut cmd = Command::new(workspace_binary("tcpulse-collector")?);
+    if let Some(offset) = clock_offset {
+        // libfaketime (Debian `faketime`) preloaded into the collector itself (not through
+        // the `faketime` wrapper, which forks: a SIGKILL would miss the collector).
+        cmd.env("LD_PRELOAD", faketime_library()?)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_RESET", "1");
+    }
     cmd.arg("run")
         .arg("--config")
         .arg(config)

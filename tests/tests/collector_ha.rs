@@ -15,7 +15,9 @@ use tcpulse_collector::checkpoint::{
 use tcpulse_eventhub::client::{BatchOptions, EventData, Producer};
 use tcpulse_tests::azurite::Azurite;
 use tcpulse_tests::client::client_config;
-use tcpulse_tests::collector::{blob_checkpoint, metric_max, CollectorOptions, CollectorProcess};
+use tcpulse_tests::collector::{
+    blob_checkpoint, metric_max, partition_owners, CollectorOptions, CollectorProcess,
+};
 use tcpulse_tests::hub::{HubInfo, HubOptions, Mode, Policy, TestHub};
 use tcpulse_tests::services::get;
 use tcpulse_tests::wait::{poll_until, OnError, Poll};
@@ -700,6 +702,272 @@ async fn collector_ha_shares_partitions_with_the_python_sdk_processor() -> Resul
     eprintln!(
         "python interop: the SDK processor owned {py_owned:?} beside tcpulse; tcpulse took them back {took_back:?} after it stopped and resumed after its checkpoints {resumed:?}; after tcpulse stopped the SDK started at {first:?} (tcpulse's checkpoints {ours:?})"
     );
+    hub.shutdown().await;
+    Ok(())
+}
+
+// ---- Faults ---------------------------------------------------------------------------
+
+fn counter(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Two collectors, and a Blob outage of 30 s (shorter than the 45 s expiration): both keep
+/// their partitions and keep storing points while the container is down (checkpoint and
+/// ownership writes fail and are counted), nobody's partition is taken or lost, checkpoints
+/// move again after it is back, and every event sent is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_ha_blob_outage_keeps_partitions_and_loses_no_event() -> Result<()> {
+    let mut azurite = Azurite::start()?;
+    let container = "tcpulse-outage";
+    let store = azurite.checkpoint_store(container).await?;
+    let hub = TestHub::start_with(HubOptions {
+        hubs: vec![("tcpulse".into(), 4)],
+        ..HubOptions::default()
+    })
+    .await?;
+    let tmp = tempfile::TempDir::new()?;
+    let cs_file = tmp.path().join("blob.cs");
+    std::fs::write(&cs_file, azurite.connection_string())?;
+    let ha = Ha {
+        dir: tmp.path().to_path_buf(),
+        info: hub.info.clone(),
+        cs_file,
+        container: container.into(),
+        expiration: "45s".into(),
+    };
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_until(hub.info.clone(), 4, stop_sending.clone()));
+    let mut a = ha.start("out-a")?;
+    let mut b = ha.start("out-b")?;
+    settle(
+        "2/2",
+        &mut [&mut a, &mut b],
+        &[2, 2],
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let owners_before = partition_owners(&a.metrics()?);
+    let lost = |c: &CollectorProcess| -> Result<f64> {
+        Ok(counter(
+            &c.metrics()?,
+            "tcpulse_collector_ownership_lost_claims_total",
+            "reason=",
+        ))
+    };
+    // Losses of the initial balancing (the first one up gives partitions to the second).
+    let lost_before = (lost(&a)?, lost(&b)?);
+    let scope = scope_of(&hub.info);
+    let files = vec![ha.points("out-a"), ha.points("out-b")];
+
+    azurite.stop()?;
+    let down_at = tcpulse_tests::client::now_ms();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Still owning, still storing what arrives, still ready (listed within the expiration).
+    for c in [&mut a, &mut b] {
+        c.ensure_running()?;
+        ensure!(
+            owned(c)? == 2,
+            "a partition was dropped during the outage:\n{}",
+            c.log_tail(30)
+        );
+        let text = c.metrics()?;
+        ensure!(
+            counter(
+                &text,
+                "tcpulse_collector_component_errors_total",
+                "error_type=\"list_failed\""
+            ) > 0.0,
+            "no failed listing counted"
+        );
+        ensure!(
+            counter(
+                &text,
+                "tcpulse_collector_component_errors_total",
+                "error_type=\"store_io\""
+            ) > 0.0,
+            "no failed checkpoint write counted"
+        );
+        ensure!(
+            c.readyz()?.0 == 200,
+            "not ready during an outage shorter than the expiration"
+        );
+    }
+    let during: usize = instance_points(&read_lines(&files)?)
+        .0
+        .iter()
+        .filter(|(_, t)| *t > down_at + 2_000)
+        .count();
+    ensure!(
+        during > 100,
+        "few points stored during the outage: {during}"
+    );
+
+    azurite.start_again()?;
+    let back = Instant::now();
+    // Checkpoints move past the outage again.
+    poll_until(
+        "checkpoints written after the outage",
+        Duration::from_secs(30),
+        Poll::every(250, OnError::Retry),
+        || {
+            let cp = futures_block(store.load(&scope, "0"))?;
+            Ok(cp.is_some_and(|c| c.updated_at_ms > down_at + 30_000))
+        },
+    )
+    .await?;
+    let checkpoints_back = back.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(
+        "2/2 after the outage",
+        &mut [&mut a, &mut b],
+        &[2, 2],
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(
+        partition_owners(&a.metrics()?) == owners_before,
+        "owners changed across the outage"
+    );
+    ensure!(
+        (lost(&a)?, lost(&b)?) == lost_before,
+        "a partition was lost across the outage: before {lost_before:?}, after {:?}",
+        (lost(&a)?, lost(&b)?)
+    );
+    stop_sending.cancel();
+    let sent = sender.await??;
+    poll_until(
+        "every event stored",
+        Duration::from_secs(60),
+        Poll::every(250, OnError::Retry),
+        || Ok(sent.is_subset(&instance_points(&read_lines(&files)?).0)),
+    )
+    .await?;
+    a.stop(Duration::from_secs(30))?;
+    b.stop(Duration::from_secs(30))?;
+    eprintln!(
+        "Blob outage of 30 s: partitions kept, {during} points stored during it, checkpoints written again {checkpoints_back:?} after it ended, owners unchanged, {} events all stored",
+        sent.len()
+    );
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Seconds between the first log line's time of day (`2026-12-07T18:32:44.63Z …`) and now.
+fn log_clock_offset_s(log: &str) -> Option<i64> {
+    let t = log.lines().next()?.split('T').nth(1)?;
+    let hms: Vec<i64> = t
+        .get(..8)?
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let logged = hms.first()? * 3600 + hms.get(1)? * 60 + hms.get(2)?;
+    let now = (tcpulse_tests::client::now_ms() / 1000).rem_euclid(86_400);
+    let d = (logged - now).rem_euclid(86_400);
+    Some(if d > 43_200 { d - 86_400 } else { d })
+}
+
+/// Runs a future to completion from a blocking poll (the waits' conditions are closures).
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Two collectors whose clocks are 80 s apart (one 40 s fast, one 40 s slow: far more than
+/// the 6 s expiration) share the partitions without a single takeover, because expiry is
+/// judged by the Blob service's clock; and the fast one takes the slow one's partitions
+/// after it is killed within expiration + one interval, not sooner or later. The bound on
+/// a collector's clock is the Blob service's own: Shared Key requests dated more than
+/// 15 minutes off are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_ha_clock_skew_causes_no_takeover() -> Result<()> {
+    let azurite = Azurite::start()?;
+    let container = "tcpulse-skew";
+    azurite.checkpoint_store(container).await?;
+    let hub = TestHub::start_with(HubOptions {
+        hubs: vec![("tcpulse".into(), 4)],
+        ..HubOptions::default()
+    })
+    .await?;
+    let tmp = tempfile::TempDir::new()?;
+    let cs_file = tmp.path().join("blob.cs");
+    std::fs::write(&cs_file, azurite.connection_string())?;
+    let start = |name: &str, offset: &str| -> Result<CollectorProcess> {
+        let opts = CollectorOptions {
+            name: name.into(),
+            checkpoint: blob_checkpoint(&cs_file, container, "1s", "6s"),
+            sinks: format!(
+                "[sinks.file]\npath = {:?}\n",
+                tmp.path().join(format!("{name}.lp")).display().to_string()
+            ),
+            clock_offset: Some(offset.into()),
+            ..CollectorOptions::default()
+        };
+        CollectorProcess::start(&tmp.path().join(name), &hub.info, &opts)
+    };
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_until(hub.info.clone(), 4, stop_sending.clone()));
+    let mut fast = start("fast", "+40s")?;
+    let mut slow = start("slow", "-40s")?;
+    // The clocks really are off: each collector's log is stamped with its own clock.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (f, s) = (
+        log_clock_offset_s(&fast.log()),
+        log_clock_offset_s(&slow.log()),
+    );
+    ensure!(
+        f.is_some_and(|o| (35..=45).contains(&o)) && s.is_some_and(|o| (-45..=-35).contains(&o)),
+        "collector clocks not shifted by libfaketime: fast {f:?} s, slow {s:?} s"
+    );
+    settle(
+        "2/2",
+        &mut [&mut fast, &mut slow],
+        &[2, 2],
+        Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| format!("fast:\n{}\nslow:\n{}", fast.log_tail(30), slow.log_tail(30)))?;
+    // Ten cycles: no steal, no loss beyond those of the initial balancing.
+    let takeovers = |c: &CollectorProcess| -> Result<f64> {
+        let text = c.metrics()?;
+        Ok(
+            metric_max(&text, "tcpulse_collector_ownership_steals_total").unwrap_or(0.0)
+                + counter(
+                    &text,
+                    "tcpulse_collector_ownership_lost_claims_total",
+                    "reason=",
+                ),
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (takeovers(&fast)?, takeovers(&slow)?);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = (takeovers(&fast)?, takeovers(&slow)?);
+    ensure!(
+        before == after,
+        "takeovers with skewed clocks (steals + losses, fast/slow): {before:?} then {after:?}"
+    );
+    ensure!(owned(&fast)? == 2 && owned(&slow)? == 2);
+    let t = Instant::now();
+    slow.kill()?;
+    let took = settle(
+        "the fast one owns all",
+        &mut [&mut fast],
+        &[4],
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(
+        t.elapsed() >= Duration::from_secs(4) && took <= Duration::from_secs_f64(6.0 + 1.2 + 2.0),
+        "takeover after {took:?}: expiry judged by a skewed clock?"
+    );
+    stop_sending.cancel();
+    sender.await??;
+    fast.stop(Duration::from_secs(30))?;
+    eprintln!("clock skew of 80 s between two collectors: no takeover in 10 cycles; after a SIGKILL the other owned all in {took:?} (expiration 6 s)");
     hub.shutdown().await;
     Ok(())
 }

@@ -148,7 +148,8 @@ pub struct EventHubSourceConfig {
     #[serde(default = "default_consumer_group")]
     pub consumer_group: String,
     /// Owner level (epoch) of the receivers; a higher one takes a partition over.
-    /// Default: none.
+    /// Default: none; 0 with `checkpoint.store = "azure_blob"`, as the Azure SDKs' event
+    /// processors open theirs.
     #[serde(default)]
     pub owner_level: Option<i64>,
     /// Events the link may deliver ahead of processing (link credit). Default: 300.

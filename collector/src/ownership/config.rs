@@ -33,7 +33,8 @@ pub struct LoadBalancingConfig {
     pub interval: Duration,
     /// An ownership not renewed for this long is claimable by the others. Judged by the
     /// Blob service's clock (its `Date` answer against the blob's Last-Modified), so the
-    /// collectors' own clocks do not matter; at least three intervals. A collector that
+    /// collectors' own clocks do not matter (within Azure Storage's own bound: a Shared Key
+    /// request dated more than 15 minutes off is refused); at least three intervals. A collector that
     /// cannot renew for this long (the store unreachable) stops its partitions.
     /// Default: 60s.
     #[serde(default = "default_expiration", with = "humantime_serde")]

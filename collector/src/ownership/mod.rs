@@ -27,8 +27,11 @@
 //! the listing's answer. A collector's own clock is never used, so collectors whose clocks
 //! disagree (by any amount: the bound is the service's, not theirs) neither steal live
 //! partitions nor wait longer for dead ones. (The SDKs compare with the local clock; there
-//! a skew of more than `expiration − interval` causes false takeovers.) The collector's
-//! monotonic clock only measures how long its own renewals have failed.
+//! a skew of more than `expiration − interval` causes false takeovers.) The only bound on a
+//! collector's clock is Azure Storage's: a Shared Key request whose `x-ms-date` is more than
+//! 15 minutes off is refused ("Authorize with Shared Key", Specifying the Date header,
+//! <https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key>). The
+//! collector's monotonic clock only measures how long its own renewals have failed.
 //!
 //! # No false dip on takeover
 //!

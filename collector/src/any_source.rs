@@ -27,12 +27,13 @@ pub fn from_config(config: &Config) -> Result<AnyProvider, BuildError> {
         let (client, credential) = eh
             .client_config()
             .map_err(|e| BuildError::EventHubSecret(e.to_string()))?;
-        let provider = EventHubsProvider::new(
-            client,
-            eh.consumer_group.clone(),
-            eh.prefetch,
-            eh.owner_level,
-        );
+        // With a shared (Blob) store, receivers open with owner level 0 as the SDKs'
+        // processors do (Python `event_processor.py` and Go `processor.go`: owner level 0
+        // when a checkpoint store is given), so a stale reader of the group is evicted.
+        let shared_store = config.checkpoint.store == config::CheckpointStoreKind::AzureBlob;
+        let owner_level = eh.owner_level.or(shared_store.then_some(0));
+        let provider =
+            EventHubsProvider::new(client, eh.consumer_group.clone(), eh.prefetch, owner_level);
         return Ok(AnyProvider::EventHubs {
             provider: Box::new(provider),
             credential,

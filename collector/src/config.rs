@@ -169,7 +169,8 @@ pub struct EventHubSourceConfig {
     #[serde(default = "default_consumer_group")]
     pub consumer_group: String,
     /// Owner level (epoch) of the receivers; a higher one takes a partition over.
-    /// Default: none.
+    /// Default: none; 0 with `checkpoint.store = "azure_blob"`, as the Azure SDKs' event
+    /// processors open theirs.
     #[serde(default)]
     pub owner_level: Option<i64>,
     /// Events the link may deliver ahead of processing (link credit). Default: 300.
@@ -247,11 +248,36 @@ impl From<PositionSpec> for String {
     }
 }
 
+/// Where checkpoints are kept.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStoreKind {
+    /// JSON files under `checkpoint.dir`: one collector reads every partition.
+    #[default]
+    File,
+    /// An Azure Blob container (`[checkpoint.azure_blob]`) in the Azure SDKs' layout:
+    /// several collectors (and SDK event processors) share the consumer group, each owning
+    /// some partitions (`[checkpoint.load_balancing]`); receivers open with owner level 0.
+    AzureBlob,
+}
+
 /// Checkpoint settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Directory of the checkpoint files. Default: `checkpoints`.
+    /// `file` (one collector; the default) or `azure_blob` (highly available: collectors
+    /// share the partitions through the container of `[checkpoint.azure_blob]`).
+    #[serde(default)]
+    pub store: CheckpointStoreKind,
+    /// The Blob container, for `store = "azure_blob"`. Default: none.
+    #[serde(default)]
+    pub azure_blob: Option<crate::checkpoint::blob::config::AzureBlobConfig>,
+    /// How collectors sharing the container split the partitions (`store = "azure_blob"`).
+    #[serde(default)]
+    pub load_balancing: crate::ownership::config::LoadBalancingConfig,
+    /// Directory of the checkpoint files (`store = "file"`). Default: `checkpoints`.
     #[serde(default = "default_checkpoint_dir")]
     pub dir: PathBuf,
     /// Where a partition without a checkpoint starts. Default: `earliest` (replays are
@@ -300,6 +326,9 @@ const fn default_checkpoint_interval() -> Duration {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
+            store: CheckpointStoreKind::File,
+            azure_blob: None,
+            load_balancing: Default::default(),
             dir: default_checkpoint_dir(),
             initial_position: default_initial_position(),
             on_corrupt: default_initial_position(),
@@ -1033,6 +1062,20 @@ impl Config {
         }
         if self.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty"));
+        }
+        if let Err(why) = self.checkpoint.load_balancing.check() {
+            return Err(ConfigError::Invalid {
+                field: "checkpoint.load_balancing",
+                why,
+            });
+        }
+        if self.checkpoint.store == CheckpointStoreKind::AzureBlob
+            && self.checkpoint.azure_blob.is_none()
+        {
+            return Err(invalid(
+                "checkpoint.azure_blob",
+                "store = \"azure_blob\" needs a [checkpoint.azure_blob] table (container_url, or a connection string and container)",
+            ));
         }
         if self.sinks.is_empty() {
             self.sinks.file = Some(FileSinkConfig::default());

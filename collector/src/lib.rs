@@ -14,7 +14,8 @@
 //! | [`dead_letter`] | the dead-letter file: refused events and rejected batches (JSONL, capped, rotated) | stop a partition |
 //! | [`aggregate`] | event-time state per instance, rollups per connector at aligned window ends, peaks, staleness, snapshots | read the wall clock (except when told the source is idle) |
 //! | [`sinks`] | the [`sinks::Sink`] trait; `influxdb_v2`, `influxdb_v1`, `file`; HTTP + gzip; retries honouring `Retry-After`; dead-lettering of rejected batches | drop a batch that might still be stored |
-//! | [`checkpoint`] | [`checkpoint::CheckpointStore`] and the atomic file store; corrupt files reported and moved aside | start a partition from the beginning silently |
+//! | [`checkpoint`] | [`checkpoint::CheckpointStore`]: the atomic file store (corrupt files reported and moved aside) and the Azure Blob store in the SDKs' layout | start a partition from the beginning silently |
+//! | [`ownership`] | with the Blob store: which partitions this collector owns (the SDKs' claim/renew/steal protocol and balancing), starting and stopping their pipelines, releasing them at shutdown | judge expiry by its own clock |
 //! | [`pipeline`] | one partition: source → decode → dedup → aggregate → batches → sinks; acks back in order; the low-watermark checkpoint; backpressure | hold more than the in-flight bound |
 //! | [`metrics`] | the Prometheus registry (with `tcpulse_build_info` and the process metrics), `/metrics` (OpenMetrics or text 0.0.4, as the scraper asks) `/healthz` `/readyz`, `tc_pipeline` numbers | keep a second set of counters |
 //! | [`internal_events`] | named operational events (the shared `cli_support::telemetry` mechanism): one counter each, one log line per key at most once a minute; the only place that logs a warning or an error | log per event in a flood |
@@ -54,6 +55,7 @@ pub mod dead_letter;
 pub mod eventhubs;
 pub mod internal_events;
 pub mod metrics;
+pub mod ownership;
 pub mod pipeline;
 pub mod sinks;
 pub mod source;
@@ -67,7 +69,8 @@ pub use config::Config;
 pub use pipeline::PartitionSummary;
 pub use source::{PartitionSource, PartitionTip, SourceError, SourceEvent, SourceProvider};
 
-use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
+use crate::checkpoint::{BlobCheckpointStore, CheckpointStore, FileCheckpointStore};
+use crate::config::CheckpointStoreKind;
 use crate::dead_letter::{DeadLetterFile, DeadLetterLimits};
 use crate::internal_events::{
     DeadLetterSyncFailed, InternalEvent, MetricsServerFailed, PartitionTaskFailed, SinkFlushFailed,
@@ -111,6 +114,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The Azure Blob checkpoint store is misconfigured (a missing key, a bad URL).
+    #[error(transparent)]
+    AzureBlob(#[from] checkpoint::blob::config::AzureBlobBuildError),
     /// The metrics listener could not bind.
     #[error(transparent)]
     Metrics(#[from] metrics::ServeError),
@@ -132,9 +138,17 @@ pub struct Built {
     config: Config,
     sinks: Vec<Arc<dyn Sink>>,
     checkpoints: Arc<dyn CheckpointStore>,
+    /// The Blob store again when it is the checkpoint store: partitions are then owned.
+    blob: Option<Arc<BlobCheckpointStore>>,
     dead_letters: Arc<DeadLetterFile>,
     metrics: Arc<Metrics>,
     listener: Option<tokio::net::TcpListener>,
+}
+
+/// The checkpoint store, and the Blob store again when it is one (for ownership).
+struct Stores {
+    checkpoints: Arc<dyn CheckpointStore>,
+    blob: Option<Arc<BlobCheckpointStore>>,
 }
 
 impl Built {
@@ -202,7 +216,16 @@ pub fn check_config(config: &mut Config) -> Result<Vec<String>, BuildError> {
     if let Some(c) = &config.sinks.file {
         lines.push(format!("sink: file {}", c.path.display()));
     }
-    lines.push(format!("checkpoints: {}", config.checkpoint.dir.display()));
+    match (&config.checkpoint.store, &config.checkpoint.azure_blob) {
+        (CheckpointStoreKind::AzureBlob, Some(blob)) => {
+            let store = blob.build()?;
+            lines.push(format!(
+                "checkpoints: azure_blob {} (partitions shared with the other owners)",
+                store.client().container_url()
+            ));
+        }
+        _ => lines.push(format!("checkpoints: {}", config.checkpoint.dir.display())),
+    }
     lines.push(format!(
         "dead letters: {}",
         config.dead_letter.path.display()
@@ -228,13 +251,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         path: config.dead_letter.path.clone(),
         source,
     })?;
-    let store = FileCheckpointStore::new(&config.checkpoint.dir);
-    store
-        .check_writable()
-        .map_err(|source| BuildError::CheckpointDir {
-            dir: config.checkpoint.dir.clone(),
-            source,
-        })?;
+    let Stores { checkpoints, blob } = build_checkpoint_store(&config)?;
     let listener = if config.http.enabled {
         Some(metrics::bind(config.http.listen).await?)
     } else {
@@ -243,11 +260,39 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     Ok(Built {
         config,
         sinks,
-        checkpoints: Arc::new(store),
+        checkpoints,
+        blob,
         dead_letters: Arc::new(dead_letters),
         metrics,
         listener,
     })
+}
+
+/// The checkpoint store `checkpoint.store` names: the file store (its directory checked
+/// for writing) or the Azure Blob store (secrets resolved; nothing contacted).
+fn build_checkpoint_store(config: &Config) -> Result<Stores, BuildError> {
+    match (&config.checkpoint.store, &config.checkpoint.azure_blob) {
+        (CheckpointStoreKind::AzureBlob, Some(blob)) => {
+            let store = Arc::new(blob.build()?);
+            Ok(Stores {
+                checkpoints: store.clone(),
+                blob: Some(store),
+            })
+        }
+        _ => {
+            let store = FileCheckpointStore::new(&config.checkpoint.dir);
+            store
+                .check_writable()
+                .map_err(|source| BuildError::CheckpointDir {
+                    dir: config.checkpoint.dir.clone(),
+                    source,
+                })?;
+            Ok(Stores {
+                checkpoints: Arc::new(store),
+                blob: None,
+            })
+        }
+    }
 }
 
 /// Runs the collector from `config` until `shutdown` is cancelled (or every source
@@ -272,6 +317,7 @@ pub async fn run_built<P: SourceProvider>(
         config,
         sinks,
         checkpoints,
+        blob,
         dead_letters,
         metrics,
         listener,
@@ -303,40 +349,26 @@ pub async fn run_built<P: SourceProvider>(
     let settings = PipelineSettings::from_config(&config);
 
     let partitions = list_partitions(provider.as_ref(), &config, &metrics, &shutdown).await;
-    let handles: Vec<_> = partitions
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            // The first partition also writes the per-sink tc_pipeline points.
-            let settings = PipelineSettings {
-                sink_points: i == 0,
-                ..settings.clone()
-            };
-            tracker.spawn(pipeline::run_partition(
-                provider.clone(),
-                p,
-                settings,
-                shared.clone(),
-                shutdown.clone(),
-            ))
-        })
-        .collect();
-    metrics.set_ready(true);
     tracing::info!(
-        partitions = handles.len(),
+        partitions = partitions.len(),
         sinks = sinks.len(),
         "collector running"
     );
-    let mut summaries = Vec::with_capacity(handles.len());
-    for h in handles {
-        match h.await {
-            Ok(s) => summaries.push(s),
-            Err(e) => PartitionTaskFailed {
-                error: &e.to_string(),
-            }
-            .emit(&metrics),
+    let summaries = match blob {
+        Some(store) => {
+            let owning = ownership::Owning {
+                provider,
+                partitions,
+                settings,
+                shared,
+                store,
+                config: config.checkpoint.load_balancing.clone(),
+                owner_id: ownership::owner_id(&config.name),
+            };
+            ownership::run(owning, shutdown.clone()).await
         }
-    }
+        None => run_every_partition(provider, partitions, settings, shared, &shutdown).await,
+    };
     metrics.set_ready(false);
     tracker.close();
     tracker.wait().await;
@@ -350,6 +382,48 @@ pub async fn run_built<P: SourceProvider>(
     RunSummary {
         partitions: summaries,
     }
+}
+
+/// Runs every partition (the file store: this collector is the only reader) until each
+/// has finished.
+async fn run_every_partition<P: SourceProvider>(
+    provider: Arc<P>,
+    partitions: Vec<String>,
+    settings: PipelineSettings,
+    shared: Shared,
+    shutdown: &CancellationToken,
+) -> Vec<PartitionSummary> {
+    let metrics = shared.metrics.clone();
+    let handles: Vec<_> = partitions
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // The first partition also writes the per-sink tc_pipeline points.
+            let settings = PipelineSettings {
+                sink_points: i == 0,
+                ..settings.clone()
+            };
+            shared.tracker.spawn(pipeline::run_partition(
+                provider.clone(),
+                p,
+                settings,
+                shared.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    metrics.set_ready(true);
+    let mut summaries = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(s) => summaries.push(s),
+            Err(e) => PartitionTaskFailed {
+                error: &e.to_string(),
+            }
+            .emit(&metrics),
+        }
+    }
+    summaries
 }
 
 /// The source's partitions, retried until the source answers or `shutdown` fires (then

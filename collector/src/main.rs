@@ -60,7 +60,8 @@ fn classify(err: &BuildError) -> Failure {
         BuildError::Config(_)
         | BuildError::InfluxDbV2(_)
         | BuildError::InfluxDbV1(_)
-        | BuildError::EventHubSecret(_) => Failure::Config,
+        | BuildError::EventHubSecret(_)
+        | BuildError::AzureBlob(_) => Failure::Config,
         BuildError::FileSink(_)
         | BuildError::DeadLetter { .. }
         | BuildError::CheckpointDir { .. }

@@ -44,6 +44,12 @@
 //! | `tcpulse_collector_component_errors_total` | stage, error_type | other operational errors |
 //! | `tcpulse_collector_config_warnings_total` | stage, error_type | configuration that works but is often a mistake (an InfluxDB v2 sink without a token: `sink`, `no_token`), counted at start |
 //! | `tcpulse_collector_instance_clock_skew_seconds` | connector, instance | sample time − enqueued time of the instance's newest accepted event (positive: its clock runs ahead) |
+//! | `tcpulse_collector_owned_partitions` | | partitions this collector owns (`checkpoint.store = "azure_blob"`) |
+//! | `tcpulse_collector_ownership_owners` | | active owners of the consumer group seen in the last cycle, this one included |
+//! | `tcpulse_collector_ownership_claims_total` | | partitions claimed (unowned, released, expired, or stolen) |
+//! | `tcpulse_collector_ownership_steals_total` | | claims that took a partition from another active owner |
+//! | `tcpulse_collector_ownership_lost_claims_total` | reason | partitions lost: `stolen` (another owner claimed it), `expired` (renewals failed past the expiration), `race` (a claim another claimant won first) |
+//! | `tcpulse_collector_partition_owner` | partition, owner | 1 for each partition's current owner id (as the last cycle listed it; `""` when released) |
 //!
 //! With an Entra ID credential (`source.eventhub.auth` other than `connection_string`),
 //! read at scrape time from [`tcpulse_eventhub::identity::CredentialStats`]
@@ -152,6 +158,20 @@ pub struct Metrics {
     pub config_warnings: Family<Labels, Counter>,
     /// Sample time − enqueued time of each instance's newest accepted event, seconds.
     pub instance_clock_skew_seconds: Family<Labels, FloatGauge>,
+    /// Partitions this collector owns.
+    pub owned_partitions: Gauge,
+    /// Active owners seen in the last ownership cycle.
+    pub ownership_owners: Gauge,
+    /// Partitions claimed.
+    pub ownership_claims: Counter,
+    /// Claims that took a partition from another active owner.
+    pub ownership_steals: Counter,
+    /// Partitions lost, by reason.
+    pub ownership_lost_claims: Family<Labels, Counter>,
+    /// 1 per `(partition, owner)` as the last cycle listed them.
+    pub partition_owner: Family<Labels, Gauge>,
+    /// What `/readyz` says about ownership (the Blob store only).
+    ownership_note: Mutex<Option<String>>,
     /// The `error_type`s seen per sink, so [`Metrics::sink_stats`] can sum `sink_errors`
     /// (a label index, not a second counter).
     sink_error_types: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -314,6 +334,43 @@ impl Metrics {
                 "Sample time minus Event Hubs enqueued time of the instance's newest accepted event, seconds; positive when its clock runs ahead",
                 Family::<Labels, FloatGauge>::default(),
             ),
+            owned_partitions: register(
+                &mut registry,
+                "owned_partitions",
+                "Partitions this collector owns (Blob checkpoint store)",
+                Gauge::default(),
+            ),
+            ownership_owners: register(
+                &mut registry,
+                "ownership_owners",
+                "Active owners of the consumer group in the last ownership cycle, this one included",
+                Gauge::default(),
+            ),
+            ownership_claims: register(
+                &mut registry,
+                "ownership_claims",
+                "Partitions claimed: unowned, released, expired or stolen",
+                Counter::default(),
+            ),
+            ownership_steals: register(
+                &mut registry,
+                "ownership_steals",
+                "Claims that took a partition from another active owner",
+                Counter::default(),
+            ),
+            ownership_lost_claims: register(
+                &mut registry,
+                "ownership_lost_claims",
+                "Partitions lost: stolen by another owner, expired while the store was unreachable, or a claim another claimant won",
+                Family::<Labels, Counter>::default(),
+            ),
+            partition_owner: register(
+                &mut registry,
+                "partition_owner",
+                "1 for each partition's owner id as the last ownership cycle listed it",
+                Family::<Labels, Gauge>::default(),
+            ),
+            ownership_note: Mutex::new(None),
             registry,
             sink_error_types: Mutex::new(BTreeMap::new()),
             partition_notes: Mutex::new(BTreeMap::new()),
@@ -408,14 +465,26 @@ impl Metrics {
         }
     }
 
-    /// The `/readyz` body: `ready` or `not ready`, then one `partition <id>: <note>` line
-    /// per partition with a note.
+    /// Sets the `ownership: …` line of `/readyz`.
+    pub fn set_ownership_note(&self, note: String) {
+        if let Ok(mut n) = self.ownership_note.lock() {
+            *n = Some(note);
+        }
+    }
+
+    /// The `/readyz` body: `ready` or `not ready`, the `ownership: …` line with the Blob
+    /// store, then one `partition <id>: <note>` line per partition with a note.
     pub fn readyz_body(&self) -> String {
         let mut out = String::from(if self.is_ready() {
             "ready\n"
         } else {
             "not ready\n"
         });
+        if let Ok(n) = self.ownership_note.lock() {
+            if let Some(n) = n.as_ref() {
+                out.push_str(&format!("ownership: {n}\n"));
+            }
+        }
         if let Ok(notes) = self.partition_notes.lock() {
             for (p, note) in notes.iter() {
                 out.push_str(&format!("partition {p}: {note}\n"));

@@ -68,11 +68,17 @@ pub struct CollectorOptions {
     pub retry_initial: Option<String>,
     /// `retry.max`.
     pub retry_max: Option<String>,
+    /// More lines for the `[checkpoint]` table (after `dir` and `interval`), e.g. the Blob
+    /// store's ([`blob_checkpoint`]); sub-tables may follow.
+    pub checkpoint: String,
     /// The `[sinks.*]` tables (and anything else to append).
     pub sinks: String,
     /// Lines for the `[source.eventhub]` table instead of the Listen connection string
     /// file (e.g. `auth = "client_secret"` and a `[source.eventhub.identity]` table).
     pub eventhub: Option<String>,
+    /// Run the binary under libfaketime with this clock offset (`"+40s"`, `"-40s"`): a
+    /// machine whose clock is off.
+    pub clock_offset: Option<String>,
     /// More lines for the `[source.eventhub.client]` table (after `extra_ca_file`), e.g.
     /// `transport = "websocket"`; a `[source.eventhub.client.proxy]` table may follow.
     pub client: String,
@@ -94,11 +100,39 @@ impl Default for CollectorOptions {
             batch_max_lines: None,
             retry_initial: d("200ms"),
             retry_max: d("1s"),
+            checkpoint: String::new(),
             sinks: String::new(),
             eventhub: None,
+            clock_offset: None,
             client: String::new(),
         }
     }
+}
+
+/// The `[checkpoint]` lines of the Azure Blob store: the storage connection string from
+/// `connection_string_file`, `container`, and the load-balancing `interval` and `expiration`.
+pub fn blob_checkpoint(
+    connection_string_file: &Path,
+    container: &str,
+    interval: &str,
+    expiration: &str,
+) -> String {
+    format!(
+        "store = \"azure_blob\"\n[checkpoint.azure_blob]\nconnection_string_file = {:?}\ncontainer = {container:?}\n[checkpoint.load_balancing]\ninterval = {interval:?}\nexpiration = {expiration:?}\n",
+        connection_string_file.display().to_string()
+    )
+}
+
+/// `partition → owner` from the `tcpulse_collector_partition_owner` lines of `/metrics`.
+pub fn partition_owners(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("tcpulse_collector_partition_owner{partition=\"")?;
+            let (p, rest) = rest.split_once('"')?;
+            let owner = rest.strip_prefix(",owner=\"")?.split('"').next()?;
+            Some((p.to_string(), owner.to_string()))
+        })
+        .collect()
 }
 
 impl CollectorOptions {
@@ -116,8 +150,10 @@ impl CollectorOptions {
             batch_max_lines: None,
             retry_initial: None,
             retry_max: None,
+            checkpoint: String::new(),
             sinks: String::new(),
             eventhub: None,
+            clock_offset: None,
             client: String::new(),
         }
     }
@@ -168,6 +204,7 @@ pub struct CollectorProcess {
     config: PathBuf,
     metrics_port: u16,
     run: usize,
+    clock_offset: Option<String>,
 }
 
 impl CollectorProcess {
@@ -195,7 +232,7 @@ impl CollectorProcess {
 extra_ca_file = {ca}
 {client}[checkpoint]
 dir = {ckpt}
-{ci}[aggregate]
+{ci}{checkpoint}[aggregate]
 {ri}{sa}{la}{ia}[batch]
 {fi}{max_lines}[retry]
 {rin}{rmax}[dead_letter]
@@ -223,10 +260,12 @@ listen = "127.0.0.1:{metrics_port}"
                 dl = q(&dir.join("dead.jsonl")),
                 sinks = opts.sinks,
                 client = opts.client,
+                checkpoint = opts.checkpoint,
             ),
         )?;
         Ok(CollectorProcess {
-            proc: launch(dir, &config, 0)?,
+            proc: launch(dir, &config, 0, opts.clock_offset.as_deref())?,
+            clock_offset: opts.clock_offset.clone(),
             dir: dir.to_path_buf(),
             config,
             metrics_port,
@@ -239,7 +278,12 @@ listen = "127.0.0.1:{metrics_port}"
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill()?;
         self.run += 1;
-        self.proc = launch(&self.dir, &self.config, self.run)?;
+        self.proc = launch(
+            &self.dir,
+            &self.config,
+            self.run,
+            self.clock_offset.as_deref(),
+        )?;
         Ok(())
     }
 
@@ -284,6 +328,11 @@ listen = "127.0.0.1:{metrics_port}"
         Ok(body)
     }
 
+    /// `GET /readyz`: status and body.
+    pub fn readyz(&self) -> Result<(u16, String)> {
+        get(&format!("http://127.0.0.1:{}/readyz", self.metrics_port))
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; Ok if it exited with success (or was not
     /// running).
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
@@ -308,8 +357,34 @@ fn log_path(dir: &Path, run: usize) -> PathBuf {
     }
 }
 
-fn launch(dir: &Path, config: &Path, run: usize) -> Result<ChildProcess> {
+/// libfaketime's library, or the install command.
+fn faketime_library() -> Result<PathBuf> {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("libfaketime not found: install the Debian package `faketime` (scripts/test-deps does)"))
+}
+
+fn launch(
+    dir: &Path,
+    config: &Path,
+    run: usize,
+    clock_offset: Option<&str>,
+) -> Result<ChildProcess> {
     let mut cmd = Command::new(workspace_binary("tcpulse-collector")?);
+    if let Some(offset) = clock_offset {
+        // libfaketime (Debian `faketime`) preloaded into the collector itself (not through
+        // the `faketime` wrapper, which forks: a SIGKILL would miss the collector).
+        cmd.env("LD_PRELOAD", faketime_library()?)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_RESET", "1");
+    }
     cmd.arg("run")
         .arg("--config")
         .arg(config)

@@ -32,13 +32,16 @@
 //! - [`faults`]: a TCP forwarder in front of a real service that can drop and refuse
 //!   connections (a store restarting), counting exactly how many it refused.
 //! - [`services`]: real external services (VictoriaMetrics, InfluxDB, vmalert, Alertmanager,
-//!   promtool, Azurite) started as child processes on ephemeral loopback ports.
+//!   promtool) started as child processes on ephemeral loopback ports.
+//! - [`azurite`]: Azurite (the Azure Storage emulator, npm, on Node.js 20) as the Blob service
+//!   of the checkpoint-store tests; stoppable and restartable on its port and data.
 //!
 //! A missing service binary fails the test with the command that installs it; nothing is
 //! skipped silently.
 
 pub mod agent;
 pub mod alerting;
+pub mod azurite;
 pub mod chaos;
 pub mod client;
 pub mod collector;

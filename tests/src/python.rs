@@ -6,8 +6,9 @@
 //! - `TCPULSE_PYTHON=/path/to/python`: a prepared interpreter (checked once that it can
 //!   `import azure.eventhub`);
 //! - otherwise a venv at `<target dir>/tcpulse-pyenv`, created once with the system
-//!   `python3 -m venv` and `pip install azure-eventhub==5.15.1 websocket-client==1.9.2`
-//!   (the SDK's WebSocket transport needs the latter). Parallel test processes
+//!   `python3 -m venv` and `pip install azure-eventhub==5.15.1 websocket-client==1.9.2
+//!   azure-eventhub-checkpointstoreblob==1.2.0` (the SDK's WebSocket transport needs the
+//!   second, the ownership interop tests the third). Parallel test processes
 //!   serialise on a lock file next to it; a marker file written last says the venv is
 //!   complete, so a half-built venv (a killed install) is rebuilt, never used.
 //!
@@ -31,9 +32,13 @@ pub const SDK_REQUIREMENT: &str = "azure-eventhub==5.15.1";
 /// imports only then), installed into the venv too.
 pub const WEBSOCKET_REQUIREMENT: &str = "websocket-client==1.9.2";
 
+/// The SDK's Blob checkpoint store (`BlobCheckpointStore`), for the partition-ownership
+/// interop tests (tests/tests/collector_ha.rs); it pulls azure-storage-blob.
+pub const CHECKPOINT_STORE_REQUIREMENT: &str = "azure-eventhub-checkpointstoreblob==1.2.0";
+
 /// What the venv's marker file holds once everything is installed.
 fn venv_marker_text() -> String {
-    format!("{SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT}")
+    format!("{SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT} {CHECKPOINT_STORE_REQUIREMENT}")
 }
 
 /// Directory of the scripts: `tests/python/`.
@@ -150,8 +155,9 @@ pub fn ensure_venv(venv: &Path) -> Result<()> {
                     "--disable-pip-version-check",
                     SDK_REQUIREMENT,
                     WEBSOCKET_REQUIREMENT,
+                    CHECKPOINT_STORE_REQUIREMENT,
                 ]),
-            &format!("pip install {SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT} (needs PyPI; or set TCPULSE_PYTHON to an interpreter that has them)"),
+            &format!("pip install {SDK_REQUIREMENT} {WEBSOCKET_REQUIREMENT} {CHECKPOINT_STORE_REQUIREMENT} (needs PyPI; or set TCPULSE_PYTHON to an interpreter that has them)"),
         )?;
         std::fs::write(&marker, format!("{}\n", venv_marker_text()))
             .with_context(|| format!("write {}", marker.display()))?;

@@ -23,7 +23,7 @@ use tempfile::TempDir;
 
 /// The install line for every service these helpers start (Debian/Ubuntu).
 pub const APT_INSTALL: &str =
-    "apt-get install -y --no-install-recommends influxdb victoria-metrics prometheus prometheus-alertmanager tinyproxy";
+    "apt-get install -y --no-install-recommends influxdb victoria-metrics prometheus prometheus-alertmanager tinyproxy faketime";
 
 /// How long a service may take to answer its readiness URL (they start in < 0.2 s here).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);

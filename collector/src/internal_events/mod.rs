@@ -7,7 +7,7 @@
 //! names.
 //!
 //! One file per stage, all re-exported here: [`decode`] (dead letters, duplicates, clock
-//! skew), [`source`], [`sink`], [`checkpoint`], [`dead_letter`] (the file) and [`process`]
+//! skew), [`source`], [`sink`], [`checkpoint`], [`ownership`], [`dead_letter`] (the file) and [`process`]
 //! (partition tasks, the `/metrics` server).
 //!
 //! Nothing else in the collector logs a warning or an error: a test fails on a `warn!` or
@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod decode;
+pub mod ownership;
 pub mod process;
 pub mod sink;
 pub mod source;
@@ -25,6 +26,7 @@ pub use tcpulse_eventhub::cli_support::telemetry::InternalEvent;
 pub use self::checkpoint::*;
 pub use self::dead_letter::*;
 pub use self::decode::*;
+pub use self::ownership::*;
 pub use self::process::*;
 pub use self::sink::*;
 pub use self::source::*;

@@ -53,7 +53,7 @@ impl PartitionLoop<'_> {
             partition: self.partition.to_owned(),
             sequence_number: pos.sequence_number,
             offset: pos.offset.clone(),
-            enqueued_time_ms: pos.enqueued_time_ms,
+            enqueued_time_ms: Some(pos.enqueued_time_ms),
             updated_at_ms: Timestamp::now().unix_millis(),
             state: serde_json::to_value(&snapshot).ok(),
         };

@@ -59,7 +59,7 @@ pub(super) async fn load(
                     start: ReadFrom::AfterSequence(cp.sequence_number),
                     aggregator,
                     checkpointed: Some(cp.sequence_number),
-                    anchor: Some(cp.enqueued_time_ms),
+                    anchor: cp.enqueued_time_ms,
                 };
             }
             Ok(None) => break fresh(settings.checkpoint.initial_position.0),

@@ -314,7 +314,7 @@ async fn store_checkpoint(h: &Harness, seq: i64) {
         partition: "0".into(),
         sequence_number: seq,
         offset: seq.to_string(),
-        enqueued_time_ms: 1,
+        enqueued_time_ms: Some(1),
         updated_at_ms: 1,
         state: None,
     };

@@ -1,139 +1,24 @@
-//! Where each partition resumes: the [`CheckpointStore`] interface and the local
-//! [`FileCheckpointStore`].
+//! The local store: one JSON file per partition under `checkpoint.dir`, written atomically.
 //!
-//! A [`Checkpoint`] names the last event of a partition whose points every sink
-//! acknowledged, plus the aggregator's state right after that event, so a restart resumes
-//! with the same per-instance state and replays rewrite identical points.
-//!
-//! Layout of the file store, chosen to map one-to-one onto an Azure Blob container later
-//! (the Azure SDKs use `<namespace>/<hub>/<consumer group>/checkpoint/<partition>`):
+//! Layout, mapping one-to-one onto the Azure SDKs' Blob layout
+//! (`<namespace>/<hub>/<consumer group>/checkpoint/<partition>`):
 //!
 //! ```text
 //! <dir>/<namespace>/<hub>/<consumer group>/checkpoint/<partition>.json
 //! ```
 //!
 //! Writes are atomic: write `<partition>.json.tmp`, fsync it, rename it over the old file,
-//! fsync the directory. A file that cannot be read as a checkpoint is [`CheckpointError::Corrupt`]:
-//! the pipeline reports it, moves it aside with [`CheckpointStore::quarantine`] and starts
-//! the partition from the configured position. It never silently starts from the beginning.
+//! fsync the directory. A file that cannot be read as a checkpoint is
+//! [`CheckpointError::Corrupt`]: the pipeline reports it, moves it aside with
+//! [`CheckpointStore::quarantine`] and starts the partition from the configured position.
 
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 
-/// Version written into every checkpoint file; other versions read as corrupt.
-pub const CHECKPOINT_VERSION: u32 = 1;
-
-/// The `(namespace, hub, consumer group)` a set of checkpoints belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointScope {
-    /// Event Hubs namespace (fully qualified), or a pseudo-namespace for other sources.
-    pub namespace: String,
-    /// Event hub name.
-    pub hub: String,
-    /// Consumer group.
-    pub consumer_group: String,
-}
-
-impl CheckpointScope {
-    /// A scope from its three parts.
-    pub fn new(
-        namespace: impl Into<String>,
-        hub: impl Into<String>,
-        consumer_group: impl Into<String>,
-    ) -> Self {
-        CheckpointScope {
-            namespace: namespace.into(),
-            hub: hub.into(),
-            consumer_group: consumer_group.into(),
-        }
-    }
-}
-
-/// A partition's resume point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checkpoint {
-    /// Always [`CHECKPOINT_VERSION`].
-    pub version: u32,
-    /// Partition id.
-    pub partition: String,
-    /// Sequence number of the last event whose points were stored.
-    pub sequence_number: i64,
-    /// Its offset.
-    pub offset: String,
-    /// Its enqueue time, ms since the Unix epoch.
-    pub enqueued_time_ms: i64,
-    /// When this checkpoint was written, ms since the Unix epoch.
-    pub updated_at_ms: i64,
-    /// The aggregator state right after that event (see `aggregate::Snapshot`).
-    #[serde(default)]
-    pub state: Option<serde_json::Value>,
-}
-
-/// Why a checkpoint could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// The stored checkpoint exists but is not a valid checkpoint for this partition.
-    #[error("checkpoint of partition {partition} at {location} is corrupt ({detail}); it is moved aside and the partition starts from `checkpoint.on_corrupt`")]
-    Corrupt {
-        /// Partition id.
-        partition: String,
-        /// File path or blob name.
-        location: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// Reading or writing failed.
-    #[error("checkpoint of partition {partition} at {location}: {source}; check that the directory exists and is writable (`checkpoint.dir`)")]
-    Io {
-        /// Partition id.
-        partition: String,
-        /// File path or blob name.
-        location: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl CheckpointError {
-    /// Stable label for counters: `corrupt` or `io`.
-    pub const fn kind(&self) -> &'static str {
-        match self {
-            CheckpointError::Corrupt { .. } => "corrupt",
-            CheckpointError::Io { .. } => "io",
-        }
-    }
-}
-
-/// Reads and writes partition checkpoints. Implementations: [`FileCheckpointStore`]; an
-/// Azure Blob store (several collectors sharing a hub) is the next one.
-pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
-    /// The checkpoint of `partition`, `None` if there is none yet.
-    fn load<'a>(
-        &'a self,
-        scope: &'a CheckpointScope,
-        partition: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
-
-    /// Replaces the checkpoint of `checkpoint.partition` atomically.
-    fn store<'a>(
-        &'a self,
-        scope: &'a CheckpointScope,
-        checkpoint: &'a Checkpoint,
-    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
-
-    /// Moves a corrupt checkpoint aside (kept for inspection) and returns where it went.
-    fn quarantine<'a>(
-        &'a self,
-        scope: &'a CheckpointScope,
-        partition: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, CheckpointError>>;
-}
+use super::{parse_checkpoint, Checkpoint, CheckpointError, CheckpointScope, CheckpointStore};
 
 /// Checkpoints as JSON files under a directory; see the module docs for layout and
 /// atomicity.
@@ -184,24 +69,6 @@ fn path_part(s: &str) -> String {
     } else {
         cleaned
     }
-}
-
-/// Parses a checkpoint file's bytes for `partition`.
-pub fn parse_checkpoint(bytes: &[u8], partition: &str) -> Result<Checkpoint, String> {
-    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if cp.version != CHECKPOINT_VERSION {
-        return Err(format!(
-            "version {} (this collector reads {CHECKPOINT_VERSION})",
-            cp.version
-        ));
-    }
-    if cp.partition != partition {
-        return Err(format!("written for partition {:?}", cp.partition));
-    }
-    if cp.sequence_number < 0 {
-        return Err(format!("negative sequence number {}", cp.sequence_number));
-    }
-    Ok(cp)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -317,6 +184,7 @@ impl CheckpointStore for FileCheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CHECKPOINT_VERSION;
 
     fn cp(partition: &str, seq: i64) -> Checkpoint {
         Checkpoint {
@@ -324,7 +192,7 @@ mod tests {
             partition: partition.into(),
             sequence_number: seq,
             offset: format!("{}", seq * 100),
-            enqueued_time_ms: 1_000 + seq,
+            enqueued_time_ms: Some(1_000 + seq),
             updated_at_ms: 2_000,
             state: Some(serde_json::json!({"k": 1})),
         }

@@ -57,6 +57,9 @@ pub struct Azurite {
     node: PathBuf,
     main: PathBuf,
     dir: TempDir,
+    /// With [`Azurite::start_oauth`]: its self-signed certificate (PEM), served over HTTPS
+    /// with `--oauth basic`.
+    tls_cert: Option<PathBuf>,
     port: u16,
     child: Option<Child>,
     runs: usize,
@@ -70,6 +73,7 @@ impl Azurite {
             node,
             main,
             dir: TempDir::with_prefix("tcpulse-azurite-")?,
+            tls_cert: None,
             port: 0,
             child: None,
             runs: 0,
@@ -78,9 +82,45 @@ impl Azurite {
         Ok(a)
     }
 
-    /// `http://127.0.0.1:<port>/devstoreaccount1`: the account's Blob endpoint.
+    /// Starts it over HTTPS (a self-signed certificate for 127.0.0.1, [`Self::ca_pem`]) with
+    /// `--oauth basic`: Bearer tokens are accepted when their issuer is an Entra one
+    /// (`https://sts.windows.net/…`), their audience Storage's and they are within their
+    /// lifetime; Azurite does not check signatures (its docs: "basic" OAuth).
+    pub fn start_oauth() -> Result<Self> {
+        let (node, main) = programs()?;
+        let dir = TempDir::with_prefix("tcpulse-azurite-")?;
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+        let cert = params.self_signed(&key)?;
+        let cert_path = dir.path().join("cert.pem");
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem())?;
+        let mut a = Azurite {
+            node,
+            main,
+            dir,
+            tls_cert: Some(cert_path),
+            port: 0,
+            child: None,
+            runs: 0,
+        };
+        a.launch()?;
+        Ok(a)
+    }
+
+    /// The HTTPS certificate to trust, with [`Self::start_oauth`].
+    pub fn ca_pem(&self) -> Option<&Path> {
+        self.tls_cert.as_deref()
+    }
+
+    /// `http(s)://127.0.0.1:<port>/devstoreaccount1`: the account's Blob endpoint.
     pub fn blob_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
     /// The URL of `container`.
@@ -170,13 +210,21 @@ impl Azurite {
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data)?;
-        let child = Command::new(&self.node)
-            .arg(&self.main)
+        let mut cmd = Command::new(&self.node);
+        cmd.arg(&self.main)
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(self.port.to_string())
             .arg("--location")
             .arg(&data)
-            .args(["--disableTelemetry", "--skipApiVersionCheck", "--loose"])
+            .args(["--disableTelemetry", "--skipApiVersionCheck", "--loose"]);
+        if let Some(cert) = &self.tls_cert {
+            cmd.arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(self.dir.path().join("key.pem"))
+                .args(["--oauth", "basic"]);
+        }
+        let child = cmd
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
@@ -214,10 +262,14 @@ fn reqwest_url(s: &str) -> Result<tcpulse_collector::checkpoint::blob::client::U
     tcpulse_collector::checkpoint::blob::client::Url::parse(s).with_context(|| format!("URL {s}"))
 }
 
-/// The port of Azurite's "successfully listens on http://127.0.0.1:<port>" line.
+/// The port of Azurite's "successfully listens on http(s)://127.0.0.1:<port>" line.
 fn listening_port(log: &str) -> Option<u16> {
     log.lines()
-        .find_map(|l| l.split("successfully listens on http://127.0.0.1:").nth(1))
+        .find_map(|l| {
+            l.split("successfully listens on http://127.0.0.1:")
+                .nth(1)
+                .or_else(|| l.split("successfully listens on https://127.0.0.1:").nth(1))
+        })
         .and_then(|rest| rest.trim().trim_end_matches('/').parse().ok())
 }
 

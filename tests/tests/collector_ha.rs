@@ -971,3 +971,57 @@ async fn collector_ha_clock_skew_causes_no_takeover() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+/// The Blob store on an Entra ID identity instead of the account key: the collector's
+/// managed identity (IMDS on a loopback token server) gets a Storage token (scope
+/// `https://storage.azure.com/.default`) and Azurite, over HTTPS with `--oauth basic`,
+/// accepts it as `Authorization: Bearer` for the container, the checkpoints and their
+/// listing; a token for another audience is Azurite's own refusal, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_blob_store_on_a_managed_identity() -> Result<()> {
+    use tcpulse_collector::checkpoint::blob::config::AzureBlobConfig;
+    use tcpulse_eventhub::identity::{AuthMethod, IdentityConfig};
+    use tcpulse_tests::entra::{Principal, TestIssuer, TokenServer, TokenServerOptions};
+    let azurite = Azurite::start_oauth()?;
+    let issuer = TestIssuer::generate()?;
+    let tokens = TokenServer::start(
+        &issuer,
+        TokenServerOptions {
+            lifetime: Duration::from_secs(600),
+            audience: "https://storage.azure.com".into(),
+            managed_identities: vec![Principal::random()],
+            ..TokenServerOptions::default()
+        },
+    )
+    .await?;
+    let config = AzureBlobConfig {
+        auth: AuthMethod::ManagedIdentity,
+        identity: IdentityConfig {
+            imds_endpoint: Some(tokens.imds_host()),
+            ..IdentityConfig::default()
+        },
+        container_url: Some(azurite.container_url("entra")),
+        extra_ca_file: azurite.ca_pem().map(PathBuf::from),
+        ..AzureBlobConfig::default()
+    };
+    let store = config.build()?;
+    let round_trip = async {
+        store.client().create_container().await?;
+        store.store(&scope(), &checkpoint("0", 7)).await?;
+        anyhow::Ok(store.load(&scope(), "0").await?)
+    };
+    let loaded = round_trip.await.with_context(|| azurite.log())?;
+    ensure!(loaded == Some(checkpoint("0", 7)));
+    ensure!(tokens.requests() == 1, "one cached token for every request");
+    // A token Storage does not accept: Azurite's refusal reaches the error.
+    tokens.set_audience("https://eventhubs.azure.net");
+    let e = config
+        .build()?
+        .load(&scope(), "0")
+        .await
+        .err()
+        .context("a token for another audience was accepted")?;
+    ensure!(format!("{e:#}").contains("audience"), "{e:#}");
+    tokens.shutdown().await;
+    Ok(())
+}

@@ -5,9 +5,8 @@
 //!   what Azurite's development account and a connection string give.
 //! - [`BlobAuth::Bearer`]: an Entra ID access token for `https://storage.azure.com/`, sent as
 //!   `Authorization: Bearer …` (the role the identity needs: *Storage Blob Data
-//!   Contributor* on the container). The seam for the Entra credentials the Event Hubs side
-//!   is getting: a [`BearerTokenSource`] is all it needs; nothing in the config builds one
-//!   yet.
+//!   Contributor* on the container), from the same Entra ID credentials the Event Hubs side
+//!   uses (`checkpoint.azure_blob.auth`, built in [`super::config`]).
 //!
 //! The Shared Key string to sign, from "Authorize with Shared Key"
 //! (<https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key>,
@@ -45,7 +44,7 @@ pub trait BearerTokenSource: Send + Sync + fmt::Debug + 'static {
 pub enum BlobAuth {
     /// The storage account's shared key.
     SharedKey(SharedKey),
-    /// An Entra ID bearer token (wired by the Entra credential work; not configurable yet).
+    /// An Entra ID bearer token.
     Bearer(Arc<dyn BearerTokenSource>),
 }
 

@@ -183,11 +183,29 @@ impl BlobClient {
     /// Azurite's `http://127.0.0.1:<port>/<account>/<container>`), each request timing out
     /// after `timeout`.
     pub fn new(container: Url, auth: BlobAuth, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        Self::with_extra_ca(container, auth, timeout, None)
+    }
+
+    /// [`new`](Self::new), trusting the certificates of `extra_ca_pem` besides the built-in
+    /// roots (a private CA, a TLS-inspecting proxy's).
+    pub fn with_extra_ca(
+        container: Url,
+        auth: BlobAuth,
+        timeout: Duration,
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .connect_timeout(timeout);
+        if let Some(pem) = extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("extra CA file: {e}"))?;
+            if certs.is_empty() {
+                return Err("extra CA file holds no PEM certificate".into());
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         let mut container = container;
         let path = container.path().trim_end_matches('/').to_owned();
         container.set_path(&path);
@@ -429,6 +447,21 @@ pub fn quote_etag(etag: &str) -> String {
     }
 }
 
+/// The first line of the text of `<tag>` in an error body, at most 300 characters.
+fn xml_text(body: &str, tag: &str) -> Option<String> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    let text: String = body[start..end]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
+    (!text.is_empty()).then_some(text)
+}
+
 async fn status_error(operation: &'static str, resp: reqwest::Response) -> BlobError {
     let status = resp.status();
     let code = resp
@@ -437,12 +470,17 @@ async fn status_error(operation: &'static str, resp: reqwest::Response) -> BlobE
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = resp.text().await.unwrap_or_default();
-    let detail = code.clone().unwrap_or_else(|| {
+    let mut detail = code.clone().unwrap_or_else(|| {
         body.chars()
             .take(200)
             .collect::<String>()
             .replace('\n', " ")
     });
+    // The service's reason for a refused authorization (a token's audience, issuer or
+    // lifetime; a wrong signature), as the Storage error body carries it.
+    if let Some(why) = xml_text(&body, "AuthenticationErrorDetail") {
+        detail = format!("{detail} ({why})");
+    }
     let hint = match status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
             "; check the account key (or the identity's Storage Blob Data Contributor role) and that the machine's clock is right"
@@ -463,6 +501,21 @@ async fn status_error(operation: &'static str, resp: reqwest::Response) -> BlobE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authentication_detail_is_read_from_the_error_body() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate the request.\nRequestId:1</Message><AuthenticationErrorDetail>Invalid token audience.</AuthenticationErrorDetail></Error>";
+        assert_eq!(
+            xml_text(body, "AuthenticationErrorDetail").as_deref(),
+            Some("Invalid token audience.")
+        );
+        assert_eq!(
+            xml_text(body, "Message").as_deref(),
+            Some("Server failed to authenticate the request.")
+        );
+        assert_eq!(xml_text("<Error><Code>x</Code></Error>", "Message"), None);
+        assert_eq!(xml_text("<Message>unterminated", "Message"), None);
+    }
 
     #[test]
     fn names_are_encoded_like_the_python_sdk() {

@@ -5,12 +5,18 @@
 //! `container`. The key never goes in the config or on a command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tcpulse_eventhub::identity::{
+    AuthMethod, CachedCredential, IdentityConfig, TokenCredential, STORAGE_SCOPE,
+};
 
 use serde::{Deserialize, Serialize};
 use tcpulse_eventhub::cli_support::secret::{self, Loaded};
 
-use super::auth::{BlobAuth, SharedKey};
+use super::auth::{BearerTokenSource, BlobAuth, SharedKey};
 use super::client::BlobClient;
 use super::BlobCheckpointStore;
 
@@ -23,6 +29,18 @@ pub const BLOB_ACCOUNT_KEY: &str = "storage account key";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AzureBlobConfig {
+    /// How requests are authorized: `connection_string` (the storage account's key, from
+    /// `account_key_*` with `container_url` or from a storage connection string; the
+    /// default), or an Entra ID identity with the role "Storage Blob Data Contributor" on
+    /// the container: `managed_identity`, `client_secret`, `client_certificate`,
+    /// `workload_identity` (settings in `[checkpoint.azure_blob.identity]`; needs
+    /// `container_url`). Default: `connection_string`.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Entra ID settings of the identity (as `[source.eventhub.identity]`: `tenant_id`,
+    /// `client_id`, `client_secret_file`, …, each falling back to the `AZURE_*` variables).
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// The container's URL, e.g. `https://<account>.blob.core.windows.net/tcpulse-checkpoints`
     /// (Azurite: `http://127.0.0.1:10000/devstoreaccount1/<container>`). With it, the
     /// account key comes from `account_key_file` or `account_key_env`. Without it, a
@@ -54,6 +72,10 @@ pub struct AzureBlobConfig {
     /// Default: none.
     #[serde(default)]
     pub connection_string_file: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted besides the built-in roots (a private CA,
+    /// a TLS-inspecting proxy's). Default: none.
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
     /// Timeout of each request to the Blob service. Default: 10s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -73,6 +95,8 @@ const fn default_request_timeout() -> Duration {
 impl Default for AzureBlobConfig {
     fn default() -> Self {
         AzureBlobConfig {
+            auth: AuthMethod::default(),
+            identity: IdentityConfig::default(),
             container_url: None,
             account_name: None,
             account_key_env: default_account_key_env(),
@@ -80,8 +104,26 @@ impl Default for AzureBlobConfig {
             container: None,
             connection_string_env: default_connection_string_env(),
             connection_string_file: None,
+            extra_ca_file: None,
             request_timeout: default_request_timeout(),
         }
+    }
+}
+
+/// Entra ID tokens of scope [`STORAGE_SCOPE`] from a cached credential (renewed before
+/// expiry, failures backed off and logged there).
+#[derive(Debug)]
+struct EntraStorageToken(Arc<CachedCredential>);
+
+impl BearerTokenSource for EntraStorageToken {
+    fn token(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.0
+                .get_token(STORAGE_SCOPE)
+                .await
+                .map(|t| t.token)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -216,10 +258,43 @@ impl AzureBlobConfig {
 
     /// The store, ready to use (nothing is contacted).
     pub fn build(&self) -> Result<BlobCheckpointStore, AzureBlobBuildError> {
-        let (url, key) = self.resolve()?;
-        let client = BlobClient::new(url, BlobAuth::SharedKey(key), self.request_timeout)
+        let (url, auth) = if self.auth == AuthMethod::ConnectionString {
+            let (url, key) = self.resolve()?;
+            (url, BlobAuth::SharedKey(key))
+        } else {
+            self.resolve_entra()?
+        };
+        let pem = match &self.extra_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                AzureBlobBuildError(format!("extra_ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let client = BlobClient::with_extra_ca(url, auth, self.request_timeout, pem.as_deref())
             .map_err(AzureBlobBuildError)?;
         Ok(BlobCheckpointStore::new(client))
+    }
+
+    /// The container URL and an Entra ID bearer source for an identity `auth`.
+    fn resolve_entra(&self) -> Result<(reqwest::Url, BlobAuth), AzureBlobBuildError> {
+        let bad = |m: String| AzureBlobBuildError(m);
+        let raw = self.container_url.as_deref().ok_or_else(|| {
+            bad(format!(
+                "auth = \"{}\" needs `container_url` (https://<account>.blob.core.windows.net/<container>)",
+                self.auth
+            ))
+        })?;
+        let url =
+            reqwest::Url::parse(raw).map_err(|e| bad(format!("container_url {raw:?}: {e}")))?;
+        let credential = self
+            .identity
+            .credential(self.auth, &|k| std::env::var(k).ok())
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("no credential".into()))?;
+        Ok((
+            url,
+            BlobAuth::Bearer(Arc::new(EntraStorageToken(credential))),
+        ))
     }
 }
 

@@ -112,8 +112,12 @@ impl Drop for EpochGuard {
 }
 
 impl Epochs {
-    /// Registers a receiver. A higher epoch displaces every lower-epoch and non-epoch
-    /// receiver; a lower epoch, or a non-epoch receiver while an epoch receiver exists, is
+    /// Registers a receiver. An epoch equal to or higher than the current ones displaces
+    /// every receiver with a lower or the same epoch and every non-epoch receiver (the
+    /// service's rule: "e1 ≤ e2 disconnects e1", and its message "New receiver with higher
+    /// epoch of '0' is created hence current receiver with epoch '0' is getting
+    /// disconnected" for equal epochs, the SDK processors' owner level 0 taking a partition
+    /// over); a lower epoch, or a non-epoch receiver while an epoch receiver exists, is
     /// refused.
     pub fn register(
         self: &Arc<Self>,
@@ -146,7 +150,7 @@ impl Epochs {
             }
             (Some(e), _) => {
                 list.retain(|o| {
-                    let displace = o.epoch.is_none_or(|oe| oe < e);
+                    let displace = o.epoch.is_none_or(|oe| oe <= e);
                     if displace {
                         let msg = match o.epoch {
                             Some(oe) => format!("New receiver with higher epoch of '{e}' is created hence current receiver with epoch '{oe}' is getting disconnected. If you are recreating the receiver, make sure a higher epoch is used."),
@@ -303,6 +307,12 @@ mod tests {
             .0
             .contains("higher epoch of '2'"));
         assert!(two.kicked.borrow().is_none());
+        // The same epoch again (an SDK processor's owner level 0 taking over): the newer
+        // receiver wins, the older one is disconnected.
+        let two_again = e.register("h", "$Default", 0, Some(2)).unwrap();
+        assert!(two.kicked.borrow().is_some(), "equal epoch displaces");
+        assert!(two_again.kicked.borrow().is_none());
+        drop(two_again);
         // Other partitions are independent; dropping frees the slot.
         assert!(e.register("h", "$Default", 1, None).is_ok());
         drop(two);

@@ -261,6 +261,12 @@ impl PartitionSource for EventHubsPartition {
 
     async fn next(&mut self) -> Result<Option<SourceEvent>, SourceError> {
         let ev = self.consumer.recv().await.map_err(|e| {
+            if e.condition() == Some(tcpulse_eventhub::wire::condition::LINK_STOLEN) {
+                return SourceError::Stolen {
+                    partition: self.partition.clone(),
+                    message: e.to_string(),
+                };
+            }
             source_error(
                 &self.partition,
                 receive_refused(&e),

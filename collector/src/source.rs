@@ -99,6 +99,16 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
+    /// Another receiver with the same or a higher owner level took the partition
+    /// (`amqp:link:stolen`): with a shared (Blob) store, another collector or an SDK
+    /// processor now owns it.
+    #[error("partition {partition}: another receiver took it over: {message}")]
+    Stolen {
+        /// Partition id.
+        partition: String,
+        /// What the service said.
+        message: String,
+    },
     /// The service refused the credentials (wrong key, missing Listen right, key
     /// rotated). Retried on the slow schedule (`retry.auth_initial`, `retry.auth_max`).
     #[error("partition {partition}: the service refused the credentials: {message}")]
@@ -114,6 +124,11 @@ impl SourceError {
     /// True when the service refused the credentials: retrying soon cannot help.
     pub const fn is_unauthorized(&self) -> bool {
         matches!(self, SourceError::Unauthorized { .. })
+    }
+
+    /// True when another receiver took the partition over.
+    pub const fn is_stolen(&self) -> bool {
+        matches!(self, SourceError::Stolen { .. })
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{retry_backoff, sleep_or_cancel, PipelineSettings, Shared};
 use crate::aggregate::{Aggregator, Snapshot};
 use crate::checkpoint::CheckpointError;
+use crate::config::CheckpointStoreKind;
 use crate::internal_events::{
     CheckpointAheadOfPartition, CheckpointCorrupt, CheckpointFailed, CheckpointMismatch,
     CheckpointStateUnusable, InternalEvent, RetentionLost, SourceFailed, SourceUnauthorized,
@@ -412,7 +413,11 @@ fn describe_start(start: ReadFrom) -> String {
 }
 
 /// Reports a source failure and returns how long to wait: refused credentials wait on the
-/// slow schedule (`auth_wait`, doubled up to `auth_retry_max`), anything else on `backoff`.
+/// slow schedule (`auth_wait`, doubled up to `auth_retry_max`); a partition another
+/// receiver took over while the collectors share a Blob store waits one load-balancing
+/// interval, so the ownership cycle decides (it stops the partition when another owner
+/// holds it) instead of the two receivers displacing each other (equal owner levels
+/// displace the older one); anything else waits on `backoff`.
 pub(super) fn source_retry_wait(
     e: &SourceError,
     operation: &'static str,
@@ -440,5 +445,8 @@ pub(super) fn source_retry_wait(
         error: &e.to_string(),
     }
     .emit(&shared.metrics);
+    if e.is_stolen() && settings.checkpoint.store == CheckpointStoreKind::AzureBlob {
+        return settings.checkpoint.load_balancing.interval;
+    }
     backoff.next_backoff()
 }

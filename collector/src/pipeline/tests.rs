@@ -576,3 +576,56 @@ fn test_settings(sink_points: bool) -> PipelineSettings {
         sink_points,
     }
 }
+
+/// A partition another receiver took over waits one load-balancing interval when the
+/// collectors share a Blob store (the ownership cycle decides, no ping-pong of equal owner
+/// levels), and the ordinary backoff with the file store (a stale reader of the group).
+#[test]
+fn a_stolen_partition_waits_for_the_ownership_cycle_only_with_a_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared {
+        sinks: Vec::<Arc<dyn Sink>>::new().into(),
+        checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
+        scope: crate::checkpoint::CheckpointScope::new("ns", "hub", "$Default"),
+        dead_letters: Arc::new(
+            DeadLetterFile::open(
+                dir.path().join("dl.jsonl"),
+                DeadLetterLimits {
+                    max_body_bytes: 1 << 20,
+                    max_file_bytes: 1 << 20,
+                },
+            )
+            .unwrap(),
+        ),
+        metrics: Arc::new(Metrics::new()),
+        tracker: TaskTracker::new(),
+        give_up: CancellationToken::new(),
+    };
+    let stolen = crate::source::SourceError::Stolen {
+        partition: "0".into(),
+        message: "amqp:link:stolen".into(),
+    };
+    let wait = |settings: &PipelineSettings| {
+        let mut backoff =
+            ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(20));
+        let mut auth = Duration::from_millis(50);
+        super::resume::source_retry_wait(
+            &stolen,
+            "receive",
+            "0",
+            &mut backoff,
+            &mut auth,
+            settings,
+            &shared,
+        )
+    };
+    let file = test_settings(false);
+    assert!(
+        wait(&file) <= Duration::from_millis(20),
+        "file store: the ordinary backoff"
+    );
+    let mut blob = test_settings(false);
+    blob.checkpoint.store = crate::config::CheckpointStoreKind::AzureBlob;
+    blob.checkpoint.load_balancing.interval = Duration::from_secs(7);
+    assert_eq!(wait(&blob), Duration::from_secs(7));
+}

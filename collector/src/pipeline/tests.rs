@@ -95,23 +95,10 @@ async fn sink_points_carry_the_counted_write_errors_of_every_sink() {
     let shutdown = CancellationToken::new();
     let (tx, source) = ChannelSource::new("0", 16);
     let provider = Arc::new(ChannelProvider::new("t", vec![source]));
+    let sinks = vec![bad.clone() as Arc<dyn Sink>, good.clone() as Arc<dyn Sink>];
     let shared = Shared {
-        sinks: vec![bad.clone() as Arc<dyn Sink>, good.clone() as Arc<dyn Sink>].into(),
-        checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
-        scope: provider.scope(),
-        dead_letters: Arc::new(
-            DeadLetterFile::open(
-                dir.path().join("dl.jsonl"),
-                DeadLetterLimits {
-                    max_body_bytes: 1 << 20,
-                    max_file_bytes: 1 << 20,
-                },
-            )
-            .unwrap(),
-        ),
-        metrics: metrics.clone(),
         tracker: tracker.clone(),
-        give_up: CancellationToken::new(),
+        ..test_shared(dir.path(), sinks, provider.scope(), metrics.clone())
     };
     let settings = test_settings(true);
     let task = tokio::spawn(run_partition(
@@ -278,16 +265,21 @@ struct Harness {
     settings: PipelineSettings,
 }
 
-fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let shared = Shared {
-        sinks: vec![sink].into(),
-        checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
-        scope: provider.scope(),
+/// What the partitions of a test share: `sinks`, a file checkpoint store and a dead-letter
+/// file under `dir`.
+fn test_shared(
+    dir: &std::path::Path,
+    sinks: Vec<Arc<dyn Sink>>,
+    scope: crate::checkpoint::CheckpointScope,
+    metrics: Arc<Metrics>,
+) -> Shared {
+    Shared {
+        sinks: sinks.into(),
+        checkpoints: Arc::new(FileCheckpointStore::new(dir.join("ckpt"))),
+        scope,
         dead_letters: Arc::new(
             DeadLetterFile::open(
-                dir.path().join("dl.jsonl"),
+                dir.join("dl.jsonl"),
                 DeadLetterLimits {
                     max_body_bytes: 1 << 20,
                     max_file_bytes: 1 << 20,
@@ -295,10 +287,16 @@ fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
             )
             .unwrap(),
         ),
-        metrics: metrics.clone(),
+        metrics,
         tracker: TaskTracker::new(),
         give_up: CancellationToken::new(),
-    };
+    }
+}
+
+fn harness(provider: &ChannelProvider, sink: Arc<dyn Sink>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let shared = test_shared(dir.path(), vec![sink], provider.scope(), metrics.clone());
     let settings = test_settings(false);
     Harness {
         dir,
@@ -583,24 +581,8 @@ fn test_settings(sink_points: bool) -> PipelineSettings {
 #[test]
 fn a_stolen_partition_waits_for_the_ownership_cycle_only_with_a_shared_store() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = Shared {
-        sinks: Vec::<Arc<dyn Sink>>::new().into(),
-        checkpoints: Arc::new(FileCheckpointStore::new(dir.path().join("ckpt"))),
-        scope: crate::checkpoint::CheckpointScope::new("ns", "hub", "$Default"),
-        dead_letters: Arc::new(
-            DeadLetterFile::open(
-                dir.path().join("dl.jsonl"),
-                DeadLetterLimits {
-                    max_body_bytes: 1 << 20,
-                    max_file_bytes: 1 << 20,
-                },
-            )
-            .unwrap(),
-        ),
-        metrics: Arc::new(Metrics::new()),
-        tracker: TaskTracker::new(),
-        give_up: CancellationToken::new(),
-    };
+    let scope = crate::checkpoint::CheckpointScope::new("ns", "hub", "$Default");
+    let shared = test_shared(dir.path(), Vec::new(), scope, Arc::new(Metrics::new()));
     let stolen = crate::source::SourceError::Stolen {
         partition: "0".into(),
         message: "amqp:link:stolen".into(),

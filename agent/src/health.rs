@@ -98,7 +98,11 @@ impl HealthProbe {
     fn service_up(&mut self) -> Option<bool> {
         let wanted = self.cfg.service_process.as_deref()?;
         // The executable path is read once per process (names can be truncated on Linux).
-        let kind = ProcessRefreshKind::nothing().with_exe(UpdateKind::OnlyIfNotSet);
+        // Threads are not listed: sysinfo lists every process's on Linux otherwise (a
+        // directory read per process), and a thread is never the service process.
+        let kind = ProcessRefreshKind::nothing()
+            .with_exe(UpdateKind::OnlyIfNotSet)
+            .without_tasks();
         if let Some(pid) = self.service_pid {
             self.procs
                 .refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);

@@ -20,7 +20,18 @@
 //! TLS on 127.0.0.1 either way; every case writes to its own partition, so each receive
 //! reads exactly that case's events. Besides events/s, the comparison table shows CPU time
 //! per event: the Python process's own, and this process's (which in `in-process` also
-//! carries the hub's work, in `pinned` only the client's).
+//! carries the hub's work, in `pinned` only the client's). The hub's own CPU time per event,
+//! taking events in and serving them out, is measured in the same run for every Rust case:
+//! the `tcpulse-hub` process's (`/proc/<pid>/stat`) when pinned, the hub runtime's threads'
+//! (`/proc/self/task/*/stat`, threads named `hub`) in-process.
+//!
+//! `TCPULSE_BENCH_TAIL_EVENTS=N` (issue 17: 10,000,000 for the memory check) runs only the
+//! tail case instead: a hub with `--memory-budget-bytes` `TCPULSE_BENCH_TAIL_BUDGET` (default
+//! 64 MiB) and default retention; tcpulse's producer sends N 1 KiB events into one partition
+//! while tcpulse's consumer reads them as they arrive (the producer waits while it is more than
+//! `TCPULSE_BENCH_TAIL_LAG`, default 20,000, events ahead). The hub's RSS is sampled every
+//! second and printed against the events served, with the hub's CPU time per event (in and
+//! out). Use it `pinned`, so the RSS is the hub's alone.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -57,19 +68,60 @@ struct Row {
     /// CPU µs per event of the sending and the receiving process, where measured.
     send_cpu_us: Option<f64>,
     recv_cpu_us: Option<f64>,
+    /// The hub's CPU µs per event taking the events in and serving them out.
+    hub_in_cpu_us: Option<f64>,
+    hub_out_cpu_us: Option<f64>,
     note: String,
 }
 
-/// Where the hub runs (`TCPULSE_BENCH_HUB`).
-#[derive(Clone, Copy, PartialEq)]
-enum Layout {
-    InProcess,
-    Pinned,
+/// Where the hub's CPU time is read.
+#[derive(Clone, Copy)]
+enum HubCpu {
+    /// The `tcpulse-hub` process.
+    Process(u32),
+    /// This process's threads named `hub` (the in-process hub's runtime).
+    Threads,
 }
 
-/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`.
-fn self_cpu_seconds() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+impl HubCpu {
+    /// User + system CPU seconds the hub has used so far.
+    fn seconds(self) -> f64 {
+        match self {
+            HubCpu::Process(pid) => stat_cpu_seconds(&format!("/proc/{pid}/stat")).1,
+            HubCpu::Threads => std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|t| stat_cpu_seconds(&t.path().join("stat").to_string_lossy()))
+                .filter(|(comm, _)| comm == "hub")
+                .map(|(_, s)| s)
+                .sum(),
+        }
+    }
+
+    /// Resident set size in KiB: the hub process's, or this whole process's in-process.
+    fn rss_kib(self) -> u64 {
+        let path = match self {
+            HubCpu::Process(pid) => format!("/proc/{pid}/status"),
+            HubCpu::Threads => "/proc/self/status".into(),
+        };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// (command name, user + system CPU seconds) from a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> (String, f64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let comm = text
+        .split_once('(')
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map(|(c, _)| c.to_string())
+        .unwrap_or_default();
     let fields: Vec<&str> = text
         .rsplit_once(')')
         .map(|x| x.1)
@@ -83,7 +135,24 @@ fn self_cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (comm, (ticks(11) + ticks(12)) / 100.0)
+}
+
+/// CPU µs per event from a CPU-seconds delta.
+fn per_event_us(cpu_s: f64, events: usize) -> f64 {
+    cpu_s * 1e6 / events.max(1) as f64
+}
+
+/// Where the hub runs (`TCPULSE_BENCH_HUB`).
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    InProcess,
+    Pinned,
+}
+
+/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`.
+fn self_cpu_seconds() -> f64 {
+    stat_cpu_seconds("/proc/self/stat").1
 }
 
 /// Pins every thread of process `pid` (and the threads it starts later) to `cpu`.
@@ -115,19 +184,31 @@ fn main() -> Result<()> {
         Ok("in-process") | Ok("") | Err(_) => Layout::InProcess,
         Ok(other) => bail!("TCPULSE_BENCH_HUB={other:?}: use in-process or pinned"),
     };
-    let rows = match layout {
+    let work = match env_usize("TCPULSE_BENCH_TAIL_EVENTS")? {
+        Some(events) => Work::Tail(TailSpec {
+            events,
+            budget: env_usize("TCPULSE_BENCH_TAIL_BUDGET")?.unwrap_or(64 << 20) as u64,
+            lag: env_usize("TCPULSE_BENCH_TAIL_LAG")?.unwrap_or(20_000),
+        }),
+        None => Work::All,
+    };
+    let opts = match &work {
+        Work::All => bench_hub(),
+        Work::Tail(spec) => tail_hub(spec),
+    };
+    let report = match layout {
         Layout::InProcess => {
             let hub_rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("hub")
                 .enable_all()
                 .build()?;
-            let hub = hub_rt.block_on(TestHub::start_with(bench_hub()))?;
+            let hub = hub_rt.block_on(TestHub::start_with(opts))?;
             let info = hub.info.clone();
             let rt = client_runtime()?;
-            let rows = rt.block_on(run_all(&info))?;
+            let report = rt.block_on(run(&work, &info, HubCpu::Threads))?;
             hub_rt.block_on(hub.shutdown());
-            rows
+            report
         }
         Layout::Pinned => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -140,13 +221,20 @@ fn main() -> Result<()> {
             pin(std::process::id(), 1)?;
             let rt = client_runtime()?;
             rt.block_on(async {
-                let mut hub = HubProcess::spawn(bench_hub()).await?;
+                let mut hub = HubProcess::spawn(opts).await?;
                 let pid = hub.pid().context("the hub process has no pid")?;
                 pin(pid, 0)?;
-                let rows = run_all(&hub.info).await;
+                let report = run(&work, &hub.info, HubCpu::Process(pid)).await;
                 hub.stop(Duration::from_secs(10)).await?;
-                rows
+                report
             })?
+        }
+    };
+    let rows = match report {
+        Report::Rows(rows) => rows,
+        Report::Tail(tail) => {
+            print_tail(&tail, layout);
+            return Ok(());
         }
     };
 
@@ -159,26 +247,30 @@ fn main() -> Result<()> {
         }
     );
     println!(
-        "| {:<22} | {:>5} | {:>6} | {:>14} | {:>15} | note |",
-        "client", "batch", "events", "into hub ev/s", "out of hub ev/s"
+        "| {:<22} | {:>5} | {:>6} | {:>14} | {:>15} | {:>10} | {:>11} | note |",
+        "client", "batch", "events", "into hub ev/s", "out of hub ev/s", "hub in µs", "hub out µs"
     );
     println!(
-        "|{:-<24}|{:->7}|{:->8}|{:->16}|{:->17}|{:-<6}|",
-        "", "", "", "", "", ""
+        "|{:-<24}|{:->7}|{:->8}|{:->16}|{:->17}|{:->12}|{:->13}|{:-<6}|",
+        "", "", "", "", "", "", "", ""
     );
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+    };
     for r in &rows {
         println!(
-            "| {:<22} | {:>5} | {:>6} | {:>14.0} | {:>15} | {} |",
+            "| {:<22} | {:>5} | {:>6} | {:>14.0} | {:>15} | {:>10} | {:>11} | {} |",
             r.client,
             r.batch,
             r.events,
             r.send_eps,
-            r.recv_eps
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into()),
+            opt(r.recv_eps, 0),
+            opt(r.hub_in_cpu_us, 2),
+            opt(r.hub_out_cpu_us, 2),
             r.note
         );
     }
+    println!("(hub in/out µs: the hub's CPU µs per event taking the case's events in and serving them out)");
     let python = rows
         .iter()
         .find(|r| r.client == "python azure-eventhub" && r.batch == "100");
@@ -233,8 +325,203 @@ fn bench_hub() -> HubOptions {
         // In memory, the budget bounds retention: keep every event a case sends (at most
         // about 110 MiB in one partition; the budget is split over the 8).
         memory_budget_bytes: Some(2 << 30),
+        // The binary keeps every event of a scaled-up run (TestHub ignores this: 100,000).
+        extra_args: vec!["--retention-events".into(), "2000000".into()],
         ..HubOptions::default()
     }
+}
+
+/// The tail case's settings (`TCPULSE_BENCH_TAIL_*`).
+struct TailSpec {
+    /// Events sent and served.
+    events: usize,
+    /// The hub's `--memory-budget-bytes`.
+    budget: u64,
+    /// How far the producer may run ahead of the consumer, in events.
+    lag: usize,
+}
+
+/// The tail case's hub: one hub `bench` with 4 partitions, the given memory budget, default
+/// retention (100,000 events per partition), TLS only.
+fn tail_hub(spec: &TailSpec) -> HubOptions {
+    HubOptions {
+        hubs: vec![("bench".into(), 4)],
+        plain: false,
+        memory_budget_bytes: Some(spec.budget),
+        ..HubOptions::default()
+    }
+}
+
+/// One RSS sample of the tail case.
+struct RssSample {
+    served: usize,
+    rss_kib: u64,
+}
+
+/// What the tail case measured.
+struct TailReport {
+    events: usize,
+    budget: u64,
+    seconds: f64,
+    hub_cpu_s: f64,
+    client_cpu_s: f64,
+    samples: Vec<RssSample>,
+}
+
+/// Sends `spec.events` events into partition 0 while a consumer reads them as they arrive,
+/// sampling the hub's RSS every second.
+async fn tail_case(info: &HubInfo, hub: HubCpu, spec: &TailSpec) -> Result<TailReport> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tcpulse_eventhub::client::{
+        BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
+        StartPosition, TryAddError,
+    };
+    let config = ClientConfig::from_connection_string(
+        info.connection_string(Mode::Tls, Policy::Manage)?,
+        None,
+        ClientOptions {
+            extra_ca_file: Some(info.ca_pem.clone()),
+            ..ClientOptions::default()
+        },
+    )?;
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut consumer = Consumer::connect(
+        config.clone(),
+        ConsumerOptions {
+            start: StartPosition::Earliest,
+            prefetch: 2000,
+            ..ConsumerOptions::new("0")
+        },
+    )
+    .await?;
+    let mut producer = Producer::connect(config).await?;
+    let (events, lag) = (spec.events, spec.lag);
+    let cpu0 = (hub.seconds(), self_cpu_seconds());
+    let started = Instant::now();
+    let sent = {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let body = bytes::Bytes::from(vec![b'x'; EVENT_BYTES]);
+            let to = BatchOptions {
+                partition_id: Some("0".into()),
+                ..BatchOptions::default()
+            };
+            let mut batch = producer.create_batch(to.clone())?;
+            for i in 0..events {
+                while i > served.load(Ordering::Relaxed) + lag {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let event = EventData::new(body.clone()).with_property("i", i as i64);
+                match batch.try_add(event) {
+                    Ok(()) => {}
+                    Err(TryAddError::Full { event, .. }) => {
+                        producer.send_batch(&batch).await?;
+                        batch = producer.create_batch(to.clone())?;
+                        batch.try_add(*event)?;
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+            }
+            producer.send_batch(&batch).await?;
+            producer.close().await;
+            anyhow::Ok(())
+        })
+    };
+    let mut samples = vec![RssSample {
+        served: 0,
+        rss_kib: hub.rss_kib(),
+    }];
+    let mut next_sample = Instant::now() + Duration::from_secs(1);
+    let mut got = 0usize;
+    while got < events {
+        let batch = consumer.recv_batch(1000, Duration::from_secs(30)).await?;
+        ensure!(
+            !batch.is_empty(),
+            "consumer stalled after {got} of {events}"
+        );
+        for e in &batch {
+            ensure!(
+                e.sequence_number == got as i64,
+                "event {got}: got sequence number {} (retention overtook the consumer?)",
+                e.sequence_number
+            );
+            got += 1;
+        }
+        served.store(got, Ordering::Relaxed);
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            samples.push(RssSample {
+                served: got,
+                rss_kib: hub.rss_kib(),
+            });
+            if samples.len() % 30 == 0 {
+                eprintln!(
+                    "tail: {got} of {events} served, hub RSS {:.1} MiB",
+                    hub.rss_kib() as f64 / 1024.0
+                );
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (hub_cpu_s, client_cpu_s) = (hub.seconds() - cpu0.0, self_cpu_seconds() - cpu0.1);
+    samples.push(RssSample {
+        served: got,
+        rss_kib: hub.rss_kib(),
+    });
+    sent.await.context("producer task")??;
+    consumer.close().await;
+    Ok(TailReport {
+        events,
+        budget: spec.budget,
+        seconds,
+        hub_cpu_s,
+        client_cpu_s,
+        samples,
+    })
+}
+
+fn print_tail(t: &TailReport, layout: Layout) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let at = |pct: usize| {
+        let want = t.events * pct / 100;
+        t.samples
+            .iter()
+            .find(|s| s.served >= want)
+            .map_or(0, |s| s.rss_kib)
+    };
+    let max = t.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let after_first = t
+        .samples
+        .iter()
+        .filter(|s| s.served >= t.events / 10)
+        .map(|s| s.rss_kib);
+    let (lo, hi) = after_first.fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    println!();
+    println!(
+        "tcpulse-hub tail: {} 1 KiB events through one partition, memory budget {:.0} MiB, default retention ({})",
+        t.events,
+        t.budget as f64 / 1_048_576.0,
+        match layout {
+            Layout::InProcess => "in-process: RSS is the whole bench process",
+            Layout::Pinned => "tcpulse-hub binary pinned to CPU 0, clients on CPU 1",
+        }
+    );
+    println!("| ev/s | hub CPU µs/event (in + out) | client CPU µs/event (producer + consumer) | hub RSS at 1 % | 10 % | 50 % | 100 % | max | range after 10 % |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {:.0} | {:.2} | {:.2} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1}–{:.1} MiB |",
+        t.events as f64 / t.seconds.max(1e-9),
+        per_event_us(t.hub_cpu_s, t.events),
+        per_event_us(t.client_cpu_s, t.events),
+        mib(at(1)),
+        mib(at(10)),
+        mib(at(50)),
+        mib(at(100)),
+        mib(max),
+        mib(lo.min(hi)),
+        mib(hi),
+    );
 }
 
 /// The clients' runtime: tokio's default worker count, one per CPU this process may use (as
@@ -246,16 +533,50 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
+/// What one invocation runs.
+enum Work {
+    /// The Python, fe2o3 and tcpulse cases, each into and out of its own partition.
+    All,
+    /// The tail case only.
+    Tail(TailSpec),
+}
+
+/// What one invocation measured.
+enum Report {
+    Rows(Vec<Row>),
+    Tail(TailReport),
+}
+
+async fn run(work: &Work, info: &HubInfo, hub: HubCpu) -> Result<Report> {
+    Ok(match work {
+        Work::All => Report::Rows(run_all(info, hub).await?),
+        Work::Tail(spec) => Report::Tail(tail_case(info, hub, spec).await?),
+    })
+}
+
+/// An optional count from the environment (`_` separators allowed).
+fn env_usize(name: &str) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(
+            v.replace('_', "")
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a count"))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn run_all(info: &HubInfo, hub: HubCpu) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    // TCPULSE_BENCH_ONLY=python|rust runs one half.
+    // TCPULSE_BENCH_ONLY=python|rust runs one half; =tcpulse only tcpulse's client.
     let only = std::env::var("TCPULSE_BENCH_ONLY").unwrap_or_default();
     // Python SDK.
     for (pid, batch, count) in [("0", 1usize, scaled(2_000)), ("1", 100, scaled(20_000))] {
-        if only == "rust" {
+        if only == "rust" || only == "tcpulse" {
             break;
         }
         eprintln!("python: batch {batch}, {count} events…");
+        let hub0 = hub.seconds();
         let out = run_script(
             "bench",
             json!({
@@ -267,6 +588,7 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             Duration::from_secs(900),
         )
         .await?;
+        let hub_us = per_event_us(hub.seconds() - hub0, count);
         let got = out["receive"]["events"].as_u64().unwrap_or(0) as usize;
         ensure!(
             got == count,
@@ -284,10 +606,14 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             recv_cpu_us: out["receive"]["cpu_s"]
                 .as_f64()
                 .map(|c| c * 1e6 / count as f64),
+            hub_in_cpu_us: None,
+            hub_out_cpu_us: None,
             note: if batch == 1 {
-                "send_event per event; receive() callback per event".into()
+                format!(
+                    "send_event per event; receive() callback per event; hub in+out {hub_us:.1} µs"
+                )
             } else {
-                "EventDataBatch of 100; receive_batch(100)".into()
+                format!("EventDataBatch of 100; receive_batch(100); hub in+out {hub_us:.1} µs")
             },
         });
     }
@@ -318,11 +644,11 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             "format 0x80013700, awaits each outcome",
         ),
     ] {
-        if only == "python" {
+        if only == "python" || only == "tcpulse" {
             break;
         }
         eprintln!("rust: batch {batch}, window {window}, {count} events…");
-        let (send_eps, recv_eps) = rust_case(info, pid, batch, window, count)
+        let (send_eps, recv_eps, hub_in, hub_out) = rust_case(info, hub, pid, batch, window, count)
             .await
             .with_context(|| format!("rust case batch {batch} window {window}"))?;
         rows.push(Row {
@@ -333,13 +659,15 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             recv_eps: Some(recv_eps),
             send_cpu_us: None,
             recv_cpu_us: None,
+            hub_in_cpu_us: Some(per_event_us(hub_in, count)),
+            hub_out_cpu_us: Some(per_event_us(hub_out, count)),
             note: note.into(),
         });
     }
     if only != "python" {
         let count = scaled(100_000);
         eprintln!("tcpulse client: batched producer and consumer, {count} events…");
-        let ours = tcpulse_client_case(info, "5", count)
+        let ours = tcpulse_client_case(info, hub, "5", count)
             .await
             .context("tcpulse client case")?;
         rows.push(Row {
@@ -350,6 +678,8 @@ async fn run_all(info: &HubInfo) -> Result<Vec<Row>> {
             recv_eps: Some(ours.recv_eps),
             send_cpu_us: Some(ours.send_cpu_s * 1e6 / count as f64),
             recv_cpu_us: Some(ours.recv_cpu_s * 1e6 / count as f64),
+            hub_in_cpu_us: Some(per_event_us(ours.hub_send_cpu_s, count)),
+            hub_out_cpu_us: Some(per_event_us(ours.hub_recv_cpu_s, count)),
             note: "Producer batches filled to 1 MiB; Consumer prefetch 2000, recv_batch(1000)"
                 .into(),
         });
@@ -364,11 +694,14 @@ struct Ours {
     /// This process's CPU seconds over each phase (connect included for receive).
     send_cpu_s: f64,
     recv_cpu_s: f64,
+    /// The hub's CPU seconds over each phase.
+    hub_send_cpu_s: f64,
+    hub_recv_cpu_s: f64,
 }
 
 /// tcpulse's client: a batched producer fills partition `pid`, then a consumer reads it all
 /// from the earliest event.
-async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<Ours> {
+async fn tcpulse_client_case(info: &HubInfo, hub: HubCpu, pid: &str, count: usize) -> Result<Ours> {
     use tcpulse_eventhub::client::{
         BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
         StartPosition, TryAddError,
@@ -388,6 +721,7 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
     };
     let mut producer = Producer::connect(config.clone()).await?;
     let cpu0 = self_cpu_seconds();
+    let hub0 = hub.seconds();
     let started = Instant::now();
     let mut batch = producer.create_batch(to.clone())?;
     for i in 0..count {
@@ -405,9 +739,12 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
     producer.send_batch(&batch).await?;
     let send_eps = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let send_cpu_s = self_cpu_seconds() - cpu0;
+    let hub_send_cpu_s = hub.seconds() - hub0;
     producer.close().await;
+    eprintln!("tcpulse client: {count} events in; reading them back…");
 
     let cpu1 = self_cpu_seconds();
+    let hub1 = hub.seconds();
     let mut consumer = Consumer::connect(
         config,
         ConsumerOptions {
@@ -429,6 +766,7 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
     }
     let recv_eps = got as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let recv_cpu_s = self_cpu_seconds() - cpu1;
+    let hub_recv_cpu_s = hub.seconds() - hub1;
     consumer.close().await;
     ensure!(got == count, "tcpulse client: received {got} of {count}");
     Ok(Ours {
@@ -436,6 +774,8 @@ async fn tcpulse_client_case(info: &HubInfo, pid: &str, count: usize) -> Result<
         recv_eps,
         send_cpu_s,
         recv_cpu_s,
+        hub_send_cpu_s,
+        hub_recv_cpu_s,
     })
 }
 
@@ -496,13 +836,15 @@ fn check_outcome(outcome: Outcome) -> Result<()> {
     }
 }
 
+/// (events/s in, events/s out, the hub's CPU seconds taking them in, serving them out).
 async fn rust_case(
     info: &HubInfo,
+    hub_cpu: HubCpu,
     pid: &str,
     batch: usize,
     window: usize,
     count: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64, f64)> {
     let hub = info.hub_name().to_string();
     let body = vec![b'r'; EVENT_BYTES];
 
@@ -515,6 +857,7 @@ async fn rust_case(
         format!("{hub}/Partitions/{pid}"),
     )
     .await?;
+    let hub0 = hub_cpu.seconds();
     let t0 = Instant::now();
     if batch == 1 {
         let mut in_flight: VecDeque<DeliveryFut<Result<Outcome, SendError>>> = VecDeque::new();
@@ -548,6 +891,7 @@ async fn rust_case(
         }
     }
     let send_s = t0.elapsed().as_secs_f64();
+    let hub_in = hub_cpu.seconds() - hub0;
     sender.close().await.ok();
     session.end().await.ok();
     conn.close().await.ok();
@@ -575,6 +919,7 @@ async fn rust_case(
         .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(1000))
         .attach(&mut session);
     let mut receiver = step("attach receiver", receiver).await?;
+    let hub1 = hub_cpu.seconds();
     let mut got = 0usize;
     let mut first: Option<Instant> = None;
     let deadline = Duration::from_secs(30);
@@ -596,11 +941,14 @@ async fn rust_case(
         got += 1;
     }
     let recv_s = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let hub_out = hub_cpu.seconds() - hub1;
     receiver.close().await.ok();
     session.end().await.ok();
     conn.close().await.ok();
     Ok((
         count as f64 / send_s,
         (count.saturating_sub(1)) as f64 / recv_s,
+        hub_in,
+        hub_out,
     ))
 }

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Smoke-test the cross-built Windows agent under wine (issue 4, "Windows").
 #
-#   cargo build --release -p tcpulse-agent --target x86_64-pc-windows-gnu
+#   cargo build --profile agent -p tcpulse-agent --target x86_64-pc-windows-gnu
 #   agent/ci/wine-smoke.sh [path/to/tcpulse-agent.exe]
 #
 # Needs: gcc-mingw-w64-x86-64, wine64, openssl (see /work/notes/ci-packages.txt).
@@ -13,7 +13,7 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-exe=${1:-${CARGO_TARGET_DIR:-$root/target}/x86_64-pc-windows-gnu/release/tcpulse-agent.exe}
+exe=${1:-${CARGO_TARGET_DIR:-$root/target}/x86_64-pc-windows-gnu/agent/tcpulse-agent.exe}
 [ -f "$exe" ] || { echo "no $exe; build it first" >&2; exit 2; }
 for tool in x86_64-w64-mingw32-gcc wine openssl; do
   command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y gcc-mingw-w64-x86-64 wine64 openssl" >&2; exit 2; }

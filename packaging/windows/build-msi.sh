@@ -1,10 +1,10 @@
 #!/bin/sh
 # Builds the agent's Windows installer on Linux with msitools' wixl (Debian: msitools, wixl).
 #
-#   cargo build --release --locked -p tcpulse-agent --target x86_64-pc-windows-gnu
+#   cargo build --profile agent --locked -p tcpulse-agent --target x86_64-pc-windows-gnu
 #   packaging/windows/build-msi.sh [path/to/tcpulse-agent.exe [out.msi]]
 #
-# Default exe: $CARGO_TARGET_DIR (or target)/x86_64-pc-windows-gnu/release/tcpulse-agent.exe;
+# Default exe: $CARGO_TARGET_DIR (or target)/x86_64-pc-windows-gnu/agent/tcpulse-agent.exe;
 # default output: tcpulse-agent-<version>-x64.msi beside it. The version is the workspace's
 # (Cargo.toml). Prints the path of the MSI.
 #
@@ -34,10 +34,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 case $target in /*) ;; *) target=$PWD/$target ;; esac
-exe=${1:-$target/x86_64-pc-windows-gnu/release/tcpulse-agent.exe}
+exe=${1:-$target/x86_64-pc-windows-gnu/agent/tcpulse-agent.exe}
 fail() { echo "build-msi: $*" >&2; exit 1; }
 
-[ -f "$exe" ] || fail "no $exe; build it first: cargo build --release --locked -p tcpulse-agent --target x86_64-pc-windows-gnu"
+[ -f "$exe" ] || fail "no $exe; build it first: cargo build --profile agent --locked -p tcpulse-agent --target x86_64-pc-windows-gnu"
 for tool in wixl msibuild msiinfo; do
   command -v $tool >/dev/null || fail "missing $tool: apt-get install -y --no-install-recommends msitools wixl"
 done

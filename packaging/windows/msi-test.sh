@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([0-9.]*\)".*/\1/p' "$root/Cargo.toml")
-msi=${1:-$target/x86_64-pc-windows-gnu/release/tcpulse-agent-$version-x64.msi}
+msi=${1:-$target/x86_64-pc-windows-gnu/agent/tcpulse-agent-$version-x64.msi}
 
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 ok() { printf 'ok: %s\n' "$*"; }

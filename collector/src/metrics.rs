@@ -70,7 +70,7 @@ pub mod credential;
 pub mod exposition;
 pub mod process;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +101,14 @@ pub const GIT_COMMIT: &str = env!("TCPULSE_GIT_COMMIT");
 /// A label set.
 pub type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// One instance's clock-skew gauge (a handle sharing the family's value) and whether its
+/// newest skew was beyond the warning limit.
+#[derive(Debug)]
+struct ClockSkewEntry {
+    gauge: FloatGauge,
+    beyond: bool,
+}
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -158,6 +166,9 @@ pub struct Metrics {
     pub config_warnings: Family<Labels, Counter>,
     /// Sample time − enqueued time of each instance's newest accepted event, seconds.
     pub instance_clock_skew_seconds: Family<Labels, FloatGauge>,
+    /// Per connector and instance: its `instance_clock_skew_seconds` gauge and whether its
+    /// newest skew was beyond the warning limit ([`Metrics::note_clock_skew`]).
+    clock_skews: Mutex<HashMap<String, HashMap<String, ClockSkewEntry>>>,
     /// Partitions this collector owns.
     pub owned_partitions: Gauge,
     /// Active owners seen in the last ownership cycle.
@@ -334,6 +345,7 @@ impl Metrics {
                 "Sample time minus Event Hubs enqueued time of the instance's newest accepted event, seconds; positive when its clock runs ahead",
                 Family::<Labels, FloatGauge>::default(),
             ),
+            clock_skews: Mutex::default(),
             owned_partitions: register(
                 &mut registry,
                 "owned_partitions",
@@ -398,13 +410,62 @@ impl Metrics {
     /// Records the clock skew of `instance` of `connector` (sample time − enqueued time of
     /// its newest accepted event, ms) in `instance_clock_skew_seconds`.
     pub fn set_clock_skew(&self, connector: &str, instance: &str, skew_ms: i64) {
-        let labels: Labels = vec![
-            ("connector".into(), connector.into()),
-            ("instance".into(), instance.into()),
-        ];
-        self.instance_clock_skew_seconds
-            .get_or_create(&labels)
-            .set(skew_ms as f64 / 1000.0);
+        self.with_clock_skew(connector, instance, |e| {
+            e.gauge.set(skew_ms as f64 / 1000.0)
+        });
+    }
+
+    /// [`Metrics::set_clock_skew`] for every accepted event, and whether the instance's
+    /// previous skew was `beyond` the warning limit (`beyond` is remembered for the next
+    /// call). Known instances cost two map lookups and no allocation; the gauge is looked up
+    /// in its family only the first time (issue #17: the label set built per event was a
+    /// visible share of the collector's CPU).
+    pub fn note_clock_skew(
+        &self,
+        connector: &str,
+        instance: &str,
+        skew_ms: i64,
+        beyond: bool,
+    ) -> bool {
+        self.with_clock_skew(connector, instance, |e| {
+            e.gauge.set(skew_ms as f64 / 1000.0);
+            std::mem::replace(&mut e.beyond, beyond)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Runs `f` on the clock-skew entry of `instance` of `connector`, created on first use.
+    fn with_clock_skew<T>(
+        &self,
+        connector: &str,
+        instance: &str,
+        f: impl FnOnce(&mut ClockSkewEntry) -> T,
+    ) -> Option<T> {
+        let mut skews = self.clock_skews.lock().ok()?;
+        let instances = match skews.get_mut(connector) {
+            Some(i) => i,
+            None => skews.entry(connector.to_owned()).or_default(),
+        };
+        let entry = match instances.get_mut(instance) {
+            Some(e) => e,
+            None => {
+                let labels: Labels = vec![
+                    ("connector".into(), connector.into()),
+                    ("instance".into(), instance.into()),
+                ];
+                let gauge = self
+                    .instance_clock_skew_seconds
+                    .get_or_create(&labels)
+                    .clone();
+                instances
+                    .entry(instance.to_owned())
+                    .or_insert(ClockSkewEntry {
+                        gauge,
+                        beyond: false,
+                    })
+            }
+        };
+        Some(f(entry))
     }
 
     /// Counts one failed write attempt of `sink` in `sink_errors{sink, error_type}`.

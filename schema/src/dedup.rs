@@ -148,29 +148,35 @@ impl DedupWindow {
 
     /// Records `key` and says whether it was new.
     pub fn observe(&mut self, key: &EventKey) -> Seen {
+        self.observe_parts(&key.instance, key.boot, key.seq)
+    }
+
+    /// [`DedupWindow::observe`] of the key `(instance, boot, seq)` without building an
+    /// [`EventKey`] (no allocation for a known stream: the collector calls this per event).
+    pub fn observe_parts(&mut self, instance: &str, boot: Uuid, seq: u64) -> Seen {
         self.clock += 1;
         let now = self.clock;
         if let Some(stream) = self
             .instances
-            .get_mut(key.instance.as_str())
-            .and_then(|v| v.iter_mut().find(|s| s.boot == key.boot))
+            .get_mut(instance)
+            .and_then(|v| v.iter_mut().find(|s| s.boot == boot))
         {
             stream.last_used = now;
-            return stream.observe(key.seq);
+            return stream.observe(seq);
         }
         if self.streams >= self.max_streams {
             self.evict_oldest();
         }
         let words = usize::try_from(self.window / 64).unwrap_or(1);
         let mut stream = Stream {
-            boot: key.boot,
+            boot,
             last_used: now,
-            high: key.seq,
+            high: seq,
             bits: vec![0u64; words].into_boxed_slice(),
         };
-        stream.set(key.seq, true);
+        stream.set(seq, true);
         self.instances
-            .entry(key.instance.clone())
+            .entry(instance.to_owned())
             .or_default()
             .push(stream);
         self.streams += 1;

@@ -111,7 +111,8 @@ pub struct ClockSkewObserved<'a> {
 pub const CLOCK_SKEW_WARN_MS: i64 = 10_000;
 
 impl ClockSkewObserved<'_> {
-    fn beyond(&self) -> bool {
+    /// The skew is beyond [`CLOCK_SKEW_WARN_MS`] either way.
+    pub fn beyond(&self) -> bool {
         self.skew_ms.abs() > CLOCK_SKEW_WARN_MS
     }
 

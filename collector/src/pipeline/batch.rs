@@ -27,6 +27,13 @@ impl Position {
             enqueued_time_ms: ev.enqueued_time_ms,
         }
     }
+
+    /// Becomes the position of `ev`, keeping the offset's allocation.
+    pub(super) fn set(&mut self, ev: &SourceEvent) {
+        self.sequence_number = ev.sequence_number;
+        self.offset.clone_from(&ev.offset);
+        self.enqueued_time_ms = ev.enqueued_time_ms;
+    }
 }
 
 /// Sealed batches in order, each pending or complete; yields the low watermark.
@@ -107,7 +114,8 @@ pub(super) struct Sealed {
 
 #[derive(Debug, Default)]
 pub(super) struct Builder {
-    pub(super) buf: Vec<u8>,
+    /// Line protocol, one point a line.
+    pub(super) buf: String,
     pub(super) lines: usize,
     pub(super) opened: Option<tokio::time::Instant>,
     advanced: bool,
@@ -117,15 +125,13 @@ pub(super) struct Builder {
 
 impl Builder {
     pub(super) fn push(&mut self, p: &Point) {
-        let line = p.to_line();
-        if line.is_empty() {
+        if !p.write_line(&mut self.buf) {
             return;
         }
         if self.opened.is_none() {
             self.opened = Some(tokio::time::Instant::now());
         }
-        self.buf.extend_from_slice(line.as_bytes());
-        self.buf.push(b'\n');
+        self.buf.push('\n');
         self.lines += 1;
     }
 

@@ -114,7 +114,8 @@ impl<'a> PartitionLoop<'a> {
     /// event counts as read, waiting while the file cannot be written; if shutdown comes
     /// first, the event stays unread (no checkpoint passes it).
     pub(super) async fn on_event(&mut self, ev: SourceEvent, shutdown: &CancellationToken) {
-        let m = self.shared.metrics.clone();
+        let shared = self.shared;
+        let m = &shared.metrics;
         let admitted = tcpulse_schema::decode(&ev.body)
             .and_then(|e| self.settings.aggregator.admit(e, ev.enqueued_time_ms));
         match admitted {
@@ -129,25 +130,35 @@ impl<'a> PartitionLoop<'a> {
                     kind: dead.reason.kind(),
                     message: &dead.to_string(),
                 }
-                .emit(&m);
+                .emit(m);
             }
             Ok(event) => {
                 self.advance(&ev);
-                if !self.dedup.observe(&event.key()).is_new() {
+                let seen = self
+                    .dedup
+                    .observe_parts(&event.instance, event.boot, event.seq);
+                if !seen.is_new() {
                     DuplicateDropped {
                         partition: self.partition,
                     }
-                    .emit(&m);
+                    .emit(m);
                     return;
                 }
                 self.events.inc();
-                ClockSkewObserved {
+                let skew = ClockSkewObserved {
                     partition: self.partition,
                     connector: &event.connector,
                     instance: &event.instance,
                     skew_ms: event.time.unix_millis() - ev.enqueued_time_ms,
+                };
+                // The gauge is set for every event; the event itself (its log-rate key,
+                // a warning or a "back within" line) only matters while the skew is beyond
+                // the limit or has just come back from it.
+                let was_beyond =
+                    m.note_clock_skew(skew.connector, skew.instance, skew.skew_ms, skew.beyond());
+                if skew.beyond() || was_beyond {
+                    skew.emit(m);
                 }
-                .emit(&m);
                 self.aggregator
                     .apply(event, ev.enqueued_time_ms, &mut self.points);
                 self.flush_points();
@@ -158,7 +169,11 @@ impl<'a> PartitionLoop<'a> {
     /// `ev` is read: the next seal covers it.
     fn advance(&mut self, ev: &SourceEvent) {
         self.events_read += 1;
-        self.last_pulled = Some(Position::of(ev));
+        match &mut self.last_pulled {
+            // Reuses the offset's allocation: this runs for every event.
+            Some(p) => p.set(ev),
+            None => self.last_pulled = Some(Position::of(ev)),
+        }
         self.builder.mark_advanced();
         self.builder
             .oldest_enqueued_ms

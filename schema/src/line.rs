@@ -33,6 +33,7 @@
 //! is a field with an empty key or a non-finite float. A point left with no field renders
 //! as the empty string, which callers skip.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -161,15 +162,18 @@ impl From<String> for FieldValue {
 /// a timestamp in nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
-    measurement: String,
-    tags: BTreeMap<String, String>,
-    fields: BTreeMap<String, FieldValue>,
+    measurement: Cow<'static, str>,
+    /// Tag and field keys are borrowed when they are literals (every tcpulse mapping): an
+    /// instance point has five tags and up to twenty fields, and allocating each key was a
+    /// visible cost (issue #17).
+    tags: BTreeMap<Cow<'static, str>, String>,
+    fields: BTreeMap<Cow<'static, str>, FieldValue>,
     timestamp_ns: i64,
 }
 
 impl Point {
     /// An empty point of `measurement` at `timestamp_ns`.
-    pub fn new(measurement: impl Into<String>, timestamp_ns: i64) -> Point {
+    pub fn new(measurement: impl Into<Cow<'static, str>>, timestamp_ns: i64) -> Point {
         Point {
             measurement: measurement.into(),
             tags: BTreeMap::new(),
@@ -179,19 +183,23 @@ impl Point {
     }
 
     /// Adds (or replaces) a tag.
-    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Point {
+    pub fn tag(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Point {
         self.tags.insert(key.into(), value.into());
         self
     }
 
     /// Adds (or replaces) a field.
-    pub fn field(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Point {
+    pub fn field(
+        mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: impl Into<FieldValue>,
+    ) -> Point {
         self.fields.insert(key.into(), value.into());
         self
     }
 
     /// Adds a field only when `value` is known.
-    pub fn field_opt<V: Into<FieldValue>>(self, key: &str, value: Option<V>) -> Point {
+    pub fn field_opt<V: Into<FieldValue>>(self, key: &'static str, value: Option<V>) -> Point {
         match value {
             Some(v) => self.field(key, v),
             None => self,
@@ -204,12 +212,12 @@ impl Point {
     }
 
     /// Tags, sorted by key.
-    pub fn tags(&self) -> &BTreeMap<String, String> {
+    pub fn tags(&self) -> &BTreeMap<Cow<'static, str>, String> {
         &self.tags
     }
 
     /// Fields, sorted by key.
-    pub fn fields(&self) -> &BTreeMap<String, FieldValue> {
+    pub fn fields(&self) -> &BTreeMap<Cow<'static, str>, FieldValue> {
         &self.fields
     }
 
@@ -721,12 +729,12 @@ mod tests {
              mem_used_bytes=6442450944i,planned_calls=15i,service_up=1i,state_code=1i,up=1i,\
              utilization=0.8 1795687200123000000"
         );
-        let mut fields: Vec<&str> = received.fields().keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = received.fields().keys().map(|k| k.as_ref()).collect();
         let mut expected = INSTANCE_FIELDS.to_vec();
         fields.sort_unstable();
         expected.sort_unstable();
         assert_eq!(fields, expected);
-        let mut tags: Vec<&str> = p.tags().keys().map(String::as_str).collect();
+        let mut tags: Vec<&str> = p.tags().keys().map(|k| k.as_ref()).collect();
         let mut expected = INSTANCE_TAGS.to_vec();
         tags.sort_unstable();
         expected.sort_unstable();
@@ -837,7 +845,7 @@ mod tests {
              instances_needed=3i,instances_online=2i,peak_calls=32i,utilization=1.0666666666666667,\
              vcpu_needed=12i 1795687260000000000"
         );
-        let mut fields: Vec<&str> = p.fields().keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = p.fields().keys().map(|k| k.as_ref()).collect();
         let mut expected = CONNECTOR_FIELDS.to_vec();
         fields.sort_unstable();
         expected.sort_unstable();

@@ -217,7 +217,11 @@ fn assert_in_vm(series: &[Series], expected: &[Point], extra: &[(&str, &str)]) -
     let mut checked = 0;
     for p in expected {
         for (field, value) in p.fields() {
-            let mut labels: BTreeMap<String, String> = p.tags().clone();
+            let mut labels: BTreeMap<String, String> = p
+                .tags()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
             labels.insert("__name__".into(), format!("{}_{field}", p.measurement()));
             for (k, v) in extra {
                 labels.insert((*k).into(), (*v).into());
@@ -390,7 +394,7 @@ fn assert_in_influx(url: &str, db: &str, expected: &[Point]) -> Result<usize> {
             .get(&key)
             .with_context(|| format!("no row for {}", p.to_line()))?;
         for (field, value) in p.fields() {
-            let got = &row[field];
+            let got = &row[field.as_ref()];
             let ok = match value {
                 FieldValue::Int(i) => got.as_i64() == Some(*i),
                 FieldValue::Float(f) => got.as_f64().is_some_and(|g| (g - f).abs() < 1e-9),

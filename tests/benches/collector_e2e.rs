@@ -1078,6 +1078,15 @@ fn main() -> Result<()> {
             cpu.hub,
             cpu.machine - cpu.hub - cpu.python.unwrap_or(0.0),
         );
+        // Issue 17: CPU per event of each client, and the ratio, from this run.
+        if let Some(python) = cpu.python {
+            let coll_us = run.cpu_collector * 1e6 / n as f64;
+            let py_us = python * 1e6 / py_events as f64;
+            println!(
+                "CPU µs per event: collector {coll_us:.1} (decode, aggregate, store write, checkpoint), Python {py_us:.1} (receive only): the collector uses {:.1}× less.",
+                py_us / coll_us
+            );
+        }
     }
     println!(
         "Collector counters: events {:.0}, dead letters {:.0}, duplicates {:.0}, sink points acknowledged {:.0}, sink errors {:.0}.",

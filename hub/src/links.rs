@@ -354,7 +354,7 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
         path,
         start,
         guard,
-        mut expiry,
+        expiry,
         runtime_metric,
     } = c;
     let log = &hub.partitions[partition];
@@ -377,12 +377,8 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
             tokio::select! {
                 _ = &mut shutdown => break Stop::Shutdown,
                 why = &mut kicked => break Stop::Stolen(why),
-                _ = &mut expires => match auth.check(&path, Right::Listen) {
-                    Ok(e) => {
-                        expiry = e;
-                        expires.as_mut().reset(deadline(expiry));
-                    }
-                    Err(d) => break Stop::Unauthorized(d.0),
+                _ = &mut expires => if let Err(stop) = recheck(&auth, &path, expires.as_mut()) {
+                    break stop;
                 },
                 r = watch.changed() => if r.is_err() { break Stop::Shutdown },
                 _ = sender.on_detach() => break Stop::Gone,
@@ -398,12 +394,8 @@ pub(crate) async fn serve_consumer(c: Consumer, mut sender: Sender) {
             _ = &mut shutdown => break Stop::Shutdown,
             why = &mut kicked => break Stop::Stolen(why),
             // A batch cut short here is sent on from `next` once the token is checked.
-            _ = &mut expires => match auth.check(&path, Right::Listen) {
-                Ok(e) => {
-                    expiry = e;
-                    expires.as_mut().reset(deadline(expiry));
-                }
-                Err(d) => break Stop::Unauthorized(d.0),
+            _ = &mut expires => if let Err(stop) = recheck(&auth, &path, expires.as_mut()) {
+                break stop;
             },
             r = send_all => if let Err(e) = r {
                 tracing::debug!(%path, error = %e, "consumer link ended while sending");
@@ -456,6 +448,22 @@ async fn until_stolen(mut rx: watch::Receiver<Option<Stolen>>) -> String {
             .map(|s| s.0.clone())
             .unwrap_or_default(),
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// Checks the link's token again once it has expired: the timer moves to the renewed
+/// token's expiry, or the link ends unauthorized.
+fn recheck(
+    auth: &ConnAuth,
+    path: &str,
+    expires: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<(), Stop> {
+    match auth.check(path, Right::Listen) {
+        Ok(e) => {
+            expires.reset(deadline(e));
+            Ok(())
+        }
+        Err(d) => Err(Stop::Unauthorized(d.0)),
     }
 }
 

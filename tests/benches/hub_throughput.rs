@@ -368,23 +368,28 @@ struct TailReport {
     samples: Vec<RssSample>,
 }
 
-/// Sends `spec.events` events into partition 0 while a consumer reads them as they arrive,
-/// sampling the hub's RSS every second.
-async fn tail_case(info: &HubInfo, hub: HubCpu, spec: &TailSpec) -> Result<TailReport> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use tcpulse_eventhub::client::{
-        BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
-        StartPosition, TryAddError,
-    };
-    let config = ClientConfig::from_connection_string(
+/// tcpulse's client config for the hub, over TLS with the hub's CA, with the manage policy.
+fn manage_config(info: &HubInfo) -> Result<tcpulse_eventhub::client::ClientConfig> {
+    use tcpulse_eventhub::client::{ClientConfig, ClientOptions};
+    Ok(ClientConfig::from_connection_string(
         info.connection_string(Mode::Tls, Policy::Manage)?,
         None,
         ClientOptions {
             extra_ca_file: Some(info.ca_pem.clone()),
             ..ClientOptions::default()
         },
-    )?;
+    )?)
+}
+
+/// Sends `spec.events` events into partition 0 while a consumer reads them as they arrive,
+/// sampling the hub's RSS every second.
+async fn tail_case(info: &HubInfo, hub: HubCpu, spec: &TailSpec) -> Result<TailReport> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tcpulse_eventhub::client::{
+        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition, TryAddError,
+    };
+    let config = manage_config(info)?;
     let served = Arc::new(AtomicUsize::new(0));
     let mut consumer = Consumer::connect(
         config.clone(),
@@ -703,17 +708,9 @@ struct Ours {
 /// from the earliest event.
 async fn tcpulse_client_case(info: &HubInfo, hub: HubCpu, pid: &str, count: usize) -> Result<Ours> {
     use tcpulse_eventhub::client::{
-        BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
-        StartPosition, TryAddError,
+        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition, TryAddError,
     };
-    let config = ClientConfig::from_connection_string(
-        info.connection_string(Mode::Tls, Policy::Manage)?,
-        None,
-        ClientOptions {
-            extra_ca_file: Some(info.ca_pem.clone()),
-            ..ClientOptions::default()
-        },
-    )?;
+    let config = manage_config(info)?;
     let body = bytes::Bytes::from(vec![b'x'; EVENT_BYTES]);
     let to = BatchOptions {
         partition_id: Some(pid.into()),

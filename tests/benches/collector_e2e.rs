@@ -71,14 +71,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::{json, Value};
 use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, EventBatch, EventData, ManagementClient, Producer,
-    TryAddError,
 };
 use tcpulse_hub::{Hub, HubConfig, HubSpec};
 use tcpulse_schema::{Calls, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
+use tcpulse_tests::client::add_or_send;
 use tcpulse_tests::collector::{metric_by_partition, CollectorOptions, CollectorProcess};
 use tcpulse_tests::hub::{HubInfo, Mode, Policy};
 use tcpulse_tests::process::workspace_binary;
@@ -307,14 +307,16 @@ impl Events {
 async fn fill(cfg: ClientConfig, n: usize) -> Result<Fill> {
     let mut events = Events::new(n);
     let mut producer = Producer::connect(cfg).await.context("producer connect")?;
-    let mut batches: Vec<EventBatch> = CONNECTORS
+    let options: Vec<BatchOptions> = CONNECTORS
         .iter()
-        .map(|(c, _)| {
-            producer.create_batch(BatchOptions {
-                partition_key: Some((*c).to_string()),
-                ..BatchOptions::default()
-            })
+        .map(|(c, _)| BatchOptions {
+            partition_key: Some((*c).to_string()),
+            ..BatchOptions::default()
         })
+        .collect();
+    let mut batches: Vec<EventBatch> = options
+        .iter()
+        .map(|o| producer.create_batch(o.clone()))
         .collect::<std::result::Result<_, _>>()?;
     let t0 = Instant::now();
     let (mut sent, mut bytes, mut nbatches) = (0usize, 0usize, 0usize);
@@ -325,20 +327,11 @@ async fn fill(cfg: ClientConfig, n: usize) -> Result<Fill> {
         let event = EventData::new(body)
             .with_content_type("application/json")
             .with_property("schema", SCHEMA_V1);
-        let b = &mut batches[conn];
-        match b.try_add(event) {
-            Ok(()) => {}
-            Err(TryAddError::Full { event, .. }) => {
-                producer.send_batch(b).await.context("send batch")?;
-                nbatches += 1;
-                *b = producer.create_batch(BatchOptions {
-                    partition_key: Some(CONNECTORS[conn].0.to_string()),
-                    ..BatchOptions::default()
-                })?;
-                b.try_add(*event)
-                    .map_err(|e| anyhow!("event too big: {e}"))?;
-            }
-            Err(e) => bail!("add to batch: {e}"),
+        if add_or_send(&mut producer, &mut batches[conn], &options[conn], event)
+            .await
+            .context("send batch")?
+        {
+            nbatches += 1;
         }
         sent += 1;
     }

@@ -47,7 +47,7 @@ use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Sendable, Session};
 use fe2o3_amqp_ext::filters::SelectorFilter;
 use serde_json::json;
-use tcpulse_tests::client::tls_connector;
+use tcpulse_tests::client::{add_or_send, tls_connector};
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy, TestHub};
 use tcpulse_tests::python::run_script;
 
@@ -387,7 +387,7 @@ async fn tail_case(info: &HubInfo, hub: HubCpu, spec: &TailSpec) -> Result<TailR
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tcpulse_eventhub::client::{
-        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition, TryAddError,
+        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition,
     };
     let config = manage_config(info)?;
     let served = Arc::new(AtomicUsize::new(0));
@@ -418,15 +418,7 @@ async fn tail_case(info: &HubInfo, hub: HubCpu, spec: &TailSpec) -> Result<TailR
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 let event = EventData::new(body.clone()).with_property("i", i as i64);
-                match batch.try_add(event) {
-                    Ok(()) => {}
-                    Err(TryAddError::Full { event, .. }) => {
-                        producer.send_batch(&batch).await?;
-                        batch = producer.create_batch(to.clone())?;
-                        batch.try_add(*event)?;
-                    }
-                    Err(e) => return Err(anyhow::Error::from(e)),
-                }
+                add_or_send(&mut producer, &mut batch, &to, event).await?;
             }
             producer.send_batch(&batch).await?;
             producer.close().await;
@@ -708,7 +700,7 @@ struct Ours {
 /// from the earliest event.
 async fn tcpulse_client_case(info: &HubInfo, hub: HubCpu, pid: &str, count: usize) -> Result<Ours> {
     use tcpulse_eventhub::client::{
-        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition, TryAddError,
+        BatchOptions, Consumer, ConsumerOptions, EventData, Producer, StartPosition,
     };
     let config = manage_config(info)?;
     let body = bytes::Bytes::from(vec![b'x'; EVENT_BYTES]);
@@ -723,15 +715,7 @@ async fn tcpulse_client_case(info: &HubInfo, hub: HubCpu, pid: &str, count: usiz
     let mut batch = producer.create_batch(to.clone())?;
     for i in 0..count {
         let event = EventData::new(body.clone()).with_property("i", i as i64);
-        match batch.try_add(event) {
-            Ok(()) => {}
-            Err(TryAddError::Full { event, .. }) => {
-                producer.send_batch(&batch).await?;
-                batch = producer.create_batch(to.clone())?;
-                batch.try_add(*event)?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        add_or_send(&mut producer, &mut batch, &to, event).await?;
     }
     producer.send_batch(&batch).await?;
     let send_eps = count as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tcpulse_eventhub::client::{
-    BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
-    ReceivedEvent, StartPosition, TryAddError,
+    BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventBatch, EventData,
+    Producer, ReceivedEvent, StartPosition, TryAddError,
 };
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -70,22 +70,34 @@ pub async fn publish(info: &HubInfo, events: &[(&str, Vec<u8>)]) -> Result<()> {
             let ev = EventData::new(body.clone())
                 .with_content_type("application/json")
                 .with_property("schema", tcpulse_schema::SCHEMA_V1);
-            match batch.try_add(ev) {
-                Ok(()) => {}
-                Err(TryAddError::Full { event, .. }) => {
-                    producer.send_batch(&batch).await?;
-                    batch = producer.create_batch(opts())?;
-                    batch
-                        .try_add(*event)
-                        .map_err(|e| anyhow!("event too large: {e}"))?;
-                }
-                Err(e) => bail!("event not added: {e}"),
-            }
+            add_or_send(&mut producer, &mut batch, &opts(), ev).await?;
         }
         producer.send_batch(&batch).await?;
     }
     producer.close().await;
     Ok(())
+}
+
+/// Adds `event` to `batch`; when the batch is full, sends it, starts a new one with `options`
+/// and adds the event there. Says whether a batch was sent.
+pub async fn add_or_send(
+    producer: &mut Producer,
+    batch: &mut EventBatch,
+    options: &BatchOptions,
+    event: EventData,
+) -> Result<bool> {
+    match batch.try_add(event) {
+        Ok(()) => Ok(false),
+        Err(TryAddError::Full { event, .. }) => {
+            producer.send_batch(batch).await?;
+            *batch = producer.create_batch(options.clone())?;
+            batch
+                .try_add(*event)
+                .map_err(|e| anyhow!("event too large: {e}"))?;
+            Ok(true)
+        }
+        Err(e) => bail!("event not added: {e}"),
+    }
 }
 
 /// Every event of every partition, from earliest, until each partition has been quiet for

@@ -19,10 +19,10 @@ use fe2o3_amqp_types::primitives::Symbol;
 use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome};
 use tcpulse_eventhub::client::{
     BatchOptions, ClientConfig, ClientOptions, Consumer, ConsumerOptions, EventData, Producer,
-    StartPosition, TryAddError,
+    StartPosition,
 };
 use tcpulse_tests::chaos::{record, Row};
-use tcpulse_tests::client::tls_connector;
+use tcpulse_tests::client::{add_or_send, tls_connector};
 use tcpulse_tests::hub::{HubInfo, HubOptions, HubProcess, Mode, Policy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -93,17 +93,10 @@ async fn send_events(
     let mut producer = Producer::connect(config).await?;
     let mut batch = producer.create_batch(to.clone())?;
     for i in first..first + count {
-        match batch.try_add(EventData::new(body(i))) {
-            Ok(()) => {}
-            Err(TryAddError::Full { event, .. }) => {
-                producer.send_batch(&batch).await?;
-                if let Some(pid) = pid {
-                    rss_max = rss_max.max(proc_kib(pid, "VmRSS")?);
-                }
-                batch = producer.create_batch(to.clone())?;
-                batch.try_add(*event)?;
+        if add_or_send(&mut producer, &mut batch, &to, EventData::new(body(i))).await? {
+            if let Some(pid) = pid {
+                rss_max = rss_max.max(proc_kib(pid, "VmRSS")?);
             }
-            Err(e) => return Err(e.into()),
         }
     }
     producer.send_batch(&batch).await?;

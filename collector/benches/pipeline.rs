@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 use tcpulse_collector::aggregate::{AggregateSettings, Aggregator};
-use tcpulse_schema::{decode, encode, Calls, DedupWindow, Health, StatusEvent, Timestamp};
+use tcpulse_schema::{
+    decode, encode, write_instance_line, Calls, DedupWindow, Health, Point, PointSink, StatusEvent,
+    Timestamp,
+};
 use uuid::Uuid;
 
 /// The allocator the `tcpulse-collector` binary uses.
@@ -38,6 +41,28 @@ fn rss_kib() -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The open batch, written as the collector's batch builder writes it.
+struct Batch {
+    buf: String,
+    lines: u64,
+}
+
+impl PointSink for Batch {
+    fn point(&mut self, p: Point) {
+        if p.write_line(&mut self.buf) {
+            self.buf.push('\n');
+            self.lines += 1;
+        }
+    }
+
+    fn instance_received(&mut self, ev: &StatusEvent, enqueued: Timestamp) {
+        if write_instance_line(&mut self.buf, ev, enqueued) {
+            self.buf.push('\n');
+            self.lines += 1;
+        }
+    }
 }
 
 struct Fleet {
@@ -109,9 +134,11 @@ fn main() {
         ..AggregateSettings::default()
     });
     let mut dedup = DedupWindow::default();
-    let mut points = Vec::new();
-    let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
-    let (mut lines, mut bytes, mut batches) = (0u64, 0u64, 0u64);
+    let mut batch = Batch {
+        buf: String::with_capacity(1 << 20),
+        lines: 0,
+    };
+    let (mut bytes, mut batches) = (0u64, 0u64);
     let mut busy = Duration::ZERO;
     let (rss0, _) = rss_kib();
     println!("collector pipeline bench: {total} events, {instances} instances, no network");
@@ -135,17 +162,11 @@ fn main() {
             if !dedup.observe(&ev.key()).is_new() {
                 continue;
             }
-            agg.apply(ev, *enq, &mut points);
-            for p in points.drain(..) {
-                let line = p.to_line();
-                batch.extend_from_slice(line.as_bytes());
-                batch.push(b'\n');
-                lines += 1;
-            }
-            if batch.len() >= 1 << 20 {
-                bytes += batch.len() as u64;
+            agg.apply(ev, *enq, &mut batch);
+            if batch.buf.len() >= 1 << 20 {
+                bytes += batch.buf.len() as u64;
                 batches += 1;
-                batch.clear();
+                batch.buf.clear();
             }
         }
         busy += started.elapsed();
@@ -158,7 +179,8 @@ fn main() {
             );
         }
     }
-    bytes += batch.len() as u64;
+    bytes += batch.buf.len() as u64;
+    let lines = batch.lines;
     let (rss, hwm) = rss_kib();
     println!(
         "total: {done} events in {:.2}s busy = {:.0} events/s; {lines} lines, {:.1} MiB line protocol in {batches} full batches; {} instances, {} connectors tracked; RSS start {rss0} KiB, end {rss} KiB, peak {hwm} KiB",

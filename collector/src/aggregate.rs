@@ -59,8 +59,8 @@ use tcpulse_schema::capacity::{
 };
 use tcpulse_schema::decode::{DEFAULT_MAX_AHEAD_MS, DEFAULT_MAX_BEHIND_MS};
 use tcpulse_schema::{
-    check_sample_time, connector_point, instance_down_point, instance_point_received, ConnectorKey,
-    ConnectorRollup, DeadLetter, Point, StatusEvent, TimeBounds, Timestamp,
+    check_sample_time, connector_point, instance_down_point, ConnectorKey, ConnectorRollup,
+    DeadLetter, PointSink, StatusEvent, TimeBounds, Timestamp,
 };
 
 /// Aggregation settings, all in milliseconds.
@@ -257,7 +257,12 @@ impl Aggregator {
     /// Applies one decoded, admitted ([`AggregateSettings::admit`]) event that was
     /// enqueued at `enqueued_ms`: closes the windows its effective time ([`effective_ms`])
     /// passes (their points first), then pushes the event's instance point.
-    pub fn apply(&mut self, event: StatusEvent, enqueued_ms: i64, out: &mut Vec<Point>) -> Applied {
+    pub fn apply(
+        &mut self,
+        event: StatusEvent,
+        enqueued_ms: i64,
+        out: &mut impl PointSink,
+    ) -> Applied {
         let time_ms = event.time.unix_millis();
         let mut offsets = self
             .instance(&event)
@@ -270,7 +275,7 @@ impl Aggregator {
         let at_ms = effective_ms(time_ms, enqueued_ms, &offsets);
         self.advance_to(at_ms, out);
         let enqueued = Timestamp::from_unix_millis(enqueued_ms).unwrap_or(Timestamp::EPOCH);
-        out.push(instance_point_received(&event, true, enqueued));
+        out.instance_received(&event, enqueued);
 
         let closed = self.closed_until_ms;
         let idx = match self.connectors.binary_search_by(|c| {
@@ -336,7 +341,7 @@ impl Aggregator {
 
     /// Raises the watermark to `watermark_ms` (if higher) and closes every window whose
     /// end is at or before `watermark − lateness`, pushing their points.
-    pub fn advance_to(&mut self, watermark_ms: i64, out: &mut Vec<Point>) {
+    pub fn advance_to(&mut self, watermark_ms: i64, out: &mut impl PointSink) {
         let wm = match self.watermark_ms {
             Some(w) if w >= watermark_ms => return,
             _ => watermark_ms,
@@ -365,7 +370,7 @@ impl Aggregator {
         }
     }
 
-    fn close_window(&mut self, end: i64, out: &mut Vec<Point>) {
+    fn close_window(&mut self, end: i64, out: &mut impl PointSink) {
         let s = self.settings;
         let Some(at) = Timestamp::from_unix_millis(end) else {
             return;
@@ -386,7 +391,7 @@ impl Aggregator {
                     return true;
                 }
                 if inst.down_at_ms.is_none() {
-                    out.push(instance_down_point(&asof.event, at));
+                    out.point(instance_down_point(&asof.event, at));
                     inst.down_at_ms = Some(end);
                 }
                 end - last_ms <= s.forget_after_ms
@@ -401,7 +406,7 @@ impl Aggregator {
             let window_peak = connector.recent.iter().map(|(_, c)| *c).max().unwrap_or(0);
             let rollup = ConnectorRollup::compute(&online_calls, window_peak);
             connector.recent.push_back((end, rollup.call_count));
-            out.push(connector_point(&connector.key, &rollup, at));
+            out.point(connector_point(&connector.key, &rollup, at));
         }
         self.connectors.retain(|c| !c.instances.is_empty());
     }
@@ -583,7 +588,7 @@ pub struct InstanceSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tcpulse_schema::{decode, FieldValue, State};
+    use tcpulse_schema::{decode, FieldValue, Point, State};
 
     const T0: i64 = 1_795_687_200_000; // 2026-11-26T10:00:00Z, a multiple of 60 s
 

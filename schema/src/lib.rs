@@ -48,5 +48,5 @@ pub use dedup::{DedupWindow, EventKey, Seen};
 pub use event::{AgentInfo, Calls, ConnectorKey, Health, State, StatusEvent, Timestamp, SCHEMA_V1};
 pub use line::{
     connector_point, instance_down_point, instance_point, instance_point_received, pipeline_point,
-    FieldValue, PipelineStats, Point,
+    write_instance_line, FieldValue, PipelineStats, Point, PointSink,
 };

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use tcpulse_schema::Point;
+use tcpulse_schema::{write_instance_line, Point, PointSink, StatusEvent, Timestamp};
 
 use crate::aggregate::Snapshot;
 use crate::source::SourceEvent;
@@ -123,11 +123,24 @@ pub(super) struct Builder {
     pub(super) oldest_enqueued_ms: Option<i64>,
 }
 
-impl Builder {
-    pub(super) fn push(&mut self, p: &Point) {
-        if !p.write_line(&mut self.buf) {
-            return;
+/// The aggregator writes straight into the open batch: no [`Point`] is built for an
+/// event's own line (see [`write_instance_line`]).
+impl PointSink for Builder {
+    fn point(&mut self, p: Point) {
+        if p.write_line(&mut self.buf) {
+            self.line_written();
         }
+    }
+
+    fn instance_received(&mut self, ev: &StatusEvent, enqueued: Timestamp) {
+        if write_instance_line(&mut self.buf, ev, enqueued) {
+            self.line_written();
+        }
+    }
+}
+
+impl Builder {
+    fn line_written(&mut self) {
         if self.opened.is_none() {
             self.opened = Some(tokio::time::Instant::now());
         }

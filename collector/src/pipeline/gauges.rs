@@ -1,7 +1,7 @@
 //! A partition's gauges (lag in events and seconds, checkpoint age) and its `tc_pipeline`
 //! points, written into the open batch.
 
-use tcpulse_schema::{pipeline_point, FieldValue, Timestamp};
+use tcpulse_schema::{pipeline_point, FieldValue, PointSink, Timestamp};
 
 use super::partition::PartitionLoop;
 use crate::metrics::{partition_labels, sink_point};
@@ -71,14 +71,14 @@ impl PartitionLoop<'_> {
             "retention_lost_events",
             FieldValue::Int(i64::try_from(lost).unwrap_or(i64::MAX)),
         );
-        self.builder.push(&p);
+        self.builder.point(p);
         if !self.settings.sink_points {
             return;
         }
         for sink in self.shared.sinks.iter() {
             let stats = self.shared.metrics.sink_stats(sink.name());
             let p = sink_point(&self.settings.collector, sink.name(), &stats, at);
-            self.builder.push(&p);
+            self.builder.point(p);
         }
     }
 }

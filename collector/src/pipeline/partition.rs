@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tcpulse_eventhub::backoff::ExponentialBackoff;
-use tcpulse_schema::{DedupWindow, Point, Timestamp};
+use tcpulse_schema::{DedupWindow, Timestamp};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,6 @@ pub(super) struct PartitionLoop<'a> {
     dedup: DedupWindow,
     pub(super) builder: Builder,
     pub(super) in_flight: InFlight<Sealed>,
-    pub(super) points: Vec<Point>,
     /// The newest event read.
     pub(super) last_pulled: Option<Position>,
     pub(super) events_read: u64,
@@ -66,7 +65,6 @@ impl<'a> PartitionLoop<'a> {
             ),
             builder: Builder::default(),
             in_flight: InFlight::default(),
-            points: Vec::new(),
             last_pulled: None,
             events_read: 0,
             pending_checkpoint: None,
@@ -160,8 +158,7 @@ impl<'a> PartitionLoop<'a> {
                     skew.emit(m);
                 }
                 self.aggregator
-                    .apply(event, ev.enqueued_time_ms, &mut self.points);
-                self.flush_points();
+                    .apply(event, ev.enqueued_time_ms, &mut self.builder);
             }
         }
     }
@@ -215,13 +212,6 @@ impl<'a> PartitionLoop<'a> {
                 }
                 Err(e) => error = e.to_string(),
             }
-        }
-    }
-
-    /// Appends the points the aggregator yielded to the open batch.
-    pub(super) fn flush_points(&mut self) {
-        for p in self.points.drain(..) {
-            self.builder.push(&p);
         }
     }
 
@@ -392,8 +382,9 @@ impl<'a, P: SourceProvider> Run<'a, P> {
             && now.duration_since(self.last_event_at) >= settings.aggregate.idle_after
         {
             let to = Timestamp::now().unix_millis() - duration_ms(settings.aggregate.idle_after);
-            self.state.aggregator.advance_to(to, &mut self.state.points);
-            self.state.flush_points();
+            self.state
+                .aggregator
+                .advance_to(to, &mut self.state.builder);
         }
         self.state.update_gauges(&self.source, pull);
         if now.duration_since(self.last_pipeline_point) >= settings.pipeline_interval {

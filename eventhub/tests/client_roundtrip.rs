@@ -87,7 +87,7 @@ async fn client_roundtrip_single_batch_key_partition_and_properties() {
     assert_eq!(e.partition_id, "1");
     assert!(e.enqueued_time >= before && e.enqueued_time <= SystemTime::now());
     assert!(!e.offset.is_empty());
-    assert!(e.annotations.contains_key("x-opt-sequence-number"));
+    assert!(e.annotation("x-opt-sequence-number").is_some());
 
     let mut c2 = consumer(&listen, "2", StartPosition::Earliest).await;
     let got = take(&mut c2, 5, Duration::from_secs(10)).await;

@@ -202,7 +202,7 @@ async fn client_consumer_receives_what_the_python_sdk_sent() -> Result<()> {
             "x-opt-enqueued-time",
         ] {
             ensure!(
-                e.annotations.contains_key(a),
+                e.annotation(a).is_some(),
                 "{a} missing: {:?}",
                 e.annotations
             );

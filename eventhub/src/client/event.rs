@@ -122,8 +122,9 @@ pub struct ReceivedEvent {
     pub message_id: Option<String>,
     /// `correlation-id`, as text, if set.
     pub correlation_id: Option<String>,
-    /// All message annotations (service and producer), keys as text.
-    pub annotations: OrderedMap<String, Value>,
+    /// All message annotations (service and producer) as they arrived; read one with
+    /// [`ReceivedEvent::annotation`].
+    pub annotations: OrderedMap<OwnedKey, Value>,
 }
 
 fn id_text(id: &MessageId) -> String {
@@ -140,12 +141,17 @@ fn id_text(id: &MessageId) -> String {
     }
 }
 
-/// An annotation key as text; a symbol's string is moved, not copied.
-fn key_text(k: OwnedKey) -> String {
-    match k {
-        OwnedKey::Symbol(s) => s.0,
-        OwnedKey::Ulong(n) => n.to_string(),
-    }
+/// The value of annotation `key` (a symbol key, or a ulong key written in decimal). A
+/// linear scan: a delivery carries about five annotations, and re-keying them into a map
+/// of strings per event cost two hashes a key (issue #17).
+fn annotation_in<'a>(annotations: &'a OrderedMap<OwnedKey, Value>, key: &str) -> Option<&'a Value> {
+    annotations
+        .iter()
+        .find(|(k, _)| match k {
+            OwnedKey::Symbol(s) => s.0 == key,
+            OwnedKey::Ulong(n) => key.parse::<u64>() == Ok(*n),
+        })
+        .map(|(_, v)| v)
 }
 
 impl ReceivedEvent {
@@ -154,24 +160,22 @@ impl ReceivedEvent {
         message: Message<Body<Value>>,
         partition_id: &str,
     ) -> Result<ReceivedEvent, String> {
-        let annotations: OrderedMap<String, Value> = message
-            .message_annotations
-            .map(|a| a.0.into_iter().map(|(k, v)| (key_text(k), v)).collect())
-            .unwrap_or_default();
-        let sequence_number = match annotations.get(wire::SEQUENCE_NUMBER) {
+        let annotations = message.message_annotations.map(|a| a.0).unwrap_or_default();
+        let get = |key| annotation_in(&annotations, key);
+        let sequence_number = match get(wire::SEQUENCE_NUMBER) {
             Some(Value::Long(n)) => *n,
             Some(Value::Int(n)) => i64::from(*n),
             Some(Value::Ulong(n)) => i64::try_from(*n).map_err(|_| "sequence number overflows")?,
             _ => return Err(format!("no {} annotation", wire::SEQUENCE_NUMBER)),
         };
-        let offset = match annotations.get(wire::OFFSET) {
+        let offset = match get(wire::OFFSET) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Symbol(s)) => s.0.clone(),
             Some(Value::Long(n)) => n.to_string(),
             Some(Value::Ulong(n)) => n.to_string(),
             _ => return Err(format!("no {} annotation", wire::OFFSET)),
         };
-        let enqueued_time = match annotations.get(wire::ENQUEUED_TIME) {
+        let enqueued_time = match get(wire::ENQUEUED_TIME) {
             Some(Value::Timestamp(t)) => {
                 let ms = t.milliseconds();
                 if ms >= 0 {
@@ -182,7 +186,7 @@ impl ReceivedEvent {
             }
             _ => return Err(format!("no {} annotation", wire::ENQUEUED_TIME)),
         };
-        let partition_key = match annotations.get(wire::PARTITION_KEY) {
+        let partition_key = match get(wire::PARTITION_KEY) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Symbol(s)) => Some(s.0.clone()),
             _ => None,
@@ -235,6 +239,12 @@ impl ReceivedEvent {
         })
     }
 
+    /// The value of message annotation `key` (`x-opt-sequence-number`, a producer's own,
+    /// …); a ulong key is matched by its decimal text.
+    pub fn annotation(&self, key: &str) -> Option<&Value> {
+        annotation_in(&self.annotations, key)
+    }
+
     /// An application property as text, if it is a string or symbol.
     pub fn property_str(&self, key: &str) -> Option<&str> {
         match self.properties.get(key)? {
@@ -272,8 +282,20 @@ mod tests {
             OwnedKey::Symbol(Symbol::from(wire::ENQUEUED_TIME)),
             Value::Timestamp(Timestamp::from_milliseconds(1_700_000_000_000)),
         );
+        ann.0.insert(
+            OwnedKey::Symbol(Symbol::from("x-opt-custom")),
+            Value::String("mine".into()),
+        );
+        ann.0.insert(OwnedKey::Ulong(42), Value::Bool(true));
         let r = ReceivedEvent::from_message(m, "2").unwrap();
         assert_eq!(&r.body[..], b"{\"a\":1}");
+        assert_eq!(
+            r.annotation("x-opt-custom"),
+            Some(&Value::String("mine".into()))
+        );
+        assert_eq!(r.annotation("42"), Some(&Value::Bool(true)));
+        assert_eq!(r.annotation(wire::SEQUENCE_NUMBER), Some(&Value::Long(7)));
+        assert_eq!(r.annotation("x-opt-absent"), None);
         assert_eq!(r.property_str("schema"), Some("tcpulse.status.v1"));
         assert_eq!(r.properties.get("n"), Some(&SimpleValue::Long(5)));
         assert_eq!(r.partition_key.as_deref(), Some("tc-eu"));

@@ -466,12 +466,13 @@ pub struct BatchConfig {
     /// Bytes per batch at most (before gzip). The batch is a buffer that doubles as it
     /// grows, so it holds the next power of two above the bytes written; a limit just
     /// below a power of two keeps it there (1 MiB, the old default, held 2 MiB per batch).
-    /// Default: 245760 (240 KiB, roughly 650 `tc_instance` lines): a partition catching
-    /// up holds at most (`max_in_flight_batches` + 1) × 256 KiB. In the collector_e2e
-    /// bench (300k events, 4 partitions, VictoriaMetrics) the collector's RSS max went from
-    /// 52–55 MiB with 1 MiB batches to 44–45 MiB, at the same throughput and CPU per event
-    /// (issue 17). At the usual load (one report per instance every 10 s) the flush
-    /// interval seals batches long before this.
+    /// Default: 245760 (240 KiB, about 600 `tc_instance` lines of ~400 B, so while a
+    /// partition catches up this, not `max_lines`, ends its batches): a partition holds at
+    /// most (`max_in_flight_batches` + 1) × 256 KiB. In the collector_e2e bench (300k
+    /// events, 4 partitions, VictoriaMetrics) the collector's RSS max went from 52–55 MiB
+    /// with 1 MiB batches to 44–45 MiB (38 to 35 with mimalloc 2), at the same throughput
+    /// and CPU per event (issue 17). At the usual load (one report per instance every
+    /// 10 s) the flush interval seals batches long before this.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
     /// A non-empty batch is sent at least this often. Default: 1s.

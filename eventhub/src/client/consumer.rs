@@ -323,7 +323,11 @@ impl Consumer {
     /// Records `ev` as handed out: a reconnect resumes after it.
     fn handed_out(&mut self, ev: &ReceivedEvent) {
         self.last_sequence_number = Some(ev.sequence_number);
-        self.last_offset = Some(ev.offset.clone());
+        // Reuses the offset's allocation: this runs for every event.
+        match &mut self.last_offset {
+            Some(offset) => offset.clone_from(&ev.offset),
+            None => self.last_offset = Some(ev.offset.clone()),
+        }
     }
 
     /// Tops the link credit back up to `prefetch` once half of it is used.

@@ -861,10 +861,12 @@ fn main() -> Result<()> {
         tls_dir: Some(tmp.path().join("tls")),
         retention_events: n + 10_000,
         retention_age: Duration::from_secs(7 * 24 * 3600),
-        // In memory, the budget bounds retention: keep every event the bench sends. It is
-        // split evenly across partitions and the connectors' keys do not spread evenly
-        // (one partition can get half the events), so each share must hold them all: a
-        // bound, not an allocation (a fixed 4 GiB dropped the oldest of 10M events).
+        // Keep every event the bench sends. The connectors' keys do not spread evenly (one
+        // partition can get half the events), so each partition must be able to hold them
+        // all: by size (`retention_bytes`, per partition, default 1 GiB) and by memory (the
+        // budget, split evenly across partitions). Bounds, not allocations; the defaults
+        // dropped the oldest of a 10M-event run before the collector started.
+        retention_bytes: u64::try_from(n)?.saturating_mul(1024).max(1 << 30),
         memory_budget_bytes: u64::try_from(n)?
             .saturating_mul(1024)
             .saturating_mul(u64::try_from(partitions)?)

@@ -159,7 +159,7 @@ fn main() {
         let started = Instant::now();
         for (body, enq) in &bodies {
             let Ok(ev) = decode(body) else { continue };
-            if !dedup.observe(&ev.key()).is_new() {
+            if !dedup.observe_parts(&ev.instance, ev.boot, ev.seq).is_new() {
                 continue;
             }
             agg.apply(ev, *enq, &mut batch);

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc: the decode → aggregate → encode path allocates and frees many small strings and
 /// maps per event; glibc malloc spent about a fifth of the CPU there. Built as mimalloc 2
-/// without transparent huge pages (`no_thp`, `v2` in `collector/Cargo.toml`): otherwise each
-/// 2 MiB of heap touched became resident whole, and freed pages stayed resident for a
-/// second; together they more than doubled the RSS (issue 17).
+/// without transparent huge pages (`no_thp`, `v2` on the workspace's mimalloc entry):
+/// otherwise each 2 MiB of heap touched became resident whole, and freed pages stayed
+/// resident for a second; together they more than doubled the RSS (issue 17).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

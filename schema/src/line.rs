@@ -249,37 +249,14 @@ impl Point {
     /// (the collector's open batch) saves the two strings per point `to_line` returns, and
     /// integers skip `core::fmt` (issue #17: line building was 13 % of the collector's CPU).
     pub fn write_line(&self, out: &mut String) -> bool {
-        let start = out.len();
-        escape_name(out, &self.measurement, &[',', ' ']);
+        let mut w = LineWriter::new(out, &self.measurement);
         for (key, value) in &self.tags {
-            if key.is_empty() || value.is_empty() {
-                continue;
-            }
-            out.push(',');
-            escape_name(out, key, &TAG_SPECIAL);
-            out.push('=');
-            escape_name(out, value, &TAG_SPECIAL);
+            w.tag(Key::Given(key), value);
         }
-        out.push(' ');
-        let fields_at = out.len();
         for (key, value) in &self.fields {
-            if key.is_empty() || matches!(value, FieldValue::Float(f) if !f.is_finite()) {
-                continue;
-            }
-            if out.len() > fields_at {
-                out.push(',');
-            }
-            escape_name(out, key, &TAG_SPECIAL);
-            out.push('=');
-            write_field_value(out, value);
+            w.field(Key::Given(key), value);
         }
-        if out.len() == fields_at {
-            out.truncate(start);
-            return false;
-        }
-        out.push(' ');
-        push_int(out, self.timestamp_ns);
-        true
+        w.finish(self.timestamp_ns)
     }
 }
 
@@ -288,11 +265,11 @@ fn write_field_value(out: &mut String, value: &FieldValue) {
     match value {
         FieldValue::Float(f) => push_float(out, *f),
         FieldValue::Int(i) => {
-            push_int(out, *i);
+            push_integer(out, *i);
             out.push('i');
         }
         FieldValue::UInt(u) => {
-            push_uint(out, *u);
+            push_integer(out, *u);
             out.push('u');
         }
         FieldValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -306,27 +283,20 @@ fn write_field_value(out: &mut String, value: &FieldValue) {
 /// between two shortest strings it may pick the other one; both read back as `f`); where
 /// it would use an exponent (below 1e-5 or from 1e16 on) `{f}` writes them out instead.
 fn push_float(out: &mut String, f: f64) {
-    if !f.is_finite() {
-        let _ = write!(out, "{f}");
-        return;
+    if f.is_finite() {
+        let mut buf = zmij::Buffer::new();
+        let s = buf.format_finite(f);
+        if !s.contains('e') {
+            out.push_str(s.strip_suffix(".0").unwrap_or(s));
+            return;
+        }
     }
-    let mut buf = zmij::Buffer::new();
-    let s = buf.format_finite(f);
-    if s.contains('e') {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{f}");
-        return;
-    }
-    out.push_str(s.strip_suffix(".0").unwrap_or(s));
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{f}");
 }
 
 /// Appends `v` in decimal, as `{v}` would, without `core::fmt`.
-fn push_int(out: &mut String, v: i64) {
-    out.push_str(itoa::Buffer::new().format(v));
-}
-
-/// Appends `v` in decimal, as `{v}` would, without `core::fmt`.
-fn push_uint(out: &mut String, v: u64) {
+fn push_integer(out: &mut String, v: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(v));
 }
 
@@ -432,36 +402,73 @@ impl Members for Point {
     }
 }
 
-/// Writes a point's members straight into a line-protocol buffer, with the rules of
-/// [`Point::write_line`]. Keys are literals of this module, plain by construction, so they
-/// are copied without escaping; members must come in key order, as a [`Point`]'s maps
-/// would sort them (checked in debug builds).
+/// A tag or field key as [`LineWriter`] takes it.
+#[derive(Clone, Copy)]
+enum Key<'k> {
+    /// Any key: escaped (see the module docs); an empty one leaves its member out.
+    Given(&'k str),
+    /// A literal of this module (`tc_instance`'s keys): plain by construction, copied as is.
+    Literal(&'static str),
+}
+
+/// Writes one point as line protocol into a buffer, member by member: the module's rules
+/// (escaping, empty tags and non-finite floats left out, nothing written without a field)
+/// in one place, for [`Point::write_line`] and for [`write_instance_line`], which writes
+/// an event's line without building a [`Point`]. Tags first, then fields, each in key
+/// order as a [`Point`]'s maps sort them.
 struct LineWriter<'a> {
     out: &'a mut String,
     start: usize,
     /// Where the fields begin, once the first one is written.
     fields_at: Option<usize>,
-    last_key: &'static str,
 }
 
 impl<'a> LineWriter<'a> {
-    fn new(out: &'a mut String, measurement: &'static str) -> Self {
+    fn new(out: &'a mut String, measurement: &str) -> Self {
         let start = out.len();
-        out.push_str(measurement);
+        escape_name(out, measurement, &[',', ' ']);
         LineWriter {
             out,
             start,
             fields_at: None,
-            last_key: "",
         }
     }
 
-    fn key(&mut self, key: &'static str) {
-        debug_assert!(key > self.last_key, "{key} after {}", self.last_key);
-        debug_assert!(key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-        self.last_key = key;
-        self.out.push_str(key);
+    /// Writes `key=`: a given key escaped, a literal as it is.
+    fn key(&mut self, key: Key<'_>) {
+        match key {
+            Key::Given(k) => escape_name(self.out, k, &TAG_SPECIAL),
+            Key::Literal(k) => {
+                debug_assert!(k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+                self.out.push_str(k);
+            }
+        }
         self.out.push('=');
+    }
+
+    fn tag(&mut self, key: Key<'_>, value: &str) {
+        if value.is_empty() || matches!(key, Key::Given("")) {
+            return;
+        }
+        self.out.push(',');
+        self.key(key);
+        escape_name(self.out, value, &TAG_SPECIAL);
+    }
+
+    fn field(&mut self, key: Key<'_>, value: &FieldValue) {
+        if matches!(key, Key::Given("")) || matches!(value, FieldValue::Float(f) if !f.is_finite())
+        {
+            return;
+        }
+        match self.fields_at {
+            None => {
+                self.out.push(' ');
+                self.fields_at = Some(self.out.len());
+            }
+            Some(_) => self.out.push(','),
+        }
+        self.key(key);
+        write_field_value(self.out, value);
     }
 
     /// Ends the line with its timestamp; false (and nothing written) if no field was.
@@ -471,35 +478,18 @@ impl<'a> LineWriter<'a> {
             return false;
         }
         self.out.push(' ');
-        push_int(self.out, timestamp_ns);
+        push_integer(self.out, timestamp_ns);
         true
     }
 }
 
 impl Members for LineWriter<'_> {
     fn tag(&mut self, key: &'static str, value: &str) {
-        if value.is_empty() {
-            return;
-        }
-        self.out.push(',');
-        self.key(key);
-        escape_name(self.out, value, &TAG_SPECIAL);
+        LineWriter::tag(self, Key::Literal(key), value);
     }
 
     fn field(&mut self, key: &'static str, value: FieldValue) {
-        if matches!(value, FieldValue::Float(f) if !f.is_finite()) {
-            return;
-        }
-        match self.fields_at {
-            None => {
-                self.out.push(' ');
-                self.fields_at = Some(self.out.len());
-                self.last_key = "";
-            }
-            Some(_) => self.out.push(','),
-        }
-        self.key(key);
-        write_field_value(self.out, &value);
+        LineWriter::field(self, Key::Literal(key), &value);
     }
 }
 
@@ -949,12 +939,12 @@ mod tests {
             i64::MIN,
         ] {
             let mut out = String::new();
-            push_int(&mut out, v);
+            push_integer(&mut out, v);
             assert_eq!(out, v.to_string());
         }
         for v in [0, 7, 10, 4_294_967_295, u64::MAX] {
             let mut out = String::new();
-            push_uint(&mut out, v);
+            push_integer(&mut out, v);
             assert_eq!(out, v.to_string());
         }
     }
